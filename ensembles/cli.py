@@ -1,0 +1,59 @@
+"""The `ecgtune` console script.
+
+Each package owns its subcommands in its own `cli.py` (`register(subparsers)`); this module only
+stitches them together. Argument parsing imports nothing heavy, so `ecgtune --help` is instant;
+handlers import torch, Ray or MLflow when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# Package CLI modules in pipeline order; a module that does not exist yet is skipped.
+_CLI_MODULES = ("data_prep.cli", "search.cli", "ensembles.commands")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], ...]]:
+    parser = argparse.ArgumentParser(
+        prog="ecgtune",
+        description="Hyperparameter and ensemble search for 12-lead ECG multi-label classification.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    user_errors: list[type[BaseException]] = []
+    for name in _CLI_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+        user_errors.extend(getattr(module, "USER_ERRORS", ()))
+    return parser, tuple(user_errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, user_errors = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except user_errors as exc:
+        # Expected failures (bad input, corrupt shards, unreachable servers): one clear line.
+        print(f"ecgtune {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"ecgtune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
