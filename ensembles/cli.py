@@ -20,7 +20,9 @@ _CLI_MODULES = ("data_prep.cli", "search.cli", "ensembles.commands")
 def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], ...]]:
     parser = argparse.ArgumentParser(
         prog="ecgtune",
-        description="Hyperparameter and ensemble search for 12-lead ECG multi-label classification.",
+        description=(
+            "Hyperparameter and ensemble search for 12-lead ECG multi-label classification."
+        ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

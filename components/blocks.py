@@ -1,0 +1,197 @@
+"""Building blocks of the ResU-Dense trunk: conv units, residual U-block, dense blocks,
+temporal self-attention and global pooling.
+
+All convolutions are bias-free, as in the reference: almost all of them feed a BatchNorm,
+whose shift makes a bias redundant (the seed's 7,205,204 parameters count none).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ConvBNAct",
+    "DenseBlock",
+    "DenseLayer",
+    "GlobalMaxPool",
+    "ResUBlock",
+    "TemporalSelfAttention",
+    "Transition",
+    "UpConvBNAct",
+]
+
+
+def _act(kind: str) -> nn.Module:
+    # In-place saves one activation-sized buffer per unit; safe because BN's output is not
+    # needed by its own backward.
+    if kind == "leaky":
+        return nn.LeakyReLU(inplace=True)
+    if kind == "relu":
+        return nn.ReLU(inplace=True)
+    raise ValueError(f"unknown activation {kind!r}; valid: 'leaky', 'relu'")
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv1d (no bias) -> BatchNorm1d -> activation, 'same' padding for odd kernels."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, act: str = "leaky"
+    ) -> None:
+        super().__init__(
+            nn.Conv1d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False),
+            nn.BatchNorm1d(out_ch),
+            _act(act),
+        )
+
+
+class UpConvBNAct(nn.Sequential):
+    """ConvTranspose1d stride 2 (no bias) -> BN -> LeakyReLU; exactly doubles the length."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int) -> None:
+        super().__init__(
+            nn.ConvTranspose1d(
+                in_ch, out_ch, kernel, stride=2, padding=kernel // 2, output_padding=1, bias=False
+            ),
+            nn.BatchNorm1d(out_ch),
+            _act("leaky"),
+        )
+
+
+def _crop_to(x: Tensor, length: int) -> Tensor:
+    """x[..., :length] (drops the one extra sample a decoder output may carry)."""
+    if torch.compiler.is_compiling():
+        # Under torch.export / torch.compile a slice would guard on whether a crop happens at
+        # the example length and specialise the graph to it; index_select keeps the length
+        # symbolic. Eager mode keeps the free view.
+        return x.index_select(-1, torch.arange(length, device=x.device))
+    return x[..., :length]
+
+
+class ResUBlock(nn.Module):
+    """Residual U-block of U-depth `depth` followed by AvgPool1d(2) and a 1x1 conv.
+
+    conv_in (in -> width) gives x_in; `depth` stride-2 encoder convs (width -> mid, then
+    mid -> mid); a stride-1 bottleneck conv; `depth` transposed-conv decoder stages, each on
+    the concatenation with the matching encoder output (2*mid -> mid, last 2*mid -> width);
+    the result is added to x_in, then the length is halved.
+
+    Length rule (any input length works, with no padding): a stride-2 'same' conv maps n
+    samples to ceil(n / 2) with output j centred on input 2j, and a decoder stage maps m to
+    exactly 2m on the same grid, so each decoder output covers the tensor it meets next (the
+    skip, finally x_in) plus at most one trailing sample, which is cropped. The design's
+    "left-pad by 1 when the length is not divisible by 4" only lines the skips up for a few
+    input lengths; both rules do nothing when every level's length is even (the seed at
+    L = 4,096: 2,048 / 1,024 / 512 / 256 samples per block).
+    """
+
+    def __init__(self, in_ch: int, width: int, mid: int, depth: int, kernel: int) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"U-depth must be >= 1, got {depth}")
+        self.depth = depth
+        self.conv_in = ConvBNAct(in_ch, width, kernel)
+        self.encoder = nn.ModuleList(
+            ConvBNAct(width if i == 0 else mid, mid, kernel, stride=2) for i in range(depth)
+        )
+        self.bottleneck = ConvBNAct(mid, mid, kernel)
+        self.decoder = nn.ModuleList(
+            UpConvBNAct(2 * mid, width if i == depth - 1 else mid, kernel) for i in range(depth)
+        )
+        self.pool = nn.AvgPool1d(2)
+        self.proj = nn.Conv1d(width, width, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x_in = self.conv_in(x)
+        h = x_in
+        inputs: list[Tensor] = []  # what each decoder output must match: x_in, e_1 .. e_{d-1}
+        for enc in self.encoder:
+            inputs.append(h)
+            h = enc(h)
+        skip = h
+        h = self.bottleneck(h)
+        for i, dec in enumerate(self.decoder):
+            target = inputs[self.depth - 1 - i]
+            h = _crop_to(dec(torch.cat([h, skip], dim=1)), target.size(-1))
+            skip = target
+        return self.proj(self.pool(h + x_in))
+
+
+class DenseLayer(nn.Module):
+    """DenseNet-BC layer: BN-ReLU-1x1 conv (bottleneck * growth) - BN-ReLU-k3 conv (growth)."""
+
+    def __init__(self, in_ch: int, growth: int, bottleneck: int) -> None:
+        super().__init__()
+        inner = bottleneck * growth
+        self.net = nn.Sequential(
+            nn.BatchNorm1d(in_ch),
+            nn.ReLU(inplace=True),  # acts on BN's fresh output, never on the shared input
+            nn.Conv1d(in_ch, inner, 1, bias=False),
+            nn.BatchNorm1d(inner),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(inner, growth, 3, padding=1, bias=False),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class DenseBlock(nn.Module):
+    """`layers` dense layers; each sees the concatenation of the input and all earlier outputs."""
+
+    def __init__(self, in_ch: int, layers: int, growth: int, bottleneck: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DenseLayer(in_ch + i * growth, growth, bottleneck) for i in range(layers)
+        )
+        self.out_channels = in_ch + layers * growth
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = torch.cat([x, layer(x)], dim=1)
+        return x
+
+
+class Transition(nn.Sequential):
+    """BN -> ReLU -> 1x1 conv; changes channels only (the length is kept, as in the seed)."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__(
+            nn.BatchNorm1d(in_ch), nn.ReLU(inplace=True), nn.Conv1d(in_ch, out_ch, 1, bias=False)
+        )
+
+
+class TemporalSelfAttention(nn.Module):
+    """Multi-head self-attention over time on (B, C, T), returning (B, T, C).
+
+    Same parameters as nn.MultiheadAttention(C, heads) (packed qkv and output projections,
+    with biases) but calls scaled_dot_product_attention directly, which picks the fused
+    kernel on every device and exports cleanly with a symbolic T.
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, t = x.shape
+        qkv = self.qkv(x.transpose(1, 2))  # (B, T, 3C)
+        q, k, v = qkv.view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, C/H)
+        return self.out(y.transpose(1, 2).reshape(b, t, c))
+
+
+class GlobalMaxPool(nn.Module):
+    """Max over the time axis: (B, T, C) -> (B, C) when `time_dim` is 1, (B, C, T) when 2."""
+
+    def __init__(self, time_dim: int = 1) -> None:
+        super().__init__()
+        self.time_dim = time_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.amax(dim=self.time_dim)

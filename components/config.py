@@ -1,0 +1,394 @@
+"""The typed, frozen description of a model, with JSON and flat-dict round trips.
+
+The flat form (`to_flat` / `from_flat`) is what search spaces, Optuna and MLflow params use:
+dotted keys such as `branch.depths`. `from_flat` also accepts the string forms that an MLflow
+param or a YAML file may hand back (`"6-5-4-3"`, `"[6, 5, 4, 3]"`, `"true"`) and rejects
+everything else with a `ValueError` that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+__all__ = [
+    "FLAT_KEYS",
+    "MIN_LENGTH",
+    "NUM_LEADS",
+    "BranchConfig",
+    "ModelConfig",
+    "StemConfig",
+    "split_label_groups",
+    "validate",
+]
+
+NUM_LEADS = 12
+# Shortest input every valid config must accept (the seed uses 4,096; crops may be shorter).
+MIN_LENGTH = 1024
+
+
+def _fail(key: str, message: str) -> NoReturn:
+    raise ValueError(f"{key}: {message}")
+
+
+def _check_int(key: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(key, f"expected an int, got {value!r}")
+    if value < minimum:
+        _fail(key, f"must be >= {minimum}, got {value}")
+
+
+def _check_odd(key: str, value: int) -> None:
+    # Odd kernels with padding k // 2 keep lengths exact (same conv, exact 2x up/down).
+    if value % 2 == 0:
+        _fail(key, f"must be odd, got {value}")
+
+
+def _check_float(key: str, value: Any, low: float, high: float, high_inclusive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(key, f"expected a finite number, got {value!r}")
+    ok = low <= value <= high if high_inclusive else low <= value < high
+    if not ok:
+        bracket = "]" if high_inclusive else ")"
+        _fail(key, f"must be in [{low}, {high}{bracket}, got {value}")
+    return float(value)
+
+
+def _check_bool(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(key, f"expected a bool, got {value!r}")
+
+
+def _check_int_tuple(key: str, value: Any, minimum: int) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        _fail(key, f"expected a sequence of ints, got {value!r}")
+    items = tuple(value)
+    if not items:
+        _fail(key, "must not be empty")
+    for item in items:
+        _check_int(key, item, minimum)
+    return items
+
+
+@dataclass(frozen=True)
+class StemConfig:
+    """First conv of the network: 12 leads -> `channels`, stride `stride`."""
+
+    channels: int = 256
+    kernel: int = 15
+    stride: int = 2
+    shared: bool = True  # one stem for all branches, or one per branch
+
+    def __post_init__(self) -> None:
+        _check_int("stem.channels", self.channels, 1)
+        _check_int("stem.kernel", self.kernel, 1)
+        _check_odd("stem.kernel", self.kernel)
+        _check_int("stem.stride", self.stride, 1)
+        _check_bool("stem.shared", self.shared)
+
+
+@dataclass(frozen=True)
+class BranchConfig:
+    """One ResU-Dense trunk: U-blocks, dense blocks, optional attention, pooled embedding."""
+
+    depths: tuple[int, ...] = (6, 5, 4, 3)  # one residual U-block per entry (its U-depth)
+    width: int = 256  # U-block channels
+    mid: int = 64  # U-block encoder/decoder channels
+    kernel: int = 9  # U-block conv kernel
+    dense_layers: tuple[int, ...] = (16, 16)  # one dense block per entry (its layer count)
+    growth: int = 12
+    bottleneck: int = 4  # dense-layer 1x1 conv width = bottleneck * growth
+    compression: float = 0.5  # transitions between dense blocks keep floor(c * compression)
+    out_channels: int = 256  # embedding size D (the last transition's output)
+    attention: bool = True
+    heads: int = 8
+    dropout: float = 0.5  # before attention / pooling
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "depths", _check_int_tuple("branch.depths", self.depths, 1))
+        object.__setattr__(
+            self, "dense_layers", _check_int_tuple("branch.dense_layers", self.dense_layers, 1)
+        )
+        for name in ("width", "mid", "growth", "bottleneck", "out_channels", "heads"):
+            _check_int(f"branch.{name}", getattr(self, name), 1)
+        _check_int("branch.kernel", self.kernel, 1)
+        _check_odd("branch.kernel", self.kernel)
+        compression = _check_float("branch.compression", self.compression, 0.0, 1.0, True)
+        if compression == 0.0:
+            _fail("branch.compression", "must be > 0")
+        object.__setattr__(self, "compression", compression)
+        object.__setattr__(
+            self, "dropout", _check_float("branch.dropout", self.dropout, 0.0, 1.0, False)
+        )
+        _check_bool("branch.attention", self.attention)
+        if self.attention and self.out_channels % self.heads:
+            _fail(
+                "branch.heads",
+                f"branch.out_channels={self.out_channels} (the attention width) is not "
+                f"divisible by branch.heads={self.heads}",
+            )
+        for i, channels in enumerate(self.dense_channels()[1:-1]):
+            if channels < 1:
+                _fail("branch.compression", f"leaves transition {i} with 0 channels")
+
+    def dense_channels(self) -> list[int]:
+        """Channels entering each dense block, then the embedding size."""
+        channels = [self.width]
+        for i, layers in enumerate(self.dense_layers):
+            grown = channels[-1] + layers * self.growth
+            last = i == len(self.dense_layers) - 1
+            channels.append(self.out_channels if last else int(grown * self.compression))
+        return channels
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The whole multi-branch model. Label-dependent checks live in `validate`."""
+
+    stem: StemConfig = field(default_factory=StemConfig)
+    branch: BranchConfig = field(default_factory=BranchConfig)
+    n_branches: int = 0  # 0 = one branch per label group
+    fusion: str = "independent"
+    fusion_hidden: int = 256  # concat: MLP hidden size; attention: key size
+    fusion_dropout: float = 0.2  # concat / attention / late; unused by independent
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.stem, StemConfig):
+            _fail("stem", f"expected a StemConfig, got {type(self.stem).__name__}")
+        if not isinstance(self.branch, BranchConfig):
+            _fail("branch", f"expected a BranchConfig, got {type(self.branch).__name__}")
+        _check_int("n_branches", self.n_branches, 0)
+        from .fusion import FUSIONS  # late import: fusion modules type-hint this config
+
+        if not isinstance(self.fusion, str) or self.fusion not in FUSIONS:
+            _fail("fusion", f"unknown fusion {self.fusion!r}; valid: {', '.join(FUSIONS)}")
+        _check_int("fusion.hidden", self.fusion_hidden, 1)
+        object.__setattr__(
+            self,
+            "fusion_dropout",
+            _check_float("fusion.dropout", self.fusion_dropout, 0.0, 1.0, False),
+        )
+        length = self.sequence_length(MIN_LENGTH)
+        if length < 1:
+            _fail(
+                "branch.depths",
+                f"stem.stride={self.stem.stride} and {len(self.branch.depths)} U-blocks "
+                f"(each halving the length) leave nothing of a {MIN_LENGTH}-sample input",
+            )
+
+    def sequence_length(self, length: int) -> int:
+        """Time steps reaching attention/pooling for `length` input samples (0: too short)."""
+        k, s = self.stem.kernel, self.stem.stride
+        t = (length + 2 * (k // 2) - k) // s + 1
+        for _ in self.branch.depths:
+            if t < 2:  # AvgPool1d(2) needs two samples
+                return 0
+            t //= 2
+        return t
+
+    # --- flat dict --------------------------------------------------------------------
+
+    def to_flat(self) -> dict[str, Any]:
+        """Dotted keys -> JSON-friendly values (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for key, (section, name) in _FLAT.items():
+            value = getattr(getattr(self, section) if section else self, name)
+            out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any], *, base: ModelConfig | None = None) -> ModelConfig:
+        """Build from dotted keys; keys absent from `flat` come from `base` (default config)."""
+        base = cls() if base is None else base
+        unknown = sorted(set(flat) - set(_FLAT))
+        if unknown:
+            raise ValueError(
+                f"unknown config key(s) {', '.join(map(repr, unknown))}; "
+                f"valid keys: {', '.join(FLAT_KEYS)}"
+            )
+        sections: dict[str, dict[str, Any]] = {"stem": {}, "branch": {}, "": {}}
+        for key, value in flat.items():
+            section, name = _FLAT[key]
+            default = getattr(getattr(base, section) if section else base, name)
+            sections[section][name] = _parse(key, value, default)
+        stem = dataclasses.replace(base.stem, **sections["stem"])
+        branch = dataclasses.replace(base.branch, **sections["branch"])
+        return dataclasses.replace(base, stem=stem, branch=branch, **sections[""])
+
+    def with_flat(self, overrides: Mapping[str, Any]) -> ModelConfig:
+        """A copy with dotted-key overrides applied (same parsing as `from_flat`)."""
+        return type(self).from_flat(overrides, base=self)
+
+    def replace(self, **overrides: Any) -> ModelConfig:
+        """`with_flat` with keyword names: dots become underscores (`branch_depths=(3, 2)`)."""
+        by_alias = {key.replace(".", "_"): key for key in FLAT_KEYS}
+        unknown = sorted(set(overrides) - set(by_alias))
+        if unknown:
+            raise ValueError(
+                f"unknown config key(s) {', '.join(map(repr, unknown))}; "
+                f"valid keywords: {', '.join(by_alias)}"
+            )
+        return self.with_flat({by_alias[name]: value for name, value in overrides.items()})
+
+    # --- JSON ---------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (lists for tuples), the JSON form."""
+        out = dataclasses.asdict(self)
+        for section in ("stem", "branch"):
+            out[section] = {
+                k: list(v) if isinstance(v, tuple) else v for k, v in out[section].items()
+            }
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of `to_dict`; every key is required and unknown keys are rejected."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected a mapping, got {type(data).__name__}")
+        flat: dict[str, Any] = {}
+        top = {name: key for key, (section, name) in _FLAT.items() if not section}
+        expected = {"stem", "branch", *top}
+        if set(data) != expected:
+            raise ValueError(
+                f"config keys {sorted(data)} do not match the expected {sorted(expected)}"
+            )
+        for section in ("stem", "branch"):
+            part = data[section]
+            if not isinstance(part, Mapping):
+                raise ValueError(f"{section}: expected a mapping, got {part!r}")
+            for name, value in part.items():
+                flat[f"{section}.{name}"] = value
+        for name, key in top.items():
+            flat[key] = data[name]
+        missing = sorted(set(FLAT_KEYS) - set(flat))
+        if missing:
+            raise ValueError(f"missing config key(s): {', '.join(missing)}")
+        return cls.from_flat(flat)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def _flat_table() -> dict[str, tuple[str, str]]:
+    table: dict[str, tuple[str, str]] = {}
+    for section, klass in (("stem", StemConfig), ("branch", BranchConfig)):
+        for f in dataclasses.fields(klass):
+            table[f"{section}.{f.name}"] = (section, f.name)
+    for f in dataclasses.fields(ModelConfig):
+        if f.name not in ("stem", "branch"):
+            # fusion_hidden -> fusion.hidden; the search space nests fusion options
+            key = f.name.replace("fusion_", "fusion.", 1)
+            table[key] = ("", f.name)
+    return table
+
+
+_FLAT = _flat_table()
+FLAT_KEYS: tuple[str, ...] = tuple(_FLAT)
+
+_TRUE, _FALSE = {"true"}, {"false"}
+
+
+def _parse(key: str, value: Any, default: Any) -> Any:
+    """Coerce MLflow/YAML string forms to the type of `default`; leave the rest to checks."""
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in _TRUE | _FALSE:
+                return lowered in _TRUE
+            _fail(key, f"expected true/false, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            return _parse_int_tuple(key, value)
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        _fail(key, f"expected a list of ints like [6, 5, 4, 3] or '6-5-4-3', got {value!r}")
+    if isinstance(default, int) and isinstance(value, str):
+        if re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            return int(value)
+        _fail(key, f"expected an int, got {value!r}")
+    if isinstance(default, float) and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            _fail(key, f"expected a number, got {value!r}")
+    return value
+
+
+def _parse_int_tuple(key: str, text: str) -> tuple[int, ...]:
+    body = text.strip()
+    if re.fullmatch(r"\d+(-\d+)*", body):  # "6-5-4-3", "16"
+        return tuple(int(p) for p in body.split("-"))
+    bracketed = re.fullmatch(r"[\[(]\s*(\d+(?:\s*,\s*\d+)*)\s*,?\s*[\])]", body)
+    if bracketed and (body[0], body[-1]) in {("[", "]"), ("(", ")")}:
+        return tuple(int(p) for p in bracketed.group(1).split(","))
+    _fail(key, f"expected ints like '6-5-4-3' or '[6, 5, 4, 3]', got {text!r}")
+
+
+def split_label_groups(num_labels: int, n_groups: int) -> list[list[int]]:
+    """Contiguous near-even split of range(num_labels) into `n_groups` groups."""
+    if not 1 <= n_groups <= num_labels:
+        raise ValueError(f"cannot split {num_labels} labels into {n_groups} non-empty groups")
+    size, extra = divmod(num_labels, n_groups)
+    groups, start = [], 0
+    for g in range(n_groups):
+        stop = start + size + (1 if g < extra else 0)
+        groups.append(list(range(start, stop)))
+        start = stop
+    return groups
+
+
+def validate(
+    config: ModelConfig, num_labels: int, label_groups: Sequence[Sequence[int]] | None = None
+) -> list[list[int]]:
+    """Check `config` against the label layout; return the groups the model will use.
+
+    Call before a trial starts: every problem a build would hit raises a `ValueError` here.
+    `label_groups` must partition range(num_labels); None means one group of all labels for
+    a single-branch model and a near-even contiguous split into `n_branches` groups otherwise.
+    The number of branches is `config.n_branches`, or the number of groups when it is 0.
+    `independent` fusion needs one branch per group, except that a single branch predicts
+    every label whatever the grouping (the plain seed network).
+    """
+    if not isinstance(config, ModelConfig):
+        raise ValueError(f"expected a ModelConfig, got {type(config).__name__}")
+    _check_int("num_labels", num_labels, 1)
+    if label_groups is None:
+        n = config.n_branches or 1
+        if n > num_labels:
+            _fail("n_branches", f"{n} branches need at least {n} labels, got {num_labels}")
+        groups = split_label_groups(num_labels, n)
+    else:
+        groups = [list(g) for g in label_groups]
+        seen: list[int] = []
+        for g in groups:
+            if not g:
+                _fail("label_groups", "every group must hold at least one label")
+            for i in g:
+                if isinstance(i, bool) or not isinstance(i, int):
+                    _fail("label_groups", f"label indices must be ints, got {i!r}")
+                seen.append(i)
+        if sorted(seen) != list(range(num_labels)):
+            _fail(
+                "label_groups",
+                f"must hold every label index 0..{num_labels - 1} exactly once, got {groups}",
+            )
+    n_branches = config.n_branches or len(groups)
+    from .fusion import FUSIONS
+
+    FUSIONS[config.fusion].check_layout(n_branches, num_labels, groups)
+    return groups

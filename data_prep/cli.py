@@ -1,0 +1,147 @@
+"""`ecgtune synth` and `ecgtune prep`. Parsing imports nothing heavy; handlers import lazily."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import PrepError
+
+__all__ = ["USER_ERRORS", "register"]
+
+# Expected failures the console script prints as one line (exit status 1).
+USER_ERRORS: tuple[type[BaseException], ...] = (PrepError,)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    default_workers = min(os.cpu_count() or 1, 8)
+    synth = subparsers.add_parser(
+        "synth",
+        help="write synthetic 12-lead ECG records (ecg-arrhythmia layout)",
+        description=(
+            "Write N synthetic records as DIR/WFDBRecords/NN/NNN/JSxxxxx.hea + .mat (MATLAB v4, "
+            "int16 12 x n, 1000 units/mV, #Age/#Sex/#Dx headers with SNOMED CT codes). Each "
+            "record's labels show in the signal (rate, rhythm, P waves, QRS width and shape, "
+            "axis, voltage, pacing spikes, Q waves, ST/T). The same seed gives the same bytes."
+        ),
+    )
+    synth.add_argument("--output", required=True, metavar="DIR", help="output directory")
+    synth.add_argument("--n", required=True, type=_non_negative_int, help="number of records")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument(
+        "--fs", type=_positive_float, default=500.0, help="sampling frequency in Hz (default 500)"
+    )
+    synth.add_argument(
+        "--seconds", type=_positive_float, default=10.0,
+        help="record length in seconds (default 10)",
+    )
+    synth.add_argument(
+        "--workers", type=_positive_int, default=1,
+        help="worker processes (default 1; the output does not depend on it)",
+    )
+    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
+    synth.set_defaults(func=_run_synth)
+
+    prep = subparsers.add_parser(
+        "prep",
+        help="WFDB records -> quality gates -> folds -> Parquet shards + manifest",
+        description=(
+            "Read every WFDB record (*.hea with .mat or .dat) under --input, quarantine "
+            "unusable ones (DIR/quarantine.csv), resample to --fs and crop/pad to --seconds, "
+            "assign 10 folds by iterative multi-label stratification (0-6 train, 7 validation, "
+            "8 ensemble/calibration, 9 test), and write zstd Parquet shards grouped by fold "
+            "(DIR/shards/) and DIR/manifest.json (written last). Re-running with the same input "
+            "keeps finished shards whose checksum verifies and completes the rest."
+        ),
+    )
+    prep.add_argument(
+        "--input", metavar="DIR",
+        help="root of the records, e.g. .../WFDBRecords (searched recursively)",
+    )
+    prep.add_argument("--output", required=True, metavar="DIR", help="output directory")
+    prep.add_argument(
+        "--labels", default="seed20", metavar="NAME",
+        help="label map: seed20 (default) or seed20-rbbb (59118001 -> CRBBB)",
+    )
+    prep.add_argument(
+        "--workers", type=_positive_int, default=default_workers,
+        help=f"worker processes (default {default_workers}: this machine's cores)",
+    )
+    prep.add_argument(
+        "--shard-size", type=_positive_int, default=1000, help="records per shard (default 1000)"
+    )
+    prep.add_argument(
+        "--fs", type=_positive_int, default=500, help="output sampling frequency, Hz (default 500)"
+    )
+    prep.add_argument(
+        "--seconds", type=_positive_float, default=10.0,
+        help="output length in seconds: centred crop or zero padding at the end (default 10)",
+    )
+    prep.add_argument("--seed", type=int, default=0, help="fold assignment seed (default 0)")
+    prep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prep.add_argument(
+        "--verify", action="store_true",
+        help="only check the shards in --output against manifest.json (exit 1 naming the first "
+        "bad file); --input is not needed",
+    )
+    prep.set_defaults(func=_run_prep, _parser=prep)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from .synth import synthesize
+
+    result = synthesize(
+        args.output, args.n, args.seed, fs=args.fs, seconds=args.seconds, workers=args.workers,
+        progress=not args.no_progress,
+    )
+    counts = ", ".join(f"{k} {v}" for k, v in result.label_counts.items())
+    print(f"wrote {result.n} records to {result.output_dir} (seed {result.seed})")
+    print(f"labels: {counts}")
+    return 0
+
+
+def _run_prep(args: argparse.Namespace) -> int:
+    if args.verify:
+        from .shards import verify_shards
+
+        files = verify_shards(args.output)
+        print(f"{len(files)} shards verified in {args.output}")
+        return 0
+    if not args.input:
+        args._parser.error("--input is required (unless --verify)")
+    from .prep import format_summary, prepare
+
+    result = prepare(
+        args.input, args.output, labels=args.labels, workers=args.workers,
+        shard_size=args.shard_size, fs=args.fs, seconds=args.seconds, seed=args.seed,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(format_summary(result.manifest))
+    print(
+        f"\n{result.output_dir}: {result.shards_written} shards written, "
+        f"{result.shards_kept} kept, {result.seconds:.1f} s "
+        f"({result.records_per_second:.0f} records/s)"
+    )
+    return 0

@@ -1,0 +1,59 @@
+"""Exceptions of data_prep.
+
+`PrepError` and its subclasses are user-facing: the CLI prints them as one line. `RecordError`
+carries a quarantine reason code so `prep` (quarantine.csv) and `predict` (per-record rejection)
+report the same words.
+"""
+
+from __future__ import annotations
+
+# Quarantine reason codes, in the order the summary table lists them.
+REASON_CODES: tuple[str, ...] = (
+    "missing_signal",
+    "truncated_signal",
+    "unparsable_header",
+    "wrong_lead_set",
+    "no_samples",
+    "invalid_samples",
+    "flat_lead",
+    "saturated_lead",
+    "duplicate_record",
+    "unreadable",
+)
+
+
+class PrepError(Exception):
+    """Base class of the expected failures of data_prep (bad input, corrupt output)."""
+
+
+class LabelMapError(PrepError, KeyError):
+    """An unknown or malformed label map."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ShardChecksumError(PrepError):
+    """A shard file is missing or its sha256 does not match the manifest."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"shard {path}: {detail}")
+        self.path = path
+
+
+class RecordError(PrepError):
+    """A record that cannot be used; `code` is one of REASON_CODES."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        if code not in REASON_CODES:
+            raise ValueError(f"unknown quarantine reason code {code!r}")
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+    @property
+    def reason(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+    def __reduce__(self):  # keep (code, detail) through pickling across processes
+        return (type(self), (self.code, self.detail))

@@ -1,0 +1,477 @@
+"""WFDB records: header parsing, signal reading, directory scan.
+
+`wfdb.rdrecord` costs milliseconds per record, mostly in its header parser, so records in the
+common layout (all leads interleaved in one format-16 file: ecg-arrhythmia's MATLAB v4 `.mat`
+with a 24-byte prefix, PTB-XL's `.dat`) are read here with our own parser and `np.fromfile`.
+That is the same byte interpretation WFDB applies, so the values are identical (tested against
+wfdb). Anything else goes through `wfdb.rdrecord`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from .errors import RecordError
+
+__all__ = [
+    "STANDARD_LEADS",
+    "Header",
+    "RawRecord",
+    "SignalSpec",
+    "parse_header",
+    "read_header",
+    "read_record",
+    "read_signal",
+    "scan_records",
+    "scan_relative",
+]
+
+STANDARD_LEADS: tuple[str, ...] = (
+    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
+)
+_LEAD_KEYS = {name.lower(): i for i, name in enumerate(STANDARD_LEADS)}
+_IDENTITY = list(range(12))
+
+# Bits per sample of the WFDB storage formats (for rails / invalid-value sentinels) and bytes
+# per sample (for the truncation check); FLAC formats (5xx) have no fixed size.
+_FORMAT_BITS = {"8": 8, "16": 16, "24": 24, "32": 32, "61": 16, "80": 8, "160": 16,
+                "212": 12, "310": 10, "311": 10, "508": 8, "516": 16, "524": 24}
+_FORMAT_BYTES = {"8": 1.0, "16": 2.0, "24": 3.0, "32": 4.0, "61": 2.0, "80": 1.0, "160": 2.0,
+                 "212": 1.5, "310": 4 / 3, "311": 4 / 3}
+_DEFAULT_GAIN = 200.0  # WFDB's DEFGAIN, used when the header's gain is 0 or absent
+_SIGNAL_FMT = re.compile(r"^(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?$")
+_GAIN = re.compile(r"^([-+0-9.eEinfINFaN]+)(?:\((-?\d+)\))?(?:/(\S+))?$")
+
+
+class SignalSpec(NamedTuple):
+    """One signal line of a WFDB header (a NamedTuple: headers are parsed by the thousand)."""
+
+    file_name: str
+    fmt: str
+    samples_per_frame: int
+    skew: int
+    byte_offset: int
+    gain: float
+    baseline: int
+    units: str
+    adc_res: int
+    adc_zero: int
+    init_value: int | None
+    checksum: int | None
+    description: str
+
+
+@dataclass(frozen=True)
+class Header:
+    name: str
+    n_sig: int
+    fs: float
+    n_samples: int | None
+    signals: tuple[SignalSpec, ...]
+    comments: tuple[str, ...]
+    age: int | None
+    sex: str | None
+    dx_codes: tuple[str, ...]
+
+    @property
+    def sig_names(self) -> tuple[str, ...]:
+        return tuple(s.description for s in self.signals)
+
+    def lead_order(self) -> list[int]:
+        """Indices of the 12 standard leads among the header's signals (case-insensitive).
+
+        Extra non-standard signals are ignored; a missing or duplicated standard lead raises
+        RecordError('wrong_lead_set').
+        """
+        return list(self._lead_order)
+
+    @functools.cached_property
+    def _lead_order(self) -> tuple[int, ...]:
+        found: dict[int, int] = {}
+        duplicates: list[str] = []
+        for i, sig in enumerate(self.signals):
+            k = _LEAD_KEYS.get(sig.description.strip().lower())
+            if k is None:
+                continue
+            if k in found:
+                duplicates.append(STANDARD_LEADS[k])
+            found[k] = i
+        missing = [STANDARD_LEADS[k] for k in range(12) if k not in found]
+        if missing or duplicates:
+            parts = []
+            if missing:
+                parts.append("missing " + ",".join(missing))
+            if duplicates:
+                parts.append("duplicate " + ",".join(duplicates))
+            names = ",".join(self.sig_names) or "none"
+            raise RecordError("wrong_lead_set", f"{'; '.join(parts)} (leads: {names})")
+        return tuple(found[k] for k in range(12))
+
+    @functools.cached_property
+    def simple_layout(self) -> bool:
+        """All signals interleaved in one format-16 file: the layout the fast reader handles."""
+        sigs = self.signals
+        return (
+            len(sigs) > 0
+            and all(s.fmt == "16" and s.samples_per_frame == 1 and s.skew == 0 for s in sigs)
+            and len({s.file_name for s in sigs}) == 1
+            and len({s.byte_offset for s in sigs}) == 1
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class RawRecord:
+    """A record as stored: digital values in standard lead order, with gain and baseline."""
+
+    name: str
+    source: str
+    fs: float
+    digital: np.ndarray  # (12, n) integer, leads in STANDARD_LEADS order
+    gains: np.ndarray  # (12,) float64, digital units per physical unit
+    baselines: np.ndarray  # (12,) int64, digital value of 0 physical units
+    units: tuple[str, ...]
+    adc_bits: int  # storage bits: rails and the invalid-sample sentinel derive from it
+    age: int | None
+    sex: str | None
+    dx_codes: tuple[str, ...]
+    reader: str  # "fast" or "wfdb"
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.digital.shape[1])
+
+    @property
+    def lead_names(self) -> tuple[str, ...]:
+        return STANDARD_LEADS
+
+
+def _bad(detail: str) -> RecordError:
+    return RecordError("unparsable_header", detail)
+
+
+def _parse_int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise _bad(f"{what} {text!r} is not an integer") from None
+
+
+def _parse_age(value: str) -> int | None:
+    try:
+        age = float(value)
+    except ValueError:
+        return None  # "Unknown", "", "NaN." and the like
+    if not math.isfinite(age) or not 0 <= age <= 150:
+        return None
+    return int(age)
+
+
+def _parse_sex(value: str) -> str | None:
+    v = value.strip().rstrip(".").lower()
+    if v in ("male", "m"):
+        return "Male"
+    if v in ("female", "f"):
+        return "Female"
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_static(
+    fmt_text: str, gain_text: str | None, adc: tuple[str, ...], block: str | None,
+    description: str,
+) -> tuple[str, int, int, int, float, int, str, int, int, str]:
+    """The fields that repeat from record to record ('16x1+24', '1000.0(0)/mV', ...): cached,
+    so a header costs little more than splitting its lines."""
+    m = _SIGNAL_FMT.match(fmt_text)
+    if not m:
+        raise _bad(f"bad format field {fmt_text!r}")
+    fmt, spf, skew, offset = m.groups()
+    gain, baseline, units = 0.0, None, "mV"
+    if gain_text is not None:
+        g = _GAIN.match(gain_text)
+        if not g:
+            raise _bad(f"bad gain field {gain_text!r}")
+        try:
+            gain = float(g.group(1))
+        except ValueError:
+            raise _bad(f"bad gain {g.group(1)!r}") from None
+        baseline = int(g.group(2)) if g.group(2) is not None else None
+        units = g.group(3) or "mV"
+    adc_res = _parse_int(adc[0], "ADC resolution") if len(adc) > 0 else 0
+    adc_zero = _parse_int(adc[1], "ADC zero") if len(adc) > 1 else 0
+    if block is not None:
+        _parse_int(block, "block size")
+    return (
+        fmt, int(spf) if spf else 1, int(skew) if skew else 0, int(offset) if offset else 0,
+        # WFDB: a zero gain means "uncalibrated", read as DEFGAIN; baseline defaults to ADC zero.
+        gain if gain != 0 else _DEFAULT_GAIN, baseline if baseline is not None else adc_zero,
+        units, adc_res, adc_zero, description,
+    )
+
+
+def _parse_signal_line(line: str, lineno: int) -> SignalSpec:
+    fields = line.split(None, 8)
+    n = len(fields)
+    if n < 2:
+        raise _bad(f"line {lineno}: signal line needs a file name and a format")
+    try:
+        static = _parse_static(
+            fields[1], fields[2] if n > 2 else None, tuple(fields[3:5]),
+            fields[7] if n > 7 else None, fields[8].strip() if n > 8 else "",
+        )
+    except RecordError as exc:
+        raise _bad(f"line {lineno}: {exc.detail}") from None
+    fmt, spf, skew, offset, gain, baseline, units, adc_res, adc_zero, description = static
+    init_value = _parse_int(fields[5], "initial value") if n > 5 else None
+    checksum = _parse_int(fields[6], "checksum") if n > 6 else None
+    return SignalSpec(
+        fields[0], fmt, spf, skew, offset, gain, baseline, units, adc_res, adc_zero,
+        init_value, checksum, description,
+    )
+
+
+def parse_header(text: str, name: str | None = None) -> Header:
+    """Parse WFDB header text; any malformation raises RecordError('unparsable_header').
+
+    `name` (the header file's stem) overrides the record name written inside the header.
+    """
+    try:
+        return _parse_header(text, name)
+    except RecordError:
+        raise
+    except (ValueError, IndexError, OverflowError) as exc:  # a case the checks did not foresee
+        raise _bad(f"{type(exc).__name__}: {exc}") from None
+
+
+def _parse_header(text: str, name: str | None) -> Header:
+    lines: list[tuple[int, str]] = []
+    comments: list[str] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            comments.append(line.lstrip("#").strip())
+        else:
+            lines.append((lineno, line))
+    if not lines:
+        raise _bad("no record line")
+    lineno, record_line = lines[0]
+    fields = record_line.split()
+    if len(fields) < 2:
+        raise _bad(f"line {lineno}: record line needs a name and a signal count")
+    if "/" in fields[0]:
+        raise _bad("multi-segment records are not supported")
+    n_sig = _parse_int(fields[1], "signal count")
+    if n_sig < 0:
+        raise _bad(f"negative signal count {n_sig}")
+    fs = 250.0  # WFDB default
+    if len(fields) > 2:
+        try:
+            fs = float(fields[2].split("/")[0])
+        except ValueError:
+            raise _bad(f"line {lineno}: bad sampling frequency {fields[2]!r}") from None
+        if not math.isfinite(fs) or fs <= 0:
+            raise _bad(f"line {lineno}: sampling frequency must be positive, got {fields[2]!r}")
+    n_samples = _parse_int(fields[3], "sample count") if len(fields) > 3 else None
+    if n_samples is not None and n_samples < 0:
+        raise _bad(f"negative sample count {n_samples}")
+    signal_lines = lines[1:]
+    if len(signal_lines) != n_sig:
+        raise _bad(f"header declares {n_sig} signals but has {len(signal_lines)} signal lines")
+    signals = tuple(_parse_signal_line(line, no) for no, line in signal_lines)
+
+    age, sex, dx_codes = parse_comments(comments)
+    return Header(
+        name=name or fields[0],
+        n_sig=n_sig,
+        fs=fs,
+        n_samples=n_samples,
+        signals=signals,
+        comments=tuple(comments),
+        age=age,
+        sex=sex,
+        dx_codes=dx_codes,
+    )
+
+
+def parse_comments(comments: list[str]) -> tuple[int | None, str | None, tuple[str, ...]]:
+    """(age, sex, Dx codes) from header comment lines (without '#'); tolerant of spacing,
+    case and missing or unknown values."""
+    age: int | None = None
+    sex: str | None = None
+    dx: list[str] = []
+    for comment in comments:
+        key, sep, value = comment.partition(":")
+        if not sep:
+            continue
+        key = key.strip().lower()
+        if key == "age":
+            age = _parse_age(value.strip())
+        elif key == "sex":
+            sex = _parse_sex(value)
+        elif key == "dx":
+            dx.extend(c.strip() for c in value.split(",") if c.strip())
+    return age, sex, tuple(dict.fromkeys(dx))
+
+
+def header_comments(text: str) -> list[str]:
+    """The comment lines of header text, '#' and surrounding spaces removed."""
+    return [line.strip().lstrip("#").strip() for line in text.splitlines()
+            if line.lstrip().startswith("#")]
+
+
+def read_header(path: str | os.PathLike[str]) -> Header:
+    """Read and parse a `.hea` file (the record name is the file's stem)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RecordError("unreadable", f"cannot read header: {exc.strerror or exc}") from None
+    if b"\x00" in data:
+        raise _bad("binary data in header")
+    return parse_header(data.decode("utf-8", errors="replace"), name=path.stem)
+
+
+def _file_size(folder: str, file_name: str) -> int:
+    try:
+        return os.stat(os.path.join(folder, file_name)).st_size
+    except FileNotFoundError:
+        raise RecordError("missing_signal", f"signal file {file_name} not found") from None
+    except OSError as exc:
+        raise RecordError("unreadable", f"cannot stat {file_name}: {exc}") from None
+
+
+def _available_samples(header: Header, folder: str) -> int | None:
+    """Samples available in the shortest signal file (None when the format has no fixed size)."""
+    available: int | None = None
+    per_file: dict[str, list[SignalSpec]] = {}
+    for s in header.signals:
+        per_file.setdefault(s.file_name, []).append(s)
+    for file_name, sigs in per_file.items():
+        size = _file_size(folder, file_name)
+        width = _FORMAT_BYTES.get(sigs[0].fmt)
+        if width is None or len({s.fmt for s in sigs}) > 1:
+            continue
+        frame = width * sum(s.samples_per_frame for s in sigs)
+        n = int(max(size - sigs[0].byte_offset, 0) // frame)
+        available = n if available is None else min(available, n)
+    return available
+
+
+def read_signal(
+    header: Header, header_path: str | os.PathLike[str], method: str = "auto"
+) -> tuple[np.ndarray, int, str]:
+    """Digital samples of the 12 standard leads: ((12, n) integer array, storage bits, reader).
+
+    `method`: "fast" (format-16 single-file records only), "wfdb", or "auto" (fast when possible).
+    """
+    order = header.lead_order()
+    header_path = os.fspath(header_path)
+    folder = os.path.dirname(header_path)
+    available = _available_samples(header, folder)
+    expected = header.n_samples if header.n_samples is not None else available
+    if expected == 0 or available == 0:
+        raise RecordError("no_samples", "record has no samples")
+    if available is not None and expected is not None and available < expected:
+        raise RecordError(
+            "truncated_signal", f"header declares {expected} samples, files hold {available}"
+        )
+    if method == "fast" and not header.simple_layout:
+        raise ValueError("the fast reader handles single-file format-16 records only")
+    if method in ("fast", "auto") and header.simple_layout:
+        assert expected is not None  # format 16 always has a known size
+        spec = header.signals[0]
+        n_sig = header.n_sig
+        try:
+            flat = np.fromfile(
+                os.path.join(folder, spec.file_name), dtype="<i2", count=expected * n_sig,
+                offset=spec.byte_offset,
+            )
+        except OSError as exc:
+            raise RecordError("unreadable", f"cannot read {spec.file_name}: {exc}") from None
+        frames = flat.reshape(expected, n_sig)
+        # One copy gives contiguous (12, n) rows in standard order.
+        identity = n_sig == 12 and order == _IDENTITY
+        digital = np.ascontiguousarray(frames.T if identity else frames.T[order])
+        return digital, 16, "fast"
+    if method not in ("auto", "wfdb"):
+        raise ValueError(f"unknown read method {method!r}")
+    import wfdb  # deferred: slow to import and only needed for uncommon formats
+
+    try:
+        rec = wfdb.rdrecord(os.path.splitext(header_path)[0], physical=False)
+    except Exception as exc:  # wfdb raises many types for malformed files
+        raise RecordError("unreadable", f"wfdb: {type(exc).__name__}: {exc}") from None
+    d = rec.d_signal
+    if d is None or d.size == 0:
+        raise RecordError("no_samples", "record has no samples")
+    bits = max(_FORMAT_BITS.get(s.fmt, 16) for s in header.signals)
+    return np.ascontiguousarray(d.T[order]), bits, "wfdb"
+
+
+def _header_path(path: str | os.PathLike[str]) -> str:
+    p = os.fspath(path)
+    stem, ext = os.path.splitext(p)
+    return stem + ".hea" if ext.lower() in (".hea", ".mat", ".dat") else p + ".hea"
+
+
+def read_record(
+    path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None,
+    method: str = "auto", header: Header | None = None, source: str | None = None,
+) -> RawRecord:
+    """Read one WFDB record given its `.hea`, signal file, or path without extension.
+
+    Problems raise RecordError with a quarantine reason code. The record's `source` is
+    `source` if given, else the header path relative to `root` (or as given without root);
+    `header` skips re-parsing a header already read.
+    """
+    header_path = _header_path(path)
+    if header is None:
+        if not os.path.exists(header_path):
+            raise RecordError("unreadable", f"header {os.path.basename(header_path)} not found")
+        header = read_header(header_path)
+    digital, bits, reader = read_signal(header, header_path, method)
+    sigs = [header.signals[i] for i in header._lead_order]
+    if source is None:
+        rel = os.path.relpath(header_path, root) if root is not None else header_path
+        source = rel.replace(os.sep, "/")
+    return RawRecord(
+        name=os.path.basename(header_path)[:-4],
+        source=source,
+        fs=header.fs,
+        digital=digital,
+        gains=np.array([s.gain for s in sigs], dtype=np.float64),
+        baselines=np.array([s.baseline for s in sigs], dtype=np.int64),
+        units=tuple(s.units for s in sigs),
+        adc_bits=bits,
+        age=header.age,
+        sex=header.sex,
+        dx_codes=header.dx_codes,
+        reader=reader,
+    )
+
+
+def scan_records(root: str | os.PathLike[str]) -> list[Path]:
+    """All `*.hea` files under root, recursively, sorted by relative path (hidden dirs skipped)."""
+    root = Path(root)
+    return [root / rel for rel in scan_relative(root)]
+
+
+def scan_relative(root: str | os.PathLike[str]) -> list[str]:
+    """Like scan_records, as sorted POSIX paths relative to root."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = os.path.relpath(dirpath, root)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        found.extend(prefix + f for f in filenames if f.endswith(".hea") and not f.startswith("."))
+    return sorted(found)

@@ -1,0 +1,264 @@
+"""Ensemble selection from a library of trained members (Caruana et al., ICML 2004).
+
+Greedy forward selection with replacement: start from the best few members, then repeatedly
+add the member (possibly one already in) whose addition most improves the metric of the
+averaged probabilities; members picked several times get proportionally more weight.
+Optionally bagged: the greedy search runs on random subsets of the members and the pick
+counts are summed, which reduces overfitting of the selection to the fitting fold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from search import metrics
+
+__all__ = [
+    "SELECTION_METRICS",
+    "EnsembleSelector",
+    "best_single_member",
+    "uniform_average",
+]
+
+_EPS = 1e-7
+# Candidates scored per batch: bounds memory to about CHUNK x N x C floats.
+_CHUNK = 16
+
+SelectionMetric = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _macro_auprc(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    return np.asarray(metrics.macro_auprc(y, probs), dtype=np.float64)
+
+
+def _macro_auroc(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    return np.asarray(metrics.macro_auroc(y, probs), dtype=np.float64)
+
+
+def _neg_log_loss(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    q = np.clip(probs, _EPS, 1.0 - _EPS)
+    return np.mean(np.where(y, np.log(q), np.log1p(-q)), axis=(-2, -1))
+
+
+def _neg_brier(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    return -np.mean((probs - y) ** 2, axis=(-2, -1))
+
+
+# name -> metric(y (N, C) bool, probs (K, N, C)) -> (K,), higher is better. Ranking metrics
+# may return NaN when no label has both classes; the selector treats NaN as unusable.
+SELECTION_METRICS: dict[str, SelectionMetric] = {
+    "macro_auprc": _macro_auprc,
+    "macro_auroc": _macro_auroc,
+    "neg_log_loss": _neg_log_loss,
+    "neg_brier": _neg_brier,
+}
+
+
+def _get_metric(name: str) -> SelectionMetric:
+    if name not in SELECTION_METRICS:
+        raise ValueError(f"unknown selection metric {name!r}; valid: {sorted(SELECTION_METRICS)}")
+    return SELECTION_METRICS[name]
+
+
+def _check_inputs(member_probs: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    probs = np.asarray(member_probs, dtype=np.float64)
+    if probs.ndim != 3:
+        raise ValueError(f"member_probs must be (M, N, C), got shape {probs.shape}")
+    y = np.asarray(y)
+    if y.shape != probs.shape[1:]:
+        raise ValueError(f"labels shape {y.shape} does not match member_probs {probs.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be binary (0/1)")
+    return probs, y.astype(bool)
+
+
+def _score_batch(metric: SelectionMetric, y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Scores of a stack of averaged predictions (K, N, C), NaN mapped to -inf."""
+    out = np.concatenate([metric(y, probs[i : i + _CHUNK]) for i in range(0, len(probs), _CHUNK)])
+    return np.where(np.isnan(out), -np.inf, out)
+
+
+def best_single_member(member_probs: Any, y: Any, metric: str = "macro_auprc") -> tuple[int, float]:
+    """Index and score of the best member on (``member_probs``, ``y``); the first on ties."""
+    probs, y = _check_inputs(member_probs, y)
+    scores = _score_batch(_get_metric(metric), y, probs)
+    best = int(np.argmax(scores))
+    return best, float(scores[best])
+
+
+def uniform_average(member_probs: Any) -> np.ndarray:
+    """Plain mean of all members' probabilities (N, C): the no-selection baseline."""
+    return np.asarray(member_probs, dtype=np.float64).mean(axis=0)
+
+
+class EnsembleSelector:
+    """Greedy forward ensemble selection with replacement, sklearn style.
+
+    Parameters
+    ----------
+    metric: name in ``SELECTION_METRICS`` (higher is better).
+    init_size: the ensemble starts as the average of the best ``j <= init_size`` members
+        (sorted by the metric), with ``j`` the prefix length that scores best, so the start is
+        never worse than the best single member.
+    max_rounds: at most this many members are added after the start.
+    bags: when > 0, run the selection ``bags`` times on random subsets of
+        ``round(bag_fraction * M)`` members (seeded by ``seed``) and sum the pick counts.
+    tol: an addition must improve the metric by more than ``tol``; otherwise selection stops.
+
+    Fitted attributes: ``counts_`` (M,) picks per member, ``weights_`` (M,) = counts / sum,
+    ``selected_`` indices with weight > 0, ``score_`` the metric of the final ensemble on the
+    fitting data, ``history_`` the metric after the start and each addition (with bagging: after
+    each bag is added to the running total), ``member_scores_`` (M,), ``best_member_``,
+    ``names_``, ``bagging_fallback_`` (True when the bagged ensemble scored below the best single
+    member and the unbagged selection was used instead).
+
+    Guarantee: ``score_ >= member_scores_[best_member_]`` on the fitting data, because the
+    start contains the best member, only improving additions are taken, and a bagged result
+    that falls short is replaced by the unbagged one.
+    """
+
+    def __init__(
+        self,
+        metric: str = "macro_auprc",
+        init_size: int = 3,
+        max_rounds: int = 50,
+        bags: int = 0,
+        bag_fraction: float = 0.5,
+        seed: int = 0,
+        tol: float = 0.0,
+    ) -> None:
+        self.metric = metric
+        self.init_size = init_size
+        self.max_rounds = max_rounds
+        self.bags = bags
+        self.bag_fraction = bag_fraction
+        self.seed = seed
+        self.tol = tol
+
+    def _greedy(
+        self, probs: np.ndarray, y: np.ndarray, pool: np.ndarray, scores: np.ndarray
+    ) -> tuple[np.ndarray, list[float]]:
+        """Selection restricted to member indices ``pool``; returns counts (M,) and history."""
+        metric = _get_metric(self.metric)
+        counts = np.zeros(len(probs), dtype=np.int64)
+        ranked = pool[np.argsort(-scores[pool], kind="stable")]
+        # Start: the best-scoring prefix of the ranking (prefix 1 is the best member).
+        n_init = max(1, min(self.init_size, len(ranked)))
+        prefix_sums = np.cumsum(probs[ranked[:n_init]], axis=0)
+        sizes = np.arange(1, n_init + 1)[:, None, None]
+        prefix_scores = _score_batch(metric, y, prefix_sums / sizes)
+        j = int(np.argmax(prefix_scores)) + 1
+        counts[ranked[:j]] += 1
+        total = prefix_sums[j - 1].copy()  # running sum of the selected members' probabilities
+        current = float(prefix_scores[j - 1])
+        history = [current]
+        candidates = probs[pool]
+        for _ in range(self.max_rounds):
+            k = int(counts.sum())
+            cand_scores = np.concatenate(
+                [
+                    _score_batch(metric, y, (total + candidates[i : i + _CHUNK]) / (k + 1))
+                    for i in range(0, len(pool), _CHUNK)
+                ]
+            )
+            best = int(np.argmax(cand_scores))
+            if not cand_scores[best] > current + self.tol:
+                break
+            counts[pool[best]] += 1
+            total += candidates[best]
+            current = float(cand_scores[best])
+            history.append(current)
+        return counts, history
+
+    def fit(
+        self, member_probs: Any, y: Any, names: Sequence[str] | None = None
+    ) -> EnsembleSelector:
+        """Select on member probabilities (M, N, C) and labels (N, C); returns ``self``."""
+        probs, y = _check_inputs(member_probs, y)
+        n_members = len(probs)
+        if n_members == 0:
+            raise ValueError("need at least one member")
+        if names is not None and len(names) != n_members:
+            raise ValueError(f"got {len(names)} names for {n_members} members")
+        if not 0.0 < self.bag_fraction <= 1.0:
+            raise ValueError("bag_fraction must be in (0, 1]")
+        metric = _get_metric(self.metric)
+        member_scores = _score_batch(metric, y, probs)
+        if not np.isfinite(member_scores).any():
+            raise ValueError(f"metric {self.metric!r} is undefined on the fitting data")
+        best_member = int(np.argmax(member_scores))
+        everyone = np.arange(n_members)
+        self.bagging_fallback_ = False
+        if self.bags > 0:
+            rng = np.random.default_rng(self.seed)
+            bag_size = max(1, round(self.bag_fraction * n_members))
+            counts = np.zeros(n_members, dtype=np.int64)
+            history = []
+            for _ in range(self.bags):
+                pool = np.sort(rng.choice(n_members, size=bag_size, replace=False))
+                counts += self._greedy(probs, y, pool, member_scores)[0]
+                avg = np.tensordot(counts / counts.sum(), probs, axes=1)
+                history.append(float(_score_batch(metric, y, avg[None])[0]))
+            if history[-1] < member_scores[best_member]:
+                counts, history = self._greedy(probs, y, everyone, member_scores)
+                self.bagging_fallback_ = True
+        else:
+            counts, history = self._greedy(probs, y, everyone, member_scores)
+        self.counts_ = counts
+        self.weights_ = counts / counts.sum()
+        self.selected_ = np.flatnonzero(counts)
+        self.history_ = history
+        self.score_ = history[-1]
+        self.member_scores_ = member_scores
+        self.best_member_ = best_member
+        self.names_ = list(names) if names is not None else [f"member_{i}" for i in everyone]
+        assert self.score_ >= member_scores[best_member], "selection lost to its best member"
+        return self
+
+    def predict(self, member_probs: Any) -> np.ndarray:
+        """Weighted average (N, C) of member probabilities (M, N, C), members in fit order."""
+        if not hasattr(self, "weights_"):
+            raise RuntimeError("EnsembleSelector is not fitted; call fit() first")
+        probs = np.asarray(member_probs, dtype=np.float64)
+        if probs.ndim != 3 or len(probs) != len(self.weights_):
+            raise ValueError(
+                f"expected ({len(self.weights_)}, N, C) member probabilities, got {probs.shape}"
+            )
+        # Only members with weight contribute; skipping the rest saves work at predict time.
+        return np.tensordot(self.weights_[self.selected_], probs[self.selected_], axes=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable description of the fitted selection (names, counts, weights)."""
+        if not hasattr(self, "weights_"):
+            raise RuntimeError("EnsembleSelector is not fitted; call fit() first")
+        return {
+            "metric": self.metric,
+            "names": list(self.names_),
+            "counts": [int(c) for c in self.counts_],
+            "weights": [float(w) for w in self.weights_],
+            "score": float(self.score_),
+            "history": [float(h) for h in self.history_],
+            "params": {
+                "init_size": self.init_size,
+                "max_rounds": self.max_rounds,
+                "bags": self.bags,
+                "bag_fraction": self.bag_fraction,
+                "seed": self.seed,
+                "tol": self.tol,
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EnsembleSelector:
+        """Rebuild a fitted selector (enough to ``predict``) from `to_dict` output."""
+        sel = cls(metric=data["metric"], **data.get("params", {}))
+        sel.counts_ = np.asarray(data["counts"], dtype=np.int64)
+        sel.weights_ = sel.counts_ / sel.counts_.sum()
+        sel.selected_ = np.flatnonzero(sel.counts_)
+        sel.names_ = list(data["names"])
+        sel.score_ = float(data["score"])
+        sel.history_ = [float(h) for h in data.get("history", [sel.score_])]
+        return sel

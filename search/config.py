@@ -1,0 +1,155 @@
+"""Typed, frozen training configuration and the flat-dict form a trial sees.
+
+A trial's Ray Tune config is one flat dict: model keys (`branch.depths`, `fusion`, ...) go to
+`components.ModelConfig.from_flat`, `train.*` keys to `TrainConfig`, `debug.*` keys to
+`DebugConfig`. The same flat dict is what MLflow records as the trial's params, so a run's
+params rebuild its trial exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from typing import Any, get_type_hints
+
+from components import ModelConfig
+
+LOSS_NAMES = ("bce", "focal", "asymmetric")
+PRECISIONS = ("auto", "fp32", "bf16")
+NORMALIZATIONS = ("dataset", "record")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one trial trains; `epochs` is the budget ASHA allocates in."""
+
+    epochs: int = 20
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    crop_len: int = 4096
+    loss: str = "bce"
+    focal_gamma: float = 2.0
+    asl_gamma_neg: float = 4.0
+    asl_gamma_pos: float = 0.0
+    asl_clip: float = 0.05
+    warmup_epochs: float = 1.0
+    grad_clip: float = 1.0
+    augment: bool = True
+    normalization: str = "dataset"
+    # 0 = one full pass over the training folds; a cap keeps CPU smoke searches short.
+    steps_per_epoch: int = 0
+    eval_windows: int = 1
+    threshold_objective: str = "f1"
+    precision: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"train.epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            problems.append(f"train.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            problems.append(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.batch_size < 1:
+            problems.append(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.crop_len < 1024:
+            problems.append(f"train.crop_len must be >= 1024, got {self.crop_len}")
+        if self.loss not in LOSS_NAMES:
+            problems.append(f"train.loss must be one of {LOSS_NAMES}, got {self.loss!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.normalization not in NORMALIZATIONS:
+            problems.append(
+                f"train.normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"
+            )
+        if self.eval_windows < 1:
+            problems.append(f"train.eval_windows must be >= 1, got {self.eval_windows}")
+        if self.steps_per_epoch < 0:
+            problems.append(f"train.steps_per_epoch must be >= 0, got {self.steps_per_epoch}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """Fault injection for tests of the search's fault handling; off (-1) in real searches."""
+
+    # Crash the trial process once at the start of this epoch (a marker file makes it once).
+    crash_at_epoch: int = -1
+    # Make the training loss NaN at this epoch.
+    nan_at_epoch: int = -1
+
+
+_SECTIONS = {"train": TrainConfig, "debug": DebugConfig}
+
+
+def _coerce(value: Any, typ: type, key: str) -> Any:
+    """Accept the string forms that YAML files, CLI flags and MLflow params produce."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError(f"{key} must be a boolean, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be an integer, got {value!r}") from None
+    if typ is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number, got {value!r}") from None
+    return str(value)
+
+
+def _section_from_flat(cls: type, prefix: str, flat: dict[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    valid = {f.name for f in fields(cls)}
+    kwargs = {}
+    for key, value in flat.items():
+        name = key[len(prefix) + 1 :]
+        if name not in valid:
+            options = ", ".join(f"{prefix}.{v}" for v in sorted(valid))
+            raise ValueError(f"unknown key {key!r}; valid {prefix}.* keys: {options}")
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs: the model, how to train it, and test-only fault switches."""
+
+    model: ModelConfig
+    train: TrainConfig = TrainConfig()
+    debug: DebugConfig = DebugConfig()
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> TrialConfig:
+        split: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "debug": {}}
+        for key, value in flat.items():
+            section = key.split(".", 1)[0]
+            split[section if section in _SECTIONS else "model"][key] = value
+        return cls(
+            model=ModelConfig.from_flat(split["model"]),
+            train=_section_from_flat(TrainConfig, "train", split["train"]),
+            debug=_section_from_flat(DebugConfig, "debug", split["debug"]),
+        )
+
+    def to_flat(self, include_debug: bool = False) -> dict[str, Any]:
+        flat = dict(self.model.to_flat())
+        flat.update({f"train.{k}": v for k, v in dataclasses.asdict(self.train).items()})
+        if include_debug:
+            flat.update({f"debug.{k}": v for k, v in dataclasses.asdict(self.debug).items()})
+        return flat
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_flat(include_debug=True), sort_keys=True)

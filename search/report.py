@@ -1,0 +1,23 @@
+"""The table printed at the end of `ecgtune search`."""
+
+from __future__ import annotations
+
+from search.run import SearchResult
+from search.tracking import trial_run_name
+
+
+def print_search_summary(result: SearchResult) -> None:
+    rows = sorted(result.trials, key=lambda t: -(t.best_score if t.best_score is not None else -1))
+    print(f"\nSearch {result.name!r}: {len(rows)} trials, {result.trial_epochs} trial-epochs"
+          f"{'' if result.complete else ' (interrupted: --resume continues it)'}")
+    print(f"{'trial':<34} {'status':<12} {'epochs':>6} {'best val AUPRC':>15}")
+    for t in rows:
+        status = "error" if t.error else ("early stop" if t.early_stopped else "done")
+        score = f"{t.best_score:.4f}" if t.best_score is not None else "-"
+        print(f"{trial_run_name(t.index, t.config):<34} {status:<12} {t.epochs:>6} {score:>15}")
+    for t in rows:
+        if t.error:
+            print(f"  {t.trial_id}: {t.error}")
+    print(f"\nRay results: {result.experiment_path}")
+    print(f"MLflow: mlflow ui --backend-store-uri {result.tracking_uri}  "
+          f"(experiment {result.name!r})")

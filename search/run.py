@@ -1,0 +1,386 @@
+"""`ecgtune search`: a Ray Tune search (Optuna TPE + ASHA) tracked in MLflow.
+
+Everything that can fail before training (space file, data directory, tracking store,
+an existing or missing search of that name) is checked before Ray starts, so a bad
+invocation fails in seconds with one clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import subprocess
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from search import metrics as M
+from search import tracking
+from search.data import DATA_SHARING, make_data_handle
+from search.errors import SearchError
+from search.searcher import SEARCHERS, PointValidator, build_searcher
+from search.space import SearchSpace, load_space
+
+log = logging.getLogger(__name__)
+
+TRAIN_FOLDS = (0, 1, 2, 3, 4, 5, 6)
+VAL_FOLDS = (7,)
+SCHEDULERS = ("asha", "fifo")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    data: Path
+    space: str = "default"
+    name: str = "ecgtune-search"
+    num_samples: int = 20
+    epochs: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    tracking_uri: str | None = None
+    storage: str | None = None
+    resume: bool = False
+    address: str | None = None
+    num_cpus: int | None = None  # for a local Ray instance; None = all cores
+    max_concurrent: int | None = None
+    seed: int = 0
+    searcher: str = "tpe"
+    scheduler: str = "asha"
+    data_sharing: str = "object_store"
+    max_failures: int = 2
+    overrides: dict[str, Any] = field(default_factory=dict)
+    verbose: int = 1
+
+
+@dataclass
+class TrialSummary:
+    index: int
+    trial_id: str
+    status: str
+    epochs: int
+    best_score: float | None
+    early_stopped: bool
+    config: dict[str, Any]
+    error: str | None = None
+
+
+@dataclass
+class SearchResult:
+    name: str
+    experiment_path: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    trials: list[TrialSummary]
+    complete: bool
+
+    @property
+    def best(self) -> TrialSummary | None:
+        scored = [t for t in self.trials if t.best_score is not None]
+        return max(scored, key=lambda t: t.best_score) if scored else None
+
+    @property
+    def trial_epochs(self) -> int:
+        return sum(t.epochs for t in self.trials)
+
+
+def resolve_storage(storage: str | None) -> str:
+    if storage is None:
+        return str(Path("ray_results").resolve())
+    if "://" in storage:
+        return storage.rstrip("/")
+    return str(Path(storage).expanduser().resolve())
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def code_version() -> str:
+    version = importlib.metadata.version("ecgtune")
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        return f"{version}+g{sha}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return version
+
+
+def _library_versions() -> dict[str, str]:
+    out = {}
+    for lib in ("ray", "torch", "mlflow", "optuna", "numpy", "pyarrow"):
+        try:
+            out[f"version.{lib}"] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def trial_dirname(trial: Any) -> str:
+    # Ray's default names embed the config, which for a flat model config is unreadably long.
+    return f"trial_{tracking.trial_index(trial):03d}_{trial.trial_id}"
+
+
+def _prepare_space(opts: SearchOptions) -> SearchSpace:
+    space = load_space(opts.space)
+    fixed = dict(space.fixed)
+    if opts.epochs is not None:
+        fixed["train.epochs"] = opts.epochs
+    fixed.update(opts.overrides)
+    return replace(space, fixed=fixed)
+
+
+def _init_ray(opts: SearchOptions) -> bool:
+    """Start (or join) Ray; returns True when this call started a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # Ray >= 2.59 turns token auth on for local instances and says so in a warning on every
+    # start. We keep that default on purpose (a local Ray still listens on the network), so
+    # the banner is expected noise; clusters set RAY_AUTH_MODE themselves (ray_cluster.yaml).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        _drop_token_auth_banner
+    )
+    ray.init(
+        address=opts.address,
+        num_cpus=opts.num_cpus if opts.address is None else None,
+        include_dashboard=False if opts.address is None else None,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+    return opts.address is None
+
+
+def _drop_token_auth_banner(record: logging.LogRecord) -> bool:
+    return "Token authentication is enabled" not in record.getMessage()
+
+
+def run_search(opts: SearchOptions) -> SearchResult:
+    import ray
+    from ray import tune
+
+    from data_prep import load_shards
+    from search.trainable import TrialData, train_trial
+
+    if opts.searcher not in SEARCHERS:
+        raise SearchError(f"unknown searcher {opts.searcher!r}; valid: {', '.join(SEARCHERS)}")
+    if opts.scheduler not in SCHEDULERS:
+        raise SearchError(f"unknown scheduler {opts.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
+    if opts.data_sharing not in DATA_SHARING:
+        raise SearchError(
+            f"unknown data sharing {opts.data_sharing!r}; valid: {', '.join(DATA_SHARING)}"
+        )
+    space = _prepare_space(opts)
+
+    data_dir = Path(opts.data)
+    manifest_path = data_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise SearchError(
+            f"{data_dir} is not a prepared data directory (no manifest.json); run "
+            "`ecgtune prep --input RECORDS --output DIR` first"
+        )
+    folds = TRAIN_FOLDS + VAL_FOLDS
+    dataset = load_shards(data_dir, folds=list(folds), verify=True)
+    label_names = list(dataset.label_map.names)
+    label_groups = dataset.label_map.group_indices()
+    num_labels = len(label_names)
+    for fold in folds:
+        if not (dataset.folds == fold).any():
+            raise SearchError(f"{data_dir}: fold {fold} has no records; prepare more records")
+
+    check = PointValidator(space, num_labels, tuple(tuple(g) for g in label_groups))
+    for point in space.points_to_evaluate:
+        try:
+            check(space.trial_flat(point))
+        except ValueError as exc:
+            raise SearchError(
+                f"{space.name}: warm-start point {dict(point)} is invalid: {exc}"
+            ) from None
+
+    tracking_uri = opts.tracking_uri or tracking.default_tracking_uri()
+    tracking.check_tracking_uri(tracking_uri)
+    storage = resolve_storage(opts.storage)
+    experiment_path = f"{storage}/{opts.name}"
+    exists = tune.Tuner.can_restore(experiment_path)
+    if opts.resume and not exists:
+        raise SearchError(f"nothing to resume: no search named {opts.name!r} under {storage}")
+    if not opts.resume and exists:
+        raise SearchError(
+            f"a search named {opts.name!r} already exists under {storage}; pass --resume to "
+            "continue it, or choose another --name"
+        )
+
+    client = tracking.client(tracking_uri)
+    experiment_id = tracking.get_or_create_experiment(client, opts.name)
+    parent = (
+        tracking.find_search_run(client, experiment_id, experiment_path) if opts.resume else None
+    )
+    num_samples = opts.num_samples
+    if parent is not None:
+        parent_id = parent.info.run_id
+        # A resumed search keeps the size it was started with.
+        num_samples = int(parent.data.params.get("num_samples", num_samples))
+        client.update_run(parent_id, status="RUNNING")
+    else:
+        parent_id = _start_parent_run(client, experiment_id, experiment_path, opts, space,
+                                      manifest_path)
+
+    started_ray = _init_ray(opts)
+    try:
+        gpus = opts.gpus_per_trial
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        handle = make_data_handle(opts.data_sharing, dataset, data_dir, folds,
+                                  _sha256(manifest_path))
+        trial_data = TrialData(handle, TRAIN_FOLDS, VAL_FOLDS, tuple(label_names),
+                               tuple(tuple(g) for g in label_groups))
+        if opts.data_sharing != "object_store":
+            del dataset  # trials read the memory map; the driver needs no copy
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, trial_data=trial_data),
+            {"cpu": opts.cpus_per_trial, "gpu": gpus},
+        )
+        tracker = tracking.MlflowTrialTracker(tracking_uri, experiment_id, parent_id, label_names)
+        if opts.resume:
+            tuner = tune.Tuner.restore(experiment_path, trainable=trainable,
+                                       resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    num_samples=num_samples,
+                    search_alg=build_searcher(space, opts.searcher, opts.seed, check),
+                    scheduler=_scheduler(opts, space),
+                    max_concurrent_trials=opts.max_concurrent,
+                    trial_dirname_creator=trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=opts.name,
+                    storage_path=storage,
+                    callbacks=[tracker],
+                    failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(
+                        num_to_keep=2,  # the best by the objective, plus the latest to resume
+                        checkpoint_score_attribute=M.OBJECTIVE,
+                        checkpoint_score_order="max",
+                    ),
+                    verbose=opts.verbose,
+                ),
+            )
+        tuner.fit()
+        result = _summarise(num_samples, opts, tracking_uri, experiment_id, parent_id,
+                            experiment_path)
+    except BaseException:
+        _close_runs(client, experiment_id, parent_id, complete=False)
+        raise
+    finally:
+        if started_ray:
+            ray.shutdown()
+    _close_runs(client, experiment_id, parent_id, complete=result.complete, result=result)
+    return result
+
+
+def _scheduler(opts: SearchOptions, space: SearchSpace) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    epochs = int(space.base_flat().get("train.epochs", 1))
+    if opts.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        metric=M.OBJECTIVE,
+        mode="max",
+        time_attr=M.EPOCH,
+        max_t=epochs,
+        grace_period=min(epochs, int(space.scheduler.get("grace_period", 1))),
+        reduction_factor=float(space.scheduler.get("reduction_factor", 3)),
+    )
+
+
+def _start_parent_run(client: Any, experiment_id: str, experiment_path: str,
+                      opts: SearchOptions, space: SearchSpace, manifest_path: Path) -> str:
+    import tempfile
+
+    from mlflow.entities import Param
+
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{opts.name} ({Path(space.name).stem} space)",
+        tags={
+            tracking.TAG_ROLE: "search",
+            tracking.TAG_SEARCH_PATH: experiment_path,
+            "ecgtune.data_manifest_sha256": _sha256(manifest_path),
+            "ecgtune.data_dir": str(manifest_path.parent.resolve()),
+            "ecgtune.space_sha256": space.sha256,
+            "ecgtune.code_version": code_version(),
+            **_library_versions(),
+        },
+    )
+    params = {
+        "space": space.name, "num_samples": opts.num_samples, "searcher": opts.searcher,
+        "scheduler": opts.scheduler, "seed": opts.seed, "cpus_per_trial": opts.cpus_per_trial,
+        "gpus_per_trial": opts.gpus_per_trial if opts.gpus_per_trial is not None else "auto",
+        "max_failures": opts.max_failures, "data_sharing": opts.data_sharing,
+        "epochs": space.base_flat().get("train.epochs"),
+    }
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        space_file = Path(tmp) / f"{Path(space.name).stem}.yaml"
+        space_file.write_text(space.source)
+        client.log_artifact(run.info.run_id, str(space_file), "search")
+        client.log_artifact(run.info.run_id, str(manifest_path), "data")
+    return run.info.run_id
+
+
+def _summarise(num_samples: int, opts: SearchOptions, tracking_uri: str, experiment_id: str,
+               parent_id: str, experiment_path: str) -> SearchResult:
+    """Summarise the search from its saved experiment state. The state on disk, not the
+    in-memory result grid, says whether an interrupted search left trials unfinished."""
+    from ray.tune import ExperimentAnalysis
+
+    trials = []
+    finished = 0
+    for trial in ExperimentAnalysis(experiment_path).trials:
+        last = trial.last_result or {}
+        config = dict(trial.config or {})
+        epochs = int(last.get(M.EPOCH, 0))
+        budget = int(config.get("train.epochs", epochs))
+        error = tracking.error_summary(trial) if trial.status == "ERROR" else None
+        finished += trial.status in ("TERMINATED", "ERROR")
+        best = last.get(M.BEST_OBJECTIVE)
+        trials.append(TrialSummary(
+            index=tracking.trial_index(trial), trial_id=trial.trial_id, status=trial.status,
+            epochs=epochs, best_score=float(best) if best is not None else None,
+            early_stopped=trial.status == "TERMINATED" and epochs < budget, config=config,
+            error=error,
+        ))
+    complete = finished == len(trials) == num_samples
+    return SearchResult(opts.name, experiment_path, tracking_uri, experiment_id, parent_id,
+                        sorted(trials, key=lambda t: t.index), complete)
+
+
+def _close_runs(client: Any, experiment_id: str, parent_id: str, complete: bool,
+                result: SearchResult | None = None) -> None:
+    """No run is left RUNNING: open child runs of an interrupted search become KILLED (a
+    `--resume` reopens them), and the parent run records the outcome."""
+    status = "FINISHED" if complete else "KILLED"
+    for run in tracking.trial_runs(client, experiment_id, parent_id):
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, tracking.TAG_STOP_REASON,
+                           "search interrupted; `ecgtune search --resume` continues it")
+            client.set_terminated(run.info.run_id, status="KILLED")
+    if result is not None:
+        best = result.best
+        if best is not None:
+            client.log_metric(parent_id, f"best/{M.OBJECTIVE.split('/', 1)[1]}", best.best_score)
+            client.set_tag(parent_id, "ecgtune.best_trial_id", best.trial_id)
+        client.log_metric(parent_id, "search/trial_epochs", result.trial_epochs)
+        client.log_metric(parent_id, "search/trials", len(result.trials))
+    client.set_terminated(parent_id, status=status)

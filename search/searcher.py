@@ -1,0 +1,120 @@
+"""Searcher construction: Optuna TPE (or random) over a space's define-by-run function,
+wrapped so that invalid points are rejected before any trial starts."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from search import metrics as M
+from search.errors import SpaceError
+from search.space import SearchSpace, validate_point
+
+log = logging.getLogger(__name__)
+SEARCHERS = ("tpe", "random")
+
+
+class ValidatingSearcher(Searcher):
+    """Asks the wrapped searcher again (telling it the point failed) until a point passes
+    `check`; Tune only ever sees valid configs."""
+
+    def __init__(self, searcher: Searcher, check: Callable[[dict[str, Any]], None],
+                 max_tries: int = 50) -> None:
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher = searcher
+        self.check = check
+        self.max_tries = max_tries
+        self.inner_ids: dict[str, str] = {}
+        self.rejected: list[dict[str, Any]] = []
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
+                              **spec: Any) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        for attempt in range(self.max_tries):
+            inner_id = trial_id if attempt == 0 else f"{trial_id}.rejected{attempt}"
+            config = self.searcher.suggest(inner_id)
+            if config is None or config == Searcher.FINISHED:
+                return config
+            try:
+                self.check(config)
+            except ValueError as exc:
+                log.info("rejected an invalid point before starting it: %s", exc)
+                self.rejected.append({"reason": str(exc)})
+                self.searcher.on_trial_complete(inner_id, result=None, error=True)
+                continue
+            self.inner_ids[trial_id] = inner_id
+            return config
+        raise SpaceError(
+            f"{self.max_tries} consecutive sampled points were invalid; last reason: "
+            f"{self.rejected[-1]['reason']}. Constrain the space (e.g. with 'when')."
+        )
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searcher.on_trial_result(self.inner_ids.get(trial_id, trial_id), result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        self.searcher.on_trial_complete(self.inner_ids.get(trial_id, trial_id), result=result,
+                                        error=error)
+
+    # Ray checkpoints wrappers through get_state/set_state and the wrapped searcher itself
+    # through save_to_dir, so only this wrapper's own bookkeeping goes here.
+    def get_state(self) -> dict[str, Any]:
+        return {"inner_ids": dict(self.inner_ids), "rejected": list(self.rejected)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.inner_ids = dict(state.get("inner_ids", {}))
+        self.rejected = list(state.get("rejected", []))
+
+
+@dataclass(frozen=True)
+class PointValidator:
+    """Checks a sampled trial config against the model's layout rules (picklable: Ray saves
+    the searcher with the experiment)."""
+
+    space: SearchSpace
+    num_labels: int
+    label_groups: tuple[tuple[int, ...], ...]
+
+    def __call__(self, config: dict[str, Any]) -> None:
+        validate_point(self.space, config, self.num_labels, [list(g) for g in self.label_groups])
+
+
+def build_searcher(space: SearchSpace, kind: str, seed: int,
+                   check: Callable[[dict[str, Any]], None]) -> ValidatingSearcher:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if kind == "tpe":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(
+                seed=seed,
+                n_startup_trials=int(space.searcher.get("n_startup_trials", 10)),
+                # The space is conditional (fusion-specific keys): multivariate + group lets
+                # TPE model the joint distribution within each branch of the condition tree.
+                multivariate=True,
+                group=True,
+            )
+        points = [dict(p) for p in space.points_to_evaluate]
+    elif kind == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+        points = []
+    else:
+        raise ValueError(f"unknown searcher {kind!r}; valid: {', '.join(SEARCHERS)}")
+    inner = OptunaSearch(
+        space=space.define_by_run(),
+        metric=M.OBJECTIVE,
+        mode="max",
+        sampler=sampler,
+        points_to_evaluate=points or None,
+    )
+    return ValidatingSearcher(inner, check)

@@ -1,0 +1,291 @@
+"""MLflow tracking of a search: one parent run per search, one nested child run per trial.
+
+All logging happens on the driver, in a Ray Tune callback, with an explicit `MlflowClient`
+(no global active run): trials stay free of tracking code, a remote tracking server is only
+reached from one place, and the driver alone decides every run's final status, so none is
+left RUNNING. Child runs are found again by their Ray trial id, so `--resume` continues the
+same runs instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from search import metrics as M
+from search.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+TAG_ROLE = "ecgtune.role"  # "search" (parent) | "trial" (child) | "ensemble"
+TAG_SEARCH_PATH = "ecgtune.search_path"  # Ray experiment path; the key to resume a search
+TAG_TRIAL_ID = "ecgtune.trial_id"
+TAG_BEST_CHECKPOINT = "ecgtune.best_checkpoint"
+TAG_EARLY_STOPPED = "ecgtune.early_stopped"
+TAG_STOP_REASON = "ecgtune.stop_reason"
+TAG_EPOCHS_DONE = "ecgtune.epochs_completed"
+TAG_ERROR = "ecgtune.error"
+TAG_PARENT = "mlflow.parentRunId"
+TRIAL_ARTIFACTS = ("thresholds.json", "val_metrics.json", "val_predictions.npz",
+                   "trial_config.json")
+
+
+def default_tracking_uri(workdir: str | Path | None = None) -> str:
+    return f"sqlite:///{(Path(workdir or Path.cwd()) / 'mlflow.db').resolve()}"
+
+
+def quiet_mlflow_logs() -> None:
+    # First use of a SQLite store runs its schema migrations, which log at INFO per step.
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any trial starts, when the tracking store cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+        except urllib.error.HTTPError:
+            pass  # The server answered (auth or routing is MLflow's business): reachable.
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({reason}); start it or pass "
+                "another --tracking-uri"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.parent.is_dir():
+            raise TrackingError(f"MLflow SQLite store {uri}: folder {db.parent} does not exist")
+
+
+def client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    quiet_mlflow_logs()
+    return MlflowClient(tracking_uri=uri)
+
+
+def get_or_create_experiment(mlflow_client: Any, name: str) -> str:
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is None:
+        return mlflow_client.create_experiment(name)
+    if experiment.lifecycle_stage == "deleted":
+        mlflow_client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def find_search_run(mlflow_client: Any, experiment_id: str, search_path: str) -> Any | None:
+    runs = mlflow_client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.`{TAG_ROLE}` = 'search' and tags.`{TAG_SEARCH_PATH}` = '{search_path}'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def trial_runs(mlflow_client: Any, experiment_id: str, parent_run_id: str) -> list[Any]:
+    """All child runs of one search, in creation order."""
+    return list(
+        mlflow_client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=50_000,
+        )
+    )
+
+
+def trial_index(trial: Any) -> int:
+    """The trial's 1-based position in the search (Ray's experiment tag starts with it)."""
+    head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def trial_run_name(index: int, config: dict[str, Any]) -> str:
+    """Readable child-run names, e.g. `t007 concat d6-5-4-3 w128`."""
+    depths = config.get("branch.depths")
+    depths = "-".join(map(str, depths)) if isinstance(depths, (list, tuple)) else depths
+    parts = [f"t{index:03d}", str(config.get("fusion", "?"))]
+    if depths is not None:
+        parts.append(f"d{depths}")
+    if "branch.width" in config:
+        parts.append(f"w{config['branch.width']}")
+    return " ".join(parts)
+
+
+def checkpoint_uri(checkpoint: Any) -> str:
+    """A checkpoint's location as a URI that `ray.tune.Checkpoint(path)` accepts elsewhere."""
+    fs_type = getattr(checkpoint.filesystem, "type_name", "local")
+    if fs_type == "local":
+        return str(checkpoint.path)
+    prefix = {"s3": "s3://", "gcs": "gs://"}.get(fs_type, f"{fs_type}://")
+    return prefix + str(checkpoint.path).lstrip("/")
+
+
+def best_checkpoint(trial: Any) -> Any | None:
+    """The trial's best checkpoint by the objective (kept by CheckpointConfig), else latest."""
+    manager = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
+    best = getattr(manager, "best_checkpoint_result", None) if manager else None
+    return best.checkpoint if best is not None else trial.checkpoint
+
+
+def _flat_params(config: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for key, value in sorted(config.items()):
+        if isinstance(value, (list, tuple)):
+            value = "-".join(map(str, value))
+        out[key] = str(value)[:500]
+    return out
+
+
+class MlflowTrialTracker(Callback):
+    """Ray Tune callback: a nested MLflow run per trial, ended FINISHED or FAILED."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
+                 label_names: list[str]) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.label_names = list(label_names)
+        self._client: Any = None
+        self._runs: dict[str, str] = {}
+
+    # Ray pickles callbacks into the experiment state; clients and caches are rebuilt.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None, "_runs": {}}
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = client(self.tracking_uri)
+        return self._client
+
+    def run_id(self, trial: Any) -> str:
+        run_id = self._runs.get(trial.trial_id)
+        if run_id:
+            return run_id
+        from mlflow.entities import Param
+
+        existing = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.`{TAG_TRIAL_ID}` = '{trial.trial_id}' and "
+                f"tags.`{TAG_PARENT}` = '{self.parent_run_id}'"
+            ),
+            max_results=1,
+        )
+        if existing:
+            run_id = existing[0].info.run_id
+            if existing[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=trial_run_name(trial_index(trial), trial.config),
+                tags={TAG_PARENT: self.parent_run_id, TAG_ROLE: "trial",
+                      TAG_TRIAL_ID: trial.trial_id},
+            )
+            run_id = run.info.run_id
+            params = [Param(k, v) for k, v in _flat_params(trial.config).items()]
+            for start in range(0, len(params), 100):
+                self.client.log_batch(run_id, params=params[start : start + 100])
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        from mlflow.entities import Metric
+
+        step = int(result.get(M.EPOCH, result.get("training_iteration", 0)))
+        ts = int(result.get("timestamp", 0) * 1000)
+        values = [
+            Metric(key, float(value), ts, step)
+            for key, value in result.items()
+            if ("/" in key or key == M.EPOCH) and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+        ]
+        self.client.log_batch(self.run_id(trial), metrics=values)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        last = trial.last_result or {}
+        done = int(last.get(M.EPOCH, 0))
+        budget = int(trial.config.get("train.epochs", done))
+        early = done < budget
+        tags = {
+            TAG_EARLY_STOPPED: str(early).lower(),
+            TAG_STOP_REASON: "early-stopped by ASHA" if early else "completed epoch budget",
+            TAG_EPOCHS_DONE: str(done),
+        }
+        checkpoint = best_checkpoint(trial)
+        if checkpoint is not None:
+            tags[TAG_BEST_CHECKPOINT] = checkpoint_uri(checkpoint)
+            self._log_trial_artifacts(run_id, checkpoint)
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+        self.client.set_terminated(run_id, status="FINISHED")
+        self._runs.pop(trial.trial_id, None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        message = error_summary(trial)
+        self.client.set_tag(run_id, TAG_ERROR, message[:5000])
+        self.client.set_tag(run_id, TAG_STOP_REASON, "error")
+        error_file = getattr(trial, "error_file", None)
+        if error_file and Path(error_file).is_file():
+            self.client.log_artifact(run_id, error_file)
+        self.client.set_terminated(run_id, status="FAILED")
+        self._runs.pop(trial.trial_id, None)
+
+    def close_open_runs(self, status: str = "KILLED") -> None:
+        """End every child run this driver still has open (interrupted searches)."""
+        for run_id in list(self._runs.values()):
+            self.client.set_terminated(run_id, status=status)
+        self._runs.clear()
+
+    def _log_trial_artifacts(self, run_id: str, checkpoint: Any) -> None:
+        from search.plots import plot_trial_validation
+
+        try:
+            with checkpoint.as_directory() as directory:
+                directory = Path(directory)
+                for name in TRIAL_ARTIFACTS:
+                    if (directory / name).is_file():
+                        self.client.log_artifact(run_id, str(directory / name))
+                predictions = directory / "val_predictions.npz"
+                thresholds = directory / "thresholds.json"
+                if predictions.is_file() and thresholds.is_file():
+                    with tempfile.TemporaryDirectory() as tmp:
+                        plot = plot_trial_validation(
+                            predictions, json.loads(thresholds.read_text())["thresholds"],
+                            Path(tmp) / "validation.png",
+                        )
+                        self.client.log_artifact(run_id, str(plot))
+        except Exception as exc:  # Artifacts are a convenience: never fail the search on them.
+            log.warning("could not log artifacts of run %s: %s", run_id, exc)
+
+
+def error_summary(trial: Any) -> str:
+    error_file = getattr(trial, "error_file", None)
+    if error_file and Path(error_file).is_file():
+        lines = [line for line in Path(error_file).read_text().splitlines() if line.strip()]
+        # The exception line ("NonFiniteLossError: ...") is the most useful single line.
+        for line in reversed(lines):
+            if "Error" in line or "Exception" in line:
+                return line.strip()
+        return lines[-1] if lines else "unknown error"
+    return str(getattr(trial, "error_msg", None) or "unknown error")

@@ -1,0 +1,307 @@
+"""One trial's training loop, independent of Ray: the trainable wraps it, benchmarks time it bare.
+
+Per epoch: train on the training folds (vectorised random crops), predict the validation fold,
+compute the objective and F1 at per-label thresholds tuned on those predictions. `save` and
+`restore` move everything needed to continue (weights, optimizer, schedule, history) through a
+checkpoint directory that loads with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from components import build_model, load_checkpoint, save_checkpoint
+from data_prep import AugmentConfig, BatchLoader, ECGDataset
+from search import metrics as M
+from search.config import TrialConfig
+from search.losses import get_loss
+
+MODEL_FILE = "model.pt"
+STATE_FILE = "training_state.pt"
+THRESHOLDS_FILE = "thresholds.json"
+VAL_PREDICTIONS_FILE = "val_predictions.npz"
+VAL_METRICS_FILE = "val_metrics.json"
+TRIAL_CONFIG_FILE = "trial_config.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the trial cannot continue."""
+
+
+@dataclass
+class EpochResult:
+    metrics: dict[str, float]
+    val_probs: np.ndarray
+    thresholds: np.ndarray
+    per_label: dict[str, dict[str, float]]
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    # bf16 needs no loss scaling (fp32 exponent range), which keeps the loop simple.
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # Decay conv/linear weights only: decaying norms and biases hurts small-batch training.
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim > 1 else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class Trainer:
+    """Trains one `TrialConfig` on the train folds and scores it on the validation fold."""
+
+    def __init__(
+        self,
+        trial: TrialConfig,
+        train_data: ECGDataset,
+        val_data: ECGDataset,
+        *,
+        label_groups: list[list[int]] | None = None,
+        label_names: list[str] | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.trial = trial
+        self.cfg = trial.train
+        self.train_data = train_data
+        self.val_data = val_data
+        self.device = resolve_device(device)
+        self.num_labels = int(train_data.labels.shape[1])
+        self.label_groups = label_groups
+        self.label_names = label_names or [f"label{i}" for i in range(self.num_labels)]
+        torch.manual_seed(self.cfg.seed)
+        self.model = build_model(trial.model, self.num_labels, label_groups).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.lr
+        )
+        self.loss_fn = get_loss(self.cfg.loss)
+        self.autocast_dtype = _autocast_dtype(self.cfg.precision, self.device)
+        full_steps = max(1, len(train_data.labels) // self.cfg.batch_size)
+        self.steps_per_epoch = (
+            min(full_steps, self.cfg.steps_per_epoch) if self.cfg.steps_per_epoch else full_steps
+        )
+        total = self.steps_per_epoch * self.cfg.epochs
+        warmup = max(1, int(self.cfg.warmup_epochs * self.steps_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: _warmup_cosine(step, warmup, total)
+        )
+        self.train_loader = self._loader(train_data, train=True)
+        self.val_loader = self._loader(val_data, train=False)
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.best_score = -math.inf
+        self.best_epoch = -1
+
+    # -- data ---------------------------------------------------------------------------------
+    def _loader(self, data: ECGDataset, train: bool) -> BatchLoader:
+        cuda = self.device.type == "cuda"
+        return BatchLoader(
+            data,
+            batch_size=self.cfg.batch_size if train else max(self.cfg.batch_size, 64),
+            crop_len=self.cfg.crop_len,
+            train=train,
+            seed=self.cfg.seed,
+            normalization=self.cfg.normalization,
+            augment=AugmentConfig() if (train and self.cfg.augment) else None,
+            pin_memory=cuda,
+            # On a GPU the next batch is cropped on the CPU while the current one trains.
+            prefetch=2 if cuda else 0,
+        )
+
+    def _autocast(self) -> Any:
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    # -- training -----------------------------------------------------------------------------
+    def train_epoch(self, nan_at_step: int | None = None) -> dict[str, float]:
+        """One epoch of `steps_per_epoch` optimizer steps; returns loss and throughput."""
+        self.model.train()
+        # Batches depend on (seed, epoch) only, so a resumed trial sees the batches an
+        # uninterrupted one would have.
+        loader = self.train_loader
+        loader.set_epoch(self.epoch)
+        non_blocking = self.device.type == "cuda"
+        total = torch.zeros((), device=self.device)
+        n_samples = 0
+        start = time.perf_counter()
+        for step, (x, y) in enumerate(loader):
+            if step >= self.steps_per_epoch:
+                break
+            x = x.to(self.device, non_blocking=non_blocking)
+            y = y.to(self.device, non_blocking=non_blocking)
+            with self._autocast():
+                logits = self.model(x)
+            loss = self.loss_fn(logits, y, self.cfg)
+            if nan_at_step is not None and step == nan_at_step:
+                loss = loss * float("nan")
+            # One host sync per step is negligible next to a ResU-Dense step, and stops a
+            # diverged trial before it writes a poisoned checkpoint.
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"training loss became {loss.item()} at epoch {self.epoch} step {step} "
+                    f"(lr={self.scheduler.get_last_lr()[0]:.3g}, loss={self.cfg.loss}); "
+                    "the trial is stopped"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            total += loss.detach()
+            n_samples += x.shape[0]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        steps = max(1, min(self.steps_per_epoch, len(loader)))
+        return {
+            M.TRAIN_LOSS: float(total.item()) / steps,
+            M.THROUGHPUT: n_samples / elapsed if elapsed > 0 else 0.0,
+        }
+
+    @torch.no_grad()
+    def predict(self, data: ECGDataset) -> tuple[np.ndarray, float]:
+        """Probabilities (N, C) for `data` (deterministic crops) and the mean loss."""
+        self.model.eval()
+        loader = self.val_loader if data is self.val_data else self._loader(data, train=False)
+        probs, losses, weights = [], [], []
+        for x, y in loader:
+            x = x.to(self.device)
+            y = y.to(self.device)
+            with self._autocast():
+                logits = self.model(x)
+            logits = logits.float()
+            losses.append(float(self.loss_fn(logits, y, self.cfg)))
+            weights.append(x.shape[0])
+            probs.append(torch.sigmoid(logits).cpu().numpy())
+        loss = float(np.average(losses, weights=weights)) if losses else float("nan")
+        return np.concatenate(probs).astype(np.float32), loss
+
+    def evaluate(self) -> EpochResult:
+        probs, val_loss = self.predict(self.val_data)
+        y = np.asarray(self.val_data.labels)
+        thresholds = M.fit_thresholds(y, probs, objective=self.cfg.threshold_objective)
+        per_label = M.per_label_report(y, probs, thresholds, self.label_names)
+        metrics = {
+            M.OBJECTIVE: M.macro_auprc(y, probs),
+            M.VAL_AUROC: M.macro_auroc(y, probs),
+            M.VAL_LOSS: val_loss,
+            M.VAL_F1: M.macro_f1(y, probs, thresholds),
+        }
+        return EpochResult(metrics, probs, thresholds, per_label)
+
+    def run_epoch(self, nan_at_step: int | None = None) -> EpochResult:
+        train_metrics = self.train_epoch(nan_at_step=nan_at_step)
+        result = self.evaluate()
+        result.metrics.update(train_metrics)
+        self.epoch += 1
+        score = result.metrics[M.OBJECTIVE]
+        if score > self.best_score:
+            self.best_score, self.best_epoch = score, self.epoch
+        result.metrics[M.EPOCH] = self.epoch
+        result.metrics[M.BEST_OBJECTIVE] = self.best_score
+        self.history.append({k: float(v) for k, v in result.metrics.items()})
+        return result
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save(self, directory: str | Path, result: EpochResult | None = None) -> None:
+        """Write a resumable checkpoint (and, with `result`, the epoch's validation outputs)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(
+            directory / MODEL_FILE,
+            self.model,
+            self.trial.model,
+            num_labels=self.num_labels,
+            label_groups=self.label_groups,
+            extra={"epoch": self.epoch, "trial_config": self.trial.to_json()},
+        )
+        torch.save(
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "epoch": self.epoch,
+                "best_score": self.best_score,
+                "best_epoch": self.best_epoch,
+                "history": json.dumps(self.history),
+                # Dropout draws from the global generators: without their state a resumed
+                # trial would diverge from an uninterrupted one.
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            },
+            directory / STATE_FILE,
+        )
+        (directory / TRIAL_CONFIG_FILE).write_text(self.trial.to_json())
+        if result is not None:
+            write_validation_outputs(directory, self, result)
+
+    def restore(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        model, _ = load_checkpoint(directory / MODEL_FILE, map_location=self.device)
+        self.model.load_state_dict(model.state_dict(), strict=True)
+        state = torch.load(directory / STATE_FILE, map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.best_score = float(state["best_score"])
+        self.best_epoch = int(state["best_epoch"])
+        self.history = json.loads(state["history"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if self.device.type == "cuda" and state["rng_cuda"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+
+
+def write_validation_outputs(directory: Path, trainer: Trainer, result: EpochResult) -> None:
+    """The per-trial artifacts: thresholds, per-label metrics and validation predictions."""
+    (directory / THRESHOLDS_FILE).write_text(
+        json.dumps(
+            {
+                "labels": trainer.label_names,
+                "thresholds": [float(t) for t in result.thresholds],
+                "objective": trainer.cfg.threshold_objective,
+                "epoch": trainer.epoch,
+            },
+            indent=2,
+        )
+    )
+    (directory / VAL_METRICS_FILE).write_text(
+        json.dumps({"epoch": trainer.epoch, "macro": result.metrics, "per_label": result.per_label},
+                   indent=2)
+    )
+    np.savez_compressed(
+        directory / VAL_PREDICTIONS_FILE,
+        probs=result.val_probs,
+        labels=np.asarray(trainer.val_data.labels, dtype=np.uint8),
+        records=np.asarray(trainer.val_data.records).astype(str),
+        label_names=np.asarray(trainer.label_names, dtype=str),
+    )
+
+
+def _warmup_cosine(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))

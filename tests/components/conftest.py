@@ -1,0 +1,104 @@
+"""Shared fixtures: the seed20 label layout, the preset x fusion matrix, small CPU models.
+
+Test modules get these through fixtures (the suite runs with --import-mode=importlib, so
+conftest is not importable as a module).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from components import FUSIONS, PRESETS, MultiBranchModel, build_model, get_preset
+
+# seed20's four groups (5, 5, 6, 4 labels), as the label map passes them in
+SEED20_GROUPS = [list(range(0, 5)), list(range(5, 10)), list(range(10, 16)), list(range(16, 20))]
+# a non-contiguous partition, to check that outputs land on their label indices
+SHUFFLED_GROUPS = [[3, 17, 0, 9, 12], [1, 4, 19, 7], [2, 5, 8, 11, 14, 15], [6, 10, 13, 16, 18]]
+# two branches keep export (symbolic tracing, ~2 s per branch) affordable
+TWO_GROUPS = [[3, 17, 0, 9, 12, 1, 4, 19, 7, 2], [5, 8, 11, 14, 15, 6, 10, 13, 16, 18]]
+
+SMALL_PRESETS = ["tiny", "tiny-multi", "small"]
+BIG_PRESETS = ["seed", "seed-multi"]
+assert set(SMALL_PRESETS) | set(BIG_PRESETS) == set(PRESETS), "a preset is left out of the tests"
+
+# (preset, fusion, own stems): every small preset x every fusion, plus per-branch stems
+MATRIX = [(p, f, False) for p in SMALL_PRESETS for f in FUSIONS] + [
+    ("tiny-multi", f, True) for f in FUSIONS
+]
+# Export is the slow part (a symbolic length costs ~2 s per tiny branch, ~10 s for the
+# seed): the seed (test_presets), tiny and tiny-multi as shipped export with a symbolic
+# length; small and every other fusion export at a fixed length (fusion heads never see
+# the length). (preset, fusion, own stems, dynamic length)
+EXPORT_CASES = [
+    ("tiny", "independent", False, True),
+    ("tiny-multi", "attention", False, True),
+    ("small", "independent", False, False),
+] + [("tiny-multi", f, f == "late", False) for f in FUSIONS if f != "attention"]
+assert {(p, PRESETS[p].fusion) for p in SMALL_PRESETS} <= {c[:2] for c in EXPORT_CASES}
+assert set(FUSIONS) <= {c[1] for c in EXPORT_CASES}
+
+
+def _case_id(case: tuple) -> str:
+    preset, fusion, own, *dynamic = case
+    fixed = dynamic and not dynamic[0]
+    return f"{preset}-{fusion}" + ("-own-stems" if own else "") + ("-fixed-length" if fixed else "")
+
+
+def make_model(
+    preset: str,
+    fusion: str | None = None,
+    own_stems: bool = False,
+    groups: list[list[int]] | None = SHUFFLED_GROUPS,
+    seed: int = 0,
+) -> MultiBranchModel:
+    config = get_preset(preset)
+    if fusion is not None:
+        config = config.with_flat({"fusion": fusion})
+    if own_stems:
+        config = config.with_flat({"stem.shared": False})
+    torch.manual_seed(seed)
+    return build_model(config, num_labels=20, label_groups=groups)
+
+
+@pytest.fixture
+def model_factory() -> Callable[..., MultiBranchModel]:
+    return make_model
+
+
+@pytest.fixture
+def seed20_groups() -> list[list[int]]:
+    return [list(g) for g in SEED20_GROUPS]
+
+
+@pytest.fixture
+def two_groups() -> list[list[int]]:
+    return [list(g) for g in TWO_GROUPS]
+
+
+@pytest.fixture
+def shuffled_groups() -> list[list[int]]:
+    return [list(g) for g in SHUFFLED_GROUPS]
+
+
+@pytest.fixture(params=MATRIX, ids=_case_id)
+def matrix_case(request: pytest.FixtureRequest) -> tuple[str, str, bool]:
+    return request.param
+
+
+@pytest.fixture(params=EXPORT_CASES, ids=_case_id)
+def export_case(request: pytest.FixtureRequest) -> tuple[str, str, bool, bool]:
+    return request.param
+
+
+@pytest.fixture(params=SMALL_PRESETS)
+def small_preset(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _two_threads() -> None:
+    # the machine is shared by several suites; don't oversubscribe it
+    torch.set_num_threads(2)

@@ -1,0 +1,171 @@
+"""End-to-end searches on synthetic shards with the `tiny` space: local Ray, SQLite MLflow."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from search import metrics as M
+from search import tracking
+from search.errors import SearchError, TrackingError
+from search.run import SearchOptions, run_search
+
+pytestmark = pytest.mark.slow
+
+
+def _runs(uri: str, name: str):
+    client = tracking.client(uri)
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "search"]
+    children = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"]
+    return client, parents, children
+
+
+def test_tiny_search_tracks_one_parent_and_a_nested_run_per_trial(tiny_search):
+    result = tiny_search.result
+    assert result.complete
+    assert len(result.trials) == 4
+    client, parents, children = _runs(result.tracking_uri, result.name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["ecgtune.data_manifest_sha256"]
+    assert len(children) == 4
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags[tracking.TAG_PARENT] == parents[0].info.run_id
+        assert {"fusion", "branch.depths", "train.lr", "train.loss"} <= set(run.data.params)
+        history = client.get_metric_history(run.info.run_id, M.OBJECTIVE)
+        assert history and all(0.0 <= m.value <= 1.0 for m in history)
+        assert run.data.tags[tracking.TAG_EARLY_STOPPED] in ("true", "false")
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"thresholds.json", "val_predictions.npz", "validation.png"} <= artifacts
+        checkpoint = Path(run.data.tags[tracking.TAG_BEST_CHECKPOINT])
+        assert (checkpoint / "model.pt").is_file()
+    # 4 trials, 3 epochs, grace 1, reduction factor 2: ASHA cuts the weaker ones.
+    early = [r for r in children if r.data.tags[tracking.TAG_EARLY_STOPPED] == "true"]
+    assert early, "ASHA should stop at least one of four trials early"
+    assert result.trial_epochs < 4 * 3
+    names = {r.info.run_name for r in children}
+    assert len(names) == 4 and all(n.startswith("t0") for n in names)
+
+
+def test_best_tiny_trial_learns(tiny_search):
+    _, _, children = _runs(tiny_search.result.tracking_uri, tiny_search.result.name)
+    best_auroc = max(r.data.metrics[M.VAL_AUROC] for r in children)
+    assert best_auroc > 0.75, f"best val macro AUROC {best_auroc:.3f} is not clearly above chance"
+
+
+FAULT_SPACE = """
+base: tiny
+fixed: {train.epochs: 3, train.crop_len: 1024, train.batch_size: 32, train.augment: false}
+params:
+  debug.crash_at_epoch: {choice: [-1, 1]}
+  debug.nan_at_epoch: {choice: [-1, 1]}
+points_to_evaluate:
+  - {debug.crash_at_epoch: 1, debug.nan_at_epoch: -1}
+  - {debug.crash_at_epoch: -1, debug.nan_at_epoch: 1}
+"""
+
+
+def test_crashed_trial_resumes_from_checkpoint_and_nan_trial_fails_clearly(prepared_data, tmp_path):
+    space = tmp_path / "faults.yaml"
+    space.write_text(FAULT_SPACE)
+    uri = tracking.default_tracking_uri(tmp_path)
+    result = run_search(SearchOptions(
+        data=prepared_data, space=str(space), name="faults", num_samples=2, scheduler="fifo",
+        tracking_uri=uri, storage=str(tmp_path / "ray"), num_cpus=2, seed=0, verbose=0,
+    ))
+    assert result.complete
+    client, parents, children = _runs(uri, "faults")
+    by_crash = {r.data.params["debug.crash_at_epoch"]: r for r in children}
+    crashed, diverged = by_crash["1"], by_crash["-1"]
+    # Retried from the epoch-1 checkpoint, not restarted: it reports where it resumed.
+    assert crashed.info.status == "FINISHED"
+    restored = client.get_metric_history(crashed.info.run_id, M.RESTORED_FROM_EPOCH)
+    assert max(m.value for m in restored) == 1
+    epochs = sorted(m.step for m in client.get_metric_history(crashed.info.run_id, M.OBJECTIVE))
+    assert epochs == [1, 2, 3], "each epoch ran exactly once across the crash"
+    # The NaN trial fails with a message naming the problem; the search carried on.
+    assert diverged.info.status == "FAILED"
+    assert "loss became nan" in diverged.data.tags[tracking.TAG_ERROR]
+    assert parents[0].info.status == "FINISHED"
+
+
+def _cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ensembles.cli", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs,
+    )
+
+
+def _trial_results(storage: Path) -> int:
+    return sum(1 for p in storage.rglob("result.json") if p.stat().st_size > 0)
+
+
+def test_interrupted_search_resumes_without_duplicating_runs(prepared_data, tmp_path):
+    storage = tmp_path / "ray"
+    uri = tracking.default_tracking_uri(tmp_path)
+    common = ["--data", str(prepared_data), "--space", "tiny", "--name", "resumable",
+              "--storage", str(storage), "--tracking-uri", uri, "--num-cpus", "2",
+              "--max-concurrent", "1", "--scheduler", "fifo"]
+    proc = _cli("search", "--num-samples", "3", *common, start_new_session=True)
+    deadline = time.time() + 180
+    while _trial_results(storage) == 0 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[0]
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out
+    _, parents, children = _runs(uri, "resumable")
+    assert len(children) < 3 or any(r.info.status == "KILLED" for r in children), out
+    assert not [r for r in parents + children if r.info.status == "RUNNING"]
+
+    resumed = _cli("search", "--resume", *common)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    _, parents, children = _runs(uri, "resumable")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trial_ids = [r.data.tags[tracking.TAG_TRIAL_ID] for r in children]
+    assert len(trial_ids) == 3 and len(set(trial_ids)) == 3, "no duplicated trial runs"
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+def test_search_fails_fast_on_bad_input(prepared_data, tmp_path):
+    import ray
+
+    base = dict(space="tiny", num_samples=1, storage=str(tmp_path / "ray"), num_cpus=2,
+                tracking_uri=tracking.default_tracking_uri(tmp_path), verbose=0)
+    start = time.time()
+    with pytest.raises(SearchError, match=r"no manifest\.json"):
+        run_search(SearchOptions(data=tmp_path / "missing", name="a", **base))
+    with pytest.raises(TrackingError, match="unreachable"):
+        run_search(SearchOptions(data=prepared_data, name="b",
+                                 **{**base, "tracking_uri": "http://127.0.0.1:9"}))
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(prepared_data, corrupt)
+    shard = sorted((corrupt / "shards").glob("*.parquet"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(Exception, match=re.escape(shard.name)):
+        run_search(SearchOptions(data=corrupt, name="c", **base))
+    assert time.time() - start < 60
+    assert not ray.is_initialized(), "nothing may start before the inputs are checked"
+
+
+def test_cli_names_the_problem_and_exits_1(tmp_path):
+    proc = _cli("search", "--data", str(tmp_path / "nope"), "--space", "tiny",
+                "--storage", str(tmp_path / "ray"),
+                "--tracking-uri", tracking.default_tracking_uri(tmp_path))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "ecgtune search: error:" in out and "nope" in out
+    assert "Traceback" not in out

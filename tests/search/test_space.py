@@ -1,0 +1,147 @@
+"""Search spaces: YAML -> sampled point -> flat dict -> ModelConfig/TrialConfig."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from components import ModelConfig, get_preset, validate
+from search.config import TrialConfig
+from search.errors import SpaceError
+from search.searcher import ValidatingSearcher, build_searcher
+from search.space import builtin_spaces, load_space, parse_space
+
+GROUPS = [list(range(0, 5)), list(range(5, 10)), list(range(10, 16)), list(range(16, 20))]
+
+
+def test_shipped_spaces_load():
+    names = builtin_spaces()
+    assert {"default", "tiny"} <= set(names)
+    for name in names:
+        space = load_space(name)
+        assert space.params, name
+
+
+def test_default_space_50_seeded_samples_map_onto_model_config():
+    space = load_space("default")
+    seen_fusions = set()
+    for seed in range(50):
+        sampled = space.sample(seed)
+        flat = space.trial_flat(sampled)
+        trial = TrialConfig.from_flat(flat)
+        validate(trial.model, 20, GROUPS)
+        # The flat dict round-trips: the same keys rebuild the same config.
+        assert ModelConfig.from_flat(trial.model.to_flat()) == trial.model
+        assert TrialConfig.from_flat(trial.to_flat()) == trial
+        for key, value in sampled.items():
+            if not key.startswith("train."):
+                expected = ModelConfig.from_flat({key: value}).to_flat()[key]
+                assert trial.model.to_flat()[key] == expected
+        seen_fusions.add(trial.model.fusion)
+    assert seen_fusions == {"independent", "concat", "attention", "late"}
+
+
+def test_sampling_is_deterministic_for_a_seed():
+    space = load_space("default")
+    assert space.sample(3) == space.sample(3)
+    assert any(space.sample(3) != space.sample(s) for s in range(4, 8))
+
+
+def test_conditional_params_only_when_their_condition_holds():
+    space = load_space("default")
+    for seed in range(40):
+        sampled = space.sample(seed)
+        assert ("fusion.hidden" in sampled) == (sampled["fusion"] in ("concat", "attention"))
+        assert ("train.focal_gamma" in sampled) == (sampled["train.loss"] == "focal")
+
+
+def test_define_by_run_returns_a_complete_config_without_overriding_samples():
+    space = load_space("tiny")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    constants = space.define_by_run()(trial)
+    assert not set(constants) & set(trial.params)
+    full = {**trial.params, **constants}
+    assert set(full) == set(space.base_flat()) | set(trial.params)
+    assert {"train.weight_decay", "branch.width"} <= set(full)
+    TrialConfig.from_flat(full)
+
+
+def test_warm_start_presets_expand_in_the_default_space():
+    space = load_space("default")
+    points = space.points_to_evaluate
+    assert len(points) == 2
+    seed_multi = TrialConfig.from_flat(space.trial_flat(points[0])).model
+    assert seed_multi == get_preset("seed-multi")
+    seed = TrialConfig.from_flat(space.trial_flat(points[1])).model
+    assert seed == get_preset("seed")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("params: {nope.key: {choice: [1, 2]}}", "unknown config key 'nope.key'"),
+        ("params: {train.lr: {loguniform: [0, 1]}}", "empty or invalid range"),
+        ("params: {train.lr: {uniform: [1]}}", "must be [low, high]"),
+        ("params: {fusion: {choice: []}}", "non-empty list"),
+        ("params: {fusion: {choice: [a], uniform: [0, 1]}}", "exactly one of"),
+        (
+            "params:\n  fusion.hidden: {choice: [8], when: {fusion: [concat]}}\n"
+            "  fusion: {choice: [concat]}",
+            "must be a param listed before it",
+        ),
+        ("base: nope\nparams: {}", "base"),
+        ("params: [1, 2", "not valid YAML"),
+        ("oops: 1\nparams: {}", "unknown top-level keys"),
+        (
+            "params: {fusion: {choice: [concat, late]}}\npoints_to_evaluate: [{fusion: attention}]",
+            "outside its distribution",
+        ),
+        (
+            "base: tiny\nparams: {fusion: {choice: [concat]}}\n"
+            "points_to_evaluate: [{preset: seed}]",
+            "preset 'seed' sets",
+        ),
+    ],
+)
+def test_bad_spaces_are_rejected_with_the_key_named(text, message):
+    with pytest.raises(SpaceError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_space(text, name="bad.yaml")
+
+
+def test_unknown_space_name_lists_the_shipped_ones(tmp_path):
+    with pytest.raises(SpaceError, match="default"):
+        load_space("no-such-space")
+    with pytest.raises(SpaceError, match="not found"):
+        load_space(tmp_path / "missing.yaml")
+
+
+def test_validating_searcher_never_hands_out_an_invalid_point():
+    space = parse_space(
+        "base: tiny\nparams:\n  fusion: {choice: [independent, concat, attention, late]}\n"
+        "  train.lr: {loguniform: [1.0e-3, 1.0e-2]}\n",
+        name="t.yaml",
+    )
+
+    def check(config):
+        if config["fusion"] == "late":
+            raise ValueError("late is not allowed here")
+
+    searcher = build_searcher(space, "random", seed=0, check=check)
+    searcher.set_search_properties("val/macro_auprc", "max", {})
+    fusions = [searcher.suggest(f"trial_{i:05d}")["fusion"] for i in range(30)]
+    assert "late" not in fusions
+    assert searcher.rejected, "random sampling over 4 fusions should have hit 'late' in 30 draws"
+    assert isinstance(searcher, ValidatingSearcher)
+
+
+def test_validating_searcher_gives_up_on_a_space_with_no_valid_point():
+    space = parse_space("base: tiny\nparams: {fusion: {choice: [concat, late]}}", name="t.yaml")
+
+    def check(config):
+        raise ValueError("nothing is valid")
+
+    searcher = build_searcher(space, "tpe", seed=0, check=check)
+    searcher.set_search_properties("val/macro_auprc", "max", {})
+    with pytest.raises(SpaceError, match="nothing is valid"):
+        searcher.suggest("trial_00000")
