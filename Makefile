@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 WORKDIR ?= ecgtune-demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean browser-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,21 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/ecgtune demo --workdir $(WORKDIR)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser-deps
 	$(PY) -m pytest -m "not benchmark" $(PYTEST_ARGS)
+
+# Debian's Chromium + chromedriver for the MLflow UI browser test (never a downloaded browser
+# build). Installed when missing and we are root with apt; otherwise that test is skipped.
+browser-deps:
+	@if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian chromium + chromium-driver for the browser test"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; } || \
+	    echo "could not install chromium: the browser test will be skipped"; \
+	  else echo "chromium not installed: the browser test will be skipped"; fi; \
+	fi
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,79 @@
+"""ensembles: member predictions, selection, calibration, thresholds, evaluation, export, predict.
+
+    from ensembles import build_ensemble, load_bundle, predict_records
+    result = build_ensemble(data="prepared", name="my-search", output="bundle", top_k=5)
+    bundle = load_bundle("bundle")                 # checksums verified
+    probs = bundle.predict_signals(int16_signals)  # (N, 12, 5000) -> (N, 20)
+    table = predict_records(bundle, ["records/"])  # raw WFDB records, prep's preprocessing
+
+Public names resolve lazily (PEP 562), so `import ensembles` (and the CLI's argument parsing)
+does not import torch or MLflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    BundleChecksumError,
+    BundleError,
+    BundleFormatError,
+    EnsembleError,
+    MemberError,
+    SearchNotFoundError,
+)
+
+if TYPE_CHECKING:
+    from .build import EnsembleOptions, EnsembleResult, build_ensemble, format_summary
+    from .bundle import Bundle, load_bundle, save_bundle, verify_bundle
+    from .inference import EnsemblePredictor, InputSpec, MemberSpec, member_probabilities
+    from .predict import PredictionResult, predict_records, write_predictions_csv
+
+_EXPORTS: dict[str, str] = {
+    "EnsembleOptions": "build", "EnsembleResult": "build", "build_ensemble": "build",
+    "format_summary": "build",
+    "Bundle": "bundle", "load_bundle": "bundle", "save_bundle": "bundle",
+    "verify_bundle": "bundle",
+    "EnsemblePredictor": "inference", "InputSpec": "inference", "MemberSpec": "inference",
+    "member_probabilities": "inference",
+    "PredictionResult": "predict", "predict_records": "predict",
+    "write_predictions_csv": "predict",
+}
+
+__all__ = [
+    "Bundle",
+    "BundleChecksumError",
+    "BundleError",
+    "BundleFormatError",
+    "EnsembleError",
+    "EnsembleOptions",
+    "EnsemblePredictor",
+    "EnsembleResult",
+    "InputSpec",
+    "MemberError",
+    "MemberSpec",
+    "PredictionResult",
+    "SearchNotFoundError",
+    "build_ensemble",
+    "format_summary",
+    "load_bundle",
+    "member_probabilities",
+    "predict_records",
+    "save_bundle",
+    "verify_bundle",
+    "write_predictions_csv",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ensembles' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

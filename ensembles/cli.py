@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 # Package CLI modules in pipeline order; a module that does not exist yet is skipped.
-_CLI_MODULES = ("data_prep.cli", "search.cli", "ensembles.commands")
+_CLI_MODULES = ("data_prep.cli", "search.cli", "ensembles.commands", "ensembles.demo")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], ...]]:

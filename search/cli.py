@@ -25,40 +25,47 @@ def register(sub: argparse._SubParsersAction) -> None:
             "(or joins --address), tracks one parent MLflow run per search and one nested run "
             "per trial, and keeps checkpoints under --storage/NAME."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", required=True, help="prepared data directory (from `ecgtune prep`)")
-    p.add_argument("--space", default="default",
-                   help="search space: a YAML file, or a shipped space name (default, tiny, demo)")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="prepared data directory (from `ecgtune prep`)")
+    p.add_argument("--space", default="default", metavar="FILE|NAME",
+                   help="search space: a YAML file, or a shipped space (default, demo, tiny); "
+                   "default: default")
     p.add_argument("--name", default="ecgtune-search",
-                   help="search name: the MLflow experiment and the Ray experiment directory")
-    p.add_argument("--num-samples", type=int, default=20, help="number of trials")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="epoch budget per trial (ASHA's max_t); default: the space's")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial")
-    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="search name: the MLflow experiment and the Ray experiment directory "
+                   "(default: ecgtune-search)")
+    p.add_argument("--num-samples", type=int, default=20, metavar="N",
+                   help="number of trials (default 20)")
+    p.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help="epoch budget per trial, ASHA's max_t (default: the space's)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C",
+                   help="CPUs reserved per trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=None, metavar="G",
                    help="GPUs per trial, fractions allowed (0.5 = two trials per GPU); "
                    "default: 1 when the cluster has GPUs, else 0")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI; default: sqlite:///$PWD/mlflow.db")
-    p.add_argument("--storage", default=None,
-                   help="Ray results storage: a local/NFS path or s3://bucket/prefix; "
-                   "default: $PWD/ray_results")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI (default: sqlite:///$PWD/mlflow.db)")
+    p.add_argument("--storage", default=None, metavar="PATH",
+                   help="Ray results: a local or NFS path, or s3://bucket/prefix "
+                   "(default: $PWD/ray_results)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted search of this --name (Tuner.restore)")
     p.add_argument("--address", default=None,
                    help="join a running Ray cluster (e.g. auto) instead of starting one")
-    p.add_argument("--num-cpus", type=int, default=None,
+    p.add_argument("--num-cpus", type=int, default=None, metavar="N",
                    help="CPUs of the local Ray instance (default: all)")
-    p.add_argument("--max-concurrent", type=int, default=None,
-                   help="at most this many trials at once (default: as resources allow)")
-    p.add_argument("--seed", type=int, default=0, help="searcher seed")
-    p.add_argument("--searcher", choices=("tpe", "random"), default="tpe")
-    p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
+    p.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                   help="at most N trials at once (default: as many as resources allow)")
+    p.add_argument("--seed", type=int, default=0, help="searcher seed (default 0)")
+    p.add_argument("--searcher", choices=("tpe", "random"), default="tpe",
+                   help="Optuna TPE (default) or random sampling")
+    p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
+                   help="ASHA early stopping (default) or full budget for every trial")
     p.add_argument("--data-sharing", choices=("object_store", "memmap"), default="object_store",
-                   help="how trials on a node share the one in-memory copy of the data")
-    p.add_argument("--max-failures", type=int, default=2,
-                   help="retries of a crashed trial, each from its last checkpoint")
+                   help="how the trials on a node share one copy of the data "
+                   "(default object_store)")
+    p.add_argument("--max-failures", type=int, default=2, metavar="N",
+                   help="retries of a crashed trial, each from its last checkpoint (default 2)")
     p.add_argument("--set", dest="overrides", action="append", type=_parse_override,
                    default=[], metavar="KEY=VALUE",
                    help="fix a config key for every trial, e.g. --set train.steps_per_epoch=50")

@@ -123,6 +123,10 @@ def _library_versions() -> dict[str, str]:
     return out
 
 
+def trial_name(trial: Any) -> str:
+    return tracking.trial_run_name(tracking.trial_index(trial), trial.config)
+
+
 def trial_dirname(trial: Any) -> str:
     # Ray's default names embed the config, which for a flat model config is unreadably long.
     return f"trial_{tracking.trial_index(trial):03d}_{trial.trial_id}"
@@ -260,6 +264,7 @@ def run_search(opts: SearchOptions) -> SearchResult:
                     search_alg=build_searcher(space, opts.searcher, opts.seed, check),
                     scheduler=_scheduler(opts, space),
                     max_concurrent_trials=opts.max_concurrent,
+                    trial_name_creator=trial_name,
                     trial_dirname_creator=trial_dirname,
                 ),
                 run_config=tune.RunConfig(

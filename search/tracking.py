@@ -73,10 +73,14 @@ def client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3's UI opens GenAI experiments on a traces overview; this kind opens the runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def get_or_create_experiment(mlflow_client: Any, name: str) -> str:
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is None:
-        return mlflow_client.create_experiment(name)
+        return mlflow_client.create_experiment(name, tags=EXPERIMENT_KIND)
     if experiment.lifecycle_stage == "deleted":
         mlflow_client.restore_experiment(experiment.experiment_id)
     return experiment.experiment_id

@@ -4,6 +4,7 @@ every epoch through `ray.tune.report`, resuming from `ray.tune.get_checkpoint()`
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ def _set_threads() -> None:
 
 
 def train_trial(config: dict[str, Any], trial_data: TrialData) -> None:
+    # Ray logs every persisted checkpoint at INFO, which buries the progress table.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     trial = TrialConfig.from_flat(config)
     trial_dir = Path(tune.get_context().get_trial_dir())
     fatal = trial_dir / FATAL_MARKER

@@ -1,8 +1,12 @@
-"""Synthetic member predictions for the ensemble tests (no models, no data files)."""
+"""Fixtures of the ensemble tests: synthetic member predictions (no models, no data files),
+and an ensemble built end to end on the session's tiny search."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,3 +32,41 @@ def make_members(
 @pytest.fixture
 def members() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     return make_members
+
+
+# ---------------------------------------------------------------------------------------------
+# End-to-end fixtures on the session's tiny search (built once, shared with the search suite).
+
+REGISTERED = "ecg-tiny-ensemble"
+BUILD_OPTIONS = {"top_k": 4, "n_boot": 200, "seed": 0, "progress": False}
+
+
+@dataclass(frozen=True)
+class BuiltEnsemble:
+    result: Any  # ensembles.build.EnsembleResult
+    data: Path
+    tracking_uri: str
+    search_name: str
+    storage: Path
+    registered: str
+
+
+@pytest.fixture(scope="session")
+def built_ensemble(tiny_search, prepared_data, tmp_path_factory) -> BuiltEnsemble:
+    """`build_ensemble` in process on the tiny search: top 4 trials, registered."""
+    from ensembles import build_ensemble
+
+    out = tmp_path_factory.mktemp("ensemble") / "bundle"
+    result = build_ensemble(
+        data=prepared_data, name=tiny_search.result.name, output=out, register=REGISTERED,
+        tracking_uri=tiny_search.tracking_uri, **BUILD_OPTIONS,
+    )
+    return BuiltEnsemble(result, prepared_data, tiny_search.tracking_uri,
+                         tiny_search.result.name, tiny_search.storage, REGISTERED)
+
+
+@pytest.fixture(scope="session")
+def fold9(prepared_data) -> Any:
+    from data_prep import load_shards
+
+    return load_shards(prepared_data, folds=[9])

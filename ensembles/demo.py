@@ -1,0 +1,195 @@
+"""`ecgtune demo`: the whole pipeline on embedded defaults, on a laptop CPU.
+
+synthetic records -> prep -> local search (Ray, SQLite MLflow) -> calibrated ensemble
+(registered as `champion`) -> export -> predict held-back synthetic records and, when present,
+the real sample records. Every step keeps its output in --workdir and is safe to re-run:
+records and shards are reused, an interrupted search resumes, a finished one is reused, and
+the ensemble, bundle and predictions are rebuilt (the registered model gets a new version).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEMO_RECORDS = 3000
+DEMO_SEED = 0
+HELDOUT_RECORDS = 24
+HELDOUT_SEED = 20_000  # other seed: records the search and the ensemble never saw
+DEMO_TRIALS = 8
+SEARCH_NAME = "demo"
+MODEL_NAME = "ecgtune-demo"
+# The repository's sibling `shared/` folder holds 20 real records (never copied here).
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ecg-arrhythmia-sample"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    workdir: Path = Path("ecgtune-demo")
+    records: int = DEMO_RECORDS
+    trials: int = DEMO_TRIALS
+    sample_dir: Path | None = SAMPLE_DIR
+    num_cpus: int | None = None
+
+
+def _step(index: int, text: str) -> float:
+    print(f"\n[{index}/6] {text}", flush=True)
+    return time.perf_counter()
+
+
+def _done(start: float) -> None:
+    print(f"      done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def _synth_once(out: Path, n: int, seed: int, workers: int) -> None:
+    """Synthetic records, reused when a previous run wrote the same ones."""
+    from data_prep import synthesize
+
+    stamp = out / "synth.json"
+    want = {"n": n, "seed": seed}
+    if stamp.is_file() and json.loads(stamp.read_text()) == want:
+        print(f"      reusing {n} records in {out}")
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    synthesize(out, n, seed=seed, workers=workers, progress=True)
+    stamp.write_text(json.dumps(want))
+
+
+def run_demo(opts: DemoOptions) -> int:
+    from data_prep import prepare
+    from ensembles.build import build_ensemble, format_summary
+    from ensembles.predict import predict_records, write_predictions_csv
+    from search.report import print_search_summary
+    from search.run import SearchOptions, run_search
+    from search.tracking import default_tracking_uri
+
+    began = time.perf_counter()
+    work = opts.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"ecgtune demo in {work}")
+
+    t = _step(1, f"synthesising {opts.records} training records and {HELDOUT_RECORDS} "
+                 "held-back ones")
+    _synth_once(work / "records", opts.records, DEMO_SEED, workers=2)
+    _synth_once(work / "heldout", HELDOUT_RECORDS, HELDOUT_SEED, workers=1)
+    _done(t)
+
+    t = _step(2, "preparing shards (quality gates, folds, Parquet)")
+    prep = prepare(work / "records", work / "data", workers=2, shard_size=1000)
+    print(f"      {prep.manifest['records_written']} written, "
+          f"{prep.manifest['records_quarantined']} quarantined, {prep.shards_kept} shards reused")
+    _done(t)
+
+    t = _step(3, f"searching: {opts.trials} trials of the `demo` space, TPE + ASHA on a local "
+                 "Ray instance, tracked in SQLite MLflow")
+    uri = default_tracking_uri(work)
+    storage = work / "ray_results"
+    if (storage / SEARCH_NAME).exists() and not (work / "mlflow.db").exists():
+        # Ray state without its tracking store cannot be resumed cleanly: start over.
+        shutil.rmtree(storage / SEARCH_NAME)
+    resume = (storage / SEARCH_NAME).exists()
+    if resume:
+        print("      a previous demo search exists: resuming it (finished trials are kept)")
+    search = run_search(SearchOptions(
+        data=work / "data", space="demo", name=SEARCH_NAME, num_samples=opts.trials,
+        tracking_uri=uri, storage=str(storage), resume=resume, num_cpus=opts.num_cpus,
+        seed=DEMO_SEED, verbose=1,
+    ))
+    print_search_summary(search)
+    if not search.complete:
+        print("the search was interrupted; run the demo again to resume it")
+        return 130
+    _done(t)
+
+    t = _step(4, "building the calibrated ensemble, exporting and registering it")
+    result = build_ensemble(
+        data=work / "data", name=SEARCH_NAME, output=work / "bundle", top_k=5,
+        register=MODEL_NAME, tracking_uri=uri, storage=str(storage), seed=DEMO_SEED,
+    )
+    print(format_summary(result))
+    _done(t)
+
+    t = _step(5, "predicting raw records with the exported bundle")
+    predictions = work / "predictions"
+    predictions.mkdir(exist_ok=True)
+    inputs = {"held-back synthetic records": (work / "heldout", predictions / "heldout.csv")}
+    if opts.sample_dir is not None and Path(opts.sample_dir).is_dir():
+        inputs["real sample records"] = (Path(opts.sample_dir), predictions / "sample.csv")
+    else:
+        print(f"      (no real sample records at {opts.sample_dir}; skipping them)")
+    predicted: dict[str, Any] = {}
+    for label, (source, csv) in inputs.items():
+        pr = predict_records(result.bundle_dir, [source], progress=True)
+        write_predictions_csv(pr, csv)
+        for issue in pr.warnings:
+            print(f"      {issue.message(warning=True)}")
+        for issue in pr.rejected:
+            print(f"      {issue.message()}")
+        predicted[label] = (pr, csv)
+        print(f"      {label}: {len(pr.records)} predicted, {len(pr.rejected)} rejected -> {csv}")
+    _done(t)
+
+    _step(6, "summary")
+    _print_summary(search, result, predicted, uri, time.perf_counter() - began)
+    return 0
+
+
+def _print_summary(search: Any, result: Any, predicted: dict[str, Any], uri: str,
+                   seconds: float) -> None:
+    from search import metrics as M
+
+    best = search.best
+    print(f"best trial:        {best.trial_id} (t{best.index:03d}, {best.config.get('fusion')} "
+          f"fusion), val macro AUPRC {best.best_score:.4f}")
+    weights = ", ".join(f"{name} {w:.2f}" for name, w in result.weights.items())
+    print(f"ensemble members:  {weights}")
+    print(f"{'test fold 9':<30} {'AUROC':>6} {'AUPRC':>6} {'F1':>6}")
+    for name, row in result.rows.items():
+        macro = row["macro"]
+        print(f"  {name:<28} {macro[M.AUROC]:6.3f} {macro[M.AUPRC]:6.3f} {macro[M.F1]:6.3f}")
+    print(f"calibration (fold 9): ECE {result.ece_before:.4f} -> {result.ece_after:.4f}")
+    print(f"bundle:            {result.bundle_dir}")
+    print(f"report:            {result.report_dir / 'report.html'}")
+    if result.registered_model:
+        print(f"registered model:  models:/{result.registered_model}@champion "
+              f"(version {result.model_version})")
+    for label, (pr, csv) in predicted.items():
+        print(f"predictions:       {csv} ({label}, {len(pr.records)} rows)")
+        for record, labels in list(zip(pr.records, pr.predicted, strict=True))[:3]:
+            print(f"                     {record}: {';'.join(labels) or '(none)'}")
+    print(f"\nBrowse the runs:   .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000")
+    print("                   then open http://127.0.0.1:5000")
+    print(f"demo finished in {seconds / 60:.1f} min")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline on synthetic records (embedded defaults, CPU, ~10 min)",
+        description=(
+            "Synthesise records, prepare shards, run a small local search (Ray + SQLite "
+            "MLflow), build, calibrate, export and register an ensemble, and predict "
+            "held-back synthetic records and the real sample records when present. Safe to "
+            "re-run: finished steps are reused, an interrupted search resumes."
+        ),
+    )
+    p.add_argument("--workdir", type=Path, default=Path("ecgtune-demo"), metavar="DIR",
+                   help="where everything is written (default: ./ecgtune-demo)")
+    p.add_argument("--records", type=int, default=DEMO_RECORDS, metavar="N",
+                   help=f"synthetic training records (default {DEMO_RECORDS})")
+    p.add_argument("--trials", type=int, default=DEMO_TRIALS, metavar="N",
+                   help=f"search trials (default {DEMO_TRIALS})")
+    p.add_argument("--sample-dir", type=Path, default=SAMPLE_DIR, metavar="DIR",
+                   help="real WFDB records to predict at the end (default: the repository's "
+                   "../shared/data/ecg-arrhythmia-sample, skipped when absent)")
+    p.add_argument("--num-cpus", type=int, default=None, metavar="N",
+                   help="CPUs for the local Ray instance (default: all)")
+    p.set_defaults(func=lambda args: run_demo(DemoOptions(
+        workdir=args.workdir, records=args.records, trials=args.trials,
+        sample_dir=args.sample_dir, num_cpus=args.num_cpus,
+    )))

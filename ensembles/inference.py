@@ -1,0 +1,281 @@
+"""Member -> probabilities for int16 signals, and the ensemble predictor built on it.
+
+`member_probabilities` is the only implementation of a member's inference: the ensemble build
+uses it on folds 8 and 9, the exported bundle, the MLflow pyfunc model and `ecgtune predict`
+all go through `EnsemblePredictor`, which calls it. So the in-process ensemble, the bundle and
+the served model cannot drift apart.
+
+Per member, deterministically: ``n_windows`` evenly spaced windows of the member's own crop
+length (`data_prep.fixed_windows`; one window is centred, as in validation), normalised exactly
+as the batch loader did in training (`data_prep.normalize` with the manifest's train-fold
+statistics and the member's mode), sigmoid probabilities averaged over the windows. All
+windows of a batch of records go through the model as one tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from components import ModelConfig
+from data_prep import NormStats, fixed_windows, normalize
+from ensembles.calibration import PerLabelCalibrator
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_WINDOWS",
+    "EnsemblePredictor",
+    "InputSpec",
+    "MemberSpec",
+    "member_probabilities",
+]
+
+DEFAULT_WINDOWS = 3
+DEFAULT_BATCH_SIZE = 32  # records cropped and normalised together
+# Windows per forward pass: on CPU, time per window falls up to ~100 windows and rises beyond
+# (activations outgrow the caches); on a GPU pass a larger value.
+MAX_FORWARD = 96
+NUM_LEADS = 12
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the ensemble expects: int16 (N, 12, n_samples) at ``gain`` units per mV and ``fs``
+    Hz, as `prep` stores it (``preprocessing`` is the manifest block, kept verbatim), plus the
+    per-lead train-fold statistics used by "dataset" normalisation."""
+
+    fs: int
+    seconds: float
+    n_samples: int
+    gain: float
+    norm_mean: tuple[float, ...]
+    norm_std: tuple[float, ...]
+    preprocessing: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> InputSpec:
+        prep = dict(manifest["preprocessing"])
+        stats = NormStats.from_manifest(manifest)
+        return cls(
+            fs=int(prep["fs"]),
+            seconds=float(prep["seconds"]),
+            n_samples=int(prep["n_samples"]),
+            gain=float(prep["gain"]),
+            norm_mean=tuple(float(x) for x in stats.mean),
+            norm_std=tuple(float(x) for x in stats.std),
+            preprocessing=prep,
+        )
+
+    @property
+    def norm_stats(self) -> NormStats:
+        return NormStats(
+            np.asarray(self.norm_mean, np.float32), np.asarray(self.norm_std, np.float32)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "preprocessing": {
+                **self.preprocessing,
+                "fs": self.fs,
+                "seconds": self.seconds,
+                "n_samples": self.n_samples,
+                "gain": self.gain,
+            },
+            "normalization": {"units": "mV", "mean": list(self.norm_mean),
+                              "std": list(self.norm_std)},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputSpec:
+        return cls.from_manifest(data)
+
+    def check(self, signals: np.ndarray) -> None:
+        if signals.ndim != 3 or signals.shape[1:] != (NUM_LEADS, self.n_samples):
+            raise ValueError(
+                f"expected signals of shape (N, {NUM_LEADS}, {self.n_samples}), "
+                f"got {signals.shape}"
+            )
+        if signals.dtype != np.int16:
+            raise ValueError(
+                f"expected int16 signals at {self.gain:g} units/mV (as `prep` stores them), "
+                f"got {signals.dtype}"
+            )
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """Everything needed to rebuild one member and feed it: its model config and label
+    layout, and the crop length and normalisation mode its trial trained with."""
+
+    name: str
+    config: ModelConfig
+    num_labels: int
+    label_groups: tuple[tuple[int, ...], ...]
+    crop_len: int
+    normalization: str
+
+    def __post_init__(self) -> None:
+        if self.normalization not in ("dataset", "record"):
+            raise ValueError(f"member {self.name}: unknown normalization {self.normalization!r}")
+        if self.crop_len < 1:
+            raise ValueError(f"member {self.name}: crop_len must be >= 1")
+
+    @property
+    def is_seed_style(self) -> bool:
+        """Like the seed multi-model: one branch per label group, each predicting its own
+        group's labels (`independent` fusion)."""
+        groups = len(self.label_groups)
+        branches = self.config.n_branches or groups
+        return self.config.fusion == "independent" and groups > 1 and branches == groups
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "config": self.config.to_dict(),
+            "num_labels": self.num_labels,
+            "label_groups": [list(g) for g in self.label_groups],
+            "crop_len": self.crop_len,
+            "normalization": self.normalization,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MemberSpec:
+        return cls(
+            name=str(data["name"]),
+            config=ModelConfig.from_dict(data["config"]),
+            num_labels=int(data["num_labels"]),
+            label_groups=tuple(tuple(int(i) for i in g) for g in data["label_groups"]),
+            crop_len=int(data["crop_len"]),
+            normalization=str(data["normalization"]),
+        )
+
+
+def _batches(n: int, size: int) -> Iterable[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+@torch.no_grad()
+def member_probabilities(
+    model: nn.Module,
+    spec: MemberSpec,
+    signals: np.ndarray,
+    inputs: InputSpec,
+    n_windows: int = DEFAULT_WINDOWS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device = "cpu",
+    max_forward: int = MAX_FORWARD,
+) -> np.ndarray:
+    """Probabilities (N, C) float64 of one member for int16 signals (N, 12, n_samples).
+
+    ``batch_size`` records are cropped and normalised at once; their windows go through the
+    model in forward passes of at most ``max_forward`` windows."""
+    inputs.check(signals)
+    if spec.crop_len > inputs.n_samples:
+        raise ValueError(
+            f"member {spec.name}: crop length {spec.crop_len} exceeds the signal length "
+            f"{inputs.n_samples}"
+        )
+    if n_windows < 1 or batch_size < 1 or max_forward < 1:
+        raise ValueError("n_windows, batch_size and max_forward must be >= 1")
+    model.eval()
+    stats = inputs.norm_stats if spec.normalization == "dataset" else None
+    out = np.empty((len(signals), spec.num_labels), dtype=np.float64)
+    for part in _batches(len(signals), batch_size):
+        windows = fixed_windows(signals[part], spec.crop_len, n_windows)  # (B, W, 12, L)
+        x = normalize(windows, stats, inputs.gain, spec.normalization)
+        b = x.shape[0]
+        flat = torch.from_numpy(x.reshape(b * n_windows, NUM_LEADS, spec.crop_len))
+        probs = np.concatenate([
+            torch.sigmoid(model(flat[i : i + max_forward].to(device)).float()).cpu().numpy()
+            for i in range(0, len(flat), max_forward)
+        ]).astype(np.float64)
+        out[part] = probs.reshape(b, n_windows, -1).mean(axis=1)
+    return out
+
+
+class EnsemblePredictor:
+    """Weighted average of member probabilities, then per-label calibration; thresholds give
+    label sets. Built in process by the ensemble build and rebuilt by `load_bundle`.
+
+    ``weights`` (one per member, > 0) are normalised to sum to one; the average is the same
+    ``tensordot`` the `EnsembleSelector` computes, so both agree to the last bit.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[tuple[MemberSpec, nn.Module]],
+        weights: Sequence[float],
+        calibrator: PerLabelCalibrator,
+        thresholds: Sequence[float],
+        label_names: Sequence[str],
+        inputs: InputSpec,
+        n_windows: int = DEFAULT_WINDOWS,
+        label_map: str = "manifest",
+        label_groups: Sequence[Sequence[int]] = (),
+        group_names: Sequence[str] = (),
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(members),) or not (w > 0).all():
+            raise ValueError("need one positive weight per member")
+        self.label_names = [str(x) for x in label_names]
+        n_labels = len(self.label_names)
+        for spec, _ in members:
+            if spec.num_labels != n_labels:
+                raise ValueError(
+                    f"member {spec.name} predicts {spec.num_labels} labels, the ensemble "
+                    f"{n_labels}"
+                )
+        self.thresholds = np.asarray(thresholds, dtype=np.float64)
+        if self.thresholds.shape != (n_labels,):
+            raise ValueError(f"need {n_labels} thresholds, got {self.thresholds.shape}")
+        if getattr(calibrator, "n_labels_", n_labels) != n_labels:
+            raise ValueError("calibrator and label names disagree on the number of labels")
+        self.device = torch.device(device)
+        self.members = [(spec, model.to(self.device).eval()) for spec, model in members]
+        self.weights = w / w.sum()
+        self.calibrator = calibrator
+        self.inputs = inputs
+        self.n_windows = int(n_windows)
+        self.label_map = label_map
+        self.label_groups = [list(g) for g in label_groups]
+        self.group_names = list(group_names)
+
+    @property
+    def member_names(self) -> list[str]:
+        return [spec.name for spec, _ in self.members]
+
+    def member_probabilities(
+        self, signals: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> np.ndarray:
+        """(M, N, C) probabilities of every member."""
+        signals = np.asarray(signals)
+        return np.stack([
+            member_probabilities(model, spec, signals, self.inputs, self.n_windows, batch_size,
+                                 self.device)
+            for spec, model in self.members
+        ])
+
+    def predict_uncalibrated(
+        self, signals: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> np.ndarray:
+        return np.tensordot(self.weights, self.member_probabilities(signals, batch_size), axes=1)
+
+    def predict_signals(
+        self, signals: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> np.ndarray:
+        """Calibrated probabilities (N, C), label-map order, for int16 (N, 12, n_samples)."""
+        return self.calibrator.predict(self.predict_uncalibrated(signals, batch_size))
+
+    def predicted_labels(self, probs: np.ndarray) -> list[list[str]]:
+        """Label names with ``p >= threshold``, per record, in label-map order."""
+        hits = np.asarray(probs) >= self.thresholds
+        return [[self.label_names[j] for j in np.flatnonzero(row)] for row in hits]

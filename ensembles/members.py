@@ -1,0 +1,266 @@
+"""Ensemble members: the top-K finished trials of a search, found through MLflow.
+
+The search is the experiment named ``--name``; its parent run is the newest run tagged
+``ecgtune.role=search`` (or ``--search-run-id``). Its child runs that FINISHED with a best
+checkpoint are ranked by the last logged ``val/best_macro_auprc`` and the top K are loaded.
+
+A checkpoint tag holds a local path or a URI (``s3://...``, read through Ray's `Checkpoint`).
+When a local path no longer exists (results moved, another machine) and ``storage`` is given,
+the checkpoint is looked up as ``STORAGE/NAME/<trial dir>/<checkpoint dir>``. Weights load
+with ``weights_only=True`` (`components.load_checkpoint`); the member's crop length and
+normalisation come from its ``trial_config.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ensembles.errors import MemberError, SearchNotFoundError
+from ensembles.inference import MemberSpec
+from search import metrics as M
+from search import tracking
+from search.config import TrainConfig
+from search.training import MODEL_FILE, THRESHOLDS_FILE, TRIAL_CONFIG_FILE
+
+__all__ = [
+    "Member",
+    "SearchRef",
+    "TrialRef",
+    "find_search",
+    "load_member",
+    "rank_trials",
+    "resolve_checkpoint",
+]
+
+_DEFAULTS = TrainConfig()
+
+
+@dataclass(frozen=True)
+class SearchRef:
+    name: str
+    experiment_id: str
+    run_id: str
+    search_path: str
+    data_manifest_sha256: str | None
+
+
+@dataclass(frozen=True)
+class TrialRef:
+    """A finished trial run with a best checkpoint; ``rank`` 1 is the best by the objective."""
+
+    rank: int
+    run_id: str
+    run_name: str
+    trial_id: str
+    score: float
+    checkpoint: str
+
+    @property
+    def member_name(self) -> str:
+        """File-name safe and readable: ``t007-1a2b3c4d`` (trial index, Ray trial id)."""
+        head = self.run_name.split(" ", 1)[0] if self.run_name else ""
+        prefix = head if re.fullmatch(r"t\d+", head) else f"r{self.rank:02d}"
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{prefix}-{self.trial_id or self.run_id[:8]}")
+
+    @property
+    def label(self) -> str:
+        return f"run {self.run_id} ({self.run_name or self.trial_id})"
+
+
+@dataclass
+class Member:
+    """A loaded member: its spec and model, where it came from, and what its trial tuned."""
+
+    spec: MemberSpec
+    model: nn.Module
+    trial: TrialRef
+    checkpoint_dir: str
+    val_thresholds: np.ndarray | None  # tuned on fold 7 by the trial (thresholds.json)
+    trial_config: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def find_search(client: Any, name: str, search_run_id: str | None = None) -> SearchRef:
+    """The search's parent run: ``search_run_id``, else the newest ``role=search`` run."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        raise SearchNotFoundError(
+            f"no MLflow experiment named {name!r}; pass the --name of a finished search "
+            "(and its --tracking-uri)"
+        )
+    if search_run_id is not None:
+        try:
+            run = client.get_run(search_run_id)
+        except Exception:
+            raise SearchNotFoundError(f"no MLflow run {search_run_id!r}") from None
+        if run.info.experiment_id != experiment.experiment_id:
+            raise SearchNotFoundError(
+                f"run {search_run_id} is not in experiment {name!r}"
+            )
+        if run.data.tags.get(tracking.TAG_ROLE) != "search":
+            raise SearchNotFoundError(f"run {search_run_id} is not a search run")
+    else:
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{tracking.TAG_ROLE}` = 'search'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not runs:
+            raise SearchNotFoundError(f"experiment {name!r} has no search run")
+        run = runs[0]
+    return SearchRef(
+        name=name,
+        experiment_id=experiment.experiment_id,
+        run_id=run.info.run_id,
+        search_path=run.data.tags.get(tracking.TAG_SEARCH_PATH, ""),
+        data_manifest_sha256=run.data.tags.get("ecgtune.data_manifest_sha256"),
+    )
+
+
+def rank_trials(client: Any, search: SearchRef, top_k: int) -> list[TrialRef]:
+    """The top ``top_k`` FINISHED trial runs with a best checkpoint, best first (ties: the
+    earlier trial)."""
+    if top_k < 1:
+        raise ValueError("top_k must be >= 1")
+    usable = []
+    for run in tracking.trial_runs(client, search.experiment_id, search.run_id):
+        checkpoint = run.data.tags.get(tracking.TAG_BEST_CHECKPOINT)
+        score = run.data.metrics.get(M.BEST_OBJECTIVE)
+        if run.info.status != "FINISHED" or not checkpoint or score is None:
+            continue
+        if not math.isfinite(score):
+            continue
+        usable.append((run, checkpoint, float(score)))
+    if not usable:
+        raise SearchNotFoundError(
+            f"search {search.name!r} (run {search.run_id}) has no finished trial with a "
+            "checkpoint; wait for the search to finish or `ecgtune search --resume` it"
+        )
+    usable.sort(key=lambda item: -item[2])  # stable: creation order breaks ties
+    return [
+        TrialRef(rank, run.info.run_id, run.info.run_name or "",
+                 run.data.tags.get(tracking.TAG_TRIAL_ID, ""), score, checkpoint)
+        for rank, (run, checkpoint, score) in enumerate(usable[:top_k], start=1)
+    ]
+
+
+@contextlib.contextmanager
+def resolve_checkpoint(
+    trial: TrialRef, search_name: str, storage: str | None = None
+) -> Iterator[Path]:
+    """A local directory holding the trial's checkpoint (downloaded for URIs, removed after)."""
+    location = trial.checkpoint
+    if "://" in location and not location.startswith("file://"):
+        import tempfile
+
+        from ray.tune import Checkpoint
+
+        with tempfile.TemporaryDirectory(prefix="ecgtune-member-") as tmp:
+            try:
+                Checkpoint(location).to_directory(tmp)
+            except Exception as exc:  # pyarrow.fs raises many types (auth, missing, network)
+                raise MemberError(
+                    f"{trial.label}: cannot download checkpoint {location}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
+            yield Path(tmp)
+        return
+    path = Path(location.removeprefix("file://"))
+    if path.is_dir():
+        yield path
+        return
+    tried = [str(path)]
+    if storage is not None:
+        moved = f"{storage.rstrip('/')}/{search_name}/{path.parent.name}/{path.name}"
+        if "://" in storage:
+            with resolve_checkpoint(
+                TrialRef(trial.rank, trial.run_id, trial.run_name, trial.trial_id, trial.score,
+                         moved),
+                search_name,
+            ) as directory:
+                yield directory
+            return
+        if Path(moved).is_dir():
+            yield Path(moved)
+            return
+        tried.append(moved)
+    hint = "" if storage else "; pass --storage if the search results were moved"
+    raise MemberError(
+        f"{trial.label}: checkpoint not found (looked in {', '.join(tried)}){hint}"
+    )
+
+
+def _read_json(path: Path, trial: TrialRef) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MemberError(f"{trial.label}: cannot read {path.name}: {exc}") from None
+
+
+def load_member(
+    trial: TrialRef,
+    search_name: str,
+    storage: str | None = None,
+    label_names: list[str] | None = None,
+) -> Member:
+    """Load one member's model (weights_only), its trial config and its fold-7 thresholds."""
+    from components import load_checkpoint
+
+    with resolve_checkpoint(trial, search_name, storage) as directory:
+        model_file = directory / MODEL_FILE
+        if not model_file.is_file():
+            raise MemberError(f"{trial.label}: {MODEL_FILE} missing in {directory}")
+        try:
+            model, meta = load_checkpoint(model_file)
+        except Exception as exc:  # corrupt file, foreign format, incompatible weights
+            raise MemberError(
+                f"{trial.label}: cannot load {model_file}: {type(exc).__name__}: {exc}"
+            ) from None
+        config_file = directory / TRIAL_CONFIG_FILE
+        if config_file.is_file():
+            flat = _read_json(config_file, trial)
+        elif "trial_config" in meta.extra:  # older checkpoints: the copy inside model.pt
+            flat = json.loads(meta.extra["trial_config"])
+        else:
+            raise MemberError(f"{trial.label}: {TRIAL_CONFIG_FILE} missing in {directory}")
+        thresholds = None
+        if (directory / THRESHOLDS_FILE).is_file():
+            data = _read_json(directory / THRESHOLDS_FILE, trial)
+            if label_names is not None and list(data.get("labels", label_names)) != label_names:
+                raise MemberError(
+                    f"{trial.label}: its thresholds are for labels {data.get('labels')}, the "
+                    f"data has {label_names}"
+                )
+            thresholds = np.asarray(data["thresholds"], dtype=np.float64)
+        checkpoint_dir = str(directory) if "://" not in trial.checkpoint else trial.checkpoint
+    if label_names is not None and meta.num_labels != len(label_names):
+        raise MemberError(
+            f"{trial.label}: the model predicts {meta.num_labels} labels, the data has "
+            f"{len(label_names)}"
+        )
+    try:
+        spec = MemberSpec(
+            name=trial.member_name,
+            config=meta.config,
+            num_labels=meta.num_labels,
+            label_groups=tuple(tuple(g) for g in meta.label_groups),
+            crop_len=int(flat.get("train.crop_len", _DEFAULTS.crop_len)),
+            normalization=str(flat.get("train.normalization", _DEFAULTS.normalization)),
+        )
+    except ValueError as exc:
+        raise MemberError(f"{trial.label}: {exc}") from None
+    return Member(spec, model, trial, checkpoint_dir, thresholds, flat)

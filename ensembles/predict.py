@@ -1,0 +1,183 @@
+"""`ecgtune predict`: raw WFDB records -> CSV of calibrated probabilities and label sets.
+
+Inputs are `.hea` files, record paths without extension (or with `.mat` / `.dat`), or folders
+searched recursively for `*.hea` (`data_prep.scan_records`). Each record goes through exactly
+the preprocessing of `prep` (`data_prep.read_record` + `preprocess_record` with the bundle's
+fs, seconds and gain: resampled, centre-cropped or zero-padded like the training data), then
+through the bundle's ensemble in batches.
+
+Rejection policy: a record that cannot be read or preprocessed is rejected: a missing or
+truncated signal file, an unparsable header, the wrong lead set, no samples, NaN/inf or
+missing samples, a saturated lead, an unreadable file, or a second record with the same name.
+It is named on stderr with its reason (``record JS00001: truncated_signal: ...``, the same
+reason codes as prep's quarantine.csv), left out of the CSV, and the exit status is 3; the
+other records are still predicted and written. Flat leads are a warning, not a rejection:
+`prep` keeps such records out of training, but the model can still read the other leads, so
+the record is predicted and named on stderr (``record JS20004: warning: flat_lead: ...``).
+
+CSV: ``record``, one probability column per label (label-map order), ``predicted`` (label
+names at or above their thresholds, joined by ``;``; empty when none). Written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ensembles.errors import EnsembleError
+
+__all__ = [
+    "PredictInputError",
+    "PredictionResult",
+    "RecordIssue",
+    "expand_inputs",
+    "predict_records",
+    "write_predictions_csv",
+]
+
+_SIGNAL_SUFFIXES = (".hea", ".mat", ".dat")
+
+
+class PredictInputError(EnsembleError):
+    """The inputs name no record at all (a usage error: exit status 2)."""
+
+
+@dataclass(frozen=True)
+class RecordIssue:
+    record: str
+    source: str
+    reason: str  # "code: detail", codes as in data_prep.REASON_CODES
+
+    def message(self, warning: bool = False) -> str:
+        return f"record {self.record}: {'warning: ' if warning else ''}{self.reason}"
+
+
+@dataclass
+class PredictionResult:
+    label_names: list[str]
+    records: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    predicted: list[list[str]] = field(default_factory=list)
+    rejected: list[RecordIssue] = field(default_factory=list)
+    warnings: list[RecordIssue] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        return 3 if self.rejected else 0
+
+
+def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Header paths of every input, folders scanned recursively, duplicates removed."""
+    from data_prep import scan_records
+
+    headers: list[Path] = []
+    for item in paths:
+        p = Path(item)
+        if p.is_dir():
+            found = scan_records(p)
+            if not found:
+                raise PredictInputError(f"no WFDB records (*.hea) under {p}")
+            headers.extend(found)
+        elif p.suffix.lower() in _SIGNAL_SUFFIXES:
+            headers.append(p.with_suffix(".hea"))
+        else:
+            headers.append(p.with_name(p.name + ".hea"))
+    seen: set[Path] = set()
+    unique = []
+    for h in headers:
+        key = h.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(h)
+    if not unique:
+        raise PredictInputError("no input records given")
+    return unique
+
+
+def _flat_reason(leads: Sequence[str]) -> str:
+    from data_prep.quality import FLAT_P2P_MV
+
+    return (f"flat_lead: lead{'s' if len(leads) > 1 else ''} {', '.join(leads)} flat "
+            f"(peak-to-peak < {FLAT_P2P_MV * 1000:g} uV); predicted anyway")
+
+
+def predict_records(
+    bundle: Any,
+    inputs: Iterable[str | os.PathLike[str]],
+    batch_size: int = 32,
+    progress: bool = False,
+) -> PredictionResult:
+    """Predict raw WFDB records with a bundle (an `EnsemblePredictor` or a bundle path)."""
+    from tqdm.auto import tqdm
+
+    from data_prep import RecordError, preprocess_record, read_record
+    from ensembles.bundle import load_bundle
+
+    if isinstance(bundle, (str, os.PathLike)):
+        bundle = load_bundle(bundle)
+    spec = bundle.inputs
+    headers = expand_inputs(inputs)
+    result = PredictionResult(list(bundle.label_names))
+    first_source: dict[str, str] = {}
+    probs: list[np.ndarray] = []
+    bar = tqdm(total=len(headers), desc="predict", unit="record", disable=not progress)
+    for start in range(0, len(headers), batch_size):
+        names, sources, signals = [], [], []
+        for header in headers[start : start + batch_size]:
+            name, source = header.stem, str(header)
+            try:
+                raw = read_record(header)
+                sig, info = preprocess_record(raw, spec.fs, spec.seconds, spec.gain,
+                                              allow_flat=True)
+            except RecordError as exc:
+                result.rejected.append(RecordIssue(name, source, exc.reason))
+                continue
+            except Exception as exc:  # one bad file never stops the others
+                result.rejected.append(
+                    RecordIssue(name, source, f"unreadable: {type(exc).__name__}: {exc}")
+                )
+                continue
+            name = raw.name
+            if name in first_source:
+                result.rejected.append(RecordIssue(
+                    name, source, f"duplicate_record: same name as {first_source[name]}"))
+                continue
+            first_source[name] = source
+            if info.flat_leads:
+                result.warnings.append(
+                    RecordIssue(name, source, _flat_reason(info.flat_leads)))
+            names.append(name)
+            sources.append(source)
+            signals.append(sig)
+        if signals:
+            probs.append(bundle.predict_signals(np.stack(signals), batch_size=batch_size))
+            result.records += names
+            result.sources += sources
+        bar.update(min(batch_size, len(headers) - start))
+    bar.close()
+    n_labels = len(result.label_names)
+    result.probabilities = np.concatenate(probs) if probs else np.zeros((0, n_labels))
+    result.predicted = bundle.predicted_labels(result.probabilities)
+    return result
+
+
+def write_predictions_csv(result: PredictionResult, path: str | os.PathLike[str]) -> Path:
+    """The CSV contract of `ecgtune predict`, written to a temporary name and renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["record", *result.label_names, "predicted"])
+        for name, row, labels in zip(result.records, result.probabilities, result.predicted,
+                                     strict=True):
+            writer.writerow([name, *(repr(float(p)) for p in row), ";".join(labels)])
+    os.replace(tmp, path)
+    return path

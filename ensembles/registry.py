@@ -1,0 +1,183 @@
+"""MLflow side of an ensemble build: the ensemble run, the pyfunc model and its registration.
+
+The ensemble run lives in the search's experiment (tag ``ecgtune.role=ensemble``, linked to
+the search by ``ecgtune.search_run_id``) and always ends FINISHED or FAILED. The bundle is
+logged as a "models from code" pyfunc model (`ensembles/pyfunc_model.py` plus the bundle
+directory as an artifact), so nothing is pickled; it is registered under the requested name
+and the new version gets the alias ``champion``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ensembles.bundle import BUNDLE_FORMAT
+from search import tracking
+
+__all__ = [
+    "CHAMPION_ALIAS",
+    "TAG_SEARCH_RUN_ID",
+    "RegisteredModel",
+    "finish_run",
+    "log_batch",
+    "log_pyfunc_model",
+    "model_signature",
+    "start_ensemble_run",
+]
+
+CHAMPION_ALIAS = "champion"
+TAG_SEARCH_RUN_ID = "ecgtune.search_run_id"
+MODEL_ARTIFACT = "model"
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    model_uri: str  # runs:/ or models:/ URI of the logged pyfunc model
+    name: str | None = None
+    version: str | None = None
+    alias: str | None = None
+
+    @property
+    def alias_uri(self) -> str | None:
+        return f"models:/{self.name}@{self.alias}" if self.name and self.alias else None
+
+
+def start_ensemble_run(client: Any, experiment_id: str, search_run_id: str, name: str) -> str:
+    run = client.create_run(
+        experiment_id,
+        run_name=name,
+        tags={tracking.TAG_ROLE: "ensemble", TAG_SEARCH_RUN_ID: search_run_id},
+    )
+    return run.info.run_id
+
+
+def finish_run(client: Any, run_id: str, error: BaseException | None = None) -> None:
+    """End the run FINISHED, or FAILED (KILLED for an interrupt) with the error as a tag."""
+    if error is None:
+        client.set_terminated(run_id, status="FINISHED")
+        return
+    message = f"{type(error).__name__}: {error}".splitlines()[0][:5000]
+    try:
+        client.set_tag(run_id, tracking.TAG_ERROR, message)
+    finally:
+        interrupted = isinstance(error, KeyboardInterrupt)
+        client.set_terminated(run_id, status="KILLED" if interrupted else "FAILED")
+
+
+def log_batch(
+    client: Any, run_id: str, params: Mapping[str, Any], metrics: Mapping[str, float]
+) -> None:
+    from mlflow.entities import Metric, Param
+
+    plist = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for start in range(0, len(plist), 100):
+        client.log_batch(run_id, params=plist[start : start + 100])
+    mlist = [Metric(k, float(v), 0, 0) for k, v in metrics.items()]
+    for start in range(0, len(mlist), _BATCH):
+        client.log_batch(run_id, metrics=mlist[start : start + _BATCH])
+
+
+def model_signature(label_names: Sequence[str], n_samples: int) -> Any:
+    """Input: one int16 tensor (-1, 12, n_samples) (records as `prep` stores them); output:
+    one float64 probability column per label, label-map order."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.int16), (-1, 12, int(n_samples)))]),
+        outputs=Schema([ColSpec("double", name) for name in label_names]),
+    )
+
+
+def _requirement(dist: str, name: str | None = None) -> str:
+    try:
+        version = importlib.metadata.version(dist).split("+", 1)[0]  # drop local tags (+cpu)
+    except importlib.metadata.PackageNotFoundError:
+        return name or dist
+    return f"{name or dist}=={version}"
+
+
+def pip_requirements() -> list[str]:
+    """Pinned like this environment; the model code imports the `ecgtune` package, so serving
+    runs in an environment where it is installed (``--env-manager local``)."""
+    return [_requirement(d) for d in ("ecgtune", "mlflow", "torch", "safetensors", "numpy",
+                                      "scipy", "scikit-learn", "pandas")]
+
+
+@contextmanager
+def _active_run(tracking_uri: str, run_id: str) -> Iterator[None]:
+    """Make ``run_id`` the fluent API's active run (log_model needs one). Leaving the block
+    ends it FINISHED (FAILED on an exception); `finish_run` sets the final status after."""
+    import mlflow
+    from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
+
+    previous = mlflow.get_tracking_uri() if is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            yield
+    finally:
+        if previous is not None:
+            mlflow.set_tracking_uri(previous)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """No artifact-download progress bar and no advice to add an input example (a record is
+    60k integers; the tensor signature documents the input)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input_example.*")
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous
+
+
+def log_pyfunc_model(
+    client: Any,
+    tracking_uri: str,
+    run_id: str,
+    bundle_dir: str | Path,
+    label_names: Sequence[str],
+    n_samples: int,
+    register: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> RegisteredModel:
+    """Log the bundle as a pyfunc model of the run; with ``register``, register it and point
+    the ``champion`` alias at the new version."""
+    import mlflow
+
+    with _active_run(tracking_uri, run_id), _quiet():
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=str(PYFUNC_CODE),
+            artifacts={"bundle": str(Path(bundle_dir).resolve())},
+            signature=model_signature(label_names, n_samples),
+            pip_requirements=pip_requirements(),
+            registered_model_name=register,
+            await_registration_for=60,
+            metadata={"ecgtune_bundle_format": BUNDLE_FORMAT},
+        )
+    if register is None:
+        return RegisteredModel(info.model_uri)
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(register, CHAMPION_ALIAS, version)
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(register, version, key, str(value))
+    return RegisteredModel(info.model_uri, register, version, CHAMPION_ALIAS)

@@ -1,0 +1,130 @@
+"""The MLflow UI in a real browser: a local `mlflow server` over the tiny search's store,
+driven by Debian's headless Chromium through chromedriver. Screenshots are kept in
+`test-artifacts/mlflow-ui/` for a human to look at."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "mlflow-ui"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(built_ensemble, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
+    mlflow = Path(sys.executable).with_name("mlflow")
+    env = {**os.environ, "PATH": f"{mlflow.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [str(mlflow), "server", "--backend-store-uri", built_ensemble.tracking_uri,
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"mlflow server did not come up:\n{log.read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        pytest.skip("Debian's chromium + chromium-driver are not installed (make test installs "
+                    "them when it runs as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    # The background-networking flags keep Chromium from dialling out of a closed network.
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1600,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def _wait_for_text(driver, text: str, timeout: float = 45) -> str:
+    from selenium.webdriver.common.by import By
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        body = driver.find_element(By.TAG_NAME, "body").text
+        if text in body:
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"{text!r} never appeared; the page shows:\n{body[:2000]}")
+
+
+def test_search_run_and_nested_trials_are_listed(mlflow_server, browser, built_ensemble):
+    from selenium.webdriver.common.by import By
+
+    from search import tracking
+
+    client = tracking.client(built_ensemble.tracking_uri)
+    experiment = client.get_experiment_by_name(built_ensemble.search_name)
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "search")
+    children = [r for r in runs if r.data.tags.get(tracking.TAG_PARENT) == parent.info.run_id]
+    assert len(children) == 4
+
+    browser.get(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs")
+    _wait_for_text(browser, parent.info.run_name)
+    link = browser.find_element(By.PARTIAL_LINK_TEXT, parent.info.run_name)
+    row = link.find_element(By.XPATH, "./ancestor::*[@role='row'][1]")
+    # Nested runs are folded under their parent; the expander is the Run Name cell's button.
+    row.find_element(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']").click()
+    body = ""
+    for child in children:
+        body = _wait_for_text(browser, child.info.run_name)
+    browser.save_screenshot(str(ARTIFACTS / "experiment-runs.png"))
+    assert all(child.info.run_name in body for child in children)
+
+
+def test_registered_model_shows_the_champion_alias(mlflow_server, browser, built_ensemble):
+    from search import tracking
+
+    champion = tracking.client(built_ensemble.tracking_uri).get_model_version_by_alias(
+        built_ensemble.registered, "champion"
+    )
+    browser.get(f"{mlflow_server}/#/models/{built_ensemble.registered}")
+    _wait_for_text(browser, built_ensemble.registered)
+    body = _wait_for_text(browser, "champion")
+    browser.save_screenshot(str(ARTIFACTS / "registered-model.png"))
+    assert f"Version {champion.version}" in body
