@@ -8,27 +8,27 @@ import sys
 
 from .errors import PrepError
 
-__all__ = ["USER_ERRORS", "register"]
+__all__ = ["USER_ERRORS", "non_negative_int", "positive_float", "positive_int", "register"]
 
 # Expected failures the console script prints as one line (exit status 1).
 USER_ERRORS: tuple[type[BaseException], ...] = (PrepError,)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
-def _non_negative_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
@@ -48,17 +48,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     synth.add_argument("--output", required=True, metavar="DIR", help="output directory")
-    synth.add_argument("--n", required=True, type=_non_negative_int, help="number of records")
+    synth.add_argument("--n", required=True, type=non_negative_int, help="number of records")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument(
-        "--fs", type=_positive_float, default=500.0, help="sampling frequency in Hz (default 500)"
+        "--fs", type=positive_float, default=500.0, help="sampling frequency in Hz (default 500)"
     )
     synth.add_argument(
-        "--seconds", type=_positive_float, default=10.0,
+        "--seconds", type=positive_float, default=10.0,
         help="record length in seconds (default 10)",
     )
     synth.add_argument(
-        "--workers", type=_positive_int, default=1,
+        "--workers", type=positive_int, default=1,
         help="worker processes (default 1; the output does not depend on it)",
     )
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -86,17 +86,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="label map: seed20 (default) or seed20-rbbb (59118001 -> CRBBB)",
     )
     prep.add_argument(
-        "--workers", type=_positive_int, default=default_workers,
+        "--workers", type=positive_int, default=default_workers,
         help=f"worker processes (default {default_workers}: this machine's cores)",
     )
     prep.add_argument(
-        "--shard-size", type=_positive_int, default=1000, help="records per shard (default 1000)"
+        "--shard-size", type=positive_int, default=1000, help="records per shard (default 1000)"
     )
     prep.add_argument(
-        "--fs", type=_positive_int, default=500, help="output sampling frequency, Hz (default 500)"
+        "--fs", type=positive_int, default=500, help="output sampling frequency, Hz (default 500)"
     )
     prep.add_argument(
-        "--seconds", type=_positive_float, default=10.0,
+        "--seconds", type=positive_float, default=10.0,
         help="output length in seconds: centred crop or zero padding at the end (default 10)",
     )
     prep.add_argument("--seed", type=int, default=0, help="fold assignment seed (default 0)")

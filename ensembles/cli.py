@@ -24,7 +24,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], 
             "Hyperparameter and ensemble search for 12-lead ECG multi-label classification."
         ),
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     user_errors: list[type[BaseException]] = []
     for name in _CLI_MODULES:
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, user_errors = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.debug else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from data_prep.cli import non_negative_int, positive_int
 from ensembles.errors import EnsembleError
 
 __all__ = ["USER_ERRORS", "register"]
@@ -28,20 +29,6 @@ exit status:
 """
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     from ensembles.selection import SELECTION_METRICS
 
@@ -62,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--data", required=True,
                    help="prepared data directory the search ran on (from `ecgtune prep`)")
     e.add_argument("--name", required=True, help="search name (the MLflow experiment)")
-    e.add_argument("--top-k", type=_positive_int, default=5,
+    e.add_argument("--top-k", type=positive_int, default=5,
                    help="candidate members: the best K finished trials by the objective")
     e.add_argument("--output", required=True,
                    help="bundle directory to write (an existing bundle there is replaced)")
@@ -78,20 +65,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "--name")
     e.add_argument("--metric", choices=sorted(SELECTION_METRICS), default="macro_auprc",
                    help="selection metric on fold 8")
-    e.add_argument("--init-size", type=_positive_int, default=3,
+    e.add_argument("--init-size", type=positive_int, default=3,
                    help="selection starts from the best prefix of up to this many members")
-    e.add_argument("--bags", type=_non_negative_int, default=0,
+    e.add_argument("--bags", type=non_negative_int, default=0,
                    help="bagged selection over this many random halves of the members "
                    "(0: plain selection)")
     e.add_argument("--threshold-objective", choices=("f1", "fbeta", "challenge"),
                    default="f1", help="per-label threshold objective on calibrated fold 8")
     e.add_argument("--beta", type=float, default=1.0, help="beta of --threshold-objective fbeta")
-    e.add_argument("--min-positives", type=_positive_int, default=5,
+    e.add_argument("--min-positives", type=positive_int, default=5,
                    help="labels with fewer fold-8 positives keep the 0.5 fallback threshold")
-    e.add_argument("--windows", type=_positive_int, default=3,
+    e.add_argument("--windows", type=positive_int, default=3,
                    help="evenly spaced crop windows per record at inference, averaged")
-    e.add_argument("--batch-size", type=_positive_int, default=32, help="records per batch")
-    e.add_argument("--n-boot", type=_positive_int, default=1000,
+    e.add_argument("--batch-size", type=positive_int, default=32, help="records per batch")
+    e.add_argument("--n-boot", type=positive_int, default=1000,
                    help="bootstrap resamples for the fold-9 confidence intervals")
     e.add_argument("--seed", type=int, default=0,
                    help="seed of bagging, calibration folds and the bootstrap")
@@ -115,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, nargs="+", metavar="PATH",
                    help="records (.hea, .mat, or path without extension) and/or folders")
     p.add_argument("--output", required=True, help="CSV file to write")
-    p.add_argument("--batch-size", type=_positive_int, default=32,
+    p.add_argument("--batch-size", type=positive_int, default=32,
                    help="records per batch (default: 32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_predict)

@@ -144,15 +144,6 @@ def reliability_curve(y: Any, p: Any, n_bins: int = 15) -> ReliabilityCurve:
     return ReliabilityCurve(mean_p, frac, counts, edges)
 
 
-def _thresholds(thresholds: Any, n_labels: int) -> np.ndarray:
-    t = np.asarray(thresholds, dtype=np.float64)
-    if t.ndim == 0:
-        t = np.full(n_labels, float(t))
-    if t.shape != (n_labels,):
-        raise ValueError(f"need one threshold per label ({n_labels}), got shape {t.shape}")
-    return t
-
-
 def _label_names(label_names: Sequence[str] | None, n_labels: int) -> list[str]:
     if label_names is None:
         return [f"label_{i}" for i in range(n_labels)]
@@ -232,7 +223,7 @@ def evaluate(
     y, p = _inputs(y, probs)
     n, c = y.shape
     names = _label_names(label_names, c)
-    t = _thresholds(thresholds, c)
+    t = M.threshold_vector(thresholds, c)
     values = _per_label_values(y, p, t, n_bins, None)
     macro = _macro_values(values)
     support = y.sum(axis=0)
@@ -286,7 +277,7 @@ def bootstrap_ci(
     y, p = _inputs(y, probs)
     n, c = y.shape
     names = _label_names(label_names, c)
-    t = _thresholds(thresholds, c)
+    t = M.threshold_vector(thresholds, c)
     rng = np.random.default_rng(seed)
     per_label: dict[str, list[np.ndarray]] = {k: [] for k in LABEL_METRICS}
     macro: dict[str, list[np.ndarray]] = {k: [] for k in CI_METRICS}

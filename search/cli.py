@@ -66,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default object_store)")
     p.add_argument("--max-failures", type=int, default=2, metavar="N",
                    help="retries of a crashed trial, each from its last checkpoint (default 2)")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                   help="0: summary only; 1: one line per trial event (default); 2: also Ray's "
+                   "own status tables")
     p.add_argument("--set", dest="overrides", action="append", type=_parse_override,
                    default=[], metavar="KEY=VALUE",
                    help="fix a config key for every trial, e.g. --set train.steps_per_epoch=50")
@@ -83,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         storage=args.storage, resume=args.resume, address=args.address,
         num_cpus=args.num_cpus, max_concurrent=args.max_concurrent, seed=args.seed,
         searcher=args.searcher, scheduler=args.scheduler, data_sharing=args.data_sharing,
-        max_failures=args.max_failures, overrides=dict(args.overrides),
+        max_failures=args.max_failures, overrides=dict(args.overrides), verbose=args.verbose,
     )
     result = run_search(opts)
     print_search_summary(result)

@@ -73,6 +73,7 @@ __all__ = [
     "ranking_metrics_per_label",
     "recall_per_label",
     "specificity_per_label",
+    "threshold_vector",
     "usable_labels",
 ]
 
@@ -162,7 +163,8 @@ def _weights(sample_weight: ArrayLike | None, n: int) -> np.ndarray | None:
     return w
 
 
-def _thresholds(thresholds: ArrayLike, n_labels: int) -> np.ndarray:
+def threshold_vector(thresholds: ArrayLike, n_labels: int) -> np.ndarray:
+    """One float threshold per label (a scalar is broadcast); a wrong length is an error."""
     t = np.asarray(thresholds, dtype=np.float64)
     if t.ndim == 0:
         t = np.full(n_labels, float(t))
@@ -443,7 +445,7 @@ def confusion_counts(
     """True/false positives/negatives per label with ``p >= thresholds`` as positive."""
     y = _labels(y)
     p = _scores(p, y)
-    t = _thresholds(thresholds, y.shape[1])
+    t = threshold_vector(thresholds, y.shape[1])
     w = _weights(sample_weight, y.shape[0])
     pred = p >= t
     if w is None:
@@ -604,7 +606,7 @@ def per_label_report(
     specificity, kappa, support, threshold}}``; undefined values are None (not NaN)."""
     y = _labels(y)
     p = _scores(p, y)
-    t = _thresholds(thresholds, y.shape[1])
+    t = threshold_vector(thresholds, y.shape[1])
     names = (
         [f"label_{i}" for i in range(y.shape[1])]
         if label_names is None
@@ -720,7 +722,7 @@ def _threshold_at(s_sorted: np.ndarray, k: int) -> float:
 
 
 def _fallback(fallback: ArrayLike, n_labels: int) -> np.ndarray:
-    return _thresholds(fallback, n_labels).copy()
+    return threshold_vector(fallback, n_labels).copy()
 
 
 def _fit_fbeta(

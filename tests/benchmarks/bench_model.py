@@ -144,6 +144,15 @@ def build(which: str) -> nn.Module:
 
 
 def _max_rss_mib() -> float:
+    # VmHWM belongs to this process's own address space. ru_maxrss would not do: Linux carries
+    # it over from the parent through fork + exec, so a big pytest process masks the worker's.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 

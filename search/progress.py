@@ -1,0 +1,70 @@
+"""One line per event of a running search: trials starting, each epoch's validation scores,
+early stops, retries and errors. Readable in a terminal and in a CI log alike, where Ray's
+own output (`--verbose 2`) prints a 40-line config table per trial."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+from search import metrics as M
+from search.tracking import trial_index, trial_run_name
+
+
+class ProgressPrinter(Callback):
+    def __init__(self, num_samples: int) -> None:
+        self.num_samples = num_samples
+        self.start = time.monotonic()
+        self.finished = 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Restored by `--resume` from Ray's experiment state: the clock restarts here.
+        self.__dict__.update(state)
+        self.start = time.monotonic()
+
+    def _say(self, text: str) -> None:
+        elapsed = int(time.monotonic() - self.start)
+        print(f"  [{elapsed // 60:02d}:{elapsed % 60:02d}] {text}", flush=True)
+
+    @staticmethod
+    def _name(trial: Any) -> str:
+        return trial_run_name(trial_index(trial), trial.config)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        loss = trial.config.get("train.loss", "?")
+        lr = trial.config.get("train.lr")
+        lr_text = f", lr {lr:.2g}" if isinstance(lr, float) else ""
+        self._say(f"{self._name(trial)} started ({loss} loss{lr_text})")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        budget = trial.config.get("train.epochs", "?")
+        self._say(
+            f"{self._name(trial)} epoch {result.get(M.EPOCH)}/{budget}: val AUPRC "
+            f"{result.get(M.OBJECTIVE, float('nan')):.3f}, AUROC "
+            f"{result.get(M.VAL_AUROC, float('nan')):.3f}, F1 "
+            f"{result.get(M.VAL_F1, float('nan')):.3f} "
+            f"({result.get('time_this_iter_s', 0):.0f} s, "
+            f"{result.get(M.THROUGHPUT, 0):.0f} samples/s)"
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.finished += 1
+        last = trial.last_result or {}
+        epochs, budget = last.get(M.EPOCH, 0), trial.config.get("train.epochs", 0)
+        how = "stopped early by ASHA" if epochs < budget else "finished"
+        self._say(f"{self._name(trial)} {how} after {epochs} epochs, best val AUPRC "
+                  f"{last.get(M.BEST_OBJECTIVE, float('nan')):.3f} "
+                  f"({self.finished}/{self.num_samples} trials done)")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._say(f"{self._name(trial)} failed; retrying from its last checkpoint")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        from search.tracking import error_summary
+
+        self.finished += 1
+        self._say(f"{self._name(trial)} FAILED: {error_summary(trial)} "
+                  f"({self.finished}/{self.num_samples} trials done)")
