@@ -446,18 +446,42 @@ def prepare(
     label_map = get_label_map(labels) if isinstance(labels, str) else labels
     (output_dir / "shards").mkdir(parents=True, exist_ok=True)
     (output_dir / _SIDECAR_DIR).mkdir(exist_ok=True)
+    previous = _read_manifest_or_none(output_dir / MANIFEST_NAME)
     # Until the new manifest is written the directory is "in progress" for every reader.
     (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
 
     pool = _LazyPool(workers) if workers > 1 else None
     try:
-        return _prepare(
+        result = _prepare(
             input_dir, output_dir, label_map, pool, shard_size, fs, seconds, gain, seed,
             zstd_level, progress, t0,
         )
     finally:
         if pool is not None:
             pool.shutdown()
+    if previous is not None and _same_content(previous, result.manifest):
+        # Nothing changed: keep the manifest byte for byte, so that its checksum (recorded by
+        # every search on these shards) still matches.
+        result.manifest["created"] = previous["created"]
+        _write_manifest(output_dir, result.manifest)
+    return result
+
+
+def _read_manifest_or_none(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return {k: v for k, v in a.items() if k != "created"} == {
+        k: v for k, v in b.items() if k != "created"
+    }
+
+
+def _write_manifest(output_dir: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_bytes(output_dir / MANIFEST_NAME, (json.dumps(manifest, indent=1) + "\n").encode())
 
 
 def _prepare(
@@ -545,7 +569,7 @@ def _prepare(
         },
     }
     assert manifest["records_in"] == manifest["records_written"] + manifest["records_quarantined"]
-    atomic_write_bytes(output_dir / MANIFEST_NAME, (json.dumps(manifest, indent=1) + "\n").encode())
+    _write_manifest(output_dir, manifest)
     elapsed = time.perf_counter() - t0
     kept = sum(1 for s in shard_sides if s.get("kept"))
     cpu = time.process_time() - cpu0 + sum(worker_cpu)

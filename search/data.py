@@ -11,6 +11,7 @@ when the object store is too small for the data or the driver is far from the wo
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +57,23 @@ class MemmapData:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(cache) + ".lock"):
             if not done.exists():
-                load_shards(self.shard_dir, folds=list(self.folds), verify=True).save_memmap(cache)
-                done.touch()
+                # In a short-lived process: the shards are read into one array before being
+                # written out, and that transient copy must not stay in a trial's heap.
+                ctx = multiprocessing.get_context("spawn")
+                proc = ctx.Process(target=_materialise, args=(self.shard_dir, self.folds, cache))
+                proc.start()
+                proc.join()
+                if proc.exitcode != 0 or not done.exists():
+                    raise RuntimeError(
+                        f"could not write the memory-mapped data cache {cache} from "
+                        f"{self.shard_dir} (exit code {proc.exitcode})"
+                    )
         return ECGDataset.open_memmap(cache)
+
+
+def _materialise(shard_dir: str, folds: tuple[int, ...], cache: Path) -> None:
+    load_shards(shard_dir, folds=list(folds), verify=True).save_memmap(cache)
+    (cache / "COMPLETE").touch()
 
 
 def make_data_handle(

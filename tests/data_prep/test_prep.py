@@ -227,3 +227,15 @@ def test_other_rates_and_lengths_are_resampled_and_fitted(tmp_path: Path) -> Non
     )
     summary = json.dumps(result.manifest["preprocessing"])
     assert "resample_poly" in summary
+
+
+def test_rerun_on_unchanged_input_keeps_the_manifest_byte_for_byte(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    # A search records the manifest's sha256; re-running prep must not invalidate it.
+    out = tmp_path / "out"
+    prepare(synth_dir, out, workers=1, shard_size=20, progress=False)
+    before = (out / "manifest.json").read_bytes()
+    again = prepare(synth_dir, out, workers=1, shard_size=20, progress=False)
+    assert again.shards_written == 0
+    assert (out / "manifest.json").read_bytes() == before
