@@ -40,7 +40,6 @@ class TrainConfig:
     normalization: str = "dataset"
     # 0 = one full pass over the training folds; a cap keeps CPU smoke searches short.
     steps_per_epoch: int = 0
-    eval_windows: int = 1
     threshold_objective: str = "f1"
     precision: str = "auto"
     seed: int = 0
@@ -65,8 +64,6 @@ class TrainConfig:
             problems.append(
                 f"train.normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"
             )
-        if self.eval_windows < 1:
-            problems.append(f"train.eval_windows must be >= 1, got {self.eval_windows}")
         if self.steps_per_epoch < 0:
             problems.append(f"train.steps_per_epoch must be >= 0, got {self.steps_per_epoch}")
         if problems:

@@ -30,14 +30,9 @@ def plot_trial_validation(predictions: str | Path, thresholds: Sequence[float],
     ax_f1.set_title(f"Validation F1 per label (macro {np.nanmean(f1):.3f})")
     cmap = plt.get_cmap("tab20")
     for j, name in enumerate(names):
-        y = labels[:, j].astype(bool)
-        if y.sum() == 0:
-            continue
-        order = np.argsort(-probs[:, j], kind="stable")
-        tp = np.cumsum(y[order])
-        precision = tp / np.arange(1, len(order) + 1)
-        recall = tp / y.sum()
-        ax_pr.plot(recall, precision, lw=1, color=cmap(j % 20), label=name)
+        precision, recall, _ = M.pr_curve(labels[:, j], probs[:, j])
+        if len(precision):  # a label without positives has no curve
+            ax_pr.plot(recall, precision, lw=1, color=cmap(j % 20), label=name)
     ax_pr.set_xlabel("recall")
     ax_pr.set_ylabel("precision")
     ax_pr.set_xlim(0, 1)
