@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .dataset import (
+    RECORD_STD_FLOOR_MV,
     ECGDataset,
     _affine,
     dataset_affine,
@@ -29,7 +30,7 @@ from .dataset import (
     window_starts,
 )
 
-__all__ = ["AugmentConfig", "BatchLoader"]
+__all__ = ["AugmentConfig", "BatchLoader", "DeviceBatchTransform"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -51,6 +52,8 @@ class BatchLoader:
     normalization: "dataset" (manifest train-fold per-lead mean/std, in mV) or "record"
     (per-record, per-lead z-score). threads > 1 builds batches in parallel; prefetch > 0 builds
     up to that many batches ahead in the background (useful while a GPU trains).
+    raw=True yields the int16 crops unnormalised (and unaugmented): a `DeviceBatchTransform`
+    then does that work on the GPU, and the host copies half the bytes.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class BatchLoader:
         pin_memory: bool = False,
         prefetch: int = 0,
         threads: int = 1,
+        raw: bool = False,
     ) -> None:
         n_samples = dataset.signals.shape[-1]
         if not 0 < crop_len <= n_samples:
@@ -85,6 +89,7 @@ class BatchLoader:
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.prefetch = prefetch
         self.threads = threads
+        self.raw = raw
         self.epoch = 0
         self._gain = dataset.gain
         self._stats = dataset.norm_stats if normalization == "dataset" else None
@@ -140,7 +145,9 @@ class BatchLoader:
         part = slice(b * self.batch_size, (b + 1) * self.batch_size)
         rows = order[part]
         crops = self._windows[rows, :, starts[part]]  # (B, 12, crop_len) int16, one gather
-        if self.augment is not None:
+        if self.raw:
+            x = np.ascontiguousarray(crops)
+        elif self.augment is not None:
             rng = np.random.default_rng([self.seed, epoch, b])  # per batch: thread-safe
             x = self._augmented(crops, self.augment, rng)
         elif self._stats is not None:
@@ -191,3 +198,54 @@ class BatchLoader:
             bank = self._noise_bank
         start = int(rng.integers(0, bank.size - size + 1))
         return bank[start : start + size]
+
+
+class DeviceBatchTransform:
+    """The loader's normalisation and augmentation in torch, for raw int16 batches already on
+    the device (a GPU): same formulas as `BatchLoader`, random draws from a torch generator
+    seeded per (seed, epoch), so a resumed trial sees the same augmentation again.
+    """
+
+    def __init__(self, loader: BatchLoader, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.augment = loader.augment
+        self.normalization = loader.normalization
+        self.seed = loader.seed
+        self.inv_gain = 1.0 / loader._gain
+        self.generator = torch.Generator(device=self.device)
+        self.set_epoch(0)
+        if loader._stats is not None:
+            a, b = dataset_affine(loader._stats, loader._gain)
+            self.a = torch.tensor(a, device=self.device)  # (12, 1)
+            self.b = torch.tensor(b, device=self.device)
+        else:
+            self.a = self.b = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(int(np.random.SeedSequence([self.seed, epoch, 1 << 21])
+                                       .generate_state(1)[0]))
+
+    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
+        x = crops.float()  # exact for int16
+        cfg, b = self.augment, x.shape[0]
+        gen = self.generator
+        inv_std = (self.a * (1.0 / self.inv_gain) if self.a is not None
+                   else torch.ones((12, 1), device=x.device))
+        if self.a is None:
+            x.mul_(self.inv_gain)  # mV
+        if cfg is not None and cfg.scale is not None:
+            lo, hi = cfg.scale
+            x.mul_(torch.empty((b, 1, 1), device=x.device).uniform_(lo, hi, generator=gen))
+        if self.a is not None:
+            x.mul_(self.a).add_(self.b)
+        if cfg is not None and cfg.noise_std > 0:
+            noise = torch.randn(x.shape, device=x.device, generator=gen)
+            x.add_(noise.mul_(inv_std * cfg.noise_std))
+        if cfg is not None and cfg.baseline_shift_std > 0:
+            shift = torch.randn((b, 12, 1), device=x.device, generator=gen)
+            x.add_(shift.mul_(inv_std * cfg.baseline_shift_std))
+        if self.a is None:
+            mu = x.mean(dim=-1, keepdim=True)
+            sd = x.std(dim=-1, keepdim=True, unbiased=False)
+            x.sub_(mu).div_(sd.clamp_min(RECORD_STD_FLOOR_MV))
+        return x

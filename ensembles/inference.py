@@ -14,7 +14,8 @@ windows of a batch of records go through the model as one tensor.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,9 +39,59 @@ __all__ = [
 DEFAULT_WINDOWS = 3
 DEFAULT_BATCH_SIZE = 32  # records cropped and normalised together
 # Windows per forward pass: on CPU, time per window falls up to ~100 windows and rises beyond
-# (activations outgrow the caches); on a GPU pass a larger value.
+# (activations outgrow the caches); a GPU takes many more (`forward_windows`).
 MAX_FORWARD = 96
+GPU_MAX_FORWARD = 1024
 NUM_LEADS = 12
+PRECISIONS = ("fp32", "bf16")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto`: the GPU when torch can use one, else the CPU; `cuda` without one is refused."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(name)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: torch cannot use CUDA here (torch "
+                         f"{torch.__version__}, CUDA build {torch.version.cuda})")
+    return resolved
+
+
+def forward_windows(device: torch.device, crop_len: int) -> int:
+    """Windows per forward pass: MAX_FORWARD on a CPU; on a GPU as many as a quarter of its
+    free memory holds at a generous ~2.5 KiB of activations per sample (measured peaks of the
+    `seed` net at inference stay well below that)."""
+    if device.type != "cuda":
+        return MAX_FORWARD
+    free, _ = torch.cuda.mem_get_info(device)
+    fit = int(free / 4 / (2560 * crop_len))
+    return max(MAX_FORWARD, min(GPU_MAX_FORWARD, fit))
+
+
+@contextmanager
+def _numerics(device: torch.device, precision: str) -> Iterator[None]:
+    """fp32 means fp32: TF32 convolutions (cuDNN's default on Ampere+) would move GPU
+    probabilities ~1e-3 away from the CPU's and the bundle's. bf16 is the opt-in fast path."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if device.type != "cuda":
+        if precision == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+        return
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        if precision == "bf16":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
 @dataclass(frozen=True)
@@ -169,12 +220,17 @@ def member_probabilities(
     n_windows: int = DEFAULT_WINDOWS,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | torch.device = "cpu",
-    max_forward: int = MAX_FORWARD,
+    max_forward: int | None = None,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Probabilities (N, C) float64 of one member for int16 signals (N, 12, n_samples).
 
     ``batch_size`` records are cropped and normalised at once; their windows go through the
-    model in forward passes of at most ``max_forward`` windows."""
+    model in forward passes of at most ``max_forward`` windows (None: sized for the
+    device)."""
+    device = torch.device(device)
+    if max_forward is None:
+        max_forward = forward_windows(device, spec.crop_len)
     inputs.check(signals)
     if spec.crop_len > inputs.n_samples:
         raise ValueError(
@@ -191,10 +247,11 @@ def member_probabilities(
         x = normalize(windows, stats, inputs.gain, spec.normalization)
         b = x.shape[0]
         flat = torch.from_numpy(x.reshape(b * n_windows, NUM_LEADS, spec.crop_len))
-        probs = np.concatenate([
-            torch.sigmoid(model(flat[i : i + max_forward].to(device)).float()).cpu().numpy()
-            for i in range(0, len(flat), max_forward)
-        ]).astype(np.float64)
+        with _numerics(device, precision):
+            probs = torch.cat([
+                torch.sigmoid(model(flat[i : i + max_forward].to(device)).float())
+                for i in range(0, len(flat), max_forward)
+            ]).cpu().numpy().astype(np.float64)
         out[part] = probs.reshape(b, n_windows, -1).mean(axis=1)
     return out
 
@@ -220,6 +277,7 @@ class EnsemblePredictor:
         label_groups: Sequence[Sequence[int]] = (),
         group_names: Sequence[str] = (),
         device: str | torch.device = "cpu",
+        precision: str = "fp32",
     ) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -240,6 +298,7 @@ class EnsemblePredictor:
         if getattr(calibrator, "n_labels_", n_labels) != n_labels:
             raise ValueError("calibrator and label names disagree on the number of labels")
         self.device = torch.device(device)
+        self.precision = precision
         self.members = [(spec, model.to(self.device).eval()) for spec, model in members]
         self.weights = w / w.sum()
         self.calibrator = calibrator
@@ -260,7 +319,7 @@ class EnsemblePredictor:
         signals = np.asarray(signals)
         return np.stack([
             member_probabilities(model, spec, signals, self.inputs, self.n_windows, batch_size,
-                                 self.device)
+                                 self.device, precision=self.precision)
             for spec, model in self.members
         ])
 

@@ -16,7 +16,7 @@ from typing import Any, get_type_hints
 from components import ModelConfig
 
 LOSS_NAMES = ("bce", "focal", "asymmetric")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 NORMALIZATIONS = ("dataset", "record")
 
 

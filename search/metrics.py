@@ -32,6 +32,9 @@ __all__ = [
     "BEST_OBJECTIVE",
     "BRIER",
     "ECE",
+    "ENV_DEVICE",
+    "ENV_NODE",
+    "ENV_PRECISION",
     "EPOCH",
     "F1",
     "HAMMING",
@@ -91,6 +94,10 @@ LR = "train/lr"
 EPOCH = "epoch"
 BEST_OBJECTIVE = "val/best_macro_auprc"  # best objective so far in the trial
 RESTORED_FROM_EPOCH = "train/restored_from_epoch"  # epoch of the checkpoint a retry resumed
+# Where a trial ran (strings in its results; the tracker makes them tags of the trial's run).
+ENV_DEVICE = "env/device"
+ENV_PRECISION = "env/precision"
+ENV_NODE = "env/node_id"
 
 # Base metric names; per-label and report dicts use these, `metric_key` builds logged keys.
 AUROC = "auroc"

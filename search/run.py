@@ -19,6 +19,7 @@ from typing import Any
 from search import metrics as M
 from search import tracking
 from search.data import DATA_SHARING, make_data_handle
+from search.devices import gpu_memory_from_resources
 from search.errors import SearchError
 from search.searcher import SEARCHERS, PointValidator, build_searcher
 from search.space import SearchSpace, load_space
@@ -38,7 +39,7 @@ class SearchOptions:
     num_samples: int = 20
     epochs: int | None = None
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    gpus_per_trial: float | None = None  # None: see default_gpus_per_trial
     tracking_uri: str | None = None
     storage: str | None = None
     resume: bool = False
@@ -92,6 +93,60 @@ def resolve_storage(storage: str | None) -> str:
     if "://" in storage:
         return storage.rstrip("/")
     return str(Path(storage).expanduser().resolve())
+
+
+# Written by `ray up` on the head node: the cluster's node types, GPU workers included even
+# while none is running (min_workers: 0).
+AUTOSCALER_CONFIG = Path.home() / "ray_bootstrap_config.yaml"
+
+
+def autoscaler_gpus(config_path: Path = AUTOSCALER_CONFIG) -> float:
+    """The most GPUs any worker node type of the cluster's autoscaler config can bring."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(config_path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return 0.0
+    head = config.get("head_node_type")
+    gpus = [float((node.get("resources") or {}).get("GPU", 0))
+            for name, node in (config.get("available_node_types") or {}).items()
+            if name != head and int(node.get("max_workers", 1)) > 0]
+    return max(gpus, default=0.0)
+
+
+def default_gpus_per_trial(address: str | None, cluster_gpus: float,
+                           autoscaler_gpus: float) -> float:
+    """GPUs per trial when `--gpus-per-trial` is not given.
+
+    Local: 1 when this machine has a GPU, else 0. On a cluster (`--address`): 1 when it has
+    GPUs now or its autoscaler can add them (GPU workers often scale from zero, so "none
+    yet" must not mean "train on CPUs"); a cluster that can never have a GPU is refused:
+    a CPU-only cluster search is asked for with `--gpus-per-trial 0`.
+    """
+    if address is None:
+        return 1.0 if cluster_gpus >= 1 else 0.0
+    if cluster_gpus >= 1 or autoscaler_gpus >= 1:
+        return 1.0
+    raise SearchError(
+        f"the Ray cluster at {address} has no GPU and its autoscaler config offers none; "
+        "pass --gpus-per-trial 0 to search on CPUs, or add GPU workers"
+    )
+
+
+def gpu_share_bytes(gpus_per_trial: float, resources: dict[str, float],
+                    local: bool) -> int | None:
+    """Device memory one trial may use, when known on the driver (else trials check it)."""
+    if gpus_per_trial <= 0:
+        return None
+    per_gpu = gpu_memory_from_resources(resources)
+    if per_gpu is None and local:
+        import torch
+
+        if torch.cuda.is_available():
+            per_gpu = torch.cuda.get_device_properties(0).total_memory
+    # A trial trains on one device: more than one GPU per trial adds no memory to it.
+    return None if per_gpu is None else int(per_gpu * min(1.0, gpus_per_trial))
 
 
 def _sha256(path: Path) -> str:
@@ -243,9 +298,17 @@ def run_search(opts: SearchOptions) -> SearchResult:
 
     started_ray = _init_ray(opts)
     try:
+        resources = ray.cluster_resources()
         gpus = opts.gpus_per_trial
         if gpus is None:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+            gpus = default_gpus_per_trial(opts.address, resources.get("GPU", 0.0),
+                                          autoscaler_gpus())
+        check = replace(check, gpu_memory_bytes=gpu_share_bytes(
+            gpus, resources, local=opts.address is None))
+        if gpus > 0:
+            log.info("%g GPU per trial; memory per trial: %s", gpus,
+                     f"{check.gpu_memory_bytes / 2**30:.1f} GiB" if check.gpu_memory_bytes
+                     else "checked by each trial")
         handle = make_data_handle(opts.data_sharing, dataset, data_dir, folds,
                                   _sha256(manifest_path))
         trial_data = TrialData(handle, TRAIN_FOLDS, VAL_FOLDS, tuple(label_names),

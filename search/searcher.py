@@ -77,15 +77,34 @@ class ValidatingSearcher(Searcher):
 
 @dataclass(frozen=True)
 class PointValidator:
-    """Checks a sampled trial config against the model's layout rules (picklable: Ray saves
-    the searcher with the experiment)."""
+    """Checks a sampled trial config against the model's layout rules and, when the trials'
+    GPU share is known, against its memory: a config that cannot fit is rejected here, so
+    the searcher learns it failed and no trial is started for it (picklable: Ray saves the
+    searcher with the experiment)."""
 
     space: SearchSpace
     num_labels: int
     label_groups: tuple[tuple[int, ...], ...]
+    gpu_memory_bytes: int | None = None  # one trial's share; None: not checked here
 
     def __call__(self, config: dict[str, Any]) -> None:
-        validate_point(self.space, config, self.num_labels, [list(g) for g in self.label_groups])
+        trial = validate_point(self.space, config, self.num_labels,
+                               [list(g) for g in self.label_groups])
+        if self.gpu_memory_bytes is None:
+            return
+        from search.devices import estimate_training_memory
+
+        # auto trains in bf16 (fp16 on older GPUs): half-size activations either way.
+        precision = "fp32" if trial.train.precision == "fp32" else "bf16"
+        estimate = estimate_training_memory(
+            trial.model, self.num_labels, self.label_groups, trial.train.batch_size,
+            trial.train.crop_len, precision)
+        if estimate.total_bytes > self.gpu_memory_bytes:
+            raise ValueError(
+                f"batch {trial.train.batch_size} x crop {trial.train.crop_len} needs "
+                f"{estimate.describe()}, more than a trial's GPU share "
+                f"({self.gpu_memory_bytes / 2**30:.1f} GiB)"
+            )
 
 
 def build_searcher(space: SearchSpace, kind: str, seed: int,

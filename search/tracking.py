@@ -164,10 +164,11 @@ class MlflowTrialTracker(Callback):
         self.label_names = list(label_names)
         self._client: Any = None
         self._runs: dict[str, str] = {}
+        self._env: dict[str, dict[str, str]] = {}
 
     # Ray pickles callbacks into the experiment state; clients and caches are rebuilt.
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_runs": {}}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_env": {}}
 
     @property
     def client(self) -> Any:
@@ -222,7 +223,15 @@ class MlflowTrialTracker(Callback):
             if ("/" in key or key == M.EPOCH) and isinstance(value, (int, float))
             and not isinstance(value, bool)
         ]
-        self.client.log_batch(self.run_id(trial), metrics=values)
+        run_id = self.run_id(trial)
+        self.client.log_batch(run_id, metrics=values)
+        # Where it ran: device, precision, node (a retry may move the trial to another node).
+        env = {f"ecgtune.{key.split('/', 1)[1]}": value for key, value in result.items()
+               if key.startswith("env/") and isinstance(value, str)}
+        if env and self._env.get(trial.trial_id) != env:
+            for key, value in env.items():
+                self.client.set_tag(run_id, key, value)
+            self._env[trial.trial_id] = env
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)

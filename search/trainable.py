@@ -18,12 +18,25 @@ from data_prep import ECGDataset
 from search import metrics as M
 from search.config import TrialConfig
 from search.data import DataHandle
+from search.devices import (
+    FATAL_TRIAL_ERRORS,
+    TrialDoesNotFitError,
+    estimate_training_memory,
+    oom_as_fatal,
+    release_memory,
+    select_precision,
+    trial_device,
+)
 from search.training import NonFiniteLossError, Trainer
 
 # Written into the trial directory when a trial fails for good (NaN loss): a retry by
 # FailureConfig would only diverge again from the same checkpoint, so it fails at once.
 FATAL_MARKER = "ecgtune_fatal.json"
 CRASH_MARKER = "ecgtune_injected_crash"
+
+
+class FatalTrialError(RuntimeError):
+    """A retry of a trial that already failed for a reason a retry cannot change."""
 
 
 class InjectedCrash(RuntimeError):
@@ -41,54 +54,109 @@ class TrialData:
     label_groups: tuple[tuple[int, ...], ...]
 
 
-def _trial_device() -> torch.device:
+def _gpu_share() -> float:
+    """The GPU fraction Ray reserved for this trial (0.5 = half a GPU); 0 on the CPU."""
     import ray
 
-    if torch.cuda.is_available() and ray.get_gpu_ids():
-        return torch.device("cuda")
-    return torch.device("cpu")
+    return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
 
 
-def _set_threads() -> None:
+def _trial_threads() -> int:
     # Ray sets OMP_NUM_THREADS from the trial's CPUs; torch must follow it, or concurrent
-    # trials on one node oversubscribe the cores.
-    cpus = int(float(os.environ.get("OMP_NUM_THREADS", "1")))
-    torch.set_num_threads(max(1, cpus))
+    # trials on one node oversubscribe the cores. The loader uses them too (on a GPU).
+    return max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1"))))
+
+
+def prepare_device(trial: TrialConfig, num_labels: int, label_groups: list[list[int]] | None,
+                   gpu_ids: list[Any], share: float) -> torch.device:
+    """The trial's device, refused loudly when unusable; on a GPU, the trial's memory capped
+    at its share (so an overrun fails this trial, not its neighbour) and checked up front."""
+    device = trial_device(gpu_ids)
+    if device.type != "cuda":
+        return device
+    share = min(1.0, share) if share > 0 else 1.0
+    torch.cuda.set_per_process_memory_fraction(share, device.index or 0)
+    budget = int(torch.cuda.get_device_properties(device).total_memory * share)
+    precision = select_precision(trial.train.precision, device)
+    estimate = estimate_training_memory(trial.model, num_labels, label_groups,
+                                        trial.train.batch_size, trial.train.crop_len, precision)
+    if estimate.total_bytes > budget:
+        raise TrialDoesNotFitError(
+            f"batch {trial.train.batch_size} x crop {trial.train.crop_len} needs "
+            f"{estimate.describe()}, more than this trial's GPU share "
+            f"({share:g} x {torch.cuda.get_device_name(device)} = {budget / 2**30:.1f} GiB)"
+        )
+    return device
 
 
 def train_trial(config: dict[str, Any], trial_data: TrialData) -> None:
     # Ray logs every persisted checkpoint at INFO, which buries the progress table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    import ray
+
     trial = TrialConfig.from_flat(config)
     trial_dir = Path(tune.get_context().get_trial_dir())
     fatal = trial_dir / FATAL_MARKER
     if fatal.exists():
-        raise NonFiniteLossError(json.loads(fatal.read_text())["error"])
-    _set_threads()
-    dataset: ECGDataset = trial_data.data.get()
-    trainer = Trainer(
-        trial,
-        dataset.select(folds=trial_data.train_folds),
-        dataset.select(folds=trial_data.val_folds),
-        label_groups=[list(g) for g in trial_data.label_groups],
-        label_names=list(trial_data.label_names),
-        device=_trial_device(),
-    )
+        raise FatalTrialError(json.loads(fatal.read_text())["error"])
+    threads = _trial_threads()
+    torch.set_num_threads(threads)
+    groups = [list(g) for g in trial_data.label_groups]
+    trainer: Trainer | None = None
+    try:
+        with oom_as_fatal(trial.train.batch_size, trial.train.crop_len):
+            device = prepare_device(trial, len(trial_data.label_names), groups,
+                                    ray.get_gpu_ids(), _gpu_share())
+            dataset: ECGDataset = trial_data.data.get()
+            trainer = Trainer(
+                trial,
+                dataset.select(folds=trial_data.train_folds),
+                dataset.select(folds=trial_data.val_folds),
+                label_groups=groups,
+                label_names=list(trial_data.label_names),
+                device=device,
+                threads=threads,
+            )
+            del dataset
+            _run_trial(trainer, trial, trial_dir)
+    except (NonFiniteLossError, *FATAL_TRIAL_ERRORS) as exc:
+        # Deterministic for this config: a retry from the checkpoint would fail the same way.
+        fatal.write_text(json.dumps({"error": str(exc)}))
+        raise
+    finally:
+        # A reused actor runs the next trial in this process: free this one's memory first.
+        if trainer is not None:
+            trainer.close()
+        trainer = None
+        release_memory()
+
+
+def _environment(trainer: Trainer) -> dict[str, str]:
+    """String results that the tracker turns into tags of the trial's run."""
+    import ray
+
+    device = trainer.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {
+        M.ENV_DEVICE: f"{device.type} ({name})",
+        M.ENV_PRECISION: trainer.precision,
+        M.ENV_NODE: ray.get_runtime_context().get_node_id(),
+    }
+
+
+def _run_trial(trainer: Trainer, trial: TrialConfig, trial_dir: Path) -> None:
     restored_from = -1
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.restore(directory)
         restored_from = trainer.epoch
+    environment = _environment(trainer)
     while trainer.epoch < trial.train.epochs:
         _maybe_crash(trial, trainer.epoch, trial_dir)
         nan_step = 0 if trial.debug.nan_at_epoch == trainer.epoch else None
-        try:
-            result = trainer.run_epoch(nan_at_step=nan_step)
-        except NonFiniteLossError as exc:
-            fatal.write_text(json.dumps({"error": str(exc)}))
-            raise
-        metrics = {**result.metrics, M.RESTORED_FROM_EPOCH: restored_from}
+        result = trainer.run_epoch(nan_at_step=nan_step)
+        metrics = {**result.metrics, M.RESTORED_FROM_EPOCH: restored_from, **environment}
         with tempfile.TemporaryDirectory(prefix="ecgtune-ckpt-") as directory:
             trainer.save(directory, result)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -21,8 +21,10 @@ import torch
 
 from components import build_model, load_checkpoint, save_checkpoint
 from data_prep import AugmentConfig, BatchLoader, ECGDataset
+from data_prep.loader import DeviceBatchTransform
 from search import metrics as M
 from search.config import TrialConfig
+from search.devices import AUTOCAST_DTYPES, select_precision
 from search.losses import get_loss
 
 MODEL_FILE = "model.pt"
@@ -46,16 +48,9 @@ class EpochResult:
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    if device is None:
+    if device is None or str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
-
-
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    # bf16 needs no loss scaling (fp32 exponent range), which keeps the loop simple.
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -82,6 +77,9 @@ class Trainer:
         label_groups: list[list[int]] | None = None,
         label_names: list[str] | None = None,
         device: str | torch.device | None = None,
+        threads: int = 1,
+        transform_on_device: bool | None = None,
+        cudnn_benchmark: bool = True,
     ) -> None:
         self.trial = trial
         self.cfg = trial.train
@@ -97,7 +95,19 @@ class Trainer:
             _param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.lr
         )
         self.loss_fn = get_loss(self.cfg.loss)
-        self.autocast_dtype = _autocast_dtype(self.cfg.precision, self.device)
+        self.precision = select_precision(self.cfg.precision, self.device)
+        self.autocast_dtype = AUTOCAST_DTYPES[self.precision]
+        # fp16 (GPUs without bf16) underflows small gradients without loss scaling.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        cuda = self.device.type == "cuda"
+        if cuda:
+            # Safe here: every training batch has one shape (fixed crop, drop_last).
+            torch.backends.cudnn.benchmark = cudnn_benchmark
+        self.threads = max(1, int(threads))
+        # On a GPU the loader ships int16 crops and the GPU normalises and augments them.
+        self.transform_on_device = cuda if transform_on_device is None else transform_on_device
+        # A host sync per step stalls the GPU's queue; a CPU runs in step anyway.
+        self.check_every = 50 if cuda else 1
         full_steps = max(1, len(train_data.labels) // self.cfg.batch_size)
         self.steps_per_epoch = (
             min(full_steps, self.cfg.steps_per_epoch) if self.cfg.steps_per_epoch else full_steps
@@ -109,6 +119,7 @@ class Trainer:
         )
         self.train_loader = self._loader(train_data, train=True)
         self.val_loader = self._loader(val_data, train=False)
+        self._train_transform = self._transform(self.train_loader)
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.best_score = -math.inf
@@ -117,6 +128,8 @@ class Trainer:
     # -- data ---------------------------------------------------------------------------------
     def _loader(self, data: ECGDataset, train: bool) -> BatchLoader:
         cuda = self.device.type == "cuda"
+        # Loader threads only while a GPU computes: on a CPU they would take torch's cores.
+        threads = self.threads if cuda else 1
         return BatchLoader(
             data,
             batch_size=self.cfg.batch_size if train else max(self.cfg.batch_size, 64),
@@ -126,9 +139,19 @@ class Trainer:
             normalization=self.cfg.normalization,
             augment=AugmentConfig() if (train and self.cfg.augment) else None,
             pin_memory=cuda,
-            # On a GPU the next batch is cropped on the CPU while the current one trains.
-            prefetch=2 if cuda else 0,
+            # On a GPU the next batches are cropped on the CPU while the current one trains.
+            prefetch=2 * threads if cuda else 0,
+            threads=threads,
+            raw=self.transform_on_device,
         )
+
+    def _to_device(self, x: torch.Tensor, transform: DeviceBatchTransform | None
+                   ) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=self.device.type == "cuda")
+        return transform(x) if transform is not None else x
+
+    def _transform(self, loader: BatchLoader) -> DeviceBatchTransform | None:
+        return DeviceBatchTransform(loader, self.device) if loader.raw else None
 
     def _autocast(self) -> Any:
         if self.autocast_dtype is None:
@@ -143,38 +166,43 @@ class Trainer:
         # uninterrupted one would have.
         loader = self.train_loader
         loader.set_epoch(self.epoch)
-        non_blocking = self.device.type == "cuda"
+        transform = self._train_transform
+        if transform is not None:
+            transform.set_epoch(self.epoch)
         total = torch.zeros((), device=self.device)
+        # The first non-finite step and its loss, kept on the device: checked every
+        # `check_every` steps and before any checkpoint, not with a host sync per step.
+        bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        bad_loss = torch.zeros((), device=self.device)
         n_samples = 0
         start = time.perf_counter()
         for step, (x, y) in enumerate(loader):
             if step >= self.steps_per_epoch:
                 break
-            x = x.to(self.device, non_blocking=non_blocking)
-            y = y.to(self.device, non_blocking=non_blocking)
+            x = self._to_device(x, transform)
+            y = y.to(self.device, non_blocking=self.device.type == "cuda")
             with self._autocast():
                 logits = self.model(x)
             loss = self.loss_fn(logits, y, self.cfg)
             if nan_at_step is not None and step == nan_at_step:
                 loss = loss * float("nan")
-            # One host sync per step is negligible next to a ResU-Dense step, and stops a
-            # diverged trial before it writes a poisoned checkpoint.
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"training loss became {loss.item()} at epoch {self.epoch} step {step} "
-                    f"(lr={self.scheduler.get_last_lr()[0]:.3g}, loss={self.cfg.loss}); "
-                    "the trial is stopped"
-                )
+            first = (bad_step < 0) & ~torch.isfinite(loss)
+            bad_step = torch.where(first, step, bad_step)
+            bad_loss = torch.where(first, loss.detach(), bad_loss)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
             if self.cfg.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.scheduler.step()
             total += loss.detach()
             n_samples += x.shape[0]
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            if (step + 1) % self.check_every == 0:
+                self._check_finite(bad_step, bad_loss)
+        # Before the epoch's checkpoint: a diverged trial never writes a poisoned one.
+        self._check_finite(bad_step, bad_loss)
         elapsed = time.perf_counter() - start
         steps = max(1, min(self.steps_per_epoch, len(loader)))
         return {
@@ -182,23 +210,36 @@ class Trainer:
             M.THROUGHPUT: n_samples / elapsed if elapsed > 0 else 0.0,
         }
 
+    def _check_finite(self, bad_step: torch.Tensor, bad_loss: torch.Tensor) -> None:
+        step = int(bad_step.item())
+        if step >= 0:
+            raise NonFiniteLossError(
+                f"training loss became {float(bad_loss.item())} at epoch {self.epoch} step "
+                f"{step} (lr={self.scheduler.get_last_lr()[0]:.3g}, loss={self.cfg.loss}); "
+                "the trial is stopped"
+            )
+
     @torch.no_grad()
     def predict(self, data: ECGDataset) -> tuple[np.ndarray, float]:
         """Probabilities (N, C) for `data` (deterministic crops) and the mean loss."""
         self.model.eval()
         loader = self.val_loader if data is self.val_data else self._loader(data, train=False)
+        transform = self._transform(loader)
         probs, losses, weights = [], [], []
         for x, y in loader:
-            x = x.to(self.device)
+            x = self._to_device(x, transform)
             y = y.to(self.device)
             with self._autocast():
                 logits = self.model(x)
             logits = logits.float()
-            losses.append(float(self.loss_fn(logits, y, self.cfg)))
+            # Kept on the device: one host copy at the end, not a sync per batch.
+            losses.append(self.loss_fn(logits, y, self.cfg).detach() * x.shape[0])
             weights.append(x.shape[0])
-            probs.append(torch.sigmoid(logits).cpu().numpy())
-        loss = float(np.average(losses, weights=weights)) if losses else float("nan")
-        return np.concatenate(probs).astype(np.float32), loss
+            probs.append(torch.sigmoid(logits))
+        if not losses:
+            return np.zeros((0, self.num_labels), np.float32), float("nan")
+        loss = float(torch.stack(losses).sum().item()) / sum(weights)
+        return torch.cat(probs).cpu().numpy().astype(np.float32), loss
 
     def evaluate(self) -> EpochResult:
         probs, val_loss = self.predict(self.val_data)
@@ -243,6 +284,7 @@ class Trainer:
             {
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch,
                 "best_score": self.best_score,
                 "best_epoch": self.best_epoch,
@@ -262,8 +304,13 @@ class Trainer:
         directory = Path(directory)
         model, _ = load_checkpoint(directory / MODEL_FILE, map_location=self.device)
         self.model.load_state_dict(model.state_dict(), strict=True)
-        state = torch.load(directory / STATE_FILE, map_location=self.device, weights_only=True)
+        # On the CPU first: load_state_dict moves the moments to the parameters' device but
+        # leaves AdamW's `step` counters where they are, and on a GPU each would cost a host
+        # sync (`.item()`) in every later step.
+        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
         self.best_score = float(state["best_score"])
@@ -272,6 +319,13 @@ class Trainer:
         torch.set_rng_state(state["rng_cpu"].cpu())
         if self.device.type == "cuda" and state["rng_cuda"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+
+    def close(self) -> None:
+        """Drop the model, optimizer and data so a reused Ray actor's next trial starts
+        with the device memory free (`search.devices.release_memory` then frees it)."""
+        for name in ("model", "optimizer", "scheduler", "scaler", "train_loader", "val_loader",
+                     "_train_transform", "train_data", "val_data"):
+            self.__dict__.pop(name, None)
 
 
 def write_validation_outputs(directory: Path, trainer: Trainer, result: EpochResult) -> None:
