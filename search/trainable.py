@@ -20,8 +20,9 @@ from search.config import TrialConfig
 from search.data import DataHandle
 from search.training import NonFiniteLossError, Trainer
 
-# Written into the trial directory when a trial fails for good (NaN loss): a retry by
-# FailureConfig would only diverge again from the same checkpoint, so it fails at once.
+# Written into the trial directory when a trial fails for good (NaN loss). FailureConfig does
+# not retry it (search.faults), but `--resume` restarts errored trials: it then fails at once
+# instead of diverging again from the same checkpoint.
 FATAL_MARKER = "ecgtune_fatal.json"
 CRASH_MARKER = "ecgtune_injected_crash"
 

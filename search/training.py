@@ -23,6 +23,7 @@ from components import build_model, load_checkpoint, save_checkpoint
 from data_prep import AugmentConfig, BatchLoader, ECGDataset
 from search import metrics as M
 from search.config import TrialConfig
+from search.errors import NonRetryableTrialError
 from search.losses import get_loss
 
 MODEL_FILE = "model.pt"
@@ -33,8 +34,9 @@ VAL_METRICS_FILE = "val_metrics.json"
 TRIAL_CONFIG_FILE = "trial_config.json"
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the trial cannot continue."""
+class NonFiniteLossError(NonRetryableTrialError):
+    """The training loss became NaN or infinite; the trial cannot continue, and a retry from
+    its checkpoint would diverge the same way."""
 
 
 @dataclass
