@@ -12,16 +12,20 @@ import importlib.metadata
 import logging
 import os
 import subprocess
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from search import metrics as M
 from search import tracking
-from search.data import DATA_SHARING, make_data_handle
-from search.errors import SearchError
-from search.searcher import SEARCHERS, PointValidator, build_searcher
-from search.space import SearchSpace, load_space
+from search.data import make_data_handle
+from search.errors import SearchError, SearchOptionError
+from search.faults import install_no_retry_policy
+from search.options import ValidatedSearch, validate_options
+from search.searcher import PointValidator, build_searcher
+from search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +137,6 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{tracking.trial_index(trial):03d}_{trial.trial_id}"
 
 
-def _prepare_space(opts: SearchOptions) -> SearchSpace:
-    space = load_space(opts.space)
-    fixed = dict(space.fixed)
-    if opts.epochs is not None:
-        fixed["train.epochs"] = opts.epochs
-    fixed.update(opts.overrides)
-    return replace(space, fixed=fixed)
-
-
 def _init_ray(opts: SearchOptions) -> bool:
     """Start (or join) Ray; returns True when this call started a local instance."""
     import ray
@@ -157,14 +152,41 @@ def _init_ray(opts: SearchOptions) -> bool:
     # Short CPU epochs checkpoint every few seconds; the experiment-state snapshots that this
     # forces are cheap here, and Ray's warning about them reads like a failure.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(
-        address=opts.address,
-        num_cpus=opts.num_cpus if opts.address is None else None,
-        include_dashboard=False if opts.address is None else None,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
+    with _loopback_only(opts.address is None):
+        ray.init(
+            address=opts.address,
+            num_cpus=opts.num_cpus if opts.address is None else None,
+            include_dashboard=False if opts.address is None else None,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
     return opts.address is None
+
+
+@contextmanager
+def _loopback_only(local: bool) -> Iterator[None]:
+    """A local Ray instance listens on 127.0.0.1 only, not on every interface.
+
+    Ray's gRPC servers (GCS, raylet, every worker) bind to all interfaces unless the node's
+    IP is 127.0.0.1, and on Linux Ray replaces 127.0.0.1 (even `_node_ip_address=`) by the
+    machine's routable IP; only its "no multi-node clusters" switch (on by default on macOS
+    and Windows, read by `get_node_ip_address`) keeps the loopback address. It is turned on
+    just for the start of this instance: processes started later (`ray start` for a cluster)
+    are unaffected, and a cluster joined with --address never gets here.
+    """
+    from ray._private import ray_constants
+
+    if not local or not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        if local:
+            log.warning("cannot restrict the local Ray instance to 127.0.0.1 in this Ray version")
+        yield
+        return
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def _drop_token_auth_banner(record: logging.LogRecord) -> bool:
@@ -178,15 +200,9 @@ def run_search(opts: SearchOptions) -> SearchResult:
     from data_prep import load_shards
     from search.trainable import TrialData, train_trial
 
-    if opts.searcher not in SEARCHERS:
-        raise SearchError(f"unknown searcher {opts.searcher!r}; valid: {', '.join(SEARCHERS)}")
-    if opts.scheduler not in SCHEDULERS:
-        raise SearchError(f"unknown scheduler {opts.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
-    if opts.data_sharing not in DATA_SHARING:
-        raise SearchError(
-            f"unknown data sharing {opts.data_sharing!r}; valid: {', '.join(DATA_SHARING)}"
-        )
-    space = _prepare_space(opts)
+    # Options, --set values and --storage first: a bad invocation creates nothing.
+    validated = validate_options(opts)
+    space = validated.space
 
     data_dir = Path(opts.data)
     manifest_path = data_dir / "manifest.json"
@@ -212,10 +228,11 @@ def run_search(opts: SearchOptions) -> SearchResult:
             raise SearchError(
                 f"{space.name}: warm-start point {dict(point)} is invalid: {exc}"
             ) from None
+    _check_some_point_valid(space, check, validated)
 
     tracking_uri = opts.tracking_uri or tracking.default_tracking_uri()
     tracking.check_tracking_uri(tracking_uri)
-    storage = resolve_storage(opts.storage)
+    storage = validated.storage
     experiment_path = f"{storage}/{opts.name}"
     exists = tune.Tuner.can_restore(experiment_path)
     if opts.resume and not exists:
@@ -240,9 +257,13 @@ def run_search(opts: SearchOptions) -> SearchResult:
     else:
         parent_id = _start_parent_run(client, experiment_id, experiment_path, opts, space,
                                       manifest_path)
+        _record_pins(client, parent_id, validated)
+    if opts.verbose >= 1:
+        print(startup_line(opts, validated, num_samples), flush=True)
 
     started_ray = _init_ray(opts)
     try:
+        install_no_retry_policy()
         gpus = opts.gpus_per_trial
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
@@ -303,6 +324,58 @@ def run_search(opts: SearchOptions) -> SearchResult:
             ray.shutdown()
     _close_runs(client, experiment_id, parent_id, complete=result.complete, result=result)
     return result
+
+
+def _check_some_point_valid(space: SearchSpace, check: PointValidator,
+                            validated: ValidatedSearch, tries: int = 50) -> None:
+    """Fail before Ray starts when no sampled point passes the model's layout checks (say,
+    `--set n_branches=1` next to a fusion that needs one branch per group); the searcher
+    would otherwise give up only after Ray, the parent run and the experiment folder exist."""
+    reason = ""
+    for seed in range(tries):
+        try:
+            check(space.trial_flat(space.sample(seed)))
+            return
+        except ValueError as exc:
+            reason = str(exc)
+    message = f"{space.name}: none of {tries} random points is a valid trial; last reason: {reason}"
+    if validated.pins:
+        pins = ", ".join(f"{k}={v}" for k, v in validated.pins.items())
+        raise SearchOptionError(f"{message} (with {pins})")
+    raise SearchError(f"{message}. Constrain the space (e.g. with 'when')")
+
+
+def _pin_text(value: Any) -> str:
+    return "-".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _record_pins(client: Any, parent_id: str, validated: ValidatedSearch) -> None:
+    """The parent run shows what every trial was pinned to, and which searched keys that
+    took out of the space (a sweep's params alone would not tell a pin from a default)."""
+    from mlflow.entities import Param
+
+    if not validated.pins:
+        return
+    params = [Param(f"pinned.{k}", _pin_text(v)[:500]) for k, v in validated.pins.items()]
+    client.log_batch(parent_id, params=params)
+    if validated.unsearched:
+        client.set_tag(parent_id, "ecgtune.unsearched", ",".join(validated.unsearched))
+
+
+def startup_line(opts: SearchOptions, validated: ValidatedSearch, num_samples: int) -> str:
+    """What is about to run, pins included, in one line."""
+    where = f"cluster {opts.address}" if opts.address else "local Ray (127.0.0.1)"
+    text = (f"Search {opts.name!r}{' (resumed)' if opts.resume else ''}: {num_samples} trials "
+            f"of the {validated.space.name!r} space on {where}")
+    pins = []
+    for key, value in validated.pins.items():
+        param = validated.unsearched.get(key)
+        note = f" (not searched; the space samples {param.kind} {list(param.args)})" if param \
+            else ""
+        pins.append(f"{key}={_pin_text(value)}{note}")
+    if pins:
+        text += "; pinned: " + ", ".join(pins)
+    return text
 
 
 def _scheduler(opts: SearchOptions, space: SearchSpace) -> Any:
