@@ -144,8 +144,9 @@ def _init_ray(opts: SearchOptions) -> bool:
     if ray.is_initialized():
         return False
     # Ray >= 2.59 turns token auth on for local instances and says so in a warning on every
-    # start. We keep that default on purpose (a local Ray still listens on the network), so
-    # the banner is expected noise; clusters set RAY_AUTH_MODE themselves (ray_cluster.yaml).
+    # start. We keep that default on purpose (a local Ray listens on 127.0.0.1, which every
+    # user of a shared host can reach), so the banner is expected noise; clusters set
+    # RAY_AUTH_MODE themselves (ray_cluster.yaml).
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
         _drop_token_auth_banner
     )

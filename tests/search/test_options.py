@@ -109,6 +109,15 @@ def test_bad_invocation_fails_fast_with_one_line_and_leaves_nothing(
     _assert_rejected(code, err, elapsed, tmp_path, *fragments)
 
 
+def test_pins_that_leave_no_valid_model_fail_before_ray(small_data, tmp_path, capsys):
+    # Each value builds a model config; none fits the 4-group label map (independent fusion
+    # needs one branch per group), which only the data's label map can tell.
+    code, err, elapsed = _invoke(small_data, tmp_path, capsys, "--set", "fusion=independent",
+                                 "--set", "n_branches=3")
+    _assert_rejected(code, err, elapsed, tmp_path, "none of 50 random points is a valid trial",
+                     "n_branches=3")
+
+
 def test_storage_under_a_file_is_rejected(small_data, tmp_path, capsys):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
