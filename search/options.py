@@ -140,14 +140,17 @@ def _valid_keys(space: SearchSpace) -> dict[str, Any]:
 
 
 def _unknown_key(flag: str, key: str, valid: Mapping[str, Any]) -> SearchOptionError:
-    section = key.split(".", 1)[0] + "." if key.startswith(("train.", "debug.")) else ""
-    same = sorted(k for k in valid if k.startswith(section) if section or not
-                  k.startswith(("train.", "debug.")))
+    # List the keys of the section the user meant (train.*, debug.* or the model's), not all.
+    def section(name: str) -> str:
+        head = name.split(".", 1)[0]
+        return head if head in ("train", "debug") else "model"
+
+    same = sorted(k for k in valid if section(k) == section(key))
     close = difflib.get_close_matches(key, list(valid), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    kind = f"{section}* " if section else "model "
+    kind = "model" if section(key) == "model" else f"{section(key)}.*"
     return SearchOptionError(
-        f"{flag}: unknown config key {key!r}{hint}; valid {kind}keys: {', '.join(same)}"
+        f"{flag}: unknown config key {key!r}{hint}; valid {kind} keys: {', '.join(same)}"
     )
 
 

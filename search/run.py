@@ -264,7 +264,6 @@ def run_search(opts: SearchOptions) -> SearchResult:
 
     started_ray = _init_ray(opts)
     try:
-        install_no_retry_policy()
         gpus = opts.gpus_per_trial
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
@@ -314,6 +313,8 @@ def run_search(opts: SearchOptions) -> SearchResult:
                     verbose=2 if opts.verbose >= 2 else 0,
                 ),
             )
+        # A NaN trial fails once instead of spending --max-failures retries (search.faults).
+        install_no_retry_policy()
         tuner.fit()
         result = _summarise(num_samples, opts, tracking_uri, experiment_id, parent_id,
                             experiment_path)
@@ -341,7 +342,7 @@ def _check_some_point_valid(space: SearchSpace, check: PointValidator,
             reason = str(exc)
     message = f"{space.name}: none of {tries} random points is a valid trial; last reason: {reason}"
     if validated.pins:
-        pins = ", ".join(f"{k}={v}" for k, v in validated.pins.items())
+        pins = ", ".join(f"{k}={_pin_text(v)}" for k, v in validated.pins.items())
         raise SearchOptionError(f"{message} (with {pins})")
     raise SearchError(f"{message}. Constrain the space (e.g. with 'when')")
 
