@@ -45,8 +45,8 @@ class ValidatedSearch:
 
     space: SearchSpace  # fixed values, `--epochs` and every `--set` applied; pins not sampled
     pins: Mapping[str, Any]  # every `--set` (and `--epochs`) as its typed flat value
-    unsearched: Mapping[str, Param]  # keys the space sampled that a pin took out, with their
-    # distributions (for the start-up line)
+    # Keys the space sampled that a pin took out, with their distributions (start-up line).
+    unsearched: Mapping[str, Param]
     storage: str  # resolved `--storage`: an absolute path or a URI
 
 
