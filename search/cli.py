@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from search.errors import SearchError, SpaceError, TrackingError
+from search.errors import SearchError, SearchOptionError, SpaceError, TrackingError
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -71,11 +72,33 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "own status tables")
     p.add_argument("--set", dest="overrides", action="append", type=_parse_override,
                    default=[], metavar="KEY=VALUE",
-                   help="fix a config key for every trial, e.g. --set train.steps_per_epoch=50")
+                   help="fix a config key for every trial, e.g. --set train.steps_per_epoch=50; a "
+                   "key the space samples is pinned (no longer searched); checked before "
+                   "anything starts")
     p.set_defaults(func=_run)
 
 
+def _overrides(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out and out[key] != value:
+            raise SearchOptionError(
+                f"--set {key}={value} contradicts --set {key}={out[key]}; give one value"
+            )
+        out[key] = value
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
+    try:
+        return _search(args)
+    except SearchOptionError as exc:
+        # A usage error, like argparse's own: exit 2, one line, nothing was started.
+        print(f"ecgtune search: error: {exc}", file=sys.stderr)
+        return SearchOptionError.exit_code
+
+
+def _search(args: argparse.Namespace) -> int:
     from search.report import print_search_summary
     from search.run import SearchOptions, run_search
 
@@ -86,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
         storage=args.storage, resume=args.resume, address=args.address,
         num_cpus=args.num_cpus, max_concurrent=args.max_concurrent, seed=args.seed,
         searcher=args.searcher, scheduler=args.scheduler, data_sharing=args.data_sharing,
-        max_failures=args.max_failures, overrides=dict(args.overrides), verbose=args.verbose,
+        max_failures=args.max_failures, overrides=_overrides(args.overrides), verbose=args.verbose,
     )
     result = run_search(opts)
     print_search_summary(result)

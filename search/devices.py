@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 
 from components import ModelConfig, build_model
+from search.errors import NonRetryableTrialError
 
 __all__ = [
     "AUTOCAST_DTYPES",
-    "FATAL_TRIAL_ERRORS",
     "DeviceError",
     "MemoryEstimate",
     "TrialDoesNotFitError",
@@ -60,22 +60,16 @@ GPU_MEMORY_GIB = {
 }
 
 
-class DeviceError(RuntimeError):
+class DeviceError(NonRetryableTrialError):
     """A trial cannot use the device it was given (no CUDA, no bf16 on this GPU, ...)."""
 
 
-class TrialDoesNotFitError(RuntimeError):
+class TrialDoesNotFitError(NonRetryableTrialError):
     """A config's estimated training memory exceeds the trial's GPU share."""
 
 
-class TrialOutOfMemoryError(RuntimeError):
+class TrialOutOfMemoryError(NonRetryableTrialError):
     """The trial ran out of GPU memory: deterministic for a config, so never retried."""
-
-
-# Errors that end a trial for good: a retry from the last checkpoint would fail the same way.
-FATAL_TRIAL_ERRORS: tuple[type[BaseException], ...] = (
-    DeviceError, TrialDoesNotFitError, TrialOutOfMemoryError,
-)
 
 
 def cuda_diagnosis() -> str:

@@ -11,3 +11,17 @@ class SpaceError(ValueError):
 
 class TrackingError(RuntimeError):
     """The tracking server cannot be used (unreachable, refused, misconfigured)."""
+
+
+class SearchOptionError(SearchError):
+    """A bad `ecgtune search` invocation (an option out of range, a `--set` that names no
+    config key or has a bad value, an unwritable `--storage`), found before anything starts.
+    The console script prints it as one line and exits 2, like any usage error."""
+
+    exit_code = 2
+
+
+class NonRetryableTrialError(RuntimeError):
+    """A trial failure that a retry from the last checkpoint would only repeat (a NaN loss
+    diverges again from the same weights and batches): the search fails that trial once,
+    with its reason, instead of spending `--max-failures` retries on it (see search.faults)."""

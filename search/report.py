@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-from search.run import SearchResult
+from search.run import SearchResult, TrialSummary
 from search.tracking import trial_run_name
+
+# Ray's trial states as the table words them; only TERMINATED trials are done (an interrupted
+# search leaves RUNNING, PENDING and PAUSED ones, which `--resume` continues).
+_STATUS_WORDS = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}
+
+
+def trial_status(trial: TrialSummary) -> str:
+    if trial.status == "ERROR" or trial.error:
+        return "error"
+    if trial.status == "TERMINATED":
+        return "early stop" if trial.early_stopped else "done"
+    return _STATUS_WORDS.get(trial.status, trial.status.lower())
 
 
 def print_search_summary(result: SearchResult) -> None:
@@ -12,7 +24,7 @@ def print_search_summary(result: SearchResult) -> None:
           f"{'' if result.complete else ' (interrupted: --resume continues it)'}")
     print(f"{'trial':<34} {'status':<12} {'epochs':>6} {'best val AUPRC':>15}")
     for t in rows:
-        status = "error" if t.error else ("early stop" if t.early_stopped else "done")
+        status = trial_status(t)
         score = f"{t.best_score:.4f}" if t.best_score is not None else "-"
         print(f"{trial_run_name(t.index, t.config):<34} {status:<12} {t.epochs:>6} {score:>15}")
     for t in rows:

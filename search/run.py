@@ -12,17 +12,21 @@ import importlib.metadata
 import logging
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from search import metrics as M
 from search import tracking
-from search.data import DATA_SHARING, make_data_handle
+from search.data import make_data_handle
 from search.devices import gpu_memory_from_resources
-from search.errors import SearchError
-from search.searcher import SEARCHERS, PointValidator, build_searcher
-from search.space import SearchSpace, load_space
+from search.errors import SearchError, SearchOptionError
+from search.faults import install_no_retry_policy
+from search.options import ValidatedSearch, validate_options
+from search.searcher import PointValidator, build_searcher
+from search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -188,15 +192,6 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{tracking.trial_index(trial):03d}_{trial.trial_id}"
 
 
-def _prepare_space(opts: SearchOptions) -> SearchSpace:
-    space = load_space(opts.space)
-    fixed = dict(space.fixed)
-    if opts.epochs is not None:
-        fixed["train.epochs"] = opts.epochs
-    fixed.update(opts.overrides)
-    return replace(space, fixed=fixed)
-
-
 def _init_ray(opts: SearchOptions) -> bool:
     """Start (or join) Ray; returns True when this call started a local instance."""
     import ray
@@ -204,22 +199,50 @@ def _init_ray(opts: SearchOptions) -> bool:
     if ray.is_initialized():
         return False
     # Ray >= 2.59 turns token auth on for local instances and says so in a warning on every
-    # start. We keep that default on purpose (a local Ray still listens on the network), so
-    # the banner is expected noise; clusters set RAY_AUTH_MODE themselves (ray_cluster.yaml).
+    # start. We keep that default on purpose (a local Ray listens on 127.0.0.1, which every
+    # user of a shared host can reach), so the banner is expected noise; clusters set
+    # RAY_AUTH_MODE themselves (ray_cluster.yaml).
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
         _drop_token_auth_banner
     )
     # Short CPU epochs checkpoint every few seconds; the experiment-state snapshots that this
     # forces are cheap here, and Ray's warning about them reads like a failure.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(
-        address=opts.address,
-        num_cpus=opts.num_cpus if opts.address is None else None,
-        include_dashboard=False if opts.address is None else None,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
+    with _loopback_only(opts.address is None):
+        ray.init(
+            address=opts.address,
+            num_cpus=opts.num_cpus if opts.address is None else None,
+            include_dashboard=False if opts.address is None else None,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
     return opts.address is None
+
+
+@contextmanager
+def _loopback_only(local: bool) -> Iterator[None]:
+    """A local Ray instance listens on 127.0.0.1 only, not on every interface.
+
+    Ray's gRPC servers (GCS, raylet, every worker) bind to all interfaces unless the node's
+    IP is 127.0.0.1, and on Linux Ray replaces 127.0.0.1 (even `_node_ip_address=`) by the
+    machine's routable IP; only its "no multi-node clusters" switch (on by default on macOS
+    and Windows, read by `get_node_ip_address`) keeps the loopback address. It is turned on
+    just for the start of this instance: processes started later (`ray start` for a cluster)
+    are unaffected, and a cluster joined with --address never gets here.
+    """
+    from ray._private import ray_constants
+
+    if not local or not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        if local:
+            log.warning("cannot restrict the local Ray instance to 127.0.0.1 in this Ray version")
+        yield
+        return
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def _drop_token_auth_banner(record: logging.LogRecord) -> bool:
@@ -233,15 +256,9 @@ def run_search(opts: SearchOptions) -> SearchResult:
     from data_prep import load_shards
     from search.trainable import TrialData, train_trial
 
-    if opts.searcher not in SEARCHERS:
-        raise SearchError(f"unknown searcher {opts.searcher!r}; valid: {', '.join(SEARCHERS)}")
-    if opts.scheduler not in SCHEDULERS:
-        raise SearchError(f"unknown scheduler {opts.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
-    if opts.data_sharing not in DATA_SHARING:
-        raise SearchError(
-            f"unknown data sharing {opts.data_sharing!r}; valid: {', '.join(DATA_SHARING)}"
-        )
-    space = _prepare_space(opts)
+    # Options, --set values and --storage first: a bad invocation creates nothing.
+    validated = validate_options(opts)
+    space = validated.space
 
     data_dir = Path(opts.data)
     manifest_path = data_dir / "manifest.json"
@@ -267,10 +284,11 @@ def run_search(opts: SearchOptions) -> SearchResult:
             raise SearchError(
                 f"{space.name}: warm-start point {dict(point)} is invalid: {exc}"
             ) from None
+    _check_some_point_valid(space, check, validated)
 
     tracking_uri = opts.tracking_uri or tracking.default_tracking_uri()
     tracking.check_tracking_uri(tracking_uri)
-    storage = resolve_storage(opts.storage)
+    storage = validated.storage
     experiment_path = f"{storage}/{opts.name}"
     exists = tune.Tuner.can_restore(experiment_path)
     if opts.resume and not exists:
@@ -281,91 +299,166 @@ def run_search(opts: SearchOptions) -> SearchResult:
             "continue it, or choose another --name"
         )
 
-    client = tracking.client(tracking_uri)
-    experiment_id = tracking.get_or_create_experiment(client, opts.name)
-    parent = (
-        tracking.find_search_run(client, experiment_id, experiment_path) if opts.resume else None
-    )
-    num_samples = opts.num_samples
-    if parent is not None:
-        parent_id = parent.info.run_id
-        # A resumed search keeps the size it was started with.
-        num_samples = int(parent.data.params.get("num_samples", num_samples))
-        client.update_run(parent_id, status="RUNNING")
-    else:
-        parent_id = _start_parent_run(client, experiment_id, experiment_path, opts, space,
-                                      manifest_path)
-
     started_ray = _init_ray(opts)
     try:
-        resources = ray.cluster_resources()
-        gpus = opts.gpus_per_trial
-        if gpus is None:
-            gpus = default_gpus_per_trial(opts.address, resources.get("GPU", 0.0),
-                                          autoscaler_gpus())
-        check = replace(check, gpu_memory_bytes=gpu_share_bytes(
-            gpus, resources, local=opts.address is None))
-        if gpus > 0:
-            log.info("%g GPU per trial; memory per trial: %s", gpus,
-                     f"{check.gpu_memory_bytes / 2**30:.1f} GiB" if check.gpu_memory_bytes
-                     else "checked by each trial")
-        handle = make_data_handle(opts.data_sharing, dataset, data_dir, folds,
-                                  _sha256(manifest_path))
-        trial_data = TrialData(handle, TRAIN_FOLDS, VAL_FOLDS, tuple(label_names),
-                               tuple(tuple(g) for g in label_groups))
-        if opts.data_sharing != "object_store":
-            del dataset  # trials read the memory map; the driver needs no copy
-        trainable = tune.with_resources(
-            tune.with_parameters(train_trial, trial_data=trial_data),
-            {"cpu": opts.cpus_per_trial, "gpu": gpus},
-        )
-        tracker = tracking.MlflowTrialTracker(tracking_uri, experiment_id, parent_id, label_names)
-        callbacks: list[Any] = [tracker]
-        if opts.verbose >= 1:
-            from search.progress import ProgressPrinter
-
-            callbacks.append(ProgressPrinter(num_samples))
-        if opts.resume:
-            tuner = tune.Tuner.restore(experiment_path, trainable=trainable,
-                                       resume_unfinished=True, resume_errored=True)
+        # GPUs first: a cluster that can never give a trial its GPU creates no run either.
+        gpus, check = _gpu_plan(opts, check, ray.cluster_resources())
+        client = tracking.client(tracking_uri)
+        experiment_id = tracking.get_or_create_experiment(client, opts.name)
+        parent = (tracking.find_search_run(client, experiment_id, experiment_path)
+                  if opts.resume else None)
+        num_samples = opts.num_samples
+        if parent is not None:
+            parent_id = parent.info.run_id
+            # A resumed search keeps the size it was started with.
+            num_samples = int(parent.data.params.get("num_samples", num_samples))
+            client.update_run(parent_id, status="RUNNING")
         else:
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    num_samples=num_samples,
-                    search_alg=build_searcher(space, opts.searcher, opts.seed, check),
-                    scheduler=_scheduler(opts, space),
-                    max_concurrent_trials=opts.max_concurrent,
-                    # A new trial takes over a finished trial's worker process: no second
-                    # torch import and data mapping per trial (see the overhead benchmark).
-                    reuse_actors=True,
-                    trial_name_creator=trial_name,
-                    trial_dirname_creator=trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=opts.name,
-                    storage_path=storage,
-                    callbacks=callbacks,
-                    failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(
-                        num_to_keep=2,  # the best by the objective, plus the latest to resume
-                        checkpoint_score_attribute=M.OBJECTIVE,
-                        checkpoint_score_order="max",
-                    ),
-                    verbose=2 if opts.verbose >= 2 else 0,
-                ),
+            parent_id = _start_parent_run(client, experiment_id, experiment_path,
+                                          replace(opts, gpus_per_trial=gpus), space,
+                                          manifest_path)
+            _record_pins(client, parent_id, validated)
+        if opts.verbose >= 1:
+            print(startup_line(opts, validated, num_samples), flush=True)
+        try:
+            handle = make_data_handle(opts.data_sharing, dataset, data_dir, folds,
+                                      _sha256(manifest_path))
+            if opts.data_sharing != "object_store":
+                del dataset  # trials read the memory map; the driver needs no copy
+            trainable = tune.with_resources(
+                tune.with_parameters(train_trial, trial_data=TrialData(
+                    handle, TRAIN_FOLDS, VAL_FOLDS, tuple(label_names),
+                    tuple(tuple(g) for g in label_groups))),
+                {"cpu": opts.cpus_per_trial, "gpu": gpus},
             )
-        tuner.fit()
-        result = _summarise(num_samples, opts, tracking_uri, experiment_id, parent_id,
-                            experiment_path)
-    except BaseException:
-        _close_runs(client, experiment_id, parent_id, complete=False)
-        raise
+            callbacks: list[Any] = [tracking.MlflowTrialTracker(
+                tracking_uri, experiment_id, parent_id, label_names)]
+            if opts.verbose >= 1:
+                from search.progress import ProgressPrinter
+
+                callbacks.append(ProgressPrinter(num_samples))
+            tuner = _tuner(opts, trainable, space, check, callbacks, storage, experiment_path,
+                           num_samples)
+            # A NaN trial fails once instead of spending --max-failures retries (search.faults).
+            install_no_retry_policy()
+            tuner.fit()
+            result = _summarise(num_samples, opts, tracking_uri, experiment_id, parent_id,
+                                experiment_path)
+        except BaseException:
+            _close_runs(client, experiment_id, parent_id, complete=False)
+            raise
     finally:
         if started_ray:
             ray.shutdown()
     _close_runs(client, experiment_id, parent_id, complete=result.complete, result=result)
     return result
+
+
+def _tuner(opts: SearchOptions, trainable: Any, space: SearchSpace, check: PointValidator,
+           callbacks: list[Any], storage: str, experiment_path: str, num_samples: int) -> Any:
+    from ray import tune
+
+    if opts.resume:
+        return tune.Tuner.restore(experiment_path, trainable=trainable,
+                                  resume_unfinished=True, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            num_samples=num_samples,
+            search_alg=build_searcher(space, opts.searcher, opts.seed, check),
+            scheduler=_scheduler(opts, space),
+            max_concurrent_trials=opts.max_concurrent,
+            # A new trial takes over a finished trial's worker process: no second torch
+            # import and data mapping per trial (see the overhead benchmark).
+            reuse_actors=True,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=opts.name,
+            storage_path=storage,
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2,  # the best by the objective, plus the latest to resume
+                checkpoint_score_attribute=M.OBJECTIVE,
+                checkpoint_score_order="max",
+            ),
+            verbose=2 if opts.verbose >= 2 else 0,
+        ),
+    )
+
+
+def _gpu_plan(opts: SearchOptions, check: PointValidator,
+              resources: dict[str, float]) -> tuple[float, PointValidator]:
+    """GPUs per trial, and the validator that knows each trial's GPU memory."""
+    gpus = opts.gpus_per_trial
+    if gpus is None:
+        gpus = default_gpus_per_trial(opts.address, resources.get("GPU", 0.0), autoscaler_gpus())
+    if opts.address is None and gpus > resources.get("GPU", 0.0):
+        raise SearchError(
+            f"--gpus-per-trial {gpus:g}: this machine has {resources.get('GPU', 0.0):g} GPU "
+            "that Ray can use, so no trial would ever start; pass --gpus-per-trial 0"
+        )
+    check = replace(check, gpu_memory_bytes=gpu_share_bytes(gpus, resources,
+                                                            local=opts.address is None))
+    if gpus > 0:
+        log.info("%g GPU per trial; memory per trial: %s", gpus,
+                 f"{check.gpu_memory_bytes / 2**30:.1f} GiB" if check.gpu_memory_bytes
+                 else "checked by each trial")
+    return gpus, check
+
+
+def _check_some_point_valid(space: SearchSpace, check: PointValidator,
+                            validated: ValidatedSearch, tries: int = 50) -> None:
+    """Fail before Ray starts when no sampled point passes the model's layout checks (say,
+    `--set n_branches=1` next to a fusion that needs one branch per group); the searcher
+    would otherwise give up only after Ray, the parent run and the experiment folder exist."""
+    reason = ""
+    for seed in range(tries):
+        try:
+            check(space.trial_flat(space.sample(seed)))
+            return
+        except ValueError as exc:
+            reason = str(exc)
+    message = f"{space.name}: none of {tries} random points is a valid trial; last reason: {reason}"
+    if validated.pins:
+        pins = ", ".join(f"{k}={_pin_text(v)}" for k, v in validated.pins.items())
+        raise SearchOptionError(f"{message} (with {pins})")
+    raise SearchError(f"{message}. Constrain the space (e.g. with 'when')")
+
+
+def _pin_text(value: Any) -> str:
+    return "-".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _record_pins(client: Any, parent_id: str, validated: ValidatedSearch) -> None:
+    """The parent run shows what every trial was pinned to, and which searched keys that
+    took out of the space (a sweep's params alone would not tell a pin from a default)."""
+    from mlflow.entities import Param
+
+    if not validated.pins:
+        return
+    params = [Param(f"pinned.{k}", _pin_text(v)[:500]) for k, v in validated.pins.items()]
+    client.log_batch(parent_id, params=params)
+    if validated.unsearched:
+        client.set_tag(parent_id, "ecgtune.unsearched", ",".join(validated.unsearched))
+
+
+def startup_line(opts: SearchOptions, validated: ValidatedSearch, num_samples: int) -> str:
+    """What is about to run, pins included, in one line."""
+    where = f"cluster {opts.address}" if opts.address else "local Ray (127.0.0.1)"
+    text = (f"Search {opts.name!r}{' (resumed)' if opts.resume else ''}: {num_samples} trials "
+            f"of the {validated.space.name!r} space on {where}")
+    pins = []
+    for key, value in validated.pins.items():
+        param = validated.unsearched.get(key)
+        note = f" (not searched; the space samples {param.kind} {list(param.args)})" if param \
+            else ""
+        pins.append(f"{key}={_pin_text(value)}{note}")
+    if pins:
+        text += "; pinned: " + ", ".join(pins)
+    return text
 
 
 def _scheduler(opts: SearchOptions, space: SearchSpace) -> Any:

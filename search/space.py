@@ -122,6 +122,8 @@ class SearchSpace:
         """One random point (the sampled keys only), for tests and validation."""
         import optuna
 
+        # A throw-away study per point; Optuna's INFO line about each would flood a terminal.
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
         trial = study.ask()
         self.define_by_run()(trial)

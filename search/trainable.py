@@ -19,7 +19,6 @@ from search import metrics as M
 from search.config import TrialConfig
 from search.data import DataHandle
 from search.devices import (
-    FATAL_TRIAL_ERRORS,
     TrialDoesNotFitError,
     estimate_training_memory,
     oom_as_fatal,
@@ -27,15 +26,17 @@ from search.devices import (
     select_precision,
     trial_device,
 )
-from search.training import NonFiniteLossError, Trainer
+from search.errors import NonRetryableTrialError
+from search.training import Trainer
 
-# Written into the trial directory when a trial fails for good (NaN loss): a retry by
-# FailureConfig would only diverge again from the same checkpoint, so it fails at once.
+# Written into the trial directory when a trial fails for good (NaN loss). FailureConfig does
+# not retry it (search.faults), but `--resume` restarts errored trials: it then fails at once
+# instead of diverging again from the same checkpoint.
 FATAL_MARKER = "ecgtune_fatal.json"
 CRASH_MARKER = "ecgtune_injected_crash"
 
 
-class FatalTrialError(RuntimeError):
+class FatalTrialError(NonRetryableTrialError):
     """A retry of a trial that already failed for a reason a retry cannot change."""
 
 
@@ -119,8 +120,10 @@ def train_trial(config: dict[str, Any], trial_data: TrialData) -> None:
             )
             del dataset
             _run_trial(trainer, trial, trial_dir)
-    except (NonFiniteLossError, *FATAL_TRIAL_ERRORS) as exc:
-        # Deterministic for this config: a retry from the checkpoint would fail the same way.
+    except NonRetryableTrialError as exc:
+        # Deterministic for this config (NaN loss, no usable GPU, out of memory): the
+        # marker fails a `--resume`d restart of this trial at once (search.faults stops
+        # Tune's own retries).
         fatal.write_text(json.dumps({"error": str(exc)}))
         raise
     finally:

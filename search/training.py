@@ -25,6 +25,7 @@ from data_prep.loader import DeviceBatchTransform
 from search import metrics as M
 from search.config import TrialConfig
 from search.devices import AUTOCAST_DTYPES, select_precision
+from search.errors import NonRetryableTrialError
 from search.losses import get_loss
 
 MODEL_FILE = "model.pt"
@@ -35,8 +36,9 @@ VAL_METRICS_FILE = "val_metrics.json"
 TRIAL_CONFIG_FILE = "trial_config.json"
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the trial cannot continue."""
+class NonFiniteLossError(NonRetryableTrialError):
+    """The training loss became NaN or infinite; the trial cannot continue, and a retry from
+    its checkpoint would diverge the same way."""
 
 
 @dataclass

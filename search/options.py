@@ -1,0 +1,311 @@
+"""Validation of an `ecgtune search` invocation, before anything is started or created.
+
+`validate_options` is the first thing `run_search` does: option ranges, every `--set KEY=VALUE`
+against the typed trial config, and a write probe of `--storage`. A bad invocation therefore
+fails in a second with one line naming the option, and leaves no Ray instance, no MLflow run
+and no Ray experiment folder behind (so its `--name` stays usable).
+
+A `--set` on a key the space samples pins it: the key leaves the sampled space, parameters
+conditional on it follow the pinned value (kept unconditionally when it satisfies their `when`,
+dropped when it cannot), and warm-start points lose it. Without this Optuna's sampled value
+would silently win over the `--set` one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from search.config import DebugConfig, TrialConfig
+from search.data import DATA_SHARING
+from search.errors import SearchOptionError
+from search.searcher import SEARCHERS
+from search.space import Param, SearchSpace, load_space
+
+if TYPE_CHECKING:
+    from search.run import SearchOptions
+
+__all__ = ["ValidatedSearch", "pin_space", "probe_storage", "typed_pins", "validate_options"]
+
+# Random points tried when a `--set` value only fails next to the base preset: a value that
+# fits no sampled point either is rejected, one that fits some is the space's business.
+_FIT_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class ValidatedSearch:
+    """What `validate_options` hands back to `run_search`."""
+
+    space: SearchSpace  # fixed values, `--epochs` and every `--set` applied; pins not sampled
+    pins: Mapping[str, Any]  # every `--set` (and `--epochs`) as its typed flat value
+    # Keys the space sampled that a pin took out, with their distributions (start-up line).
+    unsearched: Mapping[str, Param]
+    storage: str  # resolved `--storage`: an absolute path or a URI
+
+
+def validate_options(opts: SearchOptions) -> ValidatedSearch:
+    """Check everything about `opts` that needs neither the data nor Ray; raises
+    `SearchOptionError` (one line, naming the option) or `SpaceError` (the space file)."""
+    from search.run import resolve_storage
+
+    _check_ranges(opts)
+    if opts.resume and (opts.overrides or opts.epochs is not None):
+        given = [f"--set {k}={v}" for k, v in opts.overrides.items()]
+        given += [f"--epochs {opts.epochs}"] if opts.epochs is not None else []
+        raise SearchOptionError(
+            f"--resume continues search {opts.name!r} with the config it was started with; "
+            f"{', '.join(given)} would be ignored. Drop them, or start a new --name"
+        )
+    space = load_space(opts.space)
+    pins = typed_pins(space, opts.overrides, opts.epochs)
+    pinned, unsearched = pin_space(space, pins)
+    _check_pins_fit(pinned, pins)
+    storage = resolve_storage(opts.storage)
+    probe_storage(storage)
+    return ValidatedSearch(pinned, pins, unsearched, storage)
+
+
+def _check_ranges(opts: SearchOptions) -> None:
+    from search.run import SCHEDULERS
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
+            value
+        )
+
+    def integer(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    problems = []
+    if not (integer(opts.num_samples) and opts.num_samples >= 1):
+        problems.append(f"--num-samples must be >= 1, got {opts.num_samples}")
+    if opts.epochs is not None and not (integer(opts.epochs) and opts.epochs >= 1):
+        problems.append(f"--epochs must be >= 1, got {opts.epochs}")
+    if not (number(opts.cpus_per_trial) and opts.cpus_per_trial > 0):
+        problems.append(f"--cpus-per-trial must be > 0, got {opts.cpus_per_trial}")
+    if opts.gpus_per_trial is not None and not (
+        number(opts.gpus_per_trial) and opts.gpus_per_trial >= 0
+    ):
+        problems.append(f"--gpus-per-trial must be >= 0, got {opts.gpus_per_trial}")
+    if not (integer(opts.max_failures) and opts.max_failures >= 0):
+        problems.append(f"--max-failures must be >= 0, got {opts.max_failures}")
+    if opts.max_concurrent is not None and not (
+        integer(opts.max_concurrent) and opts.max_concurrent >= 1
+    ):
+        problems.append(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
+    if opts.num_cpus is not None and not (integer(opts.num_cpus) and opts.num_cpus >= 1):
+        problems.append(f"--num-cpus must be >= 1, got {opts.num_cpus}")
+    if opts.verbose not in (0, 1, 2):
+        problems.append(f"--verbose must be 0, 1 or 2, got {opts.verbose}")
+    if not integer(opts.seed):
+        problems.append(f"--seed must be an integer, got {opts.seed!r}")
+    for flag, value, valid in (("--searcher", opts.searcher, SEARCHERS),
+                               ("--scheduler", opts.scheduler, SCHEDULERS),
+                               ("--data-sharing", opts.data_sharing, DATA_SHARING)):
+        if value not in valid:
+            problems.append(f"unknown {flag} {value!r}; valid: {', '.join(valid)}")
+    name = str(opts.name)
+    # The name becomes a folder under --storage: a path in it would write outside it.
+    if not name.strip() or name in (".", "..") or "/" in name or os.sep in name:
+        problems.append(f"--name must be a plain folder name (no '/'), got {name!r}")
+    if problems:
+        raise SearchOptionError("; ".join(problems))
+    if opts.address is not None:
+        if opts.num_cpus is not None:
+            raise SearchOptionError(
+                "--num-cpus sizes the local Ray instance; with --address the cluster's own "
+                "CPUs are used, so drop --num-cpus"
+            )
+        return
+    # A trial that needs more CPUs than the local instance has is never scheduled: Ray
+    # would wait for it forever.
+    cores = opts.num_cpus if opts.num_cpus is not None else os.cpu_count()
+    if cores is not None and opts.cpus_per_trial > cores:
+        where = "--num-cpus" if opts.num_cpus is not None else "this machine"
+        raise SearchOptionError(
+            f"--cpus-per-trial {opts.cpus_per_trial:g} exceeds the {cores} CPUs of the local "
+            f"Ray instance ({where}): no trial could ever start"
+        )
+
+
+def _valid_keys(space: SearchSpace) -> dict[str, Any]:
+    return {**space.base_flat(), **{f"debug.{f.name}": f.default for f in fields(DebugConfig)}}
+
+
+def _unknown_key(flag: str, key: str, valid: Mapping[str, Any]) -> SearchOptionError:
+    # List the keys of the section the user meant (train.*, debug.* or the model's), not all.
+    def section(name: str) -> str:
+        head = name.split(".", 1)[0]
+        return head if head in ("train", "debug") else "model"
+
+    same = sorted(k for k in valid if section(k) == section(key))
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    kind = "model" if section(key) == "model" else f"{section(key)}.*"
+    return SearchOptionError(
+        f"{flag}: unknown config key {key!r}{hint}; valid {kind} keys: {', '.join(same)}"
+    )
+
+
+def _typed_value(key: str, value: Any, candidates: list[dict[str, Any]]) -> Any:
+    """The value as the trial config types it (`to_flat` form), checked by building a whole
+    trial config around it; the first candidate's error is the one reported."""
+    first: ValueError | None = None
+    for candidate in candidates:
+        try:
+            flat = TrialConfig.from_flat({**candidate, key: value}).to_flat(include_debug=True)
+        except ValueError as exc:
+            first = first or exc
+            continue
+        typed = flat[key]
+        if isinstance(typed, float) and not math.isfinite(typed):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
+        return typed
+    assert first is not None
+    raise first
+
+
+def typed_pins(space: SearchSpace, overrides: Mapping[str, Any],
+               epochs: int | None = None) -> dict[str, Any]:
+    """Every `--set KEY=VALUE` (and `--epochs`) checked against the typed trial config and
+    converted to its typed flat value; raises `SearchOptionError` naming the first bad one."""
+    valid = _valid_keys(space)
+    base = space.base_flat()
+    samples: list[dict[str, Any]] | None = None
+    pins: dict[str, Any] = {}
+    requested = [(f"--set {k}={v}", str(k), v) for k, v in overrides.items()]
+    if epochs is not None:
+        requested.append((f"--epochs {epochs}", "train.epochs", epochs))
+    for flag, key, value in requested:
+        if key not in valid:
+            raise _unknown_key(flag, key, valid)
+        try:
+            typed = _typed_value(key, value, [base])
+        except ValueError:
+            # Maybe it only clashes with the base preset (branch.heads vs a sampled width):
+            # accept it when some sampled point takes it.
+            if samples is None:
+                samples = [space.trial_flat(space.sample(seed)) for seed in range(_FIT_SAMPLES)]
+            try:
+                typed = _typed_value(key, value, [base, *samples])
+            except ValueError as exc:
+                raise SearchOptionError(f"{flag}: {exc}") from None
+        if key in pins and pins[key] != typed:
+            raise SearchOptionError(
+                f"{flag} contradicts --set {key}={overrides.get(key)}; give one value"
+            )
+        pins[key] = typed
+    return pins
+
+
+def _as_choice(value: Any) -> Any:
+    """A typed flat value in the form a space's `choice`/`when` lists use ('6-5-4-3')."""
+    return "-".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def pin_space(space: SearchSpace, pins: Mapping[str, Any]) -> tuple[SearchSpace, dict[str, Param]]:
+    """The space with `pins` fixed and taken out of the sampled parameters; returns it and the
+    parameters the pins took out. A parameter conditional on a pinned key keeps being sampled
+    (now unconditionally on that key) when the pinned value meets its `when`, and is dropped
+    when it cannot (as is anything conditional on a dropped parameter)."""
+    unsearched = {p.name: p for p in space.params if p.name in pins}
+    gone = set(unsearched)
+    params: list[Param] = []
+    for param in space.params:
+        if param.name in gone:
+            continue
+        when = []
+        applies = True
+        for key, allowed in param.when:
+            if key in pins:
+                applies = applies and _as_choice(pins[key]) in allowed
+            elif key in gone:
+                applies = False  # its condition key is never sampled, so it never held
+            else:
+                when.append((key, allowed))
+        if applies:
+            params.append(replace(param, when=tuple(when)))
+        else:
+            gone.add(param.name)
+    kept = {p.name for p in params}
+    points: list[dict[str, Any]] = []
+    for point in space.points_to_evaluate:
+        trimmed = {k: v for k, v in point.items() if k in kept}
+        if trimmed and trimmed not in points:
+            points.append(trimmed)
+    pinned = replace(space, fixed={**space.fixed, **pins}, params=tuple(params),
+                     points_to_evaluate=tuple(points))
+    return pinned, unsearched
+
+
+def _check_pins_fit(space: SearchSpace, pins: Mapping[str, Any]) -> None:
+    """Each `--set` is fine alone; together they must still build some trial config."""
+    if len(pins) < 2:
+        return
+    first: ValueError | None = None
+    for seed in range(-1, _FIT_SAMPLES):
+        flat = space.base_flat() if seed < 0 else space.trial_flat(space.sample(seed))
+        try:
+            TrialConfig.from_flat(flat)
+            return
+        except ValueError as exc:
+            first = first or exc
+    given = ", ".join(f"{k}={_as_choice(v)}" for k, v in pins.items())
+    raise SearchOptionError(f"--set values {given} do not fit together: {first}")
+
+
+def probe_storage(storage: str) -> None:
+    """Fail now, not after Ray has started, when `--storage` cannot take the experiment."""
+    if "://" not in storage or storage.startswith("file://"):
+        _probe_local(storage, Path(storage.removeprefix("file://")))
+    else:
+        _probe_uri(storage)
+
+
+def _probe_local(storage: str, path: Path) -> None:
+    # The folder may not exist yet (Ray creates it): probe its nearest existing ancestor,
+    # which is where the folders would be created. Nothing is left behind.
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SearchOptionError(f"--storage {storage}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ecgtune-write-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SearchOptionError(
+            f"--storage {storage}: cannot write in {existing} ({exc.strerror or exc}); "
+            "choose a writable folder"
+        ) from None
+
+
+def _probe_uri(storage: str) -> None:
+    import pyarrow
+    import pyarrow.fs as pafs
+
+    # The same resolution Ray applies to a storage URI (pyarrow.fs.FileSystem.from_uri); a
+    # probe object written and deleted checks reachability and write access at once.
+    probe = f".ecgtune-write-probe-{uuid.uuid4().hex}"
+    try:
+        fs, path = pafs.FileSystem.from_uri(storage)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.File:
+            raise SearchOptionError(f"--storage {storage}: it is a file, not a folder")
+        target = f"{path.rstrip('/')}/{probe}"
+        with fs.open_output_stream(target) as out:
+            out.write(b"")
+        fs.delete_file(target)
+    except (pyarrow.ArrowException, OSError, ValueError) as exc:
+        detail = " ".join(str(exc).split())
+        raise SearchOptionError(
+            f"--storage {storage}: not reachable or not writable ({detail})"
+        ) from None
