@@ -55,7 +55,7 @@ def test_workers_exit_when_prep_is_killed(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGKILL)  # the parent only, as `kill -9 PID` does
         proc.wait()
         assert not (out / "manifest.json").exists(), "prep finished before it was killed"
-        gone, alive = psutil.wait_procs(workers, timeout=5)
+        _, alive = psutil.wait_procs(workers, timeout=5)
         assert not alive, f"still running 5 s after the parent died: {alive}"
     finally:
         for p in workers:  # only the processes this test started
@@ -68,3 +68,38 @@ def test_workers_exit_when_prep_is_killed(tmp_path: Path) -> None:
         proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+_WATCHER = """
+import os, sys, time
+from data_prep import prep
+if sys.argv[2] == "poll":
+    del os.pidfd_open  # as on an OS or kernel without pidfds
+prep._watch_parent(int(sys.argv[1]))
+print("watching", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("how", ["pidfd", "poll"])
+def test_watch_ends_the_worker_when_the_watched_process_dies(how: str) -> None:
+    """Both ways of watching (Linux pidfd, portable polling) notice a SIGKILLed process."""
+    if how == "pidfd" and not hasattr(os, "pidfd_open"):
+        pytest.skip("no os.pidfd_open here")
+    target = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    watcher = subprocess.Popen([sys.executable, "-c", _WATCHER, str(target.pid), how],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert watcher.stdout.readline() == "watching\n"
+        time.sleep(0.2)
+        assert watcher.poll() is None  # alive while the watched process lives
+        target.kill()
+        target.wait()
+        assert watcher.wait(timeout=5) == 1
+    finally:
+        for p in (target, watcher):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        watcher.stdout.close()
