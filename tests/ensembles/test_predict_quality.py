@@ -18,6 +18,9 @@ from data_prep.synth import FAULT_KINDS, write_faulty_record
 from ensembles import load_bundle, predict_records
 from ensembles.cli import main
 
+# wfdb 4.3 calls pandas APIs that pandas 3 deprecates (read through wfdb: the .dat record).
+pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword")
+
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     with open(path, newline="") as fh:
