@@ -132,21 +132,15 @@ def _run_ensemble(args: argparse.Namespace) -> int:
 
 def _run_predict(args: argparse.Namespace) -> int:
     from ensembles.bundle import load_bundle
-    from ensembles.predict import (
-        PredictInputError,
-        expand_inputs,
-        predict_records,
-        write_predictions_csv,
-    )
+    from ensembles.predict import PredictInputError, predict_records, write_predictions_csv
 
+    bundle = load_bundle(args.bundle)  # a bad bundle: one line naming the file, exit 1
     try:
-        headers = expand_inputs(args.input)  # usage errors first, before the bundle loads
-    except PredictInputError as exc:
+        result = predict_records(bundle, args.input, batch_size=args.batch_size,
+                                 progress=not args.no_progress and sys.stderr.isatty())
+    except PredictInputError as exc:  # checked before any record is read
         print(f"ecgtune predict: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    bundle = load_bundle(args.bundle)  # a bad bundle: one line naming the file, exit 1
-    result = predict_records(bundle, headers, batch_size=args.batch_size,
-                             progress=not args.no_progress and sys.stderr.isatty())
     path = write_predictions_csv(result, args.output)
     for issue in result.warnings:
         print(issue.message(warning=True), file=sys.stderr)
