@@ -279,8 +279,11 @@ def _run_shard(task: _ShardTask) -> dict[str, Any]:
                 os.path.join(task.input_dir, rec.source), task.fs, task.seconds, task.gain,
                 header=header, source=rec.source,
             )
-        except RecordError as exc:  # validate_record turns any failure into one
+        except RecordError as exc:  # validate_record turns any failure of its own into one
             quarantine.append((rec.name, exc.reason))
+            continue
+        except Exception as exc:  # one bad record never stops the run (header parsing too)
+            quarantine.append((rec.name, f"unreadable: {type(exc).__name__}: {exc}"))
             continue
         signals[len(kept)] = checked.signal
         kept.append((rec, checked))

@@ -85,18 +85,18 @@ def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     headers: list[Path] = []
     for item in paths:
         p = Path(item)
-        header = p.with_suffix(".hea") if p.suffix.lower() in _SIGNAL_SUFFIXES else (
-            p.with_name(p.name + ".hea"))
-        if not p.exists() and not header.exists():
-            # A mistyped path is a usage error (exit 2), not a record to refuse (exit 3).
-            raise PredictInputError(f"input {item} does not exist")
         if p.is_dir():
             found = scan_records(p)
             if not found:
                 raise PredictInputError(f"no WFDB records (*.hea) under {p}")
             headers.extend(found)
-        else:
-            headers.append(header)
+            continue
+        header = p.with_suffix(".hea") if p.suffix.lower() in _SIGNAL_SUFFIXES else (
+            p.with_name(p.name + ".hea"))
+        if not p.exists() and not header.exists():
+            # A mistyped path is a usage error (exit 2), not a record to refuse (exit 3).
+            raise PredictInputError(f"input {item} does not exist")
+        headers.append(header)
     seen: set[Path] = set()
     unique = []
     for h in headers:
