@@ -9,7 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import REASON_CODES, LabelMapError, PrepError, RecordError, ShardChecksumError
+from .errors import (
+    REASON_CODES,
+    WARNING_CODES,
+    LabelMapError,
+    PrepError,
+    RecordError,
+    ShardChecksumError,
+)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at runtime __getattr__ resolves these
     from .dataset import (
@@ -38,6 +45,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at runtime __getattr__ resolves
     )
     from .shards import read_manifest, read_shard, verify_shards
     from .synth import draw_spec, make_record, synthesize, write_record
+    from .validation import CheckedRecord, validate_record
 
 _EXPORTS: dict[str, str] = {
     "LABEL_MAPS": "labels", "Label": "labels", "LabelMap": "labels", "get_label_map": "labels",
@@ -56,6 +64,7 @@ _EXPORTS: dict[str, str] = {
     "AugmentConfig": "loader", "BatchLoader": "loader",
     "synthesize": "synth", "draw_spec": "synth", "make_record": "synth",
     "write_record": "synth",
+    "CheckedRecord": "validation", "validate_record": "validation",
 }
 
 __all__ = [
@@ -63,8 +72,10 @@ __all__ = [
     "LABEL_MAPS",
     "REASON_CODES",
     "STANDARD_LEADS",
+    "WARNING_CODES",
     "AugmentConfig",
     "BatchLoader",
+    "CheckedRecord",
     "ECGDataset",
     "Header",
     "Label",
@@ -98,6 +109,7 @@ __all__ = [
     "scan_records",
     "synthesize",
     "to_millivolts",
+    "validate_record",
     "verify_shards",
     "window_starts",
     "write_record",
@@ -105,7 +117,8 @@ __all__ = [
 
 
 assert set(__all__) == set(_EXPORTS) | {
-    "REASON_CODES", "LabelMapError", "PrepError", "RecordError", "ShardChecksumError"
+    "REASON_CODES", "WARNING_CODES", "LabelMapError", "PrepError", "RecordError",
+    "ShardChecksumError",
 }
 
 

@@ -7,20 +7,32 @@ report the same words.
 
 from __future__ import annotations
 
-# Quarantine reason codes, in the order the summary table lists them.
+# Quarantine reason codes, in the order the summary table lists them. `prep` quarantines a
+# record for any of these and `predict` refuses it for the same code (data_prep.quality lists
+# what each one means; data_prep.validation is the one place both commands check records).
 REASON_CODES: tuple[str, ...] = (
     "missing_signal",
     "truncated_signal",
     "unparsable_header",
     "wrong_lead_set",
+    "bad_mat_header",
+    "shape_mismatch",
+    "sample_count_mismatch",
+    "dtype_mismatch",
+    "bad_gain",
     "no_samples",
+    "too_short",
+    "non_finite",
     "invalid_samples",
-    "flat_lead",
+    "all_flat",
     "saturated_lead",
     "duplicate_record",
     "unreadable",
 )
 
+# Warnings: the record is used (written by `prep`, predicted by `predict`) and the warning is
+# reported beside it (prep's warnings.csv, predict's `quality` column).
+WARNING_CODES: tuple[str, ...] = ("flat_lead",)
 
 class PrepError(Exception):
     """Base class of the expected failures of data_prep (bad input, corrupt output)."""

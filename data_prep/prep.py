@@ -5,8 +5,11 @@ fixed before any signal is read. Pass 2 (worker processes, one planned shard per
 each header fully, reads, checks and preprocesses the signals, and writes the shard atomically,
 preceded by a sidecar `.prep/<shard>.json` (its quarantine rows and train-fold sums) so a
 re-run keeps every shard whose plan and checksum still match. Records quarantined in either
-pass end up in quarantine.csv. `manifest.json` is written last; its presence means the output
-is complete.
+pass end up in quarantine.csv; records kept with a warning (flat leads) are listed in
+warnings.csv. Both use `data_prep.validation.validate_record`, the gate `predict` uses too.
+`manifest.json` is written last; its presence means the output is complete.
+
+Worker processes end when this process does, however it ends (`_watch_parent`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import logging
 import math
 import os
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -28,17 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from .errors import REASON_CODES, PrepError, RecordError
+from .errors import REASON_CODES, WARNING_CODES, PrepError, RecordError
 from .folds import FOLD_ROLES, N_FOLDS, assign_folds, folds_manifest
 from .labels import LabelMap, get_label_map
-from .preprocess import preprocess_record, preprocessing_spec
+from .preprocess import preprocessing_spec
 from .reader import (
     STANDARD_LEADS,
-    Header,
     header_comments,
     parse_comments,
     parse_header,
-    read_record,
     scan_relative,
 )
 from .shards import (
@@ -49,6 +51,7 @@ from .shards import (
     sha256_file,
     write_shard,
 )
+from .validation import CheckedRecord, validate_record
 
 __all__ = ["MANIFEST_VERSION", "PrepResult", "format_summary", "prepare"]
 
@@ -56,8 +59,11 @@ log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
 # Bump when pass 2's output for the same plan changes, so old sidecars are not trusted.
-_SHARD_FORMAT = 1
+# 2: issue 9's quality rules (flat leads warn, new refusals) and the sidecar's "warnings".
+_SHARD_FORMAT = 2
 _SIDECAR_DIR = ".prep"
+QUARANTINE_FILE = "quarantine.csv"  # record,reason: every record not written
+WARNINGS_FILE = "warnings.csv"  # record,warning: records written with a quality warning
 _TRAIN_FOLDS = frozenset(FOLD_ROLES["train"])
 
 
@@ -98,6 +104,7 @@ class PrepResult:
     # CPU time of this process and its workers: unlike wall time, not inflated by other load.
     cpu_seconds: float = 0.0
     quarantine: list[tuple[str, str]] = field(repr=False, default_factory=list)
+    warnings: list[tuple[str, str]] = field(repr=False, default_factory=list)
 
     @property
     def records_per_second(self) -> float:
@@ -262,23 +269,25 @@ def _run_shard(task: _ShardTask) -> dict[str, Any]:
         return {**side, "kept": True}
     n_samples = round(task.fs * task.seconds)
     signals = np.empty((len(task.records), 12, n_samples), dtype=np.int16)
-    kept: list[tuple[_Planned, Header]] = []
+    kept: list[tuple[_Planned, CheckedRecord]] = []
     quarantine: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = []
     for rec in task.records:
         try:
             header = parse_header(rec.text, name=rec.name)
-            raw = read_record(
-                os.path.join(task.input_dir, rec.source), header=header, source=rec.source
+            checked = validate_record(
+                os.path.join(task.input_dir, rec.source), task.fs, task.seconds, task.gain,
+                header=header, source=rec.source,
             )
-            sig, _ = preprocess_record(raw, task.fs, task.seconds, task.gain)
-        except RecordError as exc:
+        except RecordError as exc:  # validate_record turns any failure of its own into one
             quarantine.append((rec.name, exc.reason))
             continue
-        except Exception as exc:  # one bad record never stops the run
+        except Exception as exc:  # one bad record never stops the run (header parsing too)
             quarantine.append((rec.name, f"unreadable: {type(exc).__name__}: {exc}"))
             continue
-        signals[len(kept)] = sig
-        kept.append((rec, header))
+        signals[len(kept)] = checked.signal
+        kept.append((rec, checked))
+        warnings += [(rec.name, w) for w in checked.warnings]
     n = len(kept)
     signals = signals[:n]
     sums, sumsq = _lead_sums(signals) if task.fold in _TRAIN_FOLDS else ([0] * 12, [0] * 12)
@@ -292,6 +301,7 @@ def _run_shard(task: _ShardTask) -> dict[str, Any]:
         "sha256": None,
         "bytes": 0,
         "quarantine": quarantine,
+        "warnings": warnings,
         "sum": sums,
         "sumsq": sumsq,
         "samples": n * n_samples if task.fold in _TRAIN_FOLDS else 0,
@@ -305,9 +315,9 @@ def _run_shard(task: _ShardTask) -> dict[str, Any]:
         signals=signals,
         labels=np.frombuffer(b"".join(r.labels for r, _ in kept), np.uint8).reshape(n, -1),
         folds=[r.fold for r, _ in kept],
-        ages=[h.age for _, h in kept],
-        sexes=[h.sex for _, h in kept],
-        dx_codes=[h.dx_codes for _, h in kept],
+        ages=[c.age for _, c in kept],
+        sexes=[c.sex for _, c in kept],
+        dx_codes=[c.dx_codes for _, c in kept],
         sources=[r.source for r, _ in kept],
     )
 
@@ -348,6 +358,43 @@ def _normalization(sides: list[dict[str, Any]], gain: float) -> dict[str, Any]:
     }
 
 
+def _watch_parent(parent_pid: int) -> None:
+    """Pool initializer: end this worker as soon as the prep process `parent_pid` ends, however
+    it ends (SIGKILL and the OOM killer included).
+
+    Nothing else would: the workers are children of multiprocessing's fork server, not of prep,
+    and each holds the fork server's "alive" pipe and the task queue open, so neither the fork
+    server nor the workers notice prep is gone; a killed prep left them running for good.
+    PR_SET_PDEATHSIG or polling os.getppid() watch the direct parent, the fork server, which
+    outlives prep for that same reason, so the worker watches prep itself."""
+    threading.Thread(target=_exit_when_gone, args=(parent_pid,), daemon=True,
+                     name="prep-parent-watch").start()
+
+
+def _exit_when_gone(pid: int) -> None:
+    fd: int | None = None
+    try:
+        # Linux >= 5.3: the kernel marks a pidfd readable when the process exits. No polling,
+        # and no PID-reuse race (the fd names this process, not a number).
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)  # prep is already gone
+    except (AttributeError, OSError):  # another OS, an old kernel, or a seccomp filter
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])
+        os._exit(1)
+    import psutil  # portable fallback: poll (psutil's create time guards against PID reuse)
+
+    try:
+        parent = psutil.Process(pid)
+        while parent.is_running() and parent.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.5)
+    except psutil.Error:
+        pass
+    os._exit(1)
+
+
 class _LazyPool:
     """Worker processes started in a background thread: creating a forkserver pool blocks until
     the server has imported numpy and pyarrow, and pass 1 need not wait for that."""
@@ -366,7 +413,10 @@ class _LazyPool:
             # threads can deadlock the child. The preload imports this module once in the server.
             ctx = mp.get_context("forkserver")
             ctx.set_forkserver_preload([__name__])
-            pool = ProcessPoolExecutor(max_workers=self.n, mp_context=ctx)
+            pool = ProcessPoolExecutor(
+                max_workers=self.n, mp_context=ctx, initializer=_watch_parent,
+                initargs=(os.getpid(),),
+            )
             for f in [pool.submit(int) for _ in range(self.n)]:  # spawn all workers now
                 f.result()
             self._ready.set_result(pool)
@@ -534,10 +584,20 @@ def _prepare(
     )
     w_folds = np.array([p.fold for p in written], dtype=np.int64)
     rows = [quarantine[i] for i in sorted(quarantine)]
-    _write_quarantine(output_dir, rows)
+    _write_csv(output_dir / QUARANTINE_FILE, ("record", "reason"), rows)
     reasons = {code: 0 for code in REASON_CODES}
     for _, reason in rows:
         reasons[reason.split(":", 1)[0]] += 1
+    # Records written with a warning, in scan order like the quarantine.
+    flagged = sorted(
+        ((by_name[name].index, name, w) for side in shard_sides
+         for name, w in side["warnings"]),
+    )
+    warning_rows = [(name, w) for _, name, w in flagged]
+    _write_csv(output_dir / WARNINGS_FILE, ("record", "warning"), warning_rows)
+    warning_counts = {code: 0 for code in WARNING_CODES}
+    for _, w in warning_rows:
+        warning_counts[w.split(":", 1)[0]] += 1
     manifest: dict[str, Any] = {
         "version": MANIFEST_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -545,6 +605,7 @@ def _prepare(
         "records_written": len(written),
         "records_quarantined": len(rows),
         "quarantine_reasons": reasons,
+        "quality_warnings": warning_counts,
         "label_map": label_map.name,
         "labels": label_map.to_manifest(),
         "preprocessing": spec,
@@ -573,18 +634,19 @@ def _prepare(
     elapsed = time.perf_counter() - t0
     kept = sum(1 for s in shard_sides if s.get("kept"))
     cpu = time.process_time() - cpu0 + sum(worker_cpu)
-    return PrepResult(manifest, output_dir, len(shard_sides) - kept, kept, elapsed, cpu, rows)
+    return PrepResult(manifest, output_dir, len(shard_sides) - kept, kept, elapsed, cpu, rows,
+                      warning_rows)
 
 
-def _write_quarantine(output_dir: Path, rows: list[tuple[str, str]]) -> None:
+def _write_csv(path: Path, header: tuple[str, str], rows: list[tuple[str, str]]) -> None:
     import csv
     import io
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["record", "reason"])
+    writer.writerow(header)
     writer.writerows(rows)
-    atomic_write_bytes(output_dir / "quarantine.csv", buf.getvalue().encode("utf-8"))
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
 def _remove_stale(output_dir: Path, shard_names: set[str]) -> None:
@@ -608,6 +670,10 @@ def format_summary(manifest: dict[str, Any]) -> str:
     reasons = {k: v for k, v in manifest["quarantine_reasons"].items() if v}
     if reasons:
         lines.append("quarantined by reason: " + ", ".join(f"{k} {v}" for k, v in reasons.items()))
+    warned = {k: v for k, v in manifest.get("quality_warnings", {}).items() if v}
+    if warned:
+        lines.append(f"written with warnings ({WARNINGS_FILE}): "
+                     + ", ".join(f"{k} {v}" for k, v in warned.items()))
     folds = manifest["folds"]
     n = folds["n"]
     roles = {f: role for role, fs in folds["roles"].items() for f in fs}

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RecordError
-from .quality import check_output, check_raw
+from .quality import MIN_SECONDS, check_output, check_raw
 from .reader import STANDARD_LEADS, RawRecord
 
 __all__ = ["PreprocessInfo", "preprocess_record", "preprocessing_spec", "resample_ratio"]
@@ -34,7 +34,7 @@ class PreprocessInfo:
     cropped: int  # output-rate samples dropped (half at each end)
     padded: int  # zero samples appended
     exact: bool  # digital values copied as integers (no floating point involved)
-    flat_leads: tuple[str, ...] = ()  # leads below the flat gate (only with allow_flat=True)
+    flat_leads: tuple[str, ...] = ()  # leads below the flat gate: a warning, not a refusal
 
 
 def preprocessing_spec(fs: int = 500, seconds: float = 10, gain: float = 1000) -> dict[str, Any]:
@@ -83,20 +83,18 @@ def preprocess_record(
     seconds: float = 10,
     gain: float = 1000,
     check: bool = True,
-    *,
-    allow_flat: bool = False,
 ) -> tuple[np.ndarray, PreprocessInfo]:
     """Convert a raw record to the stored form: contiguous int16 (12, fs*seconds) at `gain`/mV.
 
     Steps: physical mV from each lead's gain/baseline/units; polyphase resampling to `fs` when
     the source rate differs; centred crop or zero padding at the end to `seconds`. A source
     already at `fs` and `gain` with baseline 0 is copied as integers (bit-identical). With
-    `check`, the quality gates run and failures raise RecordError; values that would not fit
-    int16 raise RecordError('saturated_lead') instead of being clipped. With `allow_flat`,
-    flat leads pass the gates and are listed in `info.flat_leads` (inference warns instead of
-    rejecting; every other gate still applies).
+    `check`, the quality gates of `data_prep.quality` run and failures raise RecordError
+    (records shorter than min(MIN_SECONDS, seconds) included); values that would not fit int16
+    raise RecordError('saturated_lead') instead of being clipped. Flat leads are listed in
+    `info.flat_leads` (a warning); all leads flat raise RecordError('all_flat').
     """
-    raw_p2p = check_raw(raw) if check else None
+    raw_p2p = check_raw(raw, min(MIN_SECONDS, seconds)) if check else None
     n_out = round(fs * seconds)
     d = raw.digital
     n_in = d.shape[1]
@@ -110,20 +108,24 @@ def preprocess_record(
         sig = np.ascontiguousarray(out, dtype=np.int16)
         info = PreprocessInfo(raw.fs, n_in, None, cropped, padded, exact=True)
     else:
-        x = (d - raw.baselines[:, None]) / gains_mv[:, None]  # float64 mV
+        with np.errstate(over="ignore", invalid="ignore"):  # reported just below
+            x = (d - raw.baselines[:, None]) / gains_mv[:, None]  # float64 mV
         if not np.isfinite(x).all():
-            raise RecordError("invalid_samples", "non-finite values after calibration")
+            raise RecordError("non_finite", "non-finite values after calibration")
         resampled = None
         if raw.fs != fs:
             x, resampled = _resample(x, raw.fs, fs, n_out)
         x, cropped, padded = _center(x, n_out)
-        scaled = np.rint(x * gain)
+        with np.errstate(over="ignore"):  # an overflow is out of range: reported just below
+            scaled = np.rint(x * gain)
         _check_range(scaled, gain)
         sig = np.ascontiguousarray(scaled, dtype=np.int16)
         info = PreprocessInfo(raw.fs, n_in, resampled, cropped, padded, exact=False)
     if check:
         unchanged = info.exact and not raw.baselines.any() and info.cropped == info.padded == 0
-        flat = check_output(sig, gain, raw_p2p if unchanged else None, allow_flat=allow_flat)
+        # Flatness of the real signal: the zero padding would make a constant lead look alive.
+        real = sig[:, : n_out - info.padded]
+        flat = check_output(real, gain, raw_p2p if unchanged else None)
         if flat:
             info = replace(info, flat_leads=flat)
     return sig, info

@@ -5,6 +5,13 @@ common layout (all leads interleaved in one format-16 file: ecg-arrhythmia's MAT
 with a 24-byte prefix, PTB-XL's `.dat`) are read here with our own parser and `np.fromfile`.
 That is the same byte interpretation WFDB applies, so the values are identical (tested against
 wfdb). Anything else goes through `wfdb.rdrecord`.
+
+A `.mat` file carries its own MAT v4 header (type, rows, columns, name), which WFDB ignores: it
+reads the bytes after the header's byte offset as interleaved int16 frames, so a matrix stored
+transposed (samples x signals), in another numeric type, or of another size than the header
+declares comes out scrambled. We read the MAT header and honour it: a transposed matrix is read
+transposed back, other numeric types are converted when every value is a 16-bit integer, and a
+matrix that does not fit the WFDB header is refused with a reason (`_read_mat`).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import functools
 import math
 import os
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -46,7 +54,10 @@ _FORMAT_BITS = {"8": 8, "16": 16, "24": 24, "32": 32, "61": 16, "80": 8, "160": 
                 "212": 12, "310": 10, "311": 10, "508": 8, "516": 16, "524": 24}
 _FORMAT_BYTES = {"8": 1.0, "16": 2.0, "24": 3.0, "32": 4.0, "61": 2.0, "80": 1.0, "160": 2.0,
                  "212": 1.5, "310": 4 / 3, "311": 4 / 3}
-_DEFAULT_GAIN = 200.0  # WFDB's DEFGAIN, used when the header's gain is 0 or absent
+# A gain of 0 (or none) means "uncalibrated" in WFDB, which then assumes DEFGAIN = 200/mV. We
+# keep the 0: the amplitude of such a record is unknown, and storing it at 200/mV could make it
+# 5x too large, so data_prep.quality refuses it ('bad_gain') instead of guessing.
+_UNCALIBRATED_GAIN = 0.0
 _SIGNAL_FMT = re.compile(r"^(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?$")
 _GAIN = re.compile(r"^([-+0-9.eEinfINFaN]+)(?:\((-?\d+)\))?(?:/(\S+))?$")
 
@@ -194,7 +205,7 @@ def _parse_static(
     if not m:
         raise _bad(f"bad format field {fmt_text!r}")
     fmt, spf, skew, offset = m.groups()
-    gain, baseline, units = 0.0, None, "mV"
+    gain, baseline, units = _UNCALIBRATED_GAIN, None, "mV"
     if gain_text is not None:
         g = _GAIN.match(gain_text)
         if not g:
@@ -211,8 +222,8 @@ def _parse_static(
         _parse_int(block, "block size")
     return (
         fmt, int(spf) if spf else 1, int(skew) if skew else 0, int(offset) if offset else 0,
-        # WFDB: a zero gain means "uncalibrated", read as DEFGAIN; baseline defaults to ADC zero.
-        gain if gain != 0 else _DEFAULT_GAIN, baseline if baseline is not None else adc_zero,
+        # Baseline defaults to ADC zero, as in WFDB; the gain stays as written (see above).
+        gain, baseline if baseline is not None else adc_zero,
         units, adc_res, adc_zero, description,
     )
 
@@ -367,16 +378,154 @@ def _available_samples(header: Header, folder: str) -> int | None:
     return available
 
 
+# MAT v4: five int32 (type MOPT, mrows, ncols, imagf, namlen) in the file's byte order, the
+# NUL-terminated matrix name, then the values column-major. Type digits: M byte order (0
+# little-, 1 big-endian; 2-4 VAX/Cray, unsupported), O always 0, P precision, T 0 for a full
+# numeric matrix (1 text, 2 sparse).
+_MAT_PRECISION = {0: "f8", 1: "f4", 2: "i4", 3: "i2", 4: "u2", 5: "u1"}
+_MAT_MATRIX_KIND = {1: "a text matrix", 2: "a sparse matrix"}
+_MAT_HEAD = struct.Struct("5i")
+_MAT_MAX_NAME = 64  # MATLAB names are at most 63 characters, plus the NUL
+_INT16 = np.dtype("<i2")
+
+
+class _MatHeader(NamedTuple):
+    dtype: np.dtype
+    rows: int
+    cols: int
+    offset: int  # of the first value
+
+
+def _bad_mat(file_name: str, detail: str) -> RecordError:
+    return RecordError("bad_mat_header", f"{file_name}: {detail}")
+
+
+def _parse_mat_header(data: bytes, file_name: str) -> _MatHeader:
+    if len(data) < _MAT_HEAD.size:
+        raise _bad_mat(file_name, f"{len(data)} bytes, shorter than a MAT v4 header")
+    for order, m in (("<", 0), (">", 1)):
+        mopt, rows, cols, imagf, namlen = struct.unpack_from(order + "5i", data)
+        if 0 <= mopt < 5000 and mopt // 1000 == m:
+            break
+    else:
+        if 2000 <= mopt < 5000:
+            raise _bad_mat(file_name, f"MAT v4 type {mopt}: VAX/Cray number formats are not read")
+        raise _bad_mat(file_name, "not a MAT v4 file (MAT v5/v7.3 or another format; the "
+                                  "WFDB layout needs MATLAB's `save -v4`)")
+    o, p, t = mopt // 100 % 10, mopt // 10 % 10, mopt % 10
+    if o != 0 or p not in _MAT_PRECISION or t not in (0, *_MAT_MATRIX_KIND):
+        raise _bad_mat(file_name, f"unknown MAT v4 type {mopt}")
+    if t:
+        raise _bad_mat(file_name, f"{_MAT_MATRIX_KIND[t]}, not a numeric matrix of samples")
+    if imagf:
+        raise _bad_mat(file_name, "a complex matrix, not real-valued samples")
+    if rows < 0 or cols < 0:
+        raise _bad_mat(file_name, f"negative matrix size {rows} x {cols}")
+    offset = _MAT_HEAD.size + namlen
+    if not 1 <= namlen <= _MAT_MAX_NAME or offset > len(data):
+        raise _bad_mat(file_name, f"bad matrix name length {namlen}")
+    return _MatHeader(np.dtype(order + _MAT_PRECISION[p]), rows, cols, offset)
+
+
+def _lead_list(header: Header, rows: np.ndarray) -> str:
+    return ",".join(header.signals[i].description or f"#{i + 1}" for i in np.flatnonzero(rows))
+
+
+def _as_int16(values: np.ndarray, header: Header, file_name: str) -> np.ndarray:
+    """(signals, n) values of another MAT type -> int16, when each is a 16-bit integer: format
+    16 declares digital samples, so anything else (physical units in a double matrix, 32-bit
+    values) would be misread, not converted."""
+    what = f"{file_name}: {values.dtype.name} matrix"
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise RecordError("non_finite", f"{what} holds {int(bad.sum())} NaN or infinite "
+                                            f"values (leads {_lead_list(header, bad.any(axis=1))})")
+        if (values != np.rint(values)).any():
+            raise RecordError("dtype_mismatch", f"{what} holds non-integer values; the header "
+                                                "declares 16-bit digital samples (format 16)")
+    if values.size:
+        lo, hi = values.min(), values.max()
+        if lo < -32768 or hi > 32767:
+            raise RecordError("dtype_mismatch", f"{what} holds values {lo:g} to {hi:g}, beyond "
+                                                "the 16-bit samples the header declares")
+    return values.astype(_INT16)
+
+
+def _read_mat(header: Header, folder: str) -> np.ndarray:
+    """Digital samples (signals, n) in header order from a single MAT v4 file, checked against
+    the WFDB header (may be a read-only view of the file's bytes)."""
+    file_name = header.signals[0].file_name
+    try:
+        with open(os.path.join(folder, file_name), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise RecordError("missing_signal", f"signal file {file_name} not found") from None
+    except OSError as exc:
+        raise RecordError("unreadable", f"cannot read {file_name}: {exc}") from None
+    mat = _parse_mat_header(data, file_name)
+    n_sig, declared, rows, cols = header.n_sig, header.n_samples, mat.rows, mat.cols
+    matrix = f"a {rows} x {cols} matrix"
+    # Orientation from the sizes: signals x samples is WFDB's layout, samples x signals the
+    # transpose. A square matrix could be either, so it is refused rather than guessed (such a
+    # record would be far too short anyway).
+    if rows == n_sig and cols != n_sig:
+        transposed, n = False, cols
+    elif cols == n_sig and rows != n_sig:
+        transposed, n = True, rows
+    elif rows == cols == n_sig and declared not in (None, n_sig):
+        raise RecordError("sample_count_mismatch",
+                          f"header declares {declared} samples, {file_name} holds {matrix}")
+    else:
+        samples = f" x {declared} samples" if declared is not None else ""
+        ambiguous = " (square: orientation ambiguous)" if rows == cols == n_sig else ""
+        raise RecordError("shape_mismatch", f"{file_name} holds {matrix}{ambiguous}; the header "
+                                            f"declares {n_sig} signals{samples}")
+    if declared is not None and n != declared:
+        raise RecordError(
+            "sample_count_mismatch",
+            f"header declares {declared} samples, {file_name} holds {matrix}"
+            + (" (stored transposed)" if transposed else ""),
+        )
+    if n == 0:
+        raise RecordError("no_samples", "record has no samples")
+    available = (len(data) - mat.offset) // mat.dtype.itemsize
+    if available < rows * cols:
+        raise RecordError(
+            "truncated_signal", f"header declares {n} samples, files hold {available // n_sig}"
+        )
+    values = np.frombuffer(data, mat.dtype, rows * cols, mat.offset)
+    # Column-major storage: signals x samples is one frame after another (WFDB format 16);
+    # the transpose is one signal after another.
+    digital = values.reshape(n_sig, n) if transposed else values.reshape(n, n_sig).T
+    if mat.dtype != _INT16:
+        digital = _as_int16(digital, header, file_name)
+    return digital
+
+
 def read_signal(
     header: Header, header_path: str | os.PathLike[str], method: str = "auto"
 ) -> tuple[np.ndarray, int, str]:
     """Digital samples of the 12 standard leads: ((12, n) integer array, storage bits, reader).
 
-    `method`: "fast" (format-16 single-file records only), "wfdb", or "auto" (fast when possible).
+    `method`: "fast" (format-16 single-file records only), "wfdb", or "auto" (fast when
+    possible). "wfdb" reads as `wfdb.rdrecord` does, ignoring a `.mat` file's own header: a
+    reference for comparisons, not for records of unknown provenance.
     """
+    if method not in ("auto", "fast", "wfdb"):
+        raise ValueError(f"unknown read method {method!r}")
+    if method == "fast" and not header.simple_layout:
+        raise ValueError("the fast reader handles single-file format-16 records only")
     order = header.lead_order()
     header_path = os.fspath(header_path)
     folder = os.path.dirname(header_path)
+    identity = header.n_sig == 12 and order == _IDENTITY
+    if (method != "wfdb" and header.simple_layout
+            and header.signals[0].file_name.lower().endswith(".mat")):
+        d = _read_mat(header, folder)
+        # One copy gives contiguous, writable (12, n) rows in standard order.
+        digital = np.ascontiguousarray(d if identity else d[order])
+        return (digital if digital.flags.writeable else digital.copy()), 16, "fast"
     available = _available_samples(header, folder)
     expected = header.n_samples if header.n_samples is not None else available
     if expected == 0 or available == 0:
@@ -385,8 +534,6 @@ def read_signal(
         raise RecordError(
             "truncated_signal", f"header declares {expected} samples, files hold {available}"
         )
-    if method == "fast" and not header.simple_layout:
-        raise ValueError("the fast reader handles single-file format-16 records only")
     if method in ("fast", "auto") and header.simple_layout:
         assert expected is not None  # format 16 always has a known size
         spec = header.signals[0]
@@ -400,11 +547,8 @@ def read_signal(
             raise RecordError("unreadable", f"cannot read {spec.file_name}: {exc}") from None
         frames = flat.reshape(expected, n_sig)
         # One copy gives contiguous (12, n) rows in standard order.
-        identity = n_sig == 12 and order == _IDENTITY
         digital = np.ascontiguousarray(frames.T if identity else frames.T[order])
         return digital, 16, "fast"
-    if method not in ("auto", "wfdb"):
-        raise ValueError(f"unknown read method {method!r}")
     import wfdb  # deferred: slow to import and only needed for uncommon formats
 
     try:

@@ -32,10 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import REASON_CODES, WARNING_CODES
 from .labels import get_label_map
 from .reader import STANDARD_LEADS
 
 __all__ = [
+    "FAULT_KINDS",
     "RecordSpec",
     "SynthResult",
     "draw_spec",
@@ -43,6 +45,7 @@ __all__ = [
     "record_relpath",
     "render_mv",
     "synthesize",
+    "write_faulty_record",
     "write_record",
 ]
 
@@ -549,6 +552,82 @@ def write_record(
     (directory / f"{name}.mat").write_bytes(mat)
     (directory / f"{name}.hea").write_text("\n".join(lines) + "\n", "utf-8")
     return directory / f"{name}.hea"
+
+
+# Every way a record can be refused or flagged (data_prep.quality.QUALITY_RULES), for tests and
+# for trying the quality gates on a folder of one's own.
+FAULT_KINDS: tuple[str, ...] = (*REASON_CODES, *WARNING_CODES)
+
+
+def _put_mat(path: Path, matrix: np.ndarray) -> None:
+    """`matrix` (rows x cols) as MATLAB v4 writes it: header, name, values column-major."""
+    codes = {"f8": 0, "f4": 1, "i4": 2, "i2": 3, "u2": 4, "u1": 5}
+    kind = matrix.dtype.str[1:]
+    head = struct.pack("<5i", codes[kind] * 10, *matrix.shape, 0, 4) + b"val\x00"
+    path.write_bytes(head + np.asarray(matrix, dtype="<" + kind).tobytes(order="F"))
+
+
+def write_faulty_record(root: str | os.PathLike[str], kind: str, index: int) -> Path:
+    """Write synthetic record `BAD{index:03d}` under root/bad/<kind>/, broken the way the
+    reason or warning code `kind` (one of FAULT_KINDS) names, or `kind="transposed"`: a good
+    record whose matrix is stored samples x leads. Returns its header path; the signal is
+    `make_record(11, index)`'s."""
+    if kind not in (*FAULT_KINDS, "transposed"):
+        raise ValueError(f"unknown fault kind {kind!r}; choose from {', '.join(FAULT_KINDS)}")
+    root = Path(root)
+    spec, digital = make_record(11, index)
+    name = f"BAD{index:03d}"
+    folder = root / "bad" / kind
+    leads = list(STANDARD_LEADS)
+    gain: list[float] = [1000.0] * 12
+    if kind == "wrong_lead_set":
+        leads[11] = "V7"
+    elif kind == "bad_gain":
+        gain[1] = 0.0  # WFDB's "uncalibrated", once read as 200/mV: 5x the real amplitude
+    elif kind == "flat_lead":
+        digital[7] = 0
+    elif kind == "all_flat":
+        digital[:] = 0
+    elif kind == "saturated_lead":
+        digital[3, ::3] = 32767
+    elif kind == "invalid_samples":
+        digital[5, 100:110] = -32768
+    elif kind == "too_short":
+        digital = digital[:, :1]
+    elif kind == "no_samples":
+        digital = digital[:, :0]
+    hea = write_record(folder, name, digital, dx_codes=spec.dx_codes, age=spec.age,
+                       sex=spec.sex, lead_names=leads, gain=gain)
+    mat = hea.with_suffix(".mat")
+    if kind == "missing_signal":
+        mat.unlink()
+    elif kind == "truncated_signal":
+        mat.write_bytes(mat.read_bytes()[: 24 + 12 * 2 * 2500])
+    elif kind == "unparsable_header":
+        hea.write_text("this is not\na WFDB header\n")
+    elif kind == "bad_mat_header":  # saved by MATLAB without -v4
+        text = b"MATLAB 5.0 MAT-file, Platform: GLNXA64"
+        mat.write_bytes(text + mat.read_bytes()[len(text):])
+    elif kind == "shape_mismatch":
+        _put_mat(mat, digital[:11])
+    elif kind == "sample_count_mismatch":
+        _put_mat(mat, digital[:, :4000])
+    elif kind == "dtype_mismatch":  # mV saved as double, not digital units
+        _put_mat(mat, digital / 1000.0)
+    elif kind == "non_finite":
+        values = digital.astype(np.float64)
+        values[4, 200:220] = np.nan
+        _put_mat(mat, values)
+    elif kind == "transposed":
+        _put_mat(mat, digital.T)
+    elif kind == "duplicate_record":
+        # the same record name again in another folder
+        write_record(root / "bad" / "dup2", name, digital, dx_codes=spec.dx_codes)
+    elif kind == "unreadable":
+        # a WFDB format we read through wfdb, with a data file wfdb cannot decode
+        hea.write_text(hea.read_text().replace(f"{name}.mat 16x1+24", f"{name}.dat 508"))
+        (folder / f"{name}.dat").write_bytes(b"\x00" * 1000)
+    return hea
 
 
 def record_relpath(index: int) -> str:

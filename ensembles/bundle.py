@@ -244,37 +244,69 @@ class Bundle(EnsemblePredictor):
     source: dict[str, Any]
 
 
+def _one_line(exc: BaseException) -> str:
+    """`Type: message` on one line (load_state_dict's message spans many), kept short."""
+    text = " ".join(str(exc).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _json_file(files: dict[str, bytes], rel: str) -> Any:
+    try:
+        return json.loads(files[rel])
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise BundleFormatError(f"bundle file {rel}: not valid JSON ({exc})") from None
+
+
 def load_bundle(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> Bundle:
     """Verify every checksum, then rebuild the members (`components.build_model` + strict
-    safetensors weights), calibrators and thresholds."""
+    safetensors weights), calibrators and thresholds.
+
+    Anything wrong with the content raises a BundleError naming the file (``bundle file
+    members/m0.safetensors: ...``), never the library's own exception: files that verify can
+    still be bad (written by another version, or edited and re-stamped)."""
     from safetensors.torch import load as load_safetensors
 
     from components import build_model
 
     path = Path(path)
     files = verify_bundle(path)
+    meta = _json_file(files, BUNDLE_FILE)
+    current = BUNDLE_FILE  # the file being interpreted, for the error message
     try:
-        meta = json.loads(files[BUNDLE_FILE])
-        if meta.get("format") != BUNDLE_FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
             raise BundleFormatError(
-                f"{BUNDLE_FILE}: format {meta.get('format')!r}, expected {BUNDLE_FORMAT!r}"
+                f"bundle file {BUNDLE_FILE}: format {found!r}, expected {BUNDLE_FORMAT!r}"
             )
         members = []
         weights = []
         for entry in meta["members"]:
+            current = BUNDLE_FILE
             spec = MemberSpec.from_dict(entry)
             rel = entry["file"]
             if rel not in files:
-                raise BundleFormatError(f"member file {rel} is not covered by {MANIFEST_FILE}")
+                raise BundleFormatError(f"bundle file {BUNDLE_FILE}: member file {rel} is not "
+                                        f"covered by {MANIFEST_FILE}")
             model = build_model(spec.config, spec.num_labels, [list(g) for g in spec.label_groups])
-            model.load_state_dict(load_safetensors(files[rel]), strict=True)
+            current = rel
+            try:
+                state = load_safetensors(files[rel])
+            except Exception as exc:  # safetensors raises its own SafetensorError
+                raise BundleFormatError(
+                    f"bundle file {rel}: not a valid safetensors file ({_one_line(exc)})"
+                ) from None
+            # strict: missing, unexpected or mis-shaped weights raise RuntimeError
+            model.load_state_dict(state, strict=True)
+            current = BUNDLE_FILE
             members.append((spec, model.eval()))
             weights.append(float(entry["weight"]))
         calibrator = Calibrator.from_dict(meta["calibration"])
         if not isinstance(calibrator, PerLabelCalibrator):
-            raise BundleFormatError(f"{BUNDLE_FILE}: calibration is not per label")
+            raise BundleFormatError(f"bundle file {BUNDLE_FILE}: calibration is not per label")
         labels = meta["labels"]
         names = list(labels["names"])
         index = {n: i for i, n in enumerate(names)}
@@ -289,12 +321,12 @@ def load_bundle(
         )
     except BundleError:
         raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        # RuntimeError: strict load_state_dict (missing / unexpected / mis-shaped weights).
-        raise BundleFormatError(
-            f"bundle {path} cannot be loaded: {type(exc).__name__}: {exc}".splitlines()[0]
-        ) from None
+    except Exception as exc:
+        # Bad content of any kind (a missing key, a wrong type, a config the model builder
+        # refuses, weights of the wrong shape): one line naming the file, not a traceback.
+        raise BundleFormatError(f"bundle file {current}: cannot be loaded: {_one_line(exc)}"
+                                ) from None
     bundle.path = path
     bundle.metadata = meta
-    bundle.source = json.loads(files[SOURCE_FILE]) if SOURCE_FILE in files else {}
+    bundle.source = _json_file(files, SOURCE_FILE) if SOURCE_FILE in files else {}
     return bundle

@@ -16,16 +16,21 @@ EXIT_USAGE = 2
 
 _PREDICT_EPILOG = """\
 rejection policy:
-  A record that cannot be read or preprocessed (missing or truncated signal file, unparsable
-  header, wrong lead set, no samples, NaN/inf or missing samples, saturated lead, duplicate
-  record name) is rejected: named on stderr with its reason, e.g.
+  A record that `ecgtune prep` would quarantine is refused, for the same reason (one set of
+  record-quality rules serves both): missing or truncated signal file, unparsable header,
+  wrong lead set, a .mat matrix that does not match its header (bad_mat_header,
+  shape_mismatch, sample_count_mismatch, dtype_mismatch), bad_gain (0, negative, non-finite),
+  too_short (under 5 s), non_finite or missing samples, all_flat, saturated lead, duplicate
+  record name, unreadable. It is named on stderr with its reason, e.g.
     record JS00001: truncated_signal: header declares 5000 samples, files hold 2500
-  and left out of the CSV; the other records are still predicted. Flat leads only warn
-  (record JS20004: warning: flat_lead: ...) and the record is predicted.
+  and left out of the CSV; the other records are still predicted. Some flat leads only warn
+  (record JS20004: warning: flat_lead: ...): the record is predicted and its 'quality' cell
+  reads flat_lead:V2,V4,V6 (empty when clean).
 
 exit status:
-  0 every record predicted; 3 some records rejected (the CSV holds the others);
-  2 usage error (bad options, no records in the inputs); 1 unusable bundle.
+  0 every record predicted; 3 some records refused (the CSV holds the others);
+  2 usage error (bad options, an --input path that does not exist, no records in the
+  inputs); 1 unusable bundle (one line naming the bad file).
 """
 
 
@@ -92,8 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Read WFDB records (.hea files, record paths, or folders searched recursively), "
             "preprocess them exactly like `ecgtune prep` (resampled to the bundle's rate, "
             "centre-cropped or zero-padded to its length), and write one CSV row per record: "
-            "record, one calibrated probability column per label (label-map order), and "
-            "'predicted' (labels at or above their thresholds, joined by ';')."
+            "record, one calibrated probability column per label (label-map order), "
+            "'predicted' (labels at or above their thresholds, joined by ';') and 'quality' "
+            "(warnings such as flat_lead:V2,V4,V6; empty when clean)."
         ),
         epilog=_PREDICT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -128,11 +134,11 @@ def _run_predict(args: argparse.Namespace) -> int:
     from ensembles.bundle import load_bundle
     from ensembles.predict import PredictInputError, predict_records, write_predictions_csv
 
-    bundle = load_bundle(args.bundle)
+    bundle = load_bundle(args.bundle)  # a bad bundle: one line naming the file, exit 1
     try:
         result = predict_records(bundle, args.input, batch_size=args.batch_size,
                                  progress=not args.no_progress and sys.stderr.isatty())
-    except PredictInputError as exc:
+    except PredictInputError as exc:  # checked before any record is read
         print(f"ecgtune predict: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     path = write_predictions_csv(result, args.output)

@@ -1,22 +1,26 @@
 """`ecgtune predict`: raw WFDB records -> CSV of calibrated probabilities and label sets.
 
 Inputs are `.hea` files, record paths without extension (or with `.mat` / `.dat`), or folders
-searched recursively for `*.hea` (`data_prep.scan_records`). Each record goes through exactly
-the preprocessing of `prep` (`data_prep.read_record` + `preprocess_record` with the bundle's
-fs, seconds and gain: resampled, centre-cropped or zero-padded like the training data), then
-through the bundle's ensemble in batches.
+searched recursively for `*.hea` (`data_prep.scan_records`). An input that does not exist, or
+a folder without records, is a usage error (`PredictInputError`) and nothing is predicted.
+Each record goes through `data_prep.validate_record` with the bundle's fs, seconds and gain:
+exactly the reading, quality gates and preprocessing of `prep` (resampled, centre-cropped or
+zero-padded like the training data), then through the bundle's ensemble in batches.
 
-Rejection policy: a record that cannot be read or preprocessed is rejected: a missing or
-truncated signal file, an unparsable header, the wrong lead set, no samples, NaN/inf or
-missing samples, a saturated lead, an unreadable file, or a second record with the same name.
-It is named on stderr with its reason (``record JS00001: truncated_signal: ...``, the same
-reason codes as prep's quarantine.csv), left out of the CSV, and the exit status is 3; the
-other records are still predicted and written. Flat leads are a warning, not a rejection:
-`prep` keeps such records out of training, but the model can still read the other leads, so
-the record is predicted and named on stderr (``record JS20004: warning: flat_lead: ...``).
+Rejection policy: what `prep` would quarantine, `predict` refuses, for the same reason (one
+module decides both: `data_prep.quality.QUALITY_RULES`): a missing or truncated signal file, an
+unparsable header, the wrong lead set, a `.mat` matrix that does not match its header, a bad
+gain, a record shorter than 5 s, NaN/inf or missing samples, all leads flat, a saturated lead,
+an unreadable file, or a second record with the same name. It is named on stderr with its
+reason (``record JS00001: truncated_signal: ...``, the reason codes of prep's quarantine.csv),
+left out of the CSV, and the exit status is 3; the other records are still predicted and
+written. Some flat leads are a warning, not a rejection (prep writes such records too): the
+record is predicted, named on stderr (``record JS20004: warning: flat_lead: ...``) and its
+`quality` cell says ``flat_lead:V2,V4,V6``.
 
 CSV: ``record``, one probability column per label (label-map order), ``predicted`` (label
-names at or above their thresholds, joined by ``;``; empty when none). Written atomically.
+names at or above their thresholds, joined by ``;``; empty when none), ``quality`` (warnings
+joined by ``;``; empty when clean). Written atomically.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class PredictionResult:
     sources: list[str] = field(default_factory=list)
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     predicted: list[list[str]] = field(default_factory=list)
+    quality: list[str] = field(default_factory=list)  # per record: warnings joined by ";"
     rejected: list[RecordIssue] = field(default_factory=list)
     warnings: list[RecordIssue] = field(default_factory=list)
 
@@ -85,10 +90,13 @@ def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
             if not found:
                 raise PredictInputError(f"no WFDB records (*.hea) under {p}")
             headers.extend(found)
-        elif p.suffix.lower() in _SIGNAL_SUFFIXES:
-            headers.append(p.with_suffix(".hea"))
-        else:
-            headers.append(p.with_name(p.name + ".hea"))
+            continue
+        header = p.with_suffix(".hea") if p.suffix.lower() in _SIGNAL_SUFFIXES else (
+            p.with_name(p.name + ".hea"))
+        if not p.exists() and not header.exists():
+            # A mistyped path is a usage error (exit 2), not a record to refuse (exit 3).
+            raise PredictInputError(f"input {item} does not exist")
+        headers.append(header)
     seen: set[Path] = set()
     unique = []
     for h in headers:
@@ -117,7 +125,7 @@ def predict_records(
     """Predict raw WFDB records with a bundle (an `EnsemblePredictor` or a bundle path)."""
     from tqdm.auto import tqdm
 
-    from data_prep import RecordError, preprocess_record, read_record
+    from data_prep import RecordError, validate_record
     from ensembles.bundle import load_bundle
 
     if isinstance(bundle, (str, os.PathLike)):
@@ -129,37 +137,33 @@ def predict_records(
     probs: list[np.ndarray] = []
     bar = tqdm(total=len(headers), desc="predict", unit="record", disable=not progress)
     for start in range(0, len(headers), batch_size):
-        names, sources, signals = [], [], []
+        names, sources, signals, quality = [], [], [], []
         for header in headers[start : start + batch_size]:
             name, source = header.stem, str(header)
             try:
-                raw = read_record(header)
-                sig, info = preprocess_record(raw, spec.fs, spec.seconds, spec.gain,
-                                              allow_flat=True)
+                # prep's own gate: what it would quarantine is refused here, same reason.
+                checked = validate_record(header, spec.fs, spec.seconds, spec.gain)
             except RecordError as exc:
                 result.rejected.append(RecordIssue(name, source, exc.reason))
                 continue
-            except Exception as exc:  # one bad file never stops the others
-                result.rejected.append(
-                    RecordIssue(name, source, f"unreadable: {type(exc).__name__}: {exc}")
-                )
-                continue
-            name = raw.name
+            name = checked.name
             if name in first_source:
                 result.rejected.append(RecordIssue(
                     name, source, f"duplicate_record: same name as {first_source[name]}"))
                 continue
             first_source[name] = source
-            if info.flat_leads:
+            if checked.info.flat_leads:
                 result.warnings.append(
-                    RecordIssue(name, source, _flat_reason(info.flat_leads)))
+                    RecordIssue(name, source, _flat_reason(checked.info.flat_leads)))
             names.append(name)
             sources.append(source)
-            signals.append(sig)
+            signals.append(checked.signal)
+            quality.append(";".join(checked.warnings))
         if signals:
             probs.append(bundle.predict_signals(np.stack(signals), batch_size=batch_size))
             result.records += names
             result.sources += sources
+            result.quality += quality
         bar.update(min(batch_size, len(headers) - start))
     bar.close()
     n_labels = len(result.label_names)
@@ -175,9 +179,10 @@ def write_predictions_csv(result: PredictionResult, path: str | os.PathLike[str]
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["record", *result.label_names, "predicted"])
-        for name, row, labels in zip(result.records, result.probabilities, result.predicted,
-                                     strict=True):
-            writer.writerow([name, *(repr(float(p)) for p in row), ";".join(labels)])
+        writer.writerow(["record", *result.label_names, "predicted", "quality"])
+        quality = result.quality or [""] * len(result.records)
+        for name, row, labels, warned in zip(result.records, result.probabilities,
+                                             result.predicted, quality, strict=True):
+            writer.writerow([name, *(repr(float(p)) for p in row), ";".join(labels), warned])
     os.replace(tmp, path)
     return path

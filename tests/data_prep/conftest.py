@@ -7,7 +7,6 @@ The suite runs with --import-mode=importlib, so helpers are handed out as fixtur
 from __future__ import annotations
 
 import shutil
-import struct
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +15,7 @@ import numpy as np
 import pytest
 
 from data_prep.labels import get_label_map
-from data_prep.reader import STANDARD_LEADS
-from data_prep.synth import make_record, synthesize, write_record
+from data_prep.synth import synthesize, write_faulty_record
 
 # wfdb 4.3 calls pandas APIs that pandas 3 deprecates (at import and in rdrecord): not ours.
 _WFDB_NOISE = "ignore:The inplace keyword:DeprecationWarning"
@@ -80,58 +78,12 @@ def copy_tree() -> Callable[[Path, Path], Path]:
     return copy
 
 
-def _put_mat(mat_path: Path, digital: np.ndarray) -> None:
-    n_sig, n = digital.shape
-    data = struct.pack("<5i", 30, n_sig, n, 0, 4) + b"val\x00"
-    mat_path.write_bytes(data + np.ascontiguousarray(digital.T).astype("<i2").tobytes())
-
-
-FAULTS = (
-    "missing_signal", "truncated_signal", "unparsable_header", "wrong_lead_set", "no_samples",
-    "invalid_samples", "flat_lead", "saturated_lead", "duplicate_record", "unreadable",
-)
-
-
 @pytest.fixture
 def make_faulty() -> Callable[[Path, str, int], Path]:
     """make_faulty(root, kind, index): write one synthetic record broken in the way the
-    quarantine reason `kind` names; returns its header path."""
-
-    def make(root: Path, kind: str, index: int) -> Path:
-        spec, digital = make_record(11, index)
-        name = f"BAD{index:03d}"
-        folder = root / "bad" / kind
-        leads = list(STANDARD_LEADS)
-        if kind == "wrong_lead_set":
-            leads[11] = "V7"
-        if kind == "flat_lead":
-            digital[7] = 0
-        if kind == "saturated_lead":
-            digital[3, ::3] = 32767
-        if kind == "invalid_samples":
-            digital[5, 100:110] = -32768
-        hea = write_record(folder, name, digital, dx_codes=spec.dx_codes, age=spec.age,
-                           sex=spec.sex, lead_names=leads)
-        mat = hea.with_suffix(".mat")
-        if kind == "missing_signal":
-            mat.unlink()
-        elif kind == "truncated_signal":
-            mat.write_bytes(mat.read_bytes()[: 24 + 12 * 2 * 2500])
-        elif kind == "unparsable_header":
-            hea.write_text("this is not\na WFDB header\n")
-        elif kind == "no_samples":
-            hea.write_text(hea.read_text().replace(f"{name} 12 500 5000", f"{name} 12 500 0"))
-        elif kind == "duplicate_record":
-            # the same record name again in another folder
-            write_record(root / "bad" / "dup2", name, digital, dx_codes=spec.dx_codes)
-        elif kind == "unreadable":
-            # a WFDB format we read through wfdb, with a data file wfdb cannot decode
-            text = hea.read_text().replace(f"{name}.mat 16x1+24", f"{name}.dat 508")
-            hea.write_text(text)
-            (folder / f"{name}.dat").write_bytes(b"\x00" * 1000)
-        return hea
-
-    return make
+    quarantine reason or warning `kind` names (data_prep.synth.FAULT_KINDS); returns its header
+    path."""
+    return write_faulty_record
 
 
 @pytest.fixture

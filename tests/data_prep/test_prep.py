@@ -26,6 +26,7 @@ from data_prep import (
     verify_shards,
 )
 from data_prep.reader import scan_records
+from data_prep.synth import FAULT_KINDS
 
 MANIFEST_KEYS = {
     "records_in", "records_written", "records_quarantined", "quarantine_reasons", "labels",
@@ -38,6 +39,11 @@ def _quarantine(out: Path) -> dict[str, str]:
         rows = list(csv.DictReader(f))
     assert all(set(r) == {"record", "reason"} for r in rows)
     return {r["record"]: r["reason"] for r in rows}
+
+
+def _warnings(out: Path) -> dict[str, str]:
+    with (out / "warnings.csv").open() as f:
+        return {r["record"]: r["warning"] for r in csv.DictReader(f)}
 
 
 def _without_created(manifest: dict) -> dict:
@@ -97,11 +103,13 @@ def test_real_records(real_dir: Path, tmp_path: Path) -> None:
     result = prepare(real_dir, tmp_path / "out", workers=1, progress=False)
     m = result.manifest
     assert m["records_in"] == 20
-    quarantined = _quarantine(tmp_path / "out")
-    # JS20004 and JS20008 store all-zero V2, V4 and V6: truly flat, not merely quiet.
-    assert set(quarantined) == {"JS20004", "JS20008"}
-    assert all(r.startswith("flat_lead: lead V2") for r in quarantined.values())
-    assert m["records_written"] == 18 and m["quarantine_reasons"]["flat_lead"] == 2
+    assert _quarantine(tmp_path / "out") == {}
+    # JS20004 and JS20008 store all-zero V2, V4 and V6: truly flat, not merely quiet. The other
+    # leads are fine, so they are written (and predicted) with a warning, not dropped.
+    assert _warnings(tmp_path / "out") == {"JS20004": "flat_lead:V2,V4,V6",
+                                           "JS20008": "flat_lead:V2,V4,V6"}
+    assert m["records_written"] == 20 and m["quality_warnings"] == {"flat_lead": 2}
+    assert "flat_lead 2" in format_summary(m)
     ds = load_shards(tmp_path / "out")
     for i, name in enumerate(ds.records):
         ref = wfdb.rdrecord(str(real_dir / name), physical=False)
@@ -114,19 +122,25 @@ def test_real_records(real_dir: Path, tmp_path: Path) -> None:
 def test_every_quarantine_reason(synth_dir: Path, tmp_path: Path, copy_tree, make_faulty) -> None:
     root = copy_tree(synth_dir, tmp_path / "in")
     expected = {}
-    for i, kind in enumerate(REASON_CODES):
+    for i, kind in enumerate(FAULT_KINDS):
         hea = make_faulty(root, kind, i)
         expected[hea.stem] = kind
     result = prepare(root, tmp_path / "out", workers=2, shard_size=40, progress=False)
     m = result.manifest
     got = _quarantine(tmp_path / "out")
-    assert {name: reason.split(":")[0] for name, reason in got.items()} == expected
+    refused = {name: kind for name, kind in expected.items() if kind in REASON_CODES}
+    assert {name: reason.split(":")[0] for name, reason in got.items()} == refused
     assert all(": " in reason and reason.split(": ", 1)[1] for reason in got.values())
-    assert "V2" in got["BAD006"] and "aVR" in got["BAD007"]  # the lead is named
-    assert m["records_in"] == 200 + len(REASON_CODES) + 1  # the duplicate's twin counts too
+    by_kind = {kind: got.get(name, "") for name, kind in expected.items()}
+    assert "aVR" in by_kind["saturated_lead"] and "lead II" in by_kind["bad_gain"]  # named
+    assert "transposed" not in by_kind["sample_count_mismatch"]
+    flat = next(name for name, kind in expected.items() if kind == "flat_lead")
+    assert _warnings(tmp_path / "out") == {flat: "flat_lead:V2"}
+    assert m["records_in"] == 200 + len(FAULT_KINDS) + 1  # the duplicate's twin counts too
     assert m["records_in"] == m["records_written"] + m["records_quarantined"]
     assert m["quarantine_reasons"] == {code: 1 for code in REASON_CODES}
-    assert m["records_written"] == 201  # the first copy of the duplicated name is kept
+    # the first copy of the duplicated name and the flat-lead record are kept
+    assert m["records_written"] == 202
 
 
 def test_interrupted_prep_resumes_to_the_same_manifest(synth_dir: Path, tmp_path: Path) -> None:

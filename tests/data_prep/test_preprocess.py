@@ -89,13 +89,20 @@ def test_values_beyond_int16_are_quarantined_not_clipped() -> None:
 
 def test_quality_gates_run_by_default(real_dir: Path) -> None:
     raw = read_record(real_dir / "JS20004.hea")
+    _, info = preprocess_record(raw)
+    assert info.flat_leads == ("V2", "V4", "V6")  # a warning: the other leads are read
+    flat = replace(raw, digital=np.full_like(raw.digital, 3))  # a constant offset is flat
     with pytest.raises(RecordError) as err:
-        preprocess_record(raw)
-    assert err.value.code == "flat_lead" and "V2" in err.value.detail
-    flat = replace(raw, digital=raw.digital.copy())
-    flat.digital[0] = 3  # a constant offset is still flat
-    with pytest.raises(RecordError, match="lead I"):
         preprocess_record(flat)
+    assert err.value.code == "all_flat"
+    assert preprocess_record(flat, check=False)[0].shape == (12, 5000)
+
+
+def test_padding_does_not_hide_a_flat_lead() -> None:
+    d = _sines(500, 6, 3.0, 1.0, 1000)
+    d[2] = 400  # constant 0.4 mV: flat, though the zero padding would give it a 0.4 mV swing
+    _, info = preprocess_record(_raw(d))
+    assert info.padded == 2000 and info.flat_leads == ("III",)
 
 
 def test_spec_describes_the_output() -> None:

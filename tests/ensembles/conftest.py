@@ -70,3 +70,38 @@ def fold9(prepared_data) -> Any:
     from data_prep import load_shards
 
     return load_shards(prepared_data, folds=[9])
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny bundle without a search (no Ray): for predict and bundle-loading tests in the fast tier.
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """An exported bundle of one random `tiny` member (crop 1,024, one window), identity-like
+    calibration and 0.5 thresholds: what it predicts is meaningless, how it is used is not."""
+    import torch
+
+    from components import build_model, get_preset
+    from data_prep import get_label_map
+    from ensembles.bundle import save_bundle
+    from ensembles.calibration import PerLabelCalibrator
+    from ensembles.inference import EnsemblePredictor, InputSpec, MemberSpec
+
+    label_map = get_label_map("seed20")
+    groups = label_map.group_indices()
+    n_labels = len(label_map)
+    config = get_preset("tiny")
+    torch.manual_seed(0)
+    model = build_model(config, n_labels, groups).eval()
+    spec = MemberSpec("m0", config, n_labels, tuple(tuple(g) for g in model.label_groups),
+                      1024, "dataset")
+    rng = np.random.default_rng(0)
+    calibrator = PerLabelCalibrator(methods=("temperature",)).fit(
+        rng.uniform(0.01, 0.99, (200, n_labels)), rng.random((200, n_labels)) < 0.3)
+    inputs = InputSpec(fs=500, seconds=10.0, n_samples=5000, gain=1000.0,
+                       norm_mean=(0.0,) * 12, norm_std=(0.25,) * 12)
+    predictor = EnsemblePredictor([(spec, model)], [1.0], calibrator, np.full(n_labels, 0.5),
+                                  label_map.names, inputs, 1, label_map=label_map.name,
+                                  label_groups=groups, group_names=label_map.group_names)
+    return save_bundle(tmp_path_factory.mktemp("tiny-bundle") / "bundle", predictor)

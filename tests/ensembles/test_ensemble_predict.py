@@ -42,12 +42,14 @@ def test_predict_cli_on_the_real_sample_folder(built_ensemble, sample_dir, tmp_p
     assert proc.returncode == 0, proc.stderr
     header, rows = _read_csv(out)
     labels = built_ensemble.result.label_names
-    assert header == ["record", *labels, "predicted"]
+    assert header == ["record", *labels, "predicted", "quality"]
     assert len(rows) == 20 and len({r[0] for r in rows}) == 20
-    probs = np.array([[float(x) for x in r[1:-1]] for r in rows])
+    probs = np.array([[float(x) for x in r[1:-2]] for r in rows])
     assert probs.shape == (20, 20) and ((probs >= 0) & (probs <= 1)).all()
     for r in rows:
-        assert all(name in labels for name in r[-1].split(";") if name)
+        assert all(name in labels for name in r[-2].split(";") if name)
+    assert {r[0]: r[-1] for r in rows if r[-1]} == dict.fromkeys(FLAT_RECORDS,
+                                                                 "flat_lead:V2,V4,V6")
     for name in FLAT_RECORDS:
         assert f"record {name}: warning: flat_lead" in proc.stderr
     assert "rejected" in proc.stderr and "record JS20000" not in proc.stderr
@@ -118,8 +120,13 @@ def test_cli_exit_codes_for_usage_errors_and_bad_bundles(built_ensemble, tmp_pat
                    "manifest.json (modified or corrupted)"]
     missing = tmp_path / "nothing-here.hea"
     assert main(["predict", "--bundle", bundle_dir, "--input", str(missing), "--output",
-                 str(tmp_path / "y.csv")]) == 3
-    assert "record nothing-here: unreadable: header nothing-here.hea not found" in (
-        capsys.readouterr().err)
-    _, rows = _read_csv(tmp_path / "y.csv")
+                 str(tmp_path / "y.csv")]) == 2  # a mistyped path: usage error, nothing run
+    assert f"input {missing} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "y.csv").exists()
+    lone = tmp_path / "lone.mat"  # a signal file without its header: a refused record
+    lone.write_bytes(b"")
+    assert main(["predict", "--bundle", bundle_dir, "--input", str(lone), "--output",
+                 str(tmp_path / "z.csv")]) == 3
+    assert "record lone: unreadable: header lone.hea not found" in capsys.readouterr().err
+    _, rows = _read_csv(tmp_path / "z.csv")
     assert rows == []
