@@ -9,7 +9,12 @@ TORCH_INDEX ?=
 WORKDIR ?= ecgtune-demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench clean browser-deps
+# `make gpu-check` runs under this interpreter: on a GPU machine whose python3 already has a
+# CUDA build of torch, `make gpu-check GPU_CHECK_PY=python3` skips building .venv.
+GPU_CHECK_PY ?= $(PY)
+GPU_CHECK_ARGS ?= --profile
+
+.PHONY: demo test lint bench clean browser-deps gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,5 +50,10 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m pytest -m benchmark -s tests/benchmarks
 
+# One table of what trials meet on this machine's GPU (README "GPU check"); on a CPU it runs
+# the same checks with the tiny preset (the test suite does that too).
+gpu-check: $(if $(filter $(PY),$(GPU_CHECK_PY)),$(VENV)/.installed)
+	$(GPU_CHECK_PY) -m ensembles.gpu_check --json gpu-check.json $(GPU_CHECK_ARGS)
+
 clean:
-	rm -rf $(VENV) $(WORKDIR) .pytest_cache
+	rm -rf $(VENV) $(WORKDIR) .pytest_cache gpu-check.json

@@ -62,6 +62,8 @@ class EnsembleOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     n_boot: int = 1000
     progress: bool = True
+    device: str = "auto"  # member predictions: auto (GPU when present) | cpu | cuda
+    precision: str = "fp32"  # fp32 (no TF32: matches the CPU) | bf16 (autocast, faster)
 
     def fit_options(self) -> FitOptions:
         return FitOptions(metric=self.metric, init_size=self.init_size, bags=self.bags,
@@ -86,8 +88,22 @@ class EnsembleOptions:
                 problems.append(f"{flag} must be >= 1, got {value}")
         if self.bags < 0:
             problems.append(f"--bags must be >= 0, got {self.bags}")
+        problems += _device_problems(self.device, self.precision)
         if problems:
             raise EnsembleError("; ".join(problems))
+
+
+def _device_problems(device: str, precision: str) -> list[str]:
+    from ensembles.inference import PRECISIONS, resolve_device
+
+    problems = []
+    try:
+        resolve_device(device)
+    except (ValueError, RuntimeError) as exc:
+        problems.append(str(exc))
+    if precision not in PRECISIONS:
+        problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -194,13 +210,26 @@ def _progress(iterable: Any, desc: str, enabled: bool) -> Any:
     return tqdm(iterable, desc=desc, unit="member", disable=not enabled, leave=False)
 
 
+def _member_probabilities(member: Any, signals: np.ndarray, inputs: Any,
+                          opts: EnsembleOptions, device: Any) -> np.ndarray:
+    """One member on the chosen device; its weights go back to the CPU for the bundle."""
+    from ensembles.inference import member_probabilities
+
+    try:
+        return member_probabilities(member.model.to(device), member.spec, signals, inputs,
+                                    opts.n_windows, opts.batch_size, device,
+                                    precision=opts.precision)
+    finally:
+        member.model.cpu()
+
+
 def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: list,
            run_id: str) -> EnsembleResult:
     from data_prep import load_shards
     from ensembles.bundle import save_bundle
     from ensembles.evaluation import flatten_metrics
     from ensembles.fitting import fit_average, fit_ensemble
-    from ensembles.inference import EnsemblePredictor, InputSpec, member_probabilities
+    from ensembles.inference import EnsemblePredictor, InputSpec, resolve_device
     from ensembles.members import load_member
     from ensembles.registry import log_batch, log_pyfunc_model
     from ensembles.report import ReportRow, calibration_summary, write_ensemble_report
@@ -222,9 +251,9 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
     members = [load_member(t, opts.name, opts.storage, label_names)
                for t in _progress(trials, "loading members", opts.progress)]
     inputs = InputSpec.from_manifest(data.manifest)
+    device = resolve_device(opts.device)
     probs = np.stack([
-        member_probabilities(m.model, m.spec, data.signals, inputs, opts.n_windows,
-                             opts.batch_size)
+        _member_probabilities(m, data.signals, inputs, opts, device)
         for m in _progress(members, "member predictions (folds 8+9)", opts.progress)
     ])
     p8, p9 = probs[:, on8], probs[:, on9]
@@ -335,6 +364,7 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
         "top_k": opts.top_k, "members_considered": len(members), "metric": opts.metric,
         "init_size": opts.init_size, "bags": opts.bags, "seed": opts.seed,
         "n_windows": opts.n_windows, "threshold_objective": opts.threshold_objective,
+        "device": str(device), "precision": opts.precision,
         "members": ",".join(weights), "weights": json.dumps(weights),
         "calibration_methods": json.dumps(dict(zip(label_names, fitted.calibrator.methods_,
                                                    strict=True))),

@@ -260,7 +260,7 @@ def _json_file(files: dict[str, bytes], rel: str) -> Any:
 
 
 def load_bundle(
-    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+    path: str | os.PathLike[str], device: str | torch.device = "cpu", precision: str = "fp32"
 ) -> Bundle:
     """Verify every checksum, then rebuild the members (`components.build_model` + strict
     safetensors weights), calibrators and thresholds.
@@ -318,6 +318,7 @@ def load_bundle(
             label_groups=[[index[n] for n in g["labels"]] for g in groups],
             group_names=[g["name"] for g in groups],
             device=device,
+            precision=precision,
         )
     except BundleError:
         raise

@@ -87,6 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="bootstrap resamples for the fold-9 confidence intervals")
     e.add_argument("--seed", type=int, default=0,
                    help="seed of bagging, calibration folds and the bootstrap")
+    _add_device_options(e)
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=_run_ensemble)
 
@@ -110,8 +111,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="CSV file to write")
     p.add_argument("--batch-size", type=positive_int, default=32,
                    help="records per batch (default: 32)")
+    _add_device_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_predict)
+
+
+def _add_device_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the members run: auto = the GPU when torch can use one "
+                        "(default: auto)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="fp32 (default): the CPU's probabilities to ~1e-7 on any device "
+                        "(TF32 off); bf16: autocast on a GPU, ~2.3x faster on an H200, "
+                        "probabilities within ~1e-4")
 
 
 def _run_ensemble(args: argparse.Namespace) -> int:
@@ -125,6 +137,7 @@ def _run_ensemble(args: argparse.Namespace) -> int:
         beta=args.beta, min_positives=args.min_positives, n_windows=args.windows,
         batch_size=args.batch_size, n_boot=args.n_boot,
         progress=not args.no_progress and sys.stderr.isatty(),
+        device=args.device, precision=args.precision,
     ))
     print(format_summary(result))
     return 0
@@ -132,9 +145,16 @@ def _run_ensemble(args: argparse.Namespace) -> int:
 
 def _run_predict(args: argparse.Namespace) -> int:
     from ensembles.bundle import load_bundle
+    from ensembles.inference import resolve_device
     from ensembles.predict import PredictInputError, predict_records, write_predictions_csv
 
-    bundle = load_bundle(args.bundle)  # a bad bundle: one line naming the file, exit 1
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        print(f"ecgtune predict: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    # A bad bundle: one line naming the file, exit 1.
+    bundle = load_bundle(args.bundle, device=device, precision=args.precision)
     try:
         result = predict_records(bundle, args.input, batch_size=args.batch_size,
                                  progress=not args.no_progress and sys.stderr.isatty())

@@ -297,7 +297,7 @@ class EnsemblePredictor:
             raise ValueError(f"need {n_labels} thresholds, got {self.thresholds.shape}")
         if getattr(calibrator, "n_labels_", n_labels) != n_labels:
             raise ValueError("calibrator and label names disagree on the number of labels")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.precision = precision
         self.members = [(spec, model.to(self.device).eval()) for spec, model in members]
         self.weights = w / w.sum()

@@ -121,6 +121,8 @@ def predict_records(
     inputs: Iterable[str | os.PathLike[str]],
     batch_size: int = 32,
     progress: bool = False,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> PredictionResult:
     """Predict raw WFDB records with a bundle (an `EnsemblePredictor` or a bundle path)."""
     from tqdm.auto import tqdm
@@ -129,7 +131,7 @@ def predict_records(
     from ensembles.bundle import load_bundle
 
     if isinstance(bundle, (str, os.PathLike)):
-        bundle = load_bundle(bundle)
+        bundle = load_bundle(bundle, device=device, precision=precision)
     spec = bundle.inputs
     headers = expand_inputs(inputs)
     result = PredictionResult(list(bundle.label_names))

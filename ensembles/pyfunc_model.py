@@ -27,7 +27,7 @@ class EnsembleBundleModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from ensembles.bundle import load_bundle
 
-        self.bundle = load_bundle(context.artifacts["bundle"])
+        self.bundle = load_bundle(context.artifacts["bundle"], device="auto")
 
     # np.ndarray is a hint MLflow does not turn into its own schema: the logged tensor
     # signature is what validates shape and dtype.

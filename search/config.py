@@ -78,6 +78,8 @@ class DebugConfig:
     crash_at_epoch: int = -1
     # Make the training loss NaN at this epoch.
     nan_at_epoch: int = -1
+    # Raise torch.OutOfMemoryError at the start of this epoch (the OOM path, without a GPU).
+    oom_at_epoch: int = -1
 
 
 _SECTIONS = {"train": TrainConfig, "debug": DebugConfig}

@@ -49,8 +49,8 @@ BF16_MIN_CAPABILITY = (8, 0)
 # workspaces); the memory-fraction cap does not cover it, so it comes off each trial's share.
 CUDA_CONTEXT_BYTES = 768 * 1024**2
 # Reserved / (weights + grads + optimizer + saved activations): allocator rounding and the
-# transient buffers of backward. `make gpu-check` on an H200 measured 1.03-1.09 over `seed`
-# and `seed-multi` at batch 64/128, crop 2048/4096 (max reserved; allocated 0.97-1.0).
+# transient buffers of backward. `make gpu-check` on an H200 measured 1.02-1.08 over `seed`
+# and `seed-multi` at batch 64/128, crop 2048/4096 (max reserved; BENCHMARKS.md).
 PEAK_FACTOR = 1.15
 
 # Memory of the GPUs Ray's cloud providers tag as `accelerator_type:<NAME>`, for the

@@ -157,6 +157,9 @@ def _run_trial(trainer: Trainer, trial: TrialConfig, trial_dir: Path) -> None:
     environment = _environment(trainer)
     while trainer.epoch < trial.train.epochs:
         _maybe_crash(trial, trainer.epoch, trial_dir)
+        if trial.debug.oom_at_epoch == trainer.epoch:
+            raise torch.OutOfMemoryError(
+                f"injected: CUDA out of memory at epoch {trainer.epoch} (debug.oom_at_epoch)")
         nan_step = 0 if trial.debug.nan_at_epoch == trainer.epoch else None
         result = trainer.run_epoch(nan_at_step=nan_step)
         metrics = {**result.metrics, M.RESTORED_FROM_EPOCH: restored_from, **environment}

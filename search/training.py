@@ -130,8 +130,9 @@ class Trainer:
     # -- data ---------------------------------------------------------------------------------
     def _loader(self, data: ECGDataset, train: bool) -> BatchLoader:
         cuda = self.device.type == "cuda"
-        # Loader threads only while a GPU computes: on a CPU they would take torch's cores.
-        threads = self.threads if cuda else 1
+        # The trial's CPUs build batches while the model computes elsewhere (a GPU); when
+        # the CPU computes too, they belong to torch.
+        threads = self.threads if self.transform_on_device else 1
         return BatchLoader(
             data,
             batch_size=self.cfg.batch_size if train else max(self.cfg.batch_size, 64),
@@ -142,7 +143,7 @@ class Trainer:
             augment=AugmentConfig() if (train and self.cfg.augment) else None,
             pin_memory=cuda,
             # On a GPU the next batches are cropped on the CPU while the current one trains.
-            prefetch=2 * threads if cuda else 0,
+            prefetch=2 * threads if self.transform_on_device else 0,
             threads=threads,
             raw=self.transform_on_device,
         )

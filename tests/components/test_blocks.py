@@ -84,3 +84,16 @@ def test_global_max_pool():
     x = torch.randn(2, 5, 7)
     assert torch.equal(GlobalMaxPool(time_dim=2)(x), x.amax(dim=2))
     assert GlobalMaxPool()(x).shape == (2, 7)
+
+
+@pytest.mark.parametrize("length", [2, 3, 8, 9, 2048, 2049])
+def test_halve_length_is_avgpool2_forward_and_backward(length):
+    from components.blocks import HalveLength
+
+    x = torch.randn(2, 4, length, requires_grad=True)
+    ours, pool = HalveLength()(x), nn.AvgPool1d(2)(x)
+    assert torch.equal(ours, pool)
+    g = torch.randn_like(pool)
+    (grad_ours,) = torch.autograd.grad(ours, x, g)
+    (grad_pool,) = torch.autograd.grad(pool, x, g)
+    assert torch.equal(grad_ours, grad_pool)

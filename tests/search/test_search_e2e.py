@@ -69,9 +69,11 @@ fixed: {train.epochs: 3, train.crop_len: 1024, train.batch_size: 32, train.augme
 params:
   debug.crash_at_epoch: {choice: [-1, 1]}
   debug.nan_at_epoch: {choice: [-1, 1]}
+  debug.oom_at_epoch: {choice: [-1, 1]}
 points_to_evaluate:
-  - {debug.crash_at_epoch: 1, debug.nan_at_epoch: -1}
-  - {debug.crash_at_epoch: -1, debug.nan_at_epoch: 1}
+  - {debug.crash_at_epoch: 1, debug.nan_at_epoch: -1, debug.oom_at_epoch: -1}
+  - {debug.crash_at_epoch: -1, debug.nan_at_epoch: 1, debug.oom_at_epoch: -1}
+  - {debug.crash_at_epoch: -1, debug.nan_at_epoch: -1, debug.oom_at_epoch: 1}
 """
 
 
@@ -83,21 +85,35 @@ def test_crashed_trial_resumes_from_checkpoint_and_nan_trial_fails_clearly(prepa
     space.write_text(FAULT_SPACE)
     uri = tracking.default_tracking_uri(tmp_path)
     result = run_search(SearchOptions(
-        data=prepared_data, space=str(space), name="faults", num_samples=2, scheduler="fifo",
+        data=prepared_data, space=str(space), name="faults", num_samples=3, scheduler="fifo",
         tracking_uri=uri, storage=str(tmp_path / "ray"), num_cpus=2, seed=0, verbose=1,
     ))
     assert result.complete
     # The crash is retried once from its checkpoint; the NaN, deterministic, is not retried
     # at all (before issue 9 it failed max_failures + 1 = 3 times).
-    failures = {t.config["debug.nan_at_epoch"]: (t.status, t.run_metadata.num_failures)
+    # So is an out-of-memory error (issue 16): same config, same memory, same failure.
+    def fault(config: dict) -> str:
+        return next((k.split(".")[1].split("_")[0] for k in
+                     ("debug.crash_at_epoch", "debug.nan_at_epoch", "debug.oom_at_epoch")
+                     if config[k] == 1), "none")
+
+    failures = {fault(t.config): (t.status, t.run_metadata.num_failures)
                 for t in ExperimentAnalysis(result.experiment_path).trials}
-    assert failures == {-1: ("TERMINATED", 1), 1: ("ERROR", 1)}
+    assert failures == {"crash": ("TERMINATED", 1), "nan": ("ERROR", 1), "oom": ("ERROR", 1)}
     progress = capsys.readouterr().out
     assert progress.count("retrying from its last checkpoint") == 1, progress
     assert "FAILED: search.training.NonFiniteLossError: training loss became nan" in progress
+    assert "TrialOutOfMemoryError: GPU out of memory at batch 32 x crop 1024" in progress
     client, parents, children = _runs(uri, "faults")
-    by_crash = {r.data.params["debug.crash_at_epoch"]: r for r in children}
-    crashed, diverged = by_crash["1"], by_crash["-1"]
+    by_fault = {fault({k: int(v) for k, v in r.data.params.items() if k.startswith("debug.")}):
+                r for r in children}
+    crashed, diverged, oom = by_fault["crash"], by_fault["nan"], by_fault["oom"]
+    assert oom.info.status == "FAILED"
+    assert "out of memory" in oom.data.tags[tracking.TAG_ERROR]
+    # Where each trial ran is on its run (a retry may move it to another node).
+    assert crashed.data.tags["ecgtune.device"] == "cpu (cpu)"
+    assert crashed.data.tags["ecgtune.precision"] == "fp32"
+    assert crashed.data.tags["ecgtune.node_id"]
     # Retried from the epoch-1 checkpoint, not restarted: it reports where it resumed.
     assert crashed.info.status == "FINISHED"
     restored = client.get_metric_history(crashed.info.run_id, M.RESTORED_FROM_EPOCH)
