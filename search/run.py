@@ -304,7 +304,7 @@ def run_search(opts: SearchOptions) -> SearchResult:
         # GPUs first: a cluster that can never give a trial its GPU creates no run either.
         gpus, check = _gpu_plan(opts, check, ray.cluster_resources())
         client = tracking.client(tracking_uri)
-        experiment_id = tracking.get_or_create_experiment(client, opts.name)
+        experiment_id = tracking.get_or_create_experiment(client, opts.name, tracking_uri)
         parent = (tracking.find_search_run(client, experiment_id, experiment_path)
                   if opts.resume else None)
         num_samples = opts.num_samples

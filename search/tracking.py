@@ -77,10 +77,19 @@ def client(uri: str) -> Any:
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def get_or_create_experiment(mlflow_client: Any, name: str) -> str:
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment's artifacts go: beside a SQLite store (`mlartifacts/` in its
+    folder), not in `./mlruns` of whatever folder the command ran in; servers decide their own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def get_or_create_experiment(mlflow_client: Any, name: str, uri: str | None = None) -> str:
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is None:
-        return mlflow_client.create_experiment(name, tags=EXPERIMENT_KIND)
+        return mlflow_client.create_experiment(
+            name, artifact_location=artifact_location(uri) if uri else None, tags=EXPERIMENT_KIND)
     if experiment.lifecycle_stage == "deleted":
         mlflow_client.restore_experiment(experiment.experiment_id)
     return experiment.experiment_id

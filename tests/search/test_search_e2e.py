@@ -55,6 +55,11 @@ def test_tiny_search_tracks_one_parent_and_a_nested_run_per_trial(tiny_search):
     assert result.trial_epochs < 4 * 3
     names = {r.info.run_name for r in children}
     assert len(names) == 4 and all(n.startswith("t0") for n in names)
+    # Artifacts live beside the SQLite store, not in ./mlruns of the working directory.
+    experiment = client.get_experiment_by_name(result.name)
+    store = Path(result.tracking_uri.removeprefix("sqlite:///")).parent
+    assert experiment.artifact_location == (store / "mlartifacts").resolve().as_uri()
+    assert any((store / "mlartifacts").rglob("thresholds.json"))
 
 
 def test_best_tiny_trial_learns(tiny_search):
