@@ -207,19 +207,20 @@ class DeviceBatchTransform:
     """
 
     def __init__(self, loader: BatchLoader, device: torch.device | str) -> None:
-        self.device = torch.device(device)
+        device = torch.device(device)
         self.augment = loader.augment
-        self.normalization = loader.normalization
         self.seed = loader.seed
         self.inv_gain = 1.0 / loader._gain
-        self.generator = torch.Generator(device=self.device)
+        self.generator = torch.Generator(device=device)
         self.set_epoch(0)
-        if loader._stats is not None:
+        if loader._stats is not None:  # "dataset": x * a + b, and 1/std for the noise
             a, b = dataset_affine(loader._stats, loader._gain)
-            self.a = torch.tensor(a, device=self.device)  # (12, 1)
-            self.b = torch.tensor(b, device=self.device)
-        else:
+            self.a: torch.Tensor | None = torch.tensor(a, device=device)  # (12, 1)
+            self.b = torch.tensor(b, device=device)
+            self.inv_std = self.a * loader._gain
+        else:  # "record": noise in mV, then the per-record z-score
             self.a = self.b = None
+            self.inv_std = torch.ones((12, 1), device=device)
 
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(int(np.random.SeedSequence([self.seed, epoch, 1 << 21])
@@ -227,10 +228,7 @@ class DeviceBatchTransform:
 
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
         x = crops.float()  # exact for int16
-        cfg, b = self.augment, x.shape[0]
-        gen = self.generator
-        inv_std = (self.a * (1.0 / self.inv_gain) if self.a is not None
-                   else torch.ones((12, 1), device=x.device))
+        cfg, b, gen, inv_std = self.augment, x.shape[0], self.generator, self.inv_std
         if self.a is None:
             x.mul_(self.inv_gain)  # mV
         if cfg is not None and cfg.scale is not None:

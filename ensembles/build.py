@@ -99,7 +99,7 @@ def _device_problems(device: str, precision: str) -> list[str]:
     problems = []
     try:
         resolve_device(device)
-    except (ValueError, RuntimeError) as exc:
+    except ValueError as exc:
         problems.append(str(exc))
     if precision not in PRECISIONS:
         problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

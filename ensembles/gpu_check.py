@@ -36,12 +36,13 @@ import torch
 from components import build_model, get_preset
 from data_prep.dataset import ECGDataset
 from data_prep.labels import get_label_map
-from data_prep.loader import BatchLoader, DeviceBatchTransform
+from data_prep.loader import AugmentConfig, BatchLoader, DeviceBatchTransform
 from ensembles.inference import InputSpec
 from search.config import DebugConfig, TrainConfig, TrialConfig
 from search.devices import (
     GIB,
     TrialOutOfMemoryError,
+    driver_version,
     estimate_training_memory,
     release_memory,
     select_precision,
@@ -119,7 +120,7 @@ def environment() -> list[Row]:
         rows += [
             Row("environment", "GPU", f"{props.name}, {props.total_memory / GIB:.1f} GiB, "
                 f"capability {cap[0]}.{cap[1]}, bf16 {torch.cuda.is_bf16_supported()}"),
-            Row("environment", "driver", _driver()),
+            Row("environment", "driver", driver_version()),
         ]
     else:
         rows.append(Row("environment", "GPU", "none (CPU fallback: tiny preset)"))
@@ -178,12 +179,6 @@ def _ray_probe() -> str:
             f"precision {precision}")
 
 
-def _driver() -> str:
-    from search.devices import _driver_version
-
-    return _driver_version()
-
-
 def memory(device: torch.device, presets: list[str], batches: list[int], crops: list[int],
            data: ECGDataset, val: ECGDataset) -> list[Row]:
     rows = []
@@ -227,7 +222,7 @@ def throughput(device: torch.device, preset: str, batch: int, crop: int, steps: 
     # Loader alone: int16 crops to the device and normalised/augmented there, no model.
     loader = BatchLoader(data, batch, crop, train=True, raw=True, threads=4, prefetch=8,
                          pin_memory=device.type == "cuda",
-                         augment=_trainer_augment())
+                         augment=AugmentConfig())
     transform = DeviceBatchTransform(loader, device)
     n, start = 0, time.perf_counter()
     for x, _ in loader:
@@ -267,12 +262,6 @@ def throughput(device: torch.device, preset: str, batch: int, crop: int, steps: 
                         "normalisation (old path)",
                         f"{batch / per_step:,.0f} samples/s ({per_step * 1e3:.1f} ms/step)"))
     return rows
-
-
-def _trainer_augment() -> Any:
-    from data_prep.loader import AugmentConfig
-
-    return AugmentConfig()
 
 
 def matmul_peak_tflops(device: torch.device) -> float | None:

@@ -26,6 +26,7 @@ from torch import nn
 from components import ModelConfig
 from data_prep import NormStats, fixed_windows, normalize
 from ensembles.calibration import PerLabelCalibrator
+from search.devices import resolve_device
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -34,6 +35,7 @@ __all__ = [
     "InputSpec",
     "MemberSpec",
     "member_probabilities",
+    "resolve_device",
 ]
 
 DEFAULT_WINDOWS = 3
@@ -46,22 +48,11 @@ NUM_LEADS = 12
 PRECISIONS = ("fp32", "bf16")
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`auto`: the GPU when torch can use one, else the CPU; `cuda` without one is refused."""
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(name)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: torch cannot use CUDA here (torch "
-                         f"{torch.__version__}, CUDA build {torch.version.cuda})")
-    return resolved
-
-
 def forward_windows(device: torch.device, crop_len: int) -> int:
     """Windows per forward pass: MAX_FORWARD on a CPU; on a GPU as many as a quarter of its
-    free memory holds at a generous ~2.5 KiB of activations per sample (measured peaks of the
-    `seed` net at inference stay well below that)."""
+    free memory holds at ~2.5 KiB per input sample (10 MiB per 4,096-sample window; without
+    autograd only a few layers' activations are alive at once). `make gpu-check` ran `seed`
+    at 768 windows per pass this way on an H200."""
     if device.type != "cuda":
         return MAX_FORWARD
     free, _ = torch.cuda.mem_get_info(device)

@@ -31,10 +31,13 @@ __all__ = [
     "TrialOutOfMemoryError",
     "activation_bytes",
     "cuda_diagnosis",
+    "driver_version",
     "estimate_training_memory",
     "gpu_memory_from_resources",
     "oom_as_fatal",
     "release_memory",
+    "require_fit",
+    "resolve_device",
     "select_precision",
     "trial_device",
 ]
@@ -64,8 +67,9 @@ class DeviceError(NonRetryableTrialError):
     """A trial cannot use the device it was given (no CUDA, no bf16 on this GPU, ...)."""
 
 
-class TrialDoesNotFitError(NonRetryableTrialError):
-    """A config's estimated training memory exceeds the trial's GPU share."""
+class TrialDoesNotFitError(NonRetryableTrialError, ValueError):
+    """A config's estimated training memory exceeds the trial's GPU share (a ValueError too:
+    the searcher's point validator rejects such a config before any trial starts)."""
 
 
 class TrialOutOfMemoryError(NonRetryableTrialError):
@@ -83,12 +87,12 @@ def cuda_diagnosis() -> str:
             torch.cuda.init()
         except Exception as exc:  # the driver's own words are the most useful part
             parts.append(f"CUDA init failed: {str(exc).strip().splitlines()[0]}")
-    parts.append(f"driver {_driver_version()}")
+    parts.append(f"driver {driver_version()}")
     parts.append(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}")
     return "; ".join(parts)
 
 
-def _driver_version() -> str:
+def driver_version() -> str:
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return "unknown (nvidia-smi not found: no NVIDIA driver in this container?)"
@@ -98,6 +102,18 @@ def _driver_version() -> str:
         return out.strip().splitlines()[0] if out.strip() else "unknown"
     except (OSError, subprocess.SubprocessError, IndexError) as exc:
         return f"unknown (nvidia-smi failed: {exc})"
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """`auto` (or None): the GPU when torch can use one, else the CPU. A CUDA device torch
+    cannot use is refused (ValueError) rather than quietly replaced by the CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch cannot use CUDA here (torch "
+                         f"{torch.__version__}, CUDA build {torch.version.cuda})")
+    return resolved
 
 
 def trial_device(gpu_ids: Sequence[object], cuda_available: bool | None = None) -> torch.device:
@@ -204,6 +220,21 @@ def estimate_training_memory(model: ModelConfig, num_labels: int,
     state = 16 * params  # fp32 weights, gradients, AdamW exp_avg and exp_avg_sq
     total = int(PEAK_FACTOR * (activations + state)) + CUDA_CONTEXT_BYTES
     return MemoryEstimate(params, state, activations, total)
+
+
+def require_fit(model: ModelConfig, num_labels: int,
+                label_groups: Sequence[Sequence[int]] | None, batch_size: int, crop_len: int,
+                precision: str, budget_bytes: int, whose: str, share: str = "") -> MemoryEstimate:
+    """The config's estimate, or TrialDoesNotFitError when it exceeds `budget_bytes`; `whose`
+    and `share` (e.g. "0.5 x NVIDIA A10G") word the budget in the message."""
+    estimate = estimate_training_memory(model, num_labels, label_groups, batch_size, crop_len,
+                                        precision)
+    if estimate.total_bytes > budget_bytes:
+        raise TrialDoesNotFitError(
+            f"batch {batch_size} x crop {crop_len} needs {estimate.describe()}, more than "
+            f"{whose} ({share + ' = ' if share else ''}{budget_bytes / GIB:.1f} GiB)"
+        )
+    return estimate
 
 
 def gpu_memory_from_resources(resources: dict[str, float]) -> int | None:

@@ -92,19 +92,13 @@ class PointValidator:
                                [list(g) for g in self.label_groups])
         if self.gpu_memory_bytes is None:
             return
-        from search.devices import estimate_training_memory
+        from search.devices import require_fit
 
         # auto trains in bf16 (fp16 on older GPUs): half-size activations either way.
         precision = "fp32" if trial.train.precision == "fp32" else "bf16"
-        estimate = estimate_training_memory(
-            trial.model, self.num_labels, self.label_groups, trial.train.batch_size,
-            trial.train.crop_len, precision)
-        if estimate.total_bytes > self.gpu_memory_bytes:
-            raise ValueError(
-                f"batch {trial.train.batch_size} x crop {trial.train.crop_len} needs "
-                f"{estimate.describe()}, more than a trial's GPU share "
-                f"({self.gpu_memory_bytes / 2**30:.1f} GiB)"
-            )
+        require_fit(trial.model, self.num_labels, self.label_groups, trial.train.batch_size,
+                    trial.train.crop_len, precision, self.gpu_memory_bytes,
+                    "a trial's GPU share")
 
 
 def build_searcher(space: SearchSpace, kind: str, seed: int,

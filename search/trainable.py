@@ -19,10 +19,9 @@ from search import metrics as M
 from search.config import TrialConfig
 from search.data import DataHandle
 from search.devices import (
-    TrialDoesNotFitError,
-    estimate_training_memory,
     oom_as_fatal,
     release_memory,
+    require_fit,
     select_precision,
     trial_device,
 )
@@ -78,15 +77,9 @@ def prepare_device(trial: TrialConfig, num_labels: int, label_groups: list[list[
     share = min(1.0, share) if share > 0 else 1.0
     torch.cuda.set_per_process_memory_fraction(share, device.index or 0)
     budget = int(torch.cuda.get_device_properties(device).total_memory * share)
-    precision = select_precision(trial.train.precision, device)
-    estimate = estimate_training_memory(trial.model, num_labels, label_groups,
-                                        trial.train.batch_size, trial.train.crop_len, precision)
-    if estimate.total_bytes > budget:
-        raise TrialDoesNotFitError(
-            f"batch {trial.train.batch_size} x crop {trial.train.crop_len} needs "
-            f"{estimate.describe()}, more than this trial's GPU share "
-            f"({share:g} x {torch.cuda.get_device_name(device)} = {budget / 2**30:.1f} GiB)"
-        )
+    require_fit(trial.model, num_labels, label_groups, trial.train.batch_size,
+                trial.train.crop_len, select_precision(trial.train.precision, device), budget,
+                "this trial's GPU share", f"{share:g} x {torch.cuda.get_device_name(device)}")
     return device
 
 

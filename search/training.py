@@ -24,7 +24,7 @@ from data_prep import AugmentConfig, BatchLoader, ECGDataset
 from data_prep.loader import DeviceBatchTransform
 from search import metrics as M
 from search.config import TrialConfig
-from search.devices import AUTOCAST_DTYPES, select_precision
+from search.devices import AUTOCAST_DTYPES, resolve_device, select_precision
 from search.errors import NonRetryableTrialError
 from search.losses import get_loss
 
@@ -47,12 +47,6 @@ class EpochResult:
     val_probs: np.ndarray
     thresholds: np.ndarray
     per_label: dict[str, dict[str, float]]
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    if device is None or str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -308,8 +302,8 @@ class Trainer:
         model, _ = load_checkpoint(directory / MODEL_FILE, map_location=self.device)
         self.model.load_state_dict(model.state_dict(), strict=True)
         # On the CPU first: load_state_dict moves the moments to the parameters' device but
-        # leaves AdamW's `step` counters where they are, and on a GPU each would cost a host
-        # sync (`.item()`) in every later step.
+        # leaves AdamW's `step` counters where they are, which is on the CPU, as torch expects
+        # (on the GPU, steps after a restore ran 1.06-1.33x slower on an H200: BENCHMARKS.md).
         state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
