@@ -20,8 +20,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	@# setuptools warns that an editable install of top-level packages can be shadowed by
-	@# same-named folders: here those folders are the packages themselves.
+	@# The four folders install as ecgtune.* (pyproject's package-dir); setuptools warns
+	@# about that mapping in editable mode, which is what we want.
 	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -53,7 +53,7 @@ bench: $(VENV)/.installed
 # One table of what trials meet on this machine's GPU (README "GPU check"); on a CPU it runs
 # the same checks with the tiny preset (the test suite does that too).
 gpu-check: $(if $(filter $(PY),$(GPU_CHECK_PY)),$(VENV)/.installed)
-	$(GPU_CHECK_PY) -m ensembles.gpu_check --json gpu-check.json $(GPU_CHECK_ARGS)
+	$(GPU_CHECK_PY) -m ecgtune.ensembles.gpu_check --json gpu-check.json $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) .pytest_cache gpu-check.json

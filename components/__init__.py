@@ -1,6 +1,6 @@
 """Model building blocks, branches, fusion heads, the multi-branch model and its presets.
 
-    from components import build_model, get_preset
+    from ecgtune.components import build_model, get_preset
     model = build_model(get_preset("seed"), num_labels=20)   # (B, 12, L) -> logits (B, 20)
 
 Imports nothing else of the project.

@@ -1,6 +1,6 @@
 """ensembles: member predictions, selection, calibration, thresholds, evaluation, export, predict.
 
-    from ensembles import build_ensemble, load_bundle, predict_records
+    from ecgtune.ensembles import build_ensemble, load_bundle, predict_records
     result = build_ensemble(data="prepared", name="my-search", output="bundle", top_k=5)
     bundle = load_bundle("bundle")                 # checksums verified
     probs = bundle.predict_signals(int16_signals)  # (N, 12, 5000) -> (N, 20)

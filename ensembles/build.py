@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ensembles.errors import EnsembleError
-from ensembles.fitting import FitOptions
-from ensembles.inference import DEFAULT_BATCH_SIZE, DEFAULT_WINDOWS
+from ecgtune.ensembles.errors import EnsembleError
+from ecgtune.ensembles.fitting import FitOptions
+from ecgtune.ensembles.inference import DEFAULT_BATCH_SIZE, DEFAULT_WINDOWS
 
 __all__ = ["EnsembleOptions", "EnsembleResult", "MemberSummary", "build_ensemble",
            "format_summary"]
@@ -71,8 +71,8 @@ class EnsembleOptions:
                           beta=self.beta, min_positives=self.min_positives)
 
     def validate(self) -> None:
-        from ensembles.selection import SELECTION_METRICS
-        from search.metrics import THRESHOLD_OBJECTIVES
+        from ecgtune.ensembles.selection import SELECTION_METRICS
+        from ecgtune.search.metrics import THRESHOLD_OBJECTIVES
 
         problems = []
         if self.top_k < 1:
@@ -94,7 +94,7 @@ class EnsembleOptions:
 
 
 def _device_problems(device: str, precision: str) -> list[str]:
-    from ensembles.inference import PRECISIONS, resolve_device
+    from ecgtune.ensembles.inference import PRECISIONS, resolve_device
 
     problems = []
     try:
@@ -172,10 +172,10 @@ class EnsembleResult:
 def build_ensemble(options: EnsembleOptions | None = None, **kwargs: Any) -> EnsembleResult:
     """Build, report, export and register an ensemble. Pass an `EnsembleOptions` or its
     fields as keywords: ``build_ensemble(data=..., name="demo", output="bundle", top_k=3)``."""
-    from ensembles.bundle import check_bundle_target
-    from ensembles.members import find_search, rank_trials
-    from ensembles.registry import finish_run, start_ensemble_run
-    from search import tracking
+    from ecgtune.ensembles.bundle import check_bundle_target
+    from ecgtune.ensembles.members import find_search, rank_trials
+    from ecgtune.ensembles.registry import finish_run, start_ensemble_run
+    from ecgtune.search import tracking
 
     opts = options if options is not None else EnsembleOptions(**kwargs)
     if options is not None and kwargs:
@@ -213,7 +213,7 @@ def _progress(iterable: Any, desc: str, enabled: bool) -> Any:
 def _member_probabilities(member: Any, signals: np.ndarray, inputs: Any,
                           opts: EnsembleOptions, device: Any) -> np.ndarray:
     """One member on the chosen device; its weights go back to the CPU for the bundle."""
-    from ensembles.inference import member_probabilities
+    from ecgtune.ensembles.inference import member_probabilities
 
     try:
         return member_probabilities(member.model.to(device), member.spec, signals, inputs,
@@ -225,14 +225,14 @@ def _member_probabilities(member: Any, signals: np.ndarray, inputs: Any,
 
 def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: list,
            run_id: str) -> EnsembleResult:
-    from data_prep import load_shards
-    from ensembles.bundle import save_bundle
-    from ensembles.evaluation import flatten_metrics
-    from ensembles.fitting import fit_average, fit_ensemble
-    from ensembles.inference import EnsemblePredictor, InputSpec, resolve_device
-    from ensembles.members import load_member
-    from ensembles.registry import log_batch, log_pyfunc_model
-    from ensembles.report import ReportRow, calibration_summary, write_ensemble_report
+    from ecgtune.data_prep import load_shards
+    from ecgtune.ensembles.bundle import save_bundle
+    from ecgtune.ensembles.evaluation import flatten_metrics
+    from ecgtune.ensembles.fitting import fit_average, fit_ensemble
+    from ecgtune.ensembles.inference import EnsemblePredictor, InputSpec, resolve_device
+    from ecgtune.ensembles.members import load_member
+    from ecgtune.ensembles.registry import log_batch, log_pyfunc_model
+    from ecgtune.ensembles.report import ReportRow, calibration_summary, write_ensemble_report
 
     data = load_shards(opts.data, folds=[ENSEMBLE_FOLD, TEST_FOLD])
     label_names = list(data.label_map.names)
@@ -409,7 +409,7 @@ def _fmt(x: float | None) -> str:
 
 def format_summary(result: EnsembleResult) -> str:
     """The short summary `ecgtune ensemble` prints."""
-    from search import metrics as M
+    from ecgtune.search import metrics as M
 
     lines = [
         f"Ensemble of search {result.search_name!r} (search run {result.search_run_id}): "

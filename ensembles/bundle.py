@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ensembles.calibration import Calibrator, PerLabelCalibrator
-from ensembles.errors import BundleChecksumError, BundleError, BundleFormatError
-from ensembles.inference import EnsemblePredictor, InputSpec, MemberSpec
+from ecgtune.ensembles.calibration import Calibrator, PerLabelCalibrator
+from ecgtune.ensembles.errors import BundleChecksumError, BundleError, BundleFormatError
+from ecgtune.ensembles.inference import EnsemblePredictor, InputSpec, MemberSpec
 
 __all__ = [
     "BUNDLE_FILE",
@@ -270,7 +270,7 @@ def load_bundle(
     still be bad (written by another version, or edited and re-stamped)."""
     from safetensors.torch import load as load_safetensors
 
-    from components import build_model
+    from ecgtune.components import build_model
 
     path = Path(path)
     files = verify_bundle(path)

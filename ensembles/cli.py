@@ -13,8 +13,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-# Package CLI modules in pipeline order; a module that does not exist yet is skipped.
-_CLI_MODULES = ("data_prep.cli", "search.cli", "ensembles.commands", "ensembles.demo")
+# Package CLI modules in pipeline order.
+_CLI_MODULES = (
+    "ecgtune.data_prep.cli", "ecgtune.search.cli", "ecgtune.ensembles.commands",
+    "ecgtune.ensembles.demo",
+)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], ...]]:
@@ -28,12 +31,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], 
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     user_errors: list[type[BaseException]] = []
     for name in _CLI_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+        module = importlib.import_module(name)  # a renamed module must fail loudly here
         module.register(sub)
         user_errors.extend(getattr(module, "USER_ERRORS", ()))
     return parser, tuple(user_errors)

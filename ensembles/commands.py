@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_prep.cli import non_negative_int, positive_int
-from ensembles.errors import EnsembleError
+from ecgtune.data_prep.cli import non_negative_int, positive_int
+from ecgtune.ensembles.errors import EnsembleError
 
 __all__ = ["USER_ERRORS", "register"]
 
@@ -35,7 +35,7 @@ exit status:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ensembles.selection import SELECTION_METRICS
+    from ecgtune.ensembles.selection import SELECTION_METRICS
 
     e = sub.add_parser(
         "ensemble",
@@ -127,7 +127,7 @@ def _add_device_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_ensemble(args: argparse.Namespace) -> int:
-    from ensembles.build import EnsembleOptions, build_ensemble, format_summary
+    from ecgtune.ensembles.build import EnsembleOptions, build_ensemble, format_summary
 
     result = build_ensemble(EnsembleOptions(
         data=args.data, name=args.name, output=args.output, top_k=args.top_k,
@@ -144,9 +144,9 @@ def _run_ensemble(args: argparse.Namespace) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from ensembles.bundle import load_bundle
-    from ensembles.inference import resolve_device
-    from ensembles.predict import PredictInputError, predict_records, write_predictions_csv
+    from ecgtune.ensembles.bundle import load_bundle
+    from ecgtune.ensembles.inference import resolve_device
+    from ecgtune.ensembles.predict import PredictInputError, predict_records, write_predictions_csv
 
     try:
         device = resolve_device(args.device)
@@ -172,8 +172,8 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from data_prep.errors import PrepError
-    from search.errors import TrackingError
+    from ecgtune.data_prep.errors import PrepError
+    from ecgtune.search.errors import TrackingError
 
     return (EnsembleError, PrepError, TrackingError)
 

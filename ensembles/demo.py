@@ -48,7 +48,7 @@ def _done(start: float) -> None:
 
 def _synth_once(out: Path, n: int, seed: int, workers: int) -> None:
     """Synthetic records, reused when a previous run wrote the same ones."""
-    from data_prep import synthesize
+    from ecgtune.data_prep import synthesize
 
     stamp = out / "synth.json"
     want = {"n": n, "seed": seed}
@@ -61,12 +61,12 @@ def _synth_once(out: Path, n: int, seed: int, workers: int) -> None:
 
 
 def run_demo(opts: DemoOptions) -> int:
-    from data_prep import prepare
-    from ensembles.build import build_ensemble, format_summary
-    from ensembles.predict import predict_records, write_predictions_csv
-    from search.report import print_search_summary
-    from search.run import SearchOptions, run_search
-    from search.tracking import default_tracking_uri
+    from ecgtune.data_prep import prepare
+    from ecgtune.ensembles.build import build_ensemble, format_summary
+    from ecgtune.ensembles.predict import predict_records, write_predictions_csv
+    from ecgtune.search.report import print_search_summary
+    from ecgtune.search.run import SearchOptions, run_search
+    from ecgtune.search.tracking import default_tracking_uri
 
     began = time.perf_counter()
     work = opts.workdir.resolve()
@@ -141,7 +141,7 @@ def run_demo(opts: DemoOptions) -> int:
 
 def _print_summary(search: Any, result: Any, predicted: dict[str, Any], uri: str,
                    seconds: float) -> None:
-    from search import metrics as M
+    from ecgtune.search import metrics as M
 
     best = search.best
     print(f"best trial:        {best.trial_id} (t{best.index:03d}, {best.config.get('fusion')} "

@@ -1,7 +1,7 @@
 """Evaluation of multi-label probabilities: calibration error, full metric sets, bootstrap
 confidence intervals and the comparison report (JSON + Markdown + standalone HTML).
 
-Metric names are the shared constants of `search.metrics`; `flatten_metrics` turns an
+Metric names are the shared constants of `ecgtune.search.metrics`; `flatten_metrics` turns an
 `evaluate` result into MLflow keys like ``test/macro_auprc`` and ``test/f1/AFIB``.
 """
 
@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import sparse
 
-from search import metrics as M
+from ecgtune.search import metrics as M
 
 __all__ = [
     "CI_METRICS",

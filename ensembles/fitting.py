@@ -3,7 +3,7 @@
 `fit_ensemble` runs the three steps on the members' fold-8 probabilities; `fit_average`
 calibrates and thresholds the uniform average of all members the same way (a comparator).
 Thresholds are fitted on *calibrated* probabilities, so the few-positive fallback (0.5 by
-default, `search.metrics.fit_thresholds`) is the natural cut of a calibrated probability.
+default, `ecgtune.search.metrics.fit_thresholds`) is the natural cut of a calibrated probability.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ensembles.calibration import PerLabelCalibrator
-from ensembles.selection import EnsembleSelector, uniform_average
-from search import metrics as M
+from ecgtune.ensembles.calibration import PerLabelCalibrator
+from ecgtune.ensembles.selection import EnsembleSelector, uniform_average
+from ecgtune.search import metrics as M
 
 __all__ = ["FitOptions", "FittedAverage", "FittedEnsemble", "fit_average", "fit_ensemble"]
 

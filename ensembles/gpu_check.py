@@ -1,6 +1,6 @@
 """`make gpu-check`: what a trial (and ensemble inference) meets on this GPU, in one table.
 
-    python -m ensembles.gpu_check [--json FILE] [--no-ray] [--quick]
+    python -m ecgtune.ensembles.gpu_check [--json FILE] [--no-ray] [--quick]
 
 Rows: the environment inside a `num_gpus=0.5` Ray task (the device and precision a trial
 picks there); training memory (max allocated / reserved against our estimate) of `seed` and
@@ -33,13 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from components import build_model, get_preset
-from data_prep.dataset import ECGDataset
-from data_prep.labels import get_label_map
-from data_prep.loader import AugmentConfig, BatchLoader, DeviceBatchTransform
-from ensembles.inference import InputSpec
-from search.config import DebugConfig, TrainConfig, TrialConfig
-from search.devices import (
+from ecgtune.components import build_model, get_preset
+from ecgtune.data_prep.dataset import ECGDataset
+from ecgtune.data_prep.labels import get_label_map
+from ecgtune.data_prep.loader import AugmentConfig, BatchLoader, DeviceBatchTransform
+from ecgtune.ensembles.inference import InputSpec
+from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
+from ecgtune.search.devices import (
     GIB,
     TrialOutOfMemoryError,
     driver_version,
@@ -48,7 +48,7 @@ from search.devices import (
     select_precision,
     trial_device,
 )
-from search.training import Trainer
+from ecgtune.search.training import Trainer
 
 # Forward + backward of the reference network on one 12 x 4,096 crop (DESIGN.md).
 SEED_TRAIN_GFLOP = 21.9
@@ -133,7 +133,7 @@ def ray_section(timeout: float = 120) -> list[Row]:
     import subprocess
 
     try:
-        out = subprocess.run([sys.executable, "-m", "ensembles.gpu_check", "--ray-probe"],
+        out = subprocess.run([sys.executable, "-m", "ecgtune.ensembles.gpu_check", "--ray-probe"],
                              capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return [Row("ray task", "num_gpus=0.5", f"no answer in {timeout:.0f} s")]
@@ -324,7 +324,7 @@ def restore_and_reuse(device: torch.device, preset: str, batch: int, crop: int, 
 def inference(device: torch.device, preset: str, n: int) -> list[Row]:
     """One member's probabilities on the device (fp32 without TF32, and bf16) against the
     CPU's, and records/s of each."""
-    from ensembles.inference import MemberSpec, member_probabilities
+    from ecgtune.ensembles.inference import MemberSpec, member_probabilities
 
     if device.type != "cuda":
         return [Row("inference", preset, "GPU only: skipped on the CPU")]
@@ -423,7 +423,7 @@ def _oom_worker(preset: str, batch: int, crop: int, fraction: float, queue: Any)
         trainer = _trainer(preset, data, data, device, batch=batch, crop=crop, steps=2)
         if device.type != "cuda":
             _inject_oom(trainer)
-        from search.devices import oom_as_fatal
+        from ecgtune.search.devices import oom_as_fatal
 
         with oom_as_fatal(batch, crop):
             trainer.run_epoch()
@@ -553,7 +553,8 @@ def format_table(rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ensembles.gpu_check", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m ecgtune.ensembles.gpu_check",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray task probe")

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from components import ModelConfig
-from data_prep import NormStats, fixed_windows, normalize
-from ensembles.calibration import PerLabelCalibrator
-from search.devices import resolve_device
+from ecgtune.components import ModelConfig
+from ecgtune.data_prep import NormStats, fixed_windows, normalize
+from ecgtune.ensembles.calibration import PerLabelCalibrator
+from ecgtune.search.devices import resolve_device
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ensembles.errors import MemberError, SearchNotFoundError
-from ensembles.inference import MemberSpec
-from search import metrics as M
-from search import tracking
-from search.config import TrainConfig
-from search.training import MODEL_FILE, THRESHOLDS_FILE, TRIAL_CONFIG_FILE
+from ecgtune.ensembles.errors import MemberError, SearchNotFoundError
+from ecgtune.ensembles.inference import MemberSpec
+from ecgtune.search import metrics as M
+from ecgtune.search import tracking
+from ecgtune.search.config import TrainConfig
+from ecgtune.search.training import MODEL_FILE, THRESHOLDS_FILE, TRIAL_CONFIG_FILE
 
 __all__ = [
     "Member",
@@ -218,7 +218,7 @@ def load_member(
     label_names: list[str] | None = None,
 ) -> Member:
     """Load one member's model (weights_only), its trial config and its fold-7 thresholds."""
-    from components import load_checkpoint
+    from ecgtune.components import load_checkpoint
 
     with resolve_checkpoint(trial, search_name, storage) as directory:
         model_file = directory / MODEL_FILE

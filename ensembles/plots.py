@@ -19,8 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ensembles.evaluation import ece, reliability_curve
-from search import metrics as M
+from ecgtune.ensembles.evaluation import ece, reliability_curve
+from ecgtune.search import metrics as M
 
 __all__ = ["plot_f1_bars", "plot_pr_curves", "plot_reliability", "save_report_figures"]
 

@@ -3,7 +3,7 @@
 Inputs are `.hea` files, record paths without extension (or with `.mat` / `.dat`), or folders
 searched recursively for `*.hea` (`data_prep.scan_records`). An input that does not exist, or
 a folder without records, is a usage error (`PredictInputError`) and nothing is predicted.
-Each record goes through `data_prep.validate_record` with the bundle's fs, seconds and gain:
+Each record goes through `ecgtune.data_prep.validate_record` with the bundle's fs, seconds and gain:
 exactly the reading, quality gates and preprocessing of `prep` (resampled, centre-cropped or
 zero-padded like the training data), then through the bundle's ensemble in batches.
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ensembles.errors import EnsembleError
+from ecgtune.ensembles.errors import EnsembleError
 
 __all__ = [
     "PredictInputError",
@@ -80,7 +80,7 @@ class PredictionResult:
 
 def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Header paths of every input, folders scanned recursively, duplicates removed."""
-    from data_prep import scan_records
+    from ecgtune.data_prep import scan_records
 
     headers: list[Path] = []
     for item in paths:
@@ -110,7 +110,7 @@ def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
 
 def _flat_reason(leads: Sequence[str]) -> str:
-    from data_prep.quality import FLAT_P2P_MV
+    from ecgtune.data_prep.quality import FLAT_P2P_MV
 
     return (f"flat_lead: lead{'s' if len(leads) > 1 else ''} {', '.join(leads)} flat "
             f"(peak-to-peak < {FLAT_P2P_MV * 1000:g} uV); predicted anyway")
@@ -127,8 +127,8 @@ def predict_records(
     """Predict raw WFDB records with a bundle (an `EnsemblePredictor` or a bundle path)."""
     from tqdm.auto import tqdm
 
-    from data_prep import RecordError, validate_record
-    from ensembles.bundle import load_bundle
+    from ecgtune.data_prep import RecordError, validate_record
+    from ecgtune.ensembles.bundle import load_bundle
 
     if isinstance(bundle, (str, os.PathLike)):
         bundle = load_bundle(bundle, device=device, precision=precision)

@@ -25,7 +25,7 @@ class EnsembleBundleModel(mlflow.pyfunc.PythonModel):
     """Pyfunc wrapper around a bundle's `EnsemblePredictor`."""
 
     def load_context(self, context: Any) -> None:
-        from ensembles.bundle import load_bundle
+        from ecgtune.ensembles.bundle import load_bundle
 
         self.bundle = load_bundle(context.artifacts["bundle"], device="auto")
 

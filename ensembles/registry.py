@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ensembles.bundle import BUNDLE_FORMAT
-from search import tracking
+from ecgtune.ensembles.bundle import BUNDLE_FORMAT
+from ecgtune.search import tracking
 
 __all__ = [
     "CHAMPION_ALIAS",

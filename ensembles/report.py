@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ensembles.evaluation import brier, ece, evaluate_with_ci, write_report
-from ensembles.plots import save_report_figures
+from ecgtune.ensembles.evaluation import brier, ece, evaluate_with_ci, write_report
+from ecgtune.ensembles.plots import save_report_figures
 
 __all__ = [
     "CalibrationSummary",

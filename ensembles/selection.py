@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from search import metrics
+from ecgtune.search import metrics
 
 __all__ = [
     "SELECTION_METRICS",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from search.errors import SearchError, SearchOptionError, SpaceError, TrackingError
+from ecgtune.search.errors import SearchError, SearchOptionError, SpaceError, TrackingError
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -99,8 +99,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from search.report import print_search_summary
-    from search.run import SearchOptions, run_search
+    from ecgtune.search.report import print_search_summary
+    from ecgtune.search.run import SearchOptions, run_search
 
     opts = SearchOptions(
         data=args.data, space=args.space, name=args.name, num_samples=args.num_samples,

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, get_type_hints
 
-from components import ModelConfig
+from ecgtune.components import ModelConfig
 
 LOSS_NAMES = ("bce", "focal", "asymmetric")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

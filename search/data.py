@@ -19,7 +19,7 @@ from typing import Protocol
 
 from filelock import FileLock
 
-from data_prep import ECGDataset, load_shards
+from ecgtune.data_prep import ECGDataset, load_shards
 
 DATA_SHARING = ("object_store", "memmap")
 

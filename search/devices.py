@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from components import ModelConfig, build_model
-from search.errors import NonRetryableTrialError
+from ecgtune.components import ModelConfig, build_model
+from ecgtune.search.errors import NonRetryableTrialError
 
 __all__ = [
     "AUTOCAST_DTYPES",

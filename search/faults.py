@@ -16,7 +16,7 @@ import functools
 import logging
 from typing import Any
 
-from search.errors import NonRetryableTrialError
+from ecgtune.search.errors import NonRetryableTrialError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from search.config import TrainConfig
+from ecgtune.search.config import TrainConfig
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, TrainConfig], torch.Tensor]
 LOSSES: dict[str, LossFn] = {}

@@ -23,14 +23,14 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.config import DebugConfig, TrialConfig
-from search.data import DATA_SHARING
-from search.errors import SearchOptionError
-from search.searcher import SEARCHERS
-from search.space import Param, SearchSpace, load_space
+from ecgtune.search.config import DebugConfig, TrialConfig
+from ecgtune.search.data import DATA_SHARING
+from ecgtune.search.errors import SearchOptionError
+from ecgtune.search.searcher import SEARCHERS
+from ecgtune.search.space import Param, SearchSpace, load_space
 
 if TYPE_CHECKING:
-    from search.run import SearchOptions
+    from ecgtune.search.run import SearchOptions
 
 __all__ = ["ValidatedSearch", "pin_space", "probe_storage", "typed_pins", "validate_options"]
 
@@ -53,7 +53,7 @@ class ValidatedSearch:
 def validate_options(opts: SearchOptions) -> ValidatedSearch:
     """Check everything about `opts` that needs neither the data nor Ray; raises
     `SearchOptionError` (one line, naming the option) or `SpaceError` (the space file)."""
-    from search.run import resolve_storage
+    from ecgtune.search.run import resolve_storage
 
     _check_ranges(opts)
     if opts.resume and (opts.overrides or opts.epochs is not None):
@@ -73,7 +73,7 @@ def validate_options(opts: SearchOptions) -> ValidatedSearch:
 
 
 def _check_ranges(opts: SearchOptions) -> None:
-    from search.run import SCHEDULERS
+    from ecgtune.search.run import SCHEDULERS
 
     def number(value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(

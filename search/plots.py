@@ -16,7 +16,7 @@ def plot_trial_validation(predictions: str | Path, thresholds: Sequence[float],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from search import metrics as M
+    from ecgtune.search import metrics as M
 
     with np.load(predictions, allow_pickle=False) as data:
         probs, labels, names = data["probs"], data["labels"], [str(n) for n in data["label_names"]]

@@ -9,8 +9,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from search import metrics as M
-from search.tracking import trial_index, trial_run_name
+from ecgtune.search import metrics as M
+from ecgtune.search.tracking import trial_index, trial_run_name
 
 
 class ProgressPrinter(Callback):
@@ -63,7 +63,7 @@ class ProgressPrinter(Callback):
         self._say(f"{self._name(trial)} failed; retrying from its last checkpoint")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from search.tracking import error_summary
+        from ecgtune.search.tracking import error_summary
 
         self.finished += 1
         self._say(f"{self._name(trial)} FAILED: {error_summary(trial)} "

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from search.run import SearchResult, TrialSummary
-from search.tracking import trial_run_name
+from ecgtune.search.run import SearchResult, TrialSummary
+from ecgtune.search.tracking import trial_run_name
 
 # Ray's trial states as the table words them; only TERMINATED trials are done (an interrupted
 # search leaves RUNNING, PENDING and PAUSED ones, which `--resume` continues).

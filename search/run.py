@@ -18,15 +18,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from search import metrics as M
-from search import tracking
-from search.data import make_data_handle
-from search.devices import gpu_memory_from_resources
-from search.errors import SearchError, SearchOptionError
-from search.faults import install_no_retry_policy
-from search.options import ValidatedSearch, validate_options
-from search.searcher import PointValidator, build_searcher
-from search.space import SearchSpace
+from ecgtune.search import metrics as M
+from ecgtune.search import tracking
+from ecgtune.search.data import make_data_handle
+from ecgtune.search.devices import gpu_memory_from_resources
+from ecgtune.search.errors import SearchError, SearchOptionError
+from ecgtune.search.faults import install_no_retry_policy
+from ecgtune.search.options import ValidatedSearch, validate_options
+from ecgtune.search.searcher import PointValidator, build_searcher
+from ecgtune.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +253,8 @@ def run_search(opts: SearchOptions) -> SearchResult:
     import ray
     from ray import tune
 
-    from data_prep import load_shards
-    from search.trainable import TrialData, train_trial
+    from ecgtune.data_prep import load_shards
+    from ecgtune.search.trainable import TrialData, train_trial
 
     # Options, --set values and --storage first: a bad invocation creates nothing.
     validated = validate_options(opts)
@@ -334,7 +334,7 @@ def run_search(opts: SearchOptions) -> SearchResult:
             callbacks: list[Any] = [tracking.MlflowTrialTracker(
                 tracking_uri, experiment_id, parent_id, label_names)]
             if opts.verbose >= 1:
-                from search.progress import ProgressPrinter
+                from ecgtune.search.progress import ProgressPrinter
 
                 callbacks.append(ProgressPrinter(num_samples))
             tuner = _tuner(opts, trainable, space, check, callbacks, storage, experiment_path,

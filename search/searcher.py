@@ -12,9 +12,9 @@ from typing import Any
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search import metrics as M
-from search.errors import SpaceError
-from search.space import SearchSpace, validate_point
+from ecgtune.search import metrics as M
+from ecgtune.search.errors import SpaceError
+from ecgtune.search.space import SearchSpace, validate_point
 
 log = logging.getLogger(__name__)
 SEARCHERS = ("tpe", "random")
@@ -92,7 +92,7 @@ class PointValidator:
                                [list(g) for g in self.label_groups])
         if self.gpu_memory_bytes is None:
             return
-        from search.devices import require_fit
+        from ecgtune.search.devices import require_fit
 
         # auto trains in bf16 (fp16 on older GPUs): half-size activations either way.
         precision = "fp32" if trial.train.precision == "fp32" else "bf16"

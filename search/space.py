@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
-from components import get_preset
-from search.config import DebugConfig, TrainConfig, TrialConfig
-from search.errors import SpaceError
+from ecgtune.components import get_preset
+from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
+from ecgtune.search.errors import SpaceError
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "logint")
 _TOP_KEYS = {
@@ -292,7 +292,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
 def validate_point(space: SearchSpace, sampled: Mapping[str, Any], num_labels: int,
                    label_groups: list[list[int]]) -> TrialConfig:
     """Build and check a trial's config; raises ValueError naming what is wrong."""
-    from components import validate
+    from ecgtune.components import validate
 
     trial = space.trial_config(sampled)
     validate(trial.model, num_labels, label_groups)

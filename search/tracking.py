@@ -19,8 +19,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from search import metrics as M
-from search.errors import TrackingError
+from ecgtune.search import metrics as M
+from ecgtune.search.errors import TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ class MlflowTrialTracker(Callback):
         self._runs.clear()
 
     def _log_trial_artifacts(self, run_id: str, checkpoint: Any) -> None:
-        from search.plots import plot_trial_validation
+        from ecgtune.search.plots import plot_trial_validation
 
         try:
             with checkpoint.as_directory() as directory:

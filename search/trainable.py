@@ -14,19 +14,19 @@ from typing import Any
 import torch
 from ray import tune
 
-from data_prep import ECGDataset
-from search import metrics as M
-from search.config import TrialConfig
-from search.data import DataHandle
-from search.devices import (
+from ecgtune.data_prep import ECGDataset
+from ecgtune.search import metrics as M
+from ecgtune.search.config import TrialConfig
+from ecgtune.search.data import DataHandle
+from ecgtune.search.devices import (
     oom_as_fatal,
     release_memory,
     require_fit,
     select_precision,
     trial_device,
 )
-from search.errors import NonRetryableTrialError
-from search.training import Trainer
+from ecgtune.search.errors import NonRetryableTrialError
+from ecgtune.search.training import Trainer
 
 # Written into the trial directory when a trial fails for good (NaN loss). FailureConfig does
 # not retry it (search.faults), but `--resume` restarts errored trials: it then fails at once

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from components import build_model, load_checkpoint, save_checkpoint
-from data_prep import AugmentConfig, BatchLoader, ECGDataset
-from data_prep.loader import DeviceBatchTransform
-from search import metrics as M
-from search.config import TrialConfig
-from search.devices import AUTOCAST_DTYPES, resolve_device, select_precision
-from search.errors import NonRetryableTrialError
-from search.losses import get_loss
+from ecgtune.components import build_model, load_checkpoint, save_checkpoint
+from ecgtune.data_prep import AugmentConfig, BatchLoader, ECGDataset
+from ecgtune.data_prep.loader import DeviceBatchTransform
+from ecgtune.search import metrics as M
+from ecgtune.search.config import TrialConfig
+from ecgtune.search.devices import AUTOCAST_DTYPES, resolve_device, select_precision
+from ecgtune.search.errors import NonRetryableTrialError
+from ecgtune.search.losses import get_loss
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "training_state.pt"

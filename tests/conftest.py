@@ -28,7 +28,7 @@ def sample_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_records(tmp_path_factory) -> Path:
-    from data_prep import synthesize
+    from ecgtune.data_prep import synthesize
 
     out = tmp_path_factory.mktemp("synthetic-records")
     synthesize(out, N_RECORDS, seed=0, workers=2)
@@ -37,7 +37,7 @@ def synthetic_records(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared_data(synthetic_records, tmp_path_factory) -> Path:
-    from data_prep import prepare
+    from ecgtune.data_prep import prepare
 
     out = tmp_path_factory.mktemp("prepared")
     prepare(synthetic_records, out, workers=2, shard_size=500, progress=False)
@@ -54,8 +54,8 @@ class TinySearch:
 @pytest.fixture(scope="session")
 def tiny_search(prepared_data, tmp_path_factory) -> TinySearch:
     """A finished 4-trial search with the `tiny` space (local Ray, SQLite MLflow)."""
-    from search.run import SearchOptions, run_search
-    from search.tracking import default_tracking_uri
+    from ecgtune.search.run import SearchOptions, run_search
+    from ecgtune.search.tracking import default_tracking_uri
 
     root = tmp_path_factory.mktemp("tiny-search")
     uri = default_tracking_uri(root)

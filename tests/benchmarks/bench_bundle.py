@@ -35,11 +35,11 @@ def _setup(root: Path):
     import numpy as np
     import torch
 
-    from components import build_model, get_preset, save_checkpoint
-    from data_prep import get_label_map, make_record
-    from ensembles.bundle import save_bundle
-    from ensembles.calibration import PerLabelCalibrator
-    from ensembles.inference import EnsemblePredictor, InputSpec, MemberSpec
+    from ecgtune.components import build_model, get_preset, save_checkpoint
+    from ecgtune.data_prep import get_label_map, make_record
+    from ecgtune.ensembles.bundle import save_bundle
+    from ecgtune.ensembles.calibration import PerLabelCalibrator
+    from ecgtune.ensembles.inference import EnsemblePredictor, InputSpec, MemberSpec
 
     label_map = get_label_map("seed20")
     groups = label_map.group_indices()
@@ -69,7 +69,7 @@ def _setup(root: Path):
 
 
 def _load_eager(checkpoints):
-    from components import load_checkpoint
+    from ecgtune.components import load_checkpoint
 
     return [load_checkpoint(p)[0] for p in checkpoints]
 
@@ -79,7 +79,7 @@ def _eager(models, weights, calibrator, inputs, signals, batch):
     import numpy as np
     import torch
 
-    from data_prep import normalize, window_starts
+    from ecgtune.data_prep import normalize, window_starts
 
     start = time.perf_counter()
     starts = window_starts(inputs.n_samples, CROP, WINDOWS)
@@ -113,7 +113,7 @@ def run() -> str:
     import numpy as np
     import torch
 
-    from ensembles.bundle import load_bundle
+    from ecgtune.ensembles.bundle import load_bundle
 
     lines = []
     with tempfile.TemporaryDirectory() as tmp:

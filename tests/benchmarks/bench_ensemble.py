@@ -58,9 +58,9 @@ def _synthetic(seed: int = 0):
 
 
 def _fast(members, y):
-    from ensembles.calibration import PerLabelCalibrator
-    from ensembles.selection import EnsembleSelector
-    from search.metrics import fit_thresholds
+    from ecgtune.ensembles.calibration import PerLabelCalibrator
+    from ecgtune.ensembles.selection import EnsembleSelector
+    from ecgtune.search.metrics import fit_thresholds
 
     times = {}
     t0 = time.perf_counter()
@@ -172,7 +172,7 @@ def main() -> None:
         pass
     import numpy as np
 
-    from search.metrics import macro_f1
+    from ecgtune.search.metrics import macro_f1
 
     members, y = _synthetic()
     fast, selector, _, probs, thresholds = _fast(members, y)

@@ -26,7 +26,7 @@ import scipy.io
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data_prep import (
+from ecgtune.data_prep import (
     AugmentConfig,
     BatchLoader,
     load_shards,

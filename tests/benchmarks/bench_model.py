@@ -135,7 +135,7 @@ class PlainResUDense(nn.Module):
 def build(which: str) -> nn.Module:
     if which == "plain":
         return PlainResUDense()
-    from components import build_model, get_preset
+    from ecgtune.components import build_model, get_preset
 
     return build_model(get_preset("seed"), num_labels=LABELS)
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import prepare, synthesize
-from data_prep.reader import scan_records
+from ecgtune.data_prep import prepare, synthesize
+from ecgtune.data_prep.reader import scan_records
 
 N_RECORDS = int(os.environ.get("ECGTUNE_BENCH_RECORDS", "3000"))
 BASELINE_RECORDS = min(N_RECORDS, 600)  # the loop's rate is steady; 600 records suffice

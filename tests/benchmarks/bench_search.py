@@ -47,7 +47,7 @@ params:
 
 
 def _data(tmp: Path, n: int) -> Path:
-    from data_prep import prepare, synthesize
+    from ecgtune.data_prep import prepare, synthesize
 
     synthesize(tmp / "records", n, seed=1, workers=2)
     prepare(tmp / "records", tmp / "prepared", workers=2, shard_size=1000, progress=False)
@@ -55,8 +55,8 @@ def _data(tmp: Path, n: int) -> Path:
 
 
 def _search(data: Path, tmp: Path, name: str, space: str, **kw):
-    from search.run import SearchOptions, run_search
-    from search.tracking import default_tracking_uri
+    from ecgtune.search.run import SearchOptions, run_search
+    from ecgtune.search.tracking import default_tracking_uri
 
     (tmp / name).mkdir(parents=True, exist_ok=True)
     space_file = tmp / name / "space.yaml"
@@ -125,7 +125,7 @@ def test_memory_two_concurrent_trials_hold_the_data_once(tmp_path):
     """Two trials run side by side on a small and a three-times larger data set. A trial
     worker's private (anonymous) memory must not grow with the data: the data lives once per
     node (object store or page cache) and every trial maps it."""
-    from data_prep import load_shards
+    from ecgtune.data_prep import load_shards
 
     sizes = {}
     rows = []
@@ -160,11 +160,11 @@ def test_per_trial_overhead_of_ray_and_mlflow(tmp_path):
     import ray
     import torch
 
-    from components import get_preset
-    from data_prep import load_shards
-    from search.config import TrialConfig
-    from search.space import parse_space
-    from search.training import Trainer
+    from ecgtune.components import get_preset
+    from ecgtune.data_prep import load_shards
+    from ecgtune.search.config import TrialConfig
+    from ecgtune.search.space import parse_space
+    from ecgtune.search.training import Trainer
 
     data = _data(tmp_path, 1500)
     n_trials = 3

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from components import FUSIONS, PRESETS, MultiBranchModel, build_model, get_preset
+from ecgtune.components import FUSIONS, PRESETS, MultiBranchModel, build_model, get_preset
 
 # seed20's four groups (5, 5, 6, 4 labels), as the label map passes them in
 SEED20_GROUPS = [list(range(0, 5)), list(range(5, 10)), list(range(10, 16)), list(range(16, 20))]

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from components import count_parameters
-from components.blocks import (
+from ecgtune.components import count_parameters
+from ecgtune.components.blocks import (
     DenseBlock,
     GlobalMaxPool,
     ResUBlock,
@@ -88,7 +88,7 @@ def test_global_max_pool():
 
 @pytest.mark.parametrize("length", [2, 3, 8, 9, 2048, 2049])
 def test_halve_length_is_avgpool2_forward_and_backward(length):
-    from components.blocks import HalveLength
+    from ecgtune.components.blocks import HalveLength
 
     x = torch.randn(2, 4, length, requires_grad=True)
     ours, pool = HalveLength()(x), nn.AvgPool1d(2)(x)

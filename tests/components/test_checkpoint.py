@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from components import (
+from ecgtune.components import (
     build_model,
     checkpoint_state,
     get_preset,

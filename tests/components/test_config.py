@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from components import (
+from ecgtune.components import (
     FLAT_KEYS,
     FUSIONS,
     PRESETS,

@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import Tensor
 
-from components import FUSIONS, Fusion, ModelConfig, build_model, get_preset, register_fusion
+from ecgtune.components import (
+    FUSIONS,
+    Fusion,
+    ModelConfig,
+    build_model,
+    get_preset,
+    register_fusion,
+)
 
 
 def test_registry_names():

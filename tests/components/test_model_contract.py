@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from components import (
+from ecgtune.components import (
     ModelConfig,
     build_model,
     count_parameters,

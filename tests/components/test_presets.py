@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from components import (
+from ecgtune.components import (
     PRESETS,
     build_model,
     count_parameters,
     export_model,
     get_preset,
 )
-from components.blocks import DenseBlock, ResUBlock, TemporalSelfAttention, Transition
+from ecgtune.components.blocks import DenseBlock, ResUBlock, TemporalSelfAttention, Transition
 
 SEED_PARAMS = 7_205_204
 

@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from components import FUSIONS, ModelConfig, build_model
+from ecgtune.components import FUSIONS, ModelConfig, build_model
 
 GROUPS = [[0, 1, 2], [3, 4], [5, 6, 7]]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep.labels import get_label_map
-from data_prep.synth import synthesize, write_faulty_record
+from ecgtune.data_prep.labels import get_label_map
+from ecgtune.data_prep.synth import synthesize, write_faulty_record
 
 # wfdb 4.3 calls pandas APIs that pandas 3 deprecates (at import and in rdrecord): not ours.
 _WFDB_NOISE = "ignore:The inplace keyword:DeprecationWarning"
@@ -62,7 +62,7 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def prepared(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`prep` output for synth_dir: shards of at most 10 records, in-process."""
-    from data_prep.prep import prepare
+    from ecgtune.data_prep.prep import prepare
 
     out = tmp_path_factory.mktemp("prepared")
     prepare(synth_dir, out, workers=1, shard_size=10, progress=False)
@@ -90,7 +90,7 @@ def make_faulty() -> Callable[[Path, str, int], Path]:
 def make_dataset() -> Callable[..., object]:
     """make_dataset(signals, labels=None, folds=None, mean=0, std=1): an ECGDataset in memory
     with a minimal manifest (gain 1000, 500 Hz)."""
-    from data_prep.dataset import ECGDataset
+    from ecgtune.data_prep.dataset import ECGDataset
 
     def make(signals: np.ndarray, labels: np.ndarray | None = None,
              folds: np.ndarray | None = None, mean: float = 0.0, std: float = 1.0) -> ECGDataset:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from ensembles.cli import main
+from ecgtune.ensembles.cli import main
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ensembles.cli", *args], capture_output=True,
-                          text=True)
+    return subprocess.run([sys.executable, "-m", "ecgtune.ensembles.cli", *args],
+                          capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("command", ["synth", "prep"])

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_prep.folds import FOLD_ROLES, assign_folds, fold_counts
+from ecgtune.data_prep.folds import FOLD_ROLES, assign_folds, fold_counts
 
 # Prevalences shaped like the real table: a few common labels, many rare ones.
 PREVALENCE = np.array([0.2, 0.003, 0.18, 0.33, 0.21, 0.03, 0.03, 0.01, 0.025, 0.03,

@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
-from data_prep import LABEL_MAPS, LabelMap, LabelMapError, get_label_map
+from ecgtune.data_prep import LABEL_MAPS, LabelMap, LabelMapError, get_label_map
 
 ORDER = (
     "AFIB CAVB GSVT SB SR 1AVB APB CLBBB CRBBB VPB LAD LAFB LQV LVH RAD RVH PACE QWA STTA WPW"

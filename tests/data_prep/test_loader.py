@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep import (
+from ecgtune.data_prep import (
     AugmentConfig,
     BatchLoader,
     ECGDataset,

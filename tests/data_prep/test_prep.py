@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import wfdb
 
-from data_prep import (
+from ecgtune.data_prep import (
     REASON_CODES,
     PrepError,
     ShardChecksumError,
@@ -25,8 +25,8 @@ from data_prep import (
     read_record,
     verify_shards,
 )
-from data_prep.reader import scan_records
-from data_prep.synth import FAULT_KINDS
+from ecgtune.data_prep.reader import scan_records
+from ecgtune.data_prep.synth import FAULT_KINDS
 
 MANIFEST_KEYS = {
     "records_in", "records_written", "records_quarantined", "quarantine_reasons", "labels",
@@ -146,7 +146,7 @@ def test_every_quarantine_reason(synth_dir: Path, tmp_path: Path, copy_tree, mak
 def test_interrupted_prep_resumes_to_the_same_manifest(synth_dir: Path, tmp_path: Path) -> None:
     reference = prepare(synth_dir, tmp_path / "ref", workers=1, shard_size=5, progress=False)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "ensembles.cli", "prep", "--input", str(synth_dir),
+    cmd = [sys.executable, "-m", "ecgtune.ensembles.cli", "prep", "--input", str(synth_dir),
            "--output", str(out), "--workers", "1", "--shard-size", "5", "--no-progress"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -182,7 +182,7 @@ def test_corrupt_shard_is_named(prepared: Path, tmp_path: Path, copy_tree) -> No
     fold = read_manifest(out)["shards"][3]["folds"][0]
     load_shards(out, folds=[f for f in range(10) if f != fold])  # other folds still load
     cli = subprocess.run(
-        [sys.executable, "-m", "ensembles.cli", "prep", "--verify", "--output", str(out)],
+        [sys.executable, "-m", "ecgtune.ensembles.cli", "prep", "--verify", "--output", str(out)],
         capture_output=True, text=True,
     )
     assert cli.returncode == 1
@@ -224,7 +224,7 @@ def test_input_errors(tmp_path: Path) -> None:
 
 
 def test_other_rates_and_lengths_are_resampled_and_fitted(tmp_path: Path) -> None:
-    from data_prep.synth import make_record, write_record
+    from ecgtune.data_prep.synth import make_record, write_record
 
     for i, (fs, seconds) in enumerate([(257, 30), (1000, 6), (500, 12), (250, 10)]):
         spec, digital = make_record(5, i + 1, fs=fs, seconds=seconds)

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from data_prep import make_record, write_record
+from ecgtune.data_prep import make_record, write_record
 
 N_RECORDS = 4000  # ~4 s of work for two workers: long enough to be killed mid-run
 
@@ -39,7 +39,7 @@ def _many_records(root: Path, n: int) -> None:
 def test_workers_exit_when_prep_is_killed(tmp_path: Path) -> None:
     _many_records(tmp_path, N_RECORDS)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "ensembles.cli", "prep", "--input", str(tmp_path / "in"),
+    cmd = [sys.executable, "-m", "ecgtune.ensembles.cli", "prep", "--input", str(tmp_path / "in"),
            "--output", str(out), "--workers", "2", "--shard-size", "50", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     parent = psutil.Process(proc.pid)
@@ -72,7 +72,7 @@ def test_workers_exit_when_prep_is_killed(tmp_path: Path) -> None:
 
 _WATCHER = """
 import os, sys, time
-from data_prep import prep
+from ecgtune.data_prep import prep
 if sys.argv[2] == "poll":
     del os.pidfd_open  # as on an OS or kernel without pidfds
 prep._watch_parent(int(sys.argv[1]))

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import RecordError, preprocess_record, preprocessing_spec, read_record
-from data_prep.reader import STANDARD_LEADS, RawRecord
+from ecgtune.data_prep import RecordError, preprocess_record, preprocessing_spec, read_record
+from ecgtune.data_prep.reader import STANDARD_LEADS, RawRecord
 
 
 def _raw(digital: np.ndarray, fs: float = 500, gain: float = 1000, baseline: int = 0,

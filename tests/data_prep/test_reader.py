@@ -8,8 +8,8 @@ import wfdb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from data_prep import STANDARD_LEADS, RecordError, parse_header, read_record, scan_records
-from data_prep.synth import make_record, write_record
+from ecgtune.data_prep import STANDARD_LEADS, RecordError, parse_header, read_record, scan_records
+from ecgtune.data_prep.synth import make_record, write_record
 
 REAL_NAMES = [f"JS200{i:02d}" for i in range(20)]
 

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from data_prep import REASON_CODES, RecordError, make_record, read_record, write_record
-from data_prep.quality import MIN_SECONDS
-from data_prep.reader import STANDARD_LEADS
-from data_prep.validation import validate_record
+from ecgtune.data_prep import REASON_CODES, RecordError, make_record, read_record, write_record
+from ecgtune.data_prep.quality import MIN_SECONDS
+from ecgtune.data_prep.reader import STANDARD_LEADS
+from ecgtune.data_prep.validation import validate_record
 
 # MAT v4 precision digit P of the type code MOPT, by numpy dtype.
 _MAT_P = {"f8": 0, "f4": 1, "i4": 2, "i2": 3, "u2": 4, "u1": 5}

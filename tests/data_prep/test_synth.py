@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import wfdb
 
-from data_prep import draw_spec, get_label_map, make_record, read_record, synthesize
-from data_prep.synth import record_relpath
+from ecgtune.data_prep import draw_spec, get_label_map, make_record, read_record, synthesize
+from ecgtune.data_prep.synth import record_relpath
 
 NAMES = get_label_map("seed20").names
 

@@ -54,7 +54,7 @@ class BuiltEnsemble:
 @pytest.fixture(scope="session")
 def built_ensemble(tiny_search, prepared_data, tmp_path_factory) -> BuiltEnsemble:
     """`build_ensemble` in process on the tiny search: top 4 trials, registered."""
-    from ensembles import build_ensemble
+    from ecgtune.ensembles import build_ensemble
 
     out = tmp_path_factory.mktemp("ensemble") / "bundle"
     result = build_ensemble(
@@ -67,7 +67,7 @@ def built_ensemble(tiny_search, prepared_data, tmp_path_factory) -> BuiltEnsembl
 
 @pytest.fixture(scope="session")
 def fold9(prepared_data) -> Any:
-    from data_prep import load_shards
+    from ecgtune.data_prep import load_shards
 
     return load_shards(prepared_data, folds=[9])
 
@@ -82,11 +82,11 @@ def tiny_bundle(tmp_path_factory) -> Path:
     calibration and 0.5 thresholds: what it predicts is meaningless, how it is used is not."""
     import torch
 
-    from components import build_model, get_preset
-    from data_prep import get_label_map
-    from ensembles.bundle import save_bundle
-    from ensembles.calibration import PerLabelCalibrator
-    from ensembles.inference import EnsemblePredictor, InputSpec, MemberSpec
+    from ecgtune.components import build_model, get_preset
+    from ecgtune.data_prep import get_label_map
+    from ecgtune.ensembles.bundle import save_bundle
+    from ecgtune.ensembles.calibration import PerLabelCalibrator
+    from ecgtune.ensembles.inference import EnsemblePredictor, InputSpec, MemberSpec
 
     label_map = get_label_map("seed20")
     groups = label_map.group_indices()

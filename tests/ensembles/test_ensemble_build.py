@@ -9,22 +9,29 @@ import shutil
 import numpy as np
 import pytest
 
-from components import get_preset
-from ensembles import EnsembleError, MemberError, SearchNotFoundError
-from ensembles.build import ROW_BEST, ROW_ENSEMBLE, ROW_UNIFORM
-from ensembles.evaluation import brier
-from ensembles.fitting import FitOptions, fit_ensemble
-from ensembles.inference import InputSpec, MemberSpec, member_probabilities
-from ensembles.members import TrialRef, find_search, load_member, rank_trials, resolve_checkpoint
-from ensembles.registry import CHAMPION_ALIAS, TAG_SEARCH_RUN_ID
-from ensembles.selection import SELECTION_METRICS
-from search import tracking
+from ecgtune.components import get_preset
+from ecgtune.ensembles import EnsembleError, MemberError, SearchNotFoundError
+from ecgtune.ensembles import members as members_module
+from ecgtune.ensembles.build import ROW_BEST, ROW_ENSEMBLE, ROW_UNIFORM
+from ecgtune.ensembles.evaluation import brier
+from ecgtune.ensembles.fitting import FitOptions, fit_ensemble
+from ecgtune.ensembles.inference import InputSpec, MemberSpec, member_probabilities
+from ecgtune.ensembles.members import (
+    TrialRef,
+    find_search,
+    load_member,
+    rank_trials,
+    resolve_checkpoint,
+)
+from ecgtune.ensembles.registry import CHAMPION_ALIAS, TAG_SEARCH_RUN_ID
+from ecgtune.ensembles.selection import SELECTION_METRICS
+from ecgtune.search import tracking
 
 
 @pytest.fixture(scope="module")
 def members_and_fold8(built_ensemble):
     """All four candidates reloaded independently of the build, with fold-8 probabilities."""
-    from data_prep import load_shards
+    from ecgtune.data_prep import load_shards
 
     b = built_ensemble
     client = tracking.client(b.tracking_uri)
@@ -140,15 +147,14 @@ def test_mlflow_ensemble_run_and_registered_champion(built_ensemble):
 
 
 def test_failed_build_ends_its_run_failed(built_ensemble, tmp_path, monkeypatch):
-    import ensembles.members
 
     b = built_ensemble
 
     def broken(trial, *args, **kwargs):
         raise MemberError(f"{trial.label}: checkpoint not found (test)")
 
-    monkeypatch.setattr(ensembles.members, "load_member", broken)
-    from ensembles import build_ensemble
+    monkeypatch.setattr(members_module, "load_member", broken)
+    from ecgtune.ensembles import build_ensemble
 
     with pytest.raises(MemberError, match="checkpoint not found"):
         build_ensemble(data=b.data, name=b.search_name, output=tmp_path / "bundle",
@@ -164,7 +170,7 @@ def test_failed_build_ends_its_run_failed(built_ensemble, tmp_path, monkeypatch)
 
 
 def test_user_errors_before_any_work(built_ensemble, tmp_path):
-    from ensembles import build_ensemble
+    from ecgtune.ensembles import build_ensemble
 
     b = built_ensemble
     common = {"tracking_uri": b.tracking_uri, "progress": False}

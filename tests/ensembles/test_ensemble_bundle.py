@@ -12,8 +12,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from ensembles import BundleChecksumError, BundleError, load_bundle, save_bundle
-from ensembles.bundle import verify_bundle
+from ecgtune.ensembles import BundleChecksumError, BundleError, load_bundle, save_bundle
+from ecgtune.ensembles.bundle import verify_bundle
 
 N_CHECK = 24  # fold-9 records compared across processes
 TOL = 1e-5
@@ -55,8 +55,8 @@ _FRESH = textwrap.dedent("""
     import sys
     import numpy as np
     import mlflow
-    from data_prep import load_shards
-    from ensembles import load_bundle
+    from ecgtune.data_prep import load_shards
+    from ecgtune.ensembles import load_bundle
 
     bundle_dir, data, model_uri, out, n = sys.argv[1:6]
     x = load_shards(data, folds=[9]).signals[: int(n)]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import expit, logit
 
-from ensembles.calibration import (
+from ecgtune.ensembles.calibration import (
     CALIBRATORS,
     Calibrator,
     IsotonicCalibrator,
@@ -18,7 +18,7 @@ from ensembles.calibration import (
     PlattCalibrator,
     TemperatureCalibrator,
 )
-from ensembles.evaluation import brier, ece
+from ecgtune.ensembles.evaluation import brier, ece
 
 SINGLE = sorted(k for k in CALIBRATORS if k != "per_label")
 MONOTONE = ("temperature", "platt", "isotonic")

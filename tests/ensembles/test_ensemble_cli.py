@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from ensembles import load_bundle
-from ensembles.registry import CHAMPION_ALIAS
-from search import tracking
+from ecgtune.ensembles import load_bundle
+from ecgtune.ensembles.registry import CHAMPION_ALIAS
+from ecgtune.search import tracking
 
 ENSEMBLE_OPTIONS = ("--data", "--name", "--top-k", "--output", "--register", "--tracking-uri",
                     "--storage", "--search-run-id", "--metric", "--bags", "--windows",
@@ -25,8 +25,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     # The same torch thread count as this process, so that floating-point reductions (and
     # with them the bundle's checksums) can be compared bit for bit.
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    return subprocess.run([sys.executable, "-m", "ensembles.cli", *args], capture_output=True,
-                          text=True, timeout=600, env=env)
+    return subprocess.run([sys.executable, "-m", "ecgtune.ensembles.cli", *args],
+                          capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.mark.parametrize(("command", "options"), [("ensemble", ENSEMBLE_OPTIONS),

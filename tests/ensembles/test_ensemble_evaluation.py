@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss
 
-from ensembles.evaluation import (
+from ecgtune.ensembles.evaluation import (
     CI_METRICS,
     LABEL_METRICS,
     bootstrap_ci,
@@ -21,7 +21,7 @@ from ensembles.evaluation import (
     reliability_curve,
     write_report,
 )
-from search import metrics as M
+from ecgtune.search import metrics as M
 
 LABELS = ["AFIB", "SB", "CRBBB", "LQV", "PACE"]
 

@@ -1,13 +1,18 @@
-"""ensembles.plots: every figure is written as a non-empty PNG."""
+"""ecgtune.ensembles.plots: every figure is written as a non-empty PNG."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ensembles.calibration import PerLabelCalibrator
-from ensembles.evaluation import evaluate
-from ensembles.plots import plot_f1_bars, plot_pr_curves, plot_reliability, save_report_figures
-from search import metrics as M
+from ecgtune.ensembles.calibration import PerLabelCalibrator
+from ecgtune.ensembles.evaluation import evaluate
+from ecgtune.ensembles.plots import (
+    plot_f1_bars,
+    plot_pr_curves,
+    plot_reliability,
+    save_report_figures,
+)
+from ecgtune.search import metrics as M
 
 PNG = b"\x89PNG\r\n\x1a\n"
 LABELS = ["AFIB", "SB", "CRBBB", "LQV"]

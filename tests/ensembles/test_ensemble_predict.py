@@ -11,17 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import make_record, preprocess_record, read_record, write_record
-from ensembles import load_bundle, predict_records
-from ensembles.cli import main
-from ensembles.predict import PredictInputError
+from ecgtune.data_prep import make_record, preprocess_record, read_record, write_record
+from ecgtune.ensembles import load_bundle, predict_records
+from ecgtune.ensembles.cli import main
+from ecgtune.ensembles.predict import PredictInputError
 
 FLAT_RECORDS = ("JS20004", "JS20008")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ensembles.cli", *args], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "ecgtune.ensembles.cli", *args],
+                          capture_output=True, text=True, timeout=300)
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -57,7 +57,7 @@ def test_predict_cli_on_the_real_sample_folder(built_ensemble, sample_dir, tmp_p
 
 def test_truncated_record_is_rejected_and_the_others_written(built_ensemble, synthetic_records,
                                                            tmp_path):
-    from data_prep import scan_records
+    from ecgtune.data_prep import scan_records
 
     headers = scan_records(synthetic_records)[:3]
     folder = tmp_path / "records"
@@ -87,7 +87,7 @@ def test_other_sampling_rate_is_resampled_like_prep(bundle, tmp_path):
 
 
 def test_inputs_mix_files_and_folders_without_duplicates(bundle, synthetic_records):
-    from data_prep import scan_records
+    from ecgtune.data_prep import scan_records
 
     headers = scan_records(synthetic_records)[:2]
     result = predict_records(bundle, [headers[0], headers[0].with_suffix(".mat"),

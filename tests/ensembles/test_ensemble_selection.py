@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ensembles.selection import (
+from ecgtune.ensembles.selection import (
     SELECTION_METRICS,
     EnsembleSelector,
     best_single_member,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensembles import load_bundle
+from ecgtune.ensembles import load_bundle
 
 STARTUP_TIMEOUT_S = 90
 

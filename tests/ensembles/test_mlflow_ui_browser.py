@@ -95,7 +95,7 @@ def _wait_for_text(driver, text: str, timeout: float = 45) -> str:
 def test_search_run_and_nested_trials_are_listed(mlflow_server, browser, built_ensemble):
     from selenium.webdriver.common.by import By
 
-    from search import tracking
+    from ecgtune.search import tracking
 
     client = tracking.client(built_ensemble.tracking_uri)
     experiment = client.get_experiment_by_name(built_ensemble.search_name)
@@ -118,7 +118,7 @@ def test_search_run_and_nested_trials_are_listed(mlflow_server, browser, built_e
 
 
 def test_registered_model_shows_the_champion_alias(mlflow_server, browser, built_ensemble):
-    from search import tracking
+    from ecgtune.search import tracking
 
     champion = tracking.client(built_ensemble.tracking_uri).get_model_version_by_alias(
         built_ensemble.registered, "champion"

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import REASON_CODES, load_shards, make_record, prepare, write_record
-from data_prep.synth import FAULT_KINDS, write_faulty_record
-from ensembles import load_bundle, predict_records
-from ensembles.cli import main
+from ecgtune.data_prep import REASON_CODES, load_shards, make_record, prepare, write_record
+from ecgtune.data_prep.synth import FAULT_KINDS, write_faulty_record
+from ecgtune.ensembles import load_bundle, predict_records
+from ecgtune.ensembles.cli import main
 
 # wfdb 4.3 calls pandas APIs that pandas 3 deprecates (read through wfdb: the .dat record).
 pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_prep import load_shards
-from search.data import MemmapData, ObjectStoreData, make_data_handle
+from ecgtune.data_prep import load_shards
+from ecgtune.search.data import MemmapData, ObjectStoreData, make_data_handle
 
 
 def test_memmap_handle_materialises_once_and_maps_read_only(prepared_data, tmp_path):

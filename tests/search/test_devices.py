@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from components import get_preset
-from data_prep import BatchLoader
-from data_prep.loader import AugmentConfig, DeviceBatchTransform
-from ensembles.gpu_check import synthetic_dataset
-from search import devices
-from search.config import DebugConfig, TrainConfig, TrialConfig
-from search.devices import (
+from ecgtune.components import get_preset
+from ecgtune.data_prep import BatchLoader
+from ecgtune.data_prep.loader import AugmentConfig, DeviceBatchTransform
+from ecgtune.ensembles.gpu_check import synthetic_dataset
+from ecgtune.search import devices
+from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
+from ecgtune.search.devices import (
     DeviceError,
     TrialDoesNotFitError,
     TrialOutOfMemoryError,
@@ -34,11 +34,11 @@ from search.devices import (
     select_precision,
     trial_device,
 )
-from search.errors import NonRetryableTrialError, SearchError
-from search.run import autoscaler_gpus, default_gpus_per_trial, gpu_share_bytes
-from search.searcher import PointValidator
-from search.space import load_space
-from search.training import NonFiniteLossError, Trainer
+from ecgtune.search.errors import NonRetryableTrialError, SearchError
+from ecgtune.search.run import autoscaler_gpus, default_gpus_per_trial, gpu_share_bytes
+from ecgtune.search.searcher import PointValidator
+from ecgtune.search.space import load_space
+from ecgtune.search.training import NonFiniteLossError, Trainer
 
 CLUSTER_YAML = Path(__file__).resolve().parents[2] / "ray_cluster.yaml"
 CUDA = torch.device("cuda", 0)
@@ -72,7 +72,7 @@ def test_assigned_gpu_without_cuda_is_refused_in_one_line():
 
 
 def test_the_trainable_refuses_a_faked_gpu_before_building_anything(monkeypatch):
-    from search import trainable
+    from ecgtune.search import trainable
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     trial = TrialConfig(get_preset("tiny"))
@@ -112,7 +112,7 @@ def test_gpu_share_from_ray_accelerator_resources():
 
 # -- 2. memory: estimated, checked before a trial, OOM fatal -----------------------------------
 def test_meta_device_estimate_matches_the_saved_tensors_of_a_real_pass():
-    from components import build_model
+    from ecgtune.components import build_model
 
     cfg, crop, batch = get_preset("tiny"), 1024, 4
     per_sample, constant, params = activation_bytes(cfg, 20, None, crop)
@@ -151,7 +151,7 @@ def test_validator_rejects_configs_that_cannot_fit_a_trials_share():
 
 
 def test_a_trial_that_cannot_fit_is_refused_before_it_starts(monkeypatch):
-    from search import trainable
+    from ecgtune.search import trainable
 
     class Props:
         total_memory = 8 * devices.GIB
@@ -199,7 +199,7 @@ def test_a_closed_trainer_leaves_its_model_and_optimizer_collectable(data):
 
 # -- 4. resume keeps AdamW's step counters on the CPU ------------------------------------------
 def test_resume_loads_optimizer_state_on_the_cpu(data, tmp_path, monkeypatch):
-    import search.training as training
+    import ecgtune.search.training as training
 
     first = _trainer(data)
     first.run_epoch()
@@ -240,7 +240,7 @@ def test_impossible_precisions_are_refused():
 
 # -- 6. the loader gets the trial's CPUs; GPU input path matches the host's --------------------
 def test_trial_threads_reach_the_loader(data, monkeypatch):
-    from search import trainable
+    from ecgtune.search import trainable
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     threads = trainable._trial_threads()

@@ -1,4 +1,4 @@
-"""search.metrics: equality with sklearn, undefined-label handling, threshold fitting."""
+"""ecgtune.search.metrics: equality with sklearn, undefined-label handling, threshold fitting."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from sklearn import metrics as skm
 
-from search import metrics as M
+from ecgtune.search import metrics as M
 
 
 def _data(n: int = 400, c: int = 6, seed: int = 0, ties: bool = True):

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from search import tracking
-from search.errors import NonRetryableTrialError, SearchOptionError
-from search.faults import install_no_retry_policy, is_non_retryable
-from search.options import pin_space, probe_storage, typed_pins, validate_options
-from search.report import print_search_summary
-from search.run import SearchOptions, SearchResult, TrialSummary, startup_line
-from search.space import load_space, parse_space
-from search.training import NonFiniteLossError
+from ecgtune.search import tracking
+from ecgtune.search.errors import NonRetryableTrialError, SearchOptionError
+from ecgtune.search.faults import install_no_retry_policy, is_non_retryable
+from ecgtune.search.options import pin_space, probe_storage, typed_pins, validate_options
+from ecgtune.search.report import print_search_summary
+from ecgtune.search.run import SearchOptions, SearchResult, TrialSummary, startup_line
+from ecgtune.search.space import load_space, parse_space
+from ecgtune.search.training import NonFiniteLossError
 
 NAME = "bad-invocation"
 
@@ -30,7 +30,7 @@ NAME = "bad-invocation"
 def small_data(tmp_path_factory) -> Path:
     """A real prepared data directory (60 records, every fold present): the invocations
     below would get past the data checks, so only validation can stop them."""
-    from data_prep import prepare, synthesize
+    from ecgtune.data_prep import prepare, synthesize
 
     root = tmp_path_factory.mktemp("small-data")
     synthesize(root / "records", 60, seed=0, workers=1)
@@ -50,7 +50,7 @@ def _mlflow_runs(uri: str) -> list:
 def _invoke(data: Path, tmp_path: Path, capsys, *args: str) -> tuple[int, str, float]:
     import ray
 
-    from ensembles.cli import main
+    from ecgtune.ensembles.cli import main
 
     start = time.monotonic()
     code = main(["search", "--data", str(data), "--space", "tiny", "--name", NAME,
@@ -138,7 +138,7 @@ def test_unwritable_storage_is_rejected(small_data, tmp_path, capsys):
 def test_console_script_exits_2_in_seconds(small_data, tmp_path):
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "ensembles.cli", "search", "--data", str(small_data),
+        [sys.executable, "-m", "ecgtune.ensembles.cli", "search", "--data", str(small_data),
          "--space", "tiny", "--name", NAME, "--storage", str(tmp_path / "ray"),
          "--tracking-uri", tracking.default_tracking_uri(tmp_path),
          "--set", "train.lr=abc"],

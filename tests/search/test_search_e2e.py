@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from search import metrics as M
-from search import tracking
-from search.errors import SearchError, TrackingError
-from search.run import SearchOptions, run_search
+from ecgtune.search import metrics as M
+from ecgtune.search import tracking
+from ecgtune.search.errors import SearchError, TrackingError
+from ecgtune.search.run import SearchOptions, run_search
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def test_crashed_trial_resumes_from_checkpoint_and_nan_trial_fails_clearly(prepa
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "ensembles.cli", *args],
+        [sys.executable, "-m", "ecgtune.ensembles.cli", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs,
     )
 
@@ -204,7 +204,7 @@ def test_cli_names_the_problem_and_exits_1(tmp_path):
 
 
 def test_pinned_search_reuses_the_name_of_a_rejected_invocation(prepared_data, tmp_path, capsys):
-    from ensembles.cli import main
+    from ecgtune.ensembles.cli import main
 
     uri = tracking.default_tracking_uri(tmp_path)
     common = ["search", "--data", str(prepared_data), "--space", "tiny", "--name", "pinned",
@@ -247,7 +247,7 @@ def test_local_ray_listens_on_loopback_only(tmp_path):
     import ray
     from ray._private import ray_constants
 
-    from search.run import _init_ray
+    from ecgtune.search.run import _init_ray
 
     assert not ray.is_initialized()
     switch = ray_constants.ENABLE_RAY_CLUSTER

@@ -5,11 +5,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from components import ModelConfig, get_preset, validate
-from search.config import TrialConfig
-from search.errors import SpaceError
-from search.searcher import ValidatingSearcher, build_searcher
-from search.space import builtin_spaces, load_space, parse_space
+from ecgtune.components import ModelConfig, get_preset, validate
+from ecgtune.search.config import TrialConfig
+from ecgtune.search.errors import SpaceError
+from ecgtune.search.searcher import ValidatingSearcher, build_searcher
+from ecgtune.search.space import builtin_spaces, load_space, parse_space
 
 GROUPS = [list(range(0, 5)), list(range(5, 10)), list(range(10, 16)), list(range(16, 20))]
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from components import get_preset
-from data_prep import load_shards
-from search import metrics as M
-from search.config import DebugConfig, TrainConfig, TrialConfig
-from search.losses import LOSSES, get_loss
-from search.training import NonFiniteLossError, Trainer
+from ecgtune.components import get_preset
+from ecgtune.data_prep import load_shards
+from ecgtune.search import metrics as M
+from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
+from ecgtune.search.losses import LOSSES, get_loss
+from ecgtune.search.training import NonFiniteLossError, Trainer
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,35 @@
+"""The installed distribution: one `ecgtune` namespace, no top-level package names of ours."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["data_prep", "components", "search", "ensembles"])
+def test_only_the_ecgtune_namespace_is_importable(name, tmp_path):
+    # Run outside the repo: `python -m pytest` puts the repo root on sys.path, which would
+    # find the folders themselves. An unrelated PyPI package of that name may exist; ours not.
+    code = (
+        "import importlib, importlib.util\n"
+        f"print(importlib.import_module('ecgtune.{name}').__file__)\n"
+        f"spec = importlib.util.find_spec('{name}')\n"
+        "print(spec.origin if spec else None)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, check=True)
+    namespaced, top_level = out.stdout.split()
+    assert Path(namespaced).is_relative_to(REPO / name)
+    assert top_level == "None" or not Path(top_level).is_relative_to(REPO)
+
+
+def test_console_script_is_namespaced():
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "ecgtune"]
+    assert ep.value == "ecgtune.ensembles.cli:main"
