@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at runtime __getattr__ resolves
     from .loader import AugmentConfig, BatchLoader
     from .prep import PrepResult, format_summary, prepare
     from .preprocess import PreprocessInfo, preprocess_record, preprocessing_spec
+    from .provenance import is_synthetic
     from .quality import check_output, check_raw
     from .reader import (
         STANDARD_LEADS,
@@ -65,6 +66,7 @@ _EXPORTS: dict[str, str] = {
     "synthesize": "synth", "draw_spec": "synth", "make_record": "synth",
     "write_record": "synth",
     "CheckedRecord": "validation", "validate_record": "validation",
+    "is_synthetic": "provenance",
 }
 
 __all__ = [
@@ -95,6 +97,7 @@ __all__ = [
     "fixed_windows",
     "format_summary",
     "get_label_map",
+    "is_synthetic",
     "load_shards",
     "make_record",
     "normalize",

@@ -36,6 +36,7 @@ from .errors import REASON_CODES, WARNING_CODES, PrepError, RecordError
 from .folds import FOLD_ROLES, N_FOLDS, assign_folds, folds_manifest
 from .labels import LabelMap, get_label_map
 from .preprocess import preprocessing_spec
+from .provenance import count_databases, is_synthetic, record_database
 from .reader import (
     STANDARD_LEADS,
     header_comments,
@@ -606,6 +607,9 @@ def _prepare(
         "records_quarantined": len(rows),
         "quarantine_reasons": reasons,
         "quality_warnings": warning_counts,
+        "databases": count_databases(
+            record_database(p.name, header_comments(p.text)) for p in written
+        ),
         "label_map": label_map.name,
         "labels": label_map.to_manifest(),
         "preprocessing": spec,
@@ -667,6 +671,11 @@ def format_summary(manifest: dict[str, Any]) -> str:
         f"records in {manifest['records_in']}, written {manifest['records_written']}, "
         f"quarantined {manifest['records_quarantined']}, shards {len(manifest['shards'])}"
     ]
+    databases = manifest.get("databases", {})
+    if databases:
+        lines.append("source databases: " + ", ".join(f"{k} {v}" for k, v in databases.items())
+                     + (" (synthetic: a model trained on these gives no diagnosis)"
+                        if is_synthetic(databases) else ""))
     reasons = {k: v for k, v in manifest["quarantine_reasons"].items() if v}
     if reasons:
         lines.append("quarantined by reason: " + ", ".join(f"{k} {v}" for k, v in reasons.items()))

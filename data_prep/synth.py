@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import REASON_CODES, WARNING_CODES
 from .labels import get_label_map
+from .provenance import SYNTHETIC_COMMENT
 from .reader import STANDARD_LEADS
 
 __all__ = [
@@ -523,7 +524,7 @@ def write_record(
     bases = np.broadcast_to(np.asarray(baseline, dtype=np.int64), (n_sig,))
     age_text = "NaN" if age is None else str(age)
     comments = [f"Age: {age_text}", f"Sex: {sex or 'Unknown'}", f"Dx: {','.join(dx_codes)}",
-                "Rx: Unknown", "Hx: Unknown", "Sx: Unknown"]
+                "Rx: Unknown", "Hx: Unknown", "Sx: Unknown", SYNTHETIC_COMMENT]
     if fmt == "dat":
         import wfdb
 

@@ -60,6 +60,20 @@ def _synth_once(out: Path, n: int, seed: int, workers: int) -> None:
     stamp.write_text(json.dumps(want))
 
 
+def _prep_sentence(prep: Any) -> str:
+    """What prep did, in words: a re-run that rewrote nothing says "reused"."""
+    m = prep.manifest
+    records = f"{m['records_written']} records"
+    if prep.shards_written == 0:
+        done = f"{records} reused ({prep.shards_kept} shards)"
+    elif prep.shards_kept == 0:
+        done = f"{records} written ({prep.shards_written} shards)"
+    else:
+        done = (f"{records} in {prep.shards_written} new shards and {prep.shards_kept} reused "
+                "ones")
+    return f"{done}, {m['records_quarantined']} quarantined"
+
+
 def run_demo(opts: DemoOptions) -> int:
     from ecgtune.data_prep import prepare
     from ecgtune.ensembles.build import build_ensemble, format_summary
@@ -81,8 +95,7 @@ def run_demo(opts: DemoOptions) -> int:
 
     t = _step(2, "preparing shards (quality gates, folds, Parquet)")
     prep = prepare(work / "records", work / "data", workers=2, shard_size=1000)
-    print(f"      {prep.manifest['records_written']} written, "
-          f"{prep.manifest['records_quarantined']} quarantined, {prep.shards_kept} shards reused")
+    print(f"      {_prep_sentence(prep)}")
     _done(t)
 
     t = _step(3, f"searching: {opts.trials} trials of the `demo` space, TPE + ASHA on a local "
