@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +157,7 @@ def run_demo(opts: DemoOptions) -> int:
 def _print_summary(search: Any, result: Any, predicted: dict[str, Any], uri: str,
                    seconds: float) -> None:
     from ecgtune.search import metrics as M
+    from ecgtune.search.tracking import browse_hint
 
     best = search.best
     print(f"best trial:        {best.trial_id} (t{best.index:03d}, {best.config.get('fusion')} "
@@ -175,8 +178,10 @@ def _print_summary(search: Any, result: Any, predicted: dict[str, Any], uri: str
         print(f"predictions:       {csv} ({label}, {len(pr.records)} rows)")
         for record, labels in list(zip(pr.records, pr.predicted, strict=True))[:3]:
             print(f"                     {record}: {';'.join(labels) or '(none)'}")
-    print(f"\nBrowse the runs:   .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000")
-    print("                   then open http://127.0.0.1:5000")
+    mlflow = Path(sys.executable).with_name("mlflow")
+    command = os.path.relpath(mlflow) if mlflow.is_file() else "mlflow"
+    hint = browse_hint(uri, search.experiment_id, mlflow=command).replace(", then ", "\n    then ")
+    print(f"\nBrowse the runs:\n    {hint}")
     print(f"demo finished in {seconds / 60:.1f} min")
 
 

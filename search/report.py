@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ecgtune.search.run import SearchResult, TrialSummary
-from ecgtune.search.tracking import trial_run_name
+from ecgtune.search.tracking import browse_hint, trial_run_name
 
 # Ray's trial states as the table words them; only TERMINATED trials are done (an interrupted
 # search leaves RUNNING, PENDING and PAUSED ones, which `--resume` continues).
@@ -31,5 +31,4 @@ def print_search_summary(result: SearchResult) -> None:
         if t.error:
             print(f"  {t.trial_id}: {t.error}")
     print(f"\nRay results: {result.experiment_path}")
-    print(f"MLflow: mlflow ui --backend-store-uri {result.tracking_uri}  "
-          f"(experiment {result.name!r})")
+    print(f"Browse the runs: {browse_hint(result.tracking_uri, result.experiment_id)}")

@@ -73,8 +73,31 @@ def client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-# MLflow 3's UI opens GenAI experiments on a traces overview; this kind opens the runs table.
+# Marks our experiments as model training. MLflow 3.17's UI does not pick its view from it,
+# though: see `runs_view_url`.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+UI_PORT = 5000  # README's `mlflow ui --port 5000`
+
+
+def runs_view_url(uri: str, experiment_id: str, port: int = UI_PORT) -> str:
+    """The MLflow UI page with the experiment's runs table.
+
+    MLflow 3's UI opens in its GenAI mode (a traces overview) unless the page's `workflowType`
+    query parameter (or the browser's stored choice) says model training, so the address says
+    it. A tracking server serves the UI itself; a SQLite store is served by `mlflow ui`.
+    """
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else (
+        f"http://127.0.0.1:{port}")
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def browse_hint(uri: str, experiment_id: str, port: int = UI_PORT, mlflow: str = "mlflow") -> str:
+    """One line telling a user how to land on the runs: the command to run, if any, and the
+    address to open."""
+    url = runs_view_url(uri, experiment_id, port)
+    if uri.startswith(("http://", "https://")):
+        return f"open {url}"
+    return f"{mlflow} ui --backend-store-uri {uri} --port {port}, then open {url}"
 
 
 def artifact_location(uri: str) -> str | None:

@@ -50,7 +50,7 @@ def mlflow_server(built_ensemble, tmp_path_factory):
                 if server.poll() is not None or time.time() > deadline:
                     pytest.fail(f"mlflow server did not come up:\n{log.read_text()[-3000:]}")
                 time.sleep(0.5)
-        yield url
+        yield port
     finally:
         server.terminate()
         try:
@@ -60,7 +60,7 @@ def mlflow_server(built_ensemble, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(tmp_path_factory):
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
         pytest.skip("Debian's chromium + chromium-driver are not installed (make test installs "
                     "them when it runs as root)")
@@ -74,6 +74,8 @@ def browser():
                 "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--window-size=1600,1000"):
         options.add_argument(arg)
+    # A fresh profile: no stored GenAI/Model-training choice from an earlier visit.
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     yield driver
@@ -92,7 +94,10 @@ def _wait_for_text(driver, text: str, timeout: float = 45) -> str:
     raise AssertionError(f"{text!r} never appeared; the page shows:\n{body[:2000]}")
 
 
-def test_search_run_and_nested_trials_are_listed(mlflow_server, browser, built_ensemble):
+def test_the_printed_address_opens_the_runs_table(mlflow_server, browser, built_ensemble):
+    """The address `ecgtune search` prints (`browse_hint`), opened in a fresh profile, shows
+    the runs table with the search run and its nested trials: not the GenAI traces overview
+    that MLflow 3's UI opens by default, and no pop-up over it."""
     from selenium.webdriver.common.by import By
 
     from ecgtune.search import tracking
@@ -104,8 +109,15 @@ def test_search_run_and_nested_trials_are_listed(mlflow_server, browser, built_e
     children = [r for r in runs if r.data.tags.get(tracking.TAG_PARENT) == parent.info.run_id]
     assert len(children) == 4
 
-    browser.get(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs")
-    _wait_for_text(browser, parent.info.run_name)
+    hint = tracking.browse_hint(built_ensemble.tracking_uri, experiment.experiment_id,
+                                port=mlflow_server)
+    address = hint.rsplit(" then open ", 1)[1]
+    assert address == tracking.runs_view_url(built_ensemble.tracking_uri,
+                                             experiment.experiment_id, port=mlflow_server)
+    browser.get(address)
+    body = _wait_for_text(browser, parent.info.run_name)
+    assert "Detect issues" not in body and "Training runs" not in body, body[:2000]
+    assert not browser.find_elements(By.CSS_SELECTOR, "[role='dialog']")
     link = browser.find_element(By.PARTIAL_LINK_TEXT, parent.info.run_name)
     row = link.find_element(By.XPATH, "./ancestor::*[@role='row'][1]")
     # Nested runs are folded under their parent; the expander is the Run Name cell's button.
@@ -123,7 +135,7 @@ def test_registered_model_shows_the_champion_alias(mlflow_server, browser, built
     champion = tracking.client(built_ensemble.tracking_uri).get_model_version_by_alias(
         built_ensemble.registered, "champion"
     )
-    browser.get(f"{mlflow_server}/#/models/{built_ensemble.registered}")
+    browser.get(f"http://127.0.0.1:{mlflow_server}/#/models/{built_ensemble.registered}")
     _wait_for_text(browser, built_ensemble.registered)
     body = _wait_for_text(browser, "champion")
     browser.save_screenshot(str(ARTIFACTS / "registered-model.png"))
