@@ -29,7 +29,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/ecgtune demo --workdir $(WORKDIR)
 
 test: $(VENV)/.installed browser-deps
-	$(PY) -m pytest -m "not benchmark" $(PYTEST_ARGS)
+	PYTHONSAFEPATH=1 $(PY) -m pytest -m "not benchmark" $(PYTEST_ARGS)
 
 # Debian's Chromium + chromedriver for the MLflow UI browser test (never a downloaded browser
 # build). Installed when missing and we are root with apt; otherwise that test is skipped.
@@ -48,7 +48,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 bench: $(VENV)/.installed
-	$(PY) -m pytest -m benchmark -s tests/benchmarks
+	PYTHONSAFEPATH=1 $(PY) -m pytest -m benchmark -s tests/benchmarks
 
 # One table of what trials meet on this machine's GPU (README "GPU check"); on a CPU it runs
 # the same checks with the tiny preset (the test suite does that too).

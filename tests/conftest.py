@@ -3,6 +3,7 @@ the search and ensembles suites so that each is built once per test run."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,10 @@ import torch
 # Two cores, shared with Ray's trial workers during the search tests: one intra-op thread per
 # test process avoids OpenMP spin-waits fighting over them (2 threads ran ~10x slower here).
 torch.set_num_threads(1)
+
+# Subprocesses (the CLI, Ray workers) import the installed `ecgtune.*` packages, never the repo's
+# folders by their bare names from the working directory (`python -m` would put it first).
+os.environ["PYTHONSAFEPATH"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = (REPO.parent / "shared" / "data" / "ecg-arrhythmia-sample").resolve()
