@@ -208,6 +208,7 @@ def _init_ray(opts: SearchOptions) -> bool:
     # Short CPU epochs checkpoint every few seconds; the experiment-state snapshots that this
     # forces are cheap here, and Ray's warning about them reads like a failure.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    quiet_tune_console(opts.verbose)
     with _loopback_only(opts.address is None):
         ray.init(
             address=opts.address,
@@ -243,6 +244,20 @@ def _loopback_only(local: bool) -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def quiet_tune_console(verbose: int) -> None:
+    """Below --verbose 2 our one line per trial event and our summary are the whole console.
+
+    Ray Tune's default reporter prints a configuration banner (naming our searcher
+    "SearchGenerator"), a TensorBoard hint (tensorboard is not installed) and result tables,
+    whatever `verbose` says; its legacy reporter at verbose 0 prints nothing. Its per-failure
+    tracebacks are dropped too: our line names the error, the trial's error file keeps it.
+    """
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0" if verbose < 2 else "1"  # read at each fit()
+    level = logging.CRITICAL if verbose < 2 else logging.NOTSET
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logging.getLogger(name).setLevel(level)
 
 
 def _drop_token_auth_banner(record: logging.LogRecord) -> bool:
