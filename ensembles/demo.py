@@ -77,7 +77,7 @@ def _prep_sentence(prep: Any) -> str:
 
 
 def run_demo(opts: DemoOptions) -> int:
-    from ecgtune.data_prep import prepare
+    from ecgtune.data_prep import is_synthetic, prepare
     from ecgtune.ensembles.build import build_ensemble, format_summary
     from ecgtune.ensembles.predict import predict_records, write_predictions_csv
     from ecgtune.search.report import print_search_summary
@@ -150,12 +150,13 @@ def run_demo(opts: DemoOptions) -> int:
     _done(t)
 
     _step(6, "summary")
-    _print_summary(search, result, predicted, uri, time.perf_counter() - began)
+    _print_summary(search, result, predicted, uri, time.perf_counter() - began,
+                   synthetic=is_synthetic(prep.manifest.get("databases")))
     return 0
 
 
 def _print_summary(search: Any, result: Any, predicted: dict[str, Any], uri: str,
-                   seconds: float) -> None:
+                   seconds: float, synthetic: bool) -> None:
     from ecgtune.search import metrics as M
     from ecgtune.search.tracking import browse_hint
 
@@ -174,6 +175,9 @@ def _print_summary(search: Any, result: Any, predicted: dict[str, Any], uri: str
     if result.registered_model:
         print(f"registered model:  models:/{result.registered_model}@champion "
               f"(version {result.model_version})")
+    if synthetic and predicted:
+        print("predictions below come from a model trained on synthetic records only: they "
+              "show the pipeline working, they are not diagnoses")
     for label, (pr, csv) in predicted.items():
         print(f"predictions:       {csv} ({label}, {len(pr.records)} rows)")
         for record, labels in list(zip(pr.records, pr.predicted, strict=True))[:3]:
