@@ -27,7 +27,7 @@ from torch import nn
 
 from ecgtune.ensembles.errors import MemberError, SearchNotFoundError
 from ecgtune.ensembles.inference import MemberSpec
-from ecgtune.search import metrics as M
+from ecgtune.search import metric_keys as K
 from ecgtune.search import tracking
 from ecgtune.search.config import TrainConfig
 from ecgtune.search.training import MODEL_FILE, THRESHOLDS_FILE, TRIAL_CONFIG_FILE
@@ -139,7 +139,7 @@ def rank_trials(client: Any, search: SearchRef, top_k: int) -> list[TrialRef]:
     usable = []
     for run in tracking.trial_runs(client, search.experiment_id, search.run_id):
         checkpoint = run.data.tags.get(tracking.TAG_BEST_CHECKPOINT)
-        score = run.data.metrics.get(M.BEST_OBJECTIVE)
+        score = run.data.metrics.get(K.BEST_OBJECTIVE)
         if run.info.status != "FINISHED" or not checkpoint or score is None:
             continue
         if not math.isfinite(score):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ecgtune.search import metrics as M
+from ecgtune.search import metric_keys as K
 from ecgtune.search import tracking
 from ecgtune.search.data import make_data_handle
 from ecgtune.search.devices import gpu_memory_from_resources
@@ -381,7 +381,7 @@ def _tuner(opts: SearchOptions, trainable: Any, space: SearchSpace, check: Point
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=2,  # the best by the objective, plus the latest to resume
-                checkpoint_score_attribute=M.OBJECTIVE,
+                checkpoint_score_attribute=K.OBJECTIVE,
                 checkpoint_score_order="max",
             ),
             verbose=2 if opts.verbose >= 2 else 0,
@@ -468,9 +468,9 @@ def _scheduler(opts: SearchOptions, space: SearchSpace) -> Any:
     if opts.scheduler == "fifo":
         return FIFOScheduler()
     return ASHAScheduler(
-        metric=M.OBJECTIVE,
+        metric=K.OBJECTIVE,
         mode="max",
-        time_attr=M.EPOCH,
+        time_attr=K.EPOCH,
         max_t=epochs,
         grace_period=min(epochs, int(space.scheduler.get("grace_period", 1))),
         reduction_factor=float(space.scheduler.get("reduction_factor", 3)),
@@ -523,11 +523,11 @@ def _summarise(num_samples: int, opts: SearchOptions, tracking_uri: str, experim
     for trial in ExperimentAnalysis(experiment_path).trials:
         last = trial.last_result or {}
         config = dict(trial.config or {})
-        epochs = int(last.get(M.EPOCH, 0))
+        epochs = int(last.get(K.EPOCH, 0))
         budget = int(config.get("train.epochs", epochs))
         error = tracking.error_summary(trial) if trial.status == "ERROR" else None
         finished += trial.status in ("TERMINATED", "ERROR")
-        best = last.get(M.BEST_OBJECTIVE)
+        best = last.get(K.BEST_OBJECTIVE)
         trials.append(TrialSummary(
             index=tracking.trial_index(trial), trial_id=trial.trial_id, status=trial.status,
             epochs=epochs, best_score=float(best) if best is not None else None,
@@ -552,7 +552,7 @@ def _close_runs(client: Any, experiment_id: str, parent_id: str, complete: bool,
     if result is not None:
         best = result.best
         if best is not None:
-            client.log_metric(parent_id, f"best/{M.OBJECTIVE.split('/', 1)[1]}", best.best_score)
+            client.log_metric(parent_id, f"best/{K.OBJECTIVE.split('/', 1)[1]}", best.best_score)
             client.set_tag(parent_id, "ecgtune.best_trial_id", best.trial_id)
         client.log_metric(parent_id, "search/trial_epochs", result.trial_epochs)
         client.log_metric(parent_id, "search/trials", len(result.trials))

@@ -19,7 +19,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from ecgtune.search import metrics as M
+from ecgtune.search import metric_keys as K
 from ecgtune.search.errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -224,12 +224,12 @@ class MlflowTrialTracker(Callback):
                         **info: Any) -> None:
         from mlflow.entities import Metric
 
-        step = int(result.get(M.EPOCH, result.get("training_iteration", 0)))
+        step = int(result.get(K.EPOCH, result.get("training_iteration", 0)))
         ts = int(result.get("timestamp", 0) * 1000)
         values = [
             Metric(key, float(value), ts, step)
             for key, value in result.items()
-            if ("/" in key or key == M.EPOCH) and isinstance(value, (int, float))
+            if ("/" in key or key == K.EPOCH) and isinstance(value, (int, float))
             and not isinstance(value, bool)
         ]
         run_id = self.run_id(trial)
@@ -245,7 +245,7 @@ class MlflowTrialTracker(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
         last = trial.last_result or {}
-        done = int(last.get(M.EPOCH, 0))
+        done = int(last.get(K.EPOCH, 0))
         budget = int(trial.config.get("train.epochs", done))
         early = done < budget
         tags = {

@@ -22,7 +22,9 @@ import torch
 from ecgtune.components import build_model, load_checkpoint, save_checkpoint
 from ecgtune.data_prep import AugmentConfig, BatchLoader, ECGDataset
 from ecgtune.data_prep.loader import DeviceBatchTransform
+from ecgtune.search import metric_keys as K
 from ecgtune.search import metrics as M
+from ecgtune.search import thresholds as T
 from ecgtune.search.config import TrialConfig
 from ecgtune.search.devices import AUTOCAST_DTYPES, resolve_device, select_precision
 from ecgtune.search.errors import NonRetryableTrialError
@@ -203,8 +205,8 @@ class Trainer:
         elapsed = time.perf_counter() - start
         steps = max(1, min(self.steps_per_epoch, len(loader)))
         return {
-            M.TRAIN_LOSS: float(total.item()) / steps,
-            M.THROUGHPUT: n_samples / elapsed if elapsed > 0 else 0.0,
+            K.TRAIN_LOSS: float(total.item()) / steps,
+            K.THROUGHPUT: n_samples / elapsed if elapsed > 0 else 0.0,
         }
 
     def _check_finite(self, bad_step: torch.Tensor, bad_loss: torch.Tensor) -> None:
@@ -241,13 +243,13 @@ class Trainer:
     def evaluate(self) -> EpochResult:
         probs, val_loss = self.predict(self.val_data)
         y = np.asarray(self.val_data.labels)
-        thresholds = M.fit_thresholds(y, probs, objective=self.cfg.threshold_objective)
+        thresholds = T.fit_thresholds(y, probs, objective=self.cfg.threshold_objective)
         per_label = M.per_label_report(y, probs, thresholds, self.label_names)
         metrics = {
-            M.OBJECTIVE: M.macro_auprc(y, probs),
-            M.VAL_AUROC: M.macro_auroc(y, probs),
-            M.VAL_LOSS: val_loss,
-            M.VAL_F1: M.macro_f1(y, probs, thresholds),
+            K.OBJECTIVE: M.macro_auprc(y, probs),
+            K.VAL_AUROC: M.macro_auroc(y, probs),
+            K.VAL_LOSS: val_loss,
+            K.VAL_F1: M.macro_f1(y, probs, thresholds),
         }
         return EpochResult(metrics, probs, thresholds, per_label)
 
@@ -256,11 +258,11 @@ class Trainer:
         result = self.evaluate()
         result.metrics.update(train_metrics)
         self.epoch += 1
-        score = result.metrics[M.OBJECTIVE]
+        score = result.metrics[K.OBJECTIVE]
         if score > self.best_score:
             self.best_score, self.best_epoch = score, self.epoch
-        result.metrics[M.EPOCH] = self.epoch
-        result.metrics[M.BEST_OBJECTIVE] = self.best_score
+        result.metrics[K.EPOCH] = self.epoch
+        result.metrics[K.BEST_OBJECTIVE] = self.best_score
         self.history.append({k: float(v) for k, v in result.metrics.items()})
         return result
 
