@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ecgtune.search import checkpoint, tracking
 from ecgtune.search import metric_keys as K
-from ecgtune.search import tracking
 from ecgtune.search.data import make_data_handle
 from ecgtune.search.devices import gpu_memory_from_resources
 from ecgtune.search.errors import SearchError, SearchOptionError
@@ -379,11 +379,7 @@ def _tuner(opts: SearchOptions, trainable: Any, space: SearchSpace, check: Point
             storage_path=storage,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2,  # the best by the objective, plus the latest to resume
-                checkpoint_score_attribute=K.OBJECTIVE,
-                checkpoint_score_order="max",
-            ),
+            checkpoint_config=checkpoint.checkpoint_config(),
             verbose=2 if opts.verbose >= 2 else 0,
         ),
     )
