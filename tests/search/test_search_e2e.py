@@ -107,7 +107,8 @@ def test_crashed_trial_resumes_from_checkpoint_and_nan_trial_fails_clearly(prepa
     assert failures == {"crash": ("TERMINATED", 1), "nan": ("ERROR", 1), "oom": ("ERROR", 1)}
     progress = capsys.readouterr().out
     assert progress.count("retrying from its last checkpoint") == 1, progress
-    assert "FAILED: search.training.NonFiniteLossError: training loss became nan" in progress
+    assert ("FAILED: ecgtune.search.training.NonFiniteLossError: training loss became nan"
+            in progress)
     assert "TrialOutOfMemoryError: GPU out of memory at batch 32 x crop 1024" in progress
     client, parents, children = _runs(uri, "faults")
     by_fault = {fault({k: int(v) for k, v in r.data.params.items() if k.startswith("debug.")}):
