@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at runtime __getattr__ resolves
         to_millivolts,
         window_starts,
     )
-    from .folds import FOLD_ROLES, assign_folds
+    from .folds import FOLD_ROLES, assign_folds, fold_roles
     from .labels import LABEL_MAPS, Label, LabelMap, get_label_map
     from .loader import AugmentConfig, BatchLoader
     from .prep import PrepResult, format_summary, prepare
@@ -56,7 +56,7 @@ _EXPORTS: dict[str, str] = {
     "PreprocessInfo": "preprocess", "preprocess_record": "preprocess",
     "preprocessing_spec": "preprocess",
     "check_raw": "quality", "check_output": "quality",
-    "FOLD_ROLES": "folds", "assign_folds": "folds",
+    "FOLD_ROLES": "folds", "assign_folds": "folds", "fold_roles": "folds",
     "read_manifest": "shards", "read_shard": "shards", "verify_shards": "shards",
     "PrepResult": "prep", "prepare": "prep", "format_summary": "prep",
     "ECGDataset": "dataset", "NormStats": "dataset", "load_shards": "dataset",
@@ -95,6 +95,7 @@ __all__ = [
     "check_raw",
     "draw_spec",
     "fixed_windows",
+    "fold_roles",
     "format_summary",
     "get_label_map",
     "is_synthetic",

@@ -15,11 +15,14 @@ Own implementation rather than `iterative-stratification`: that package imports 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = ["FOLD_ROLES", "N_FOLDS", "assign_folds", "fold_counts", "folds_manifest"]
+from .errors import PrepError
+
+__all__ = ["FOLD_ROLES", "N_FOLDS", "assign_folds", "fold_counts", "fold_roles", "folds_manifest"]
 
 N_FOLDS = 10
 FOLD_ROLES: dict[str, list[int]] = {
@@ -28,6 +31,33 @@ FOLD_ROLES: dict[str, list[int]] = {
     "ensemble": [8],  # ensemble selection, calibration, ensemble thresholds
     "test": [9],  # reported once, never fitted on
 }
+
+
+def fold_roles(manifest: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Role (`train`, `val`, `ensemble`, `test`) -> folds, as the dataset's manifest records
+    them (`folds.roles`); `FOLD_ROLES` only for a manifest that records none.
+
+    The manifest is the authority: code that trains, selects or reports asks it which folds
+    play which role instead of assuming the numbers."""
+    recorded = (manifest.get("folds") or {}).get("roles")
+    roles = FOLD_ROLES if recorded is None else recorded
+    missing = sorted(set(FOLD_ROLES) - set(roles))
+    if missing:
+        raise PrepError(f"manifest fold roles lack {', '.join(missing)}: got {sorted(roles)}")
+    out = {role: tuple(int(f) for f in roles[role]) for role in FOLD_ROLES}
+    n_folds = int((manifest.get("folds") or {}).get("n", N_FOLDS))
+    seen: dict[int, str] = {}
+    for role, folds in out.items():
+        if not folds:
+            raise PrepError(f"manifest fold role {role!r} has no folds")
+        for fold in folds:
+            if not 0 <= fold < n_folds:
+                raise PrepError(f"manifest fold role {role!r} names fold {fold}; the data has "
+                                f"folds 0..{n_folds - 1}")
+            if fold in seen:
+                raise PrepError(f"manifest fold {fold} has two roles: {seen[fold]} and {role}")
+            seen[fold] = role
+    return out
 
 
 def _fold_sequence(

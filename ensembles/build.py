@@ -72,7 +72,7 @@ class EnsembleOptions:
 
     def validate(self) -> None:
         from ecgtune.ensembles.selection import SELECTION_METRICS
-        from ecgtune.search.metrics import THRESHOLD_OBJECTIVES
+        from ecgtune.search.thresholds import THRESHOLD_OBJECTIVES
 
         problems = []
         if self.top_k < 1:
@@ -409,7 +409,7 @@ def _fmt(x: float | None) -> str:
 
 def format_summary(result: EnsembleResult) -> str:
     """The short summary `ecgtune ensemble` prints."""
-    from ecgtune.search import metrics as M
+    from ecgtune.search import metric_keys as K
 
     lines = [
         f"Ensemble of search {result.search_name!r} (search run {result.search_run_id}): "
@@ -425,8 +425,8 @@ def format_summary(result: EnsembleResult) -> str:
     lines.append(f"Fold {TEST_FOLD} (test, {n9} records)   {'AUROC':>6} {'AUPRC':>6} {'F1':>6}")
     for name, row in result.rows.items():
         macro = row["macro"]
-        lines.append(f"  {name:<28} {_fmt(macro[M.AUROC])} {_fmt(macro[M.AUPRC])} "
-                     f"{_fmt(macro[M.F1])}")
+        lines.append(f"  {name:<28} {_fmt(macro[K.AUROC])} {_fmt(macro[K.AUPRC])} "
+                     f"{_fmt(macro[K.F1])}")
     if ROW_SEED not in result.rows:
         lines.append(f"  {ROW_SEED:<28} (no seed-style trial among the members)")
     lines.append(f"Calibration (fold {TEST_FOLD}): ECE {result.ece_before:.4f} -> "

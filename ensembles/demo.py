@@ -157,7 +157,7 @@ def run_demo(opts: DemoOptions) -> int:
 
 def _print_summary(search: Any, result: Any, predicted: dict[str, Any], uri: str,
                    seconds: float, synthetic: bool) -> None:
-    from ecgtune.search import metrics as M
+    from ecgtune.search import metric_keys as K
     from ecgtune.search.tracking import browse_hint
 
     best = search.best
@@ -168,7 +168,7 @@ def _print_summary(search: Any, result: Any, predicted: dict[str, Any], uri: str
     print(f"{'test fold 9':<30} {'AUROC':>6} {'AUPRC':>6} {'F1':>6}")
     for name, row in result.rows.items():
         macro = row["macro"]
-        print(f"  {name:<28} {macro[M.AUROC]:6.3f} {macro[M.AUPRC]:6.3f} {macro[M.F1]:6.3f}")
+        print(f"  {name:<28} {macro[K.AUROC]:6.3f} {macro[K.AUPRC]:6.3f} {macro[K.F1]:6.3f}")
     print(f"calibration (fold 9): ECE {result.ece_before:.4f} -> {result.ece_after:.4f}")
     print(f"bundle:            {result.bundle_dir}")
     print(f"report:            {result.report_dir / 'report.html'}")

@@ -1,7 +1,7 @@
 """Evaluation of multi-label probabilities: calibration error, full metric sets, bootstrap
 confidence intervals and the comparison report (JSON + Markdown + standalone HTML).
 
-Metric names are the shared constants of `ecgtune.search.metrics`; `flatten_metrics` turns an
+Metric names are the shared constants of `ecgtune.search.metric_keys`; `flatten_metrics` turns an
 `evaluate` result into MLflow keys like ``test/macro_auprc`` and ``test/f1/AFIB``.
 """
 
@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import sparse
 
+from ecgtune.search import metric_keys as K
 from ecgtune.search import metrics as M
 
 __all__ = [
@@ -36,30 +37,30 @@ __all__ = [
 
 # Per-label metrics in report order; macro values average them over labels.
 LABEL_METRICS = (
-    M.AUROC,
-    M.AUPRC,
-    M.F1,
-    M.PRECISION,
-    M.RECALL,
-    M.SPECIFICITY,
-    M.KAPPA,
-    M.ECE,
-    M.BRIER,
+    K.AUROC,
+    K.AUPRC,
+    K.F1,
+    K.PRECISION,
+    K.RECALL,
+    K.SPECIFICITY,
+    K.KAPPA,
+    K.ECE,
+    K.BRIER,
 )
 # Summary metrics with confidence intervals (macro averages plus the Hamming loss).
-CI_METRICS = (*LABEL_METRICS, M.HAMMING)
+CI_METRICS = (*LABEL_METRICS, K.HAMMING)
 
 _TITLES = {
-    M.AUROC: "AUROC",
-    M.AUPRC: "AUPRC",
-    M.F1: "F1",
-    M.PRECISION: "Precision",
-    M.RECALL: "Recall",
-    M.SPECIFICITY: "Specificity",
-    M.KAPPA: "Kappa",
-    M.ECE: "ECE",
-    M.BRIER: "Brier",
-    M.HAMMING: "Hamming loss",
+    K.AUROC: "AUROC",
+    K.AUPRC: "AUPRC",
+    K.F1: "F1",
+    K.PRECISION: "Precision",
+    K.RECALL: "Recall",
+    K.SPECIFICITY: "Specificity",
+    K.KAPPA: "Kappa",
+    K.ECE: "ECE",
+    K.BRIER: "Brier",
+    K.HAMMING: "Hamming loss",
 }
 
 
@@ -159,15 +160,15 @@ def _per_label_values(
     """Every per-label metric, (C,) without weights or (B, C) for weights (B, N)."""
     auroc, auprc = M.ranking_metrics_per_label(y, p, w)
     cc = M.confusion_counts(y, p, thresholds, w)
-    out = {M.AUROC: auroc, M.AUPRC: auprc, **M.metrics_from_counts(cc)}
+    out = {K.AUROC: auroc, K.AUPRC: auprc, **M.metrics_from_counts(cc)}
     if w is None:
-        out[M.ECE] = ece(y, p, n_bins, average=None)
-        out[M.BRIER] = brier(y, p, average=None)
-        out[M.HAMMING] = np.asarray(M.hamming_loss(y, p, thresholds))
+        out[K.ECE] = ece(y, p, n_bins, average=None)
+        out[K.BRIER] = brier(y, p, average=None)
+        out[K.HAMMING] = np.asarray(M.hamming_loss(y, p, thresholds))
     else:
-        out[M.ECE], out[M.BRIER] = _weighted_calibration(y, p, w, n_bins)
+        out[K.ECE], out[K.BRIER] = _weighted_calibration(y, p, w, n_bins)
         wrong = np.sum(cc.fp + cc.fn, axis=-1)
-        out[M.HAMMING] = wrong / (w.sum(axis=1) * y.shape[1])
+        out[K.HAMMING] = wrong / (w.sum(axis=1) * y.shape[1])
     return out
 
 
@@ -194,7 +195,7 @@ def _weighted_calibration(
 
 def _macro_values(values: dict[str, np.ndarray]) -> dict[str, Any]:
     out = {name: _nanmean(values[name]) for name in LABEL_METRICS}
-    out[M.HAMMING] = values[M.HAMMING]
+    out[K.HAMMING] = values[K.HAMMING]
     return out
 
 
@@ -234,13 +235,13 @@ def evaluate(
         "macro": {k: _float(v) for k, v in macro.items()},
         "labels_used": {
             k: [names[i] for i in np.flatnonzero(~np.isnan(values[k]))]
-            for k in (M.AUROC, M.AUPRC, M.KAPPA)
+            for k in (K.AUROC, K.AUPRC, K.KAPPA)
         },
         "per_label": {
             name: {
                 **{k: _float(values[k][i]) for k in LABEL_METRICS},
-                M.SUPPORT: int(support[i]),
-                M.THRESHOLD: float(t[i]),
+                K.SUPPORT: int(support[i]),
+                K.THRESHOLD: float(t[i]),
             }
             for i, name in enumerate(names)
         },
@@ -341,11 +342,11 @@ def evaluate_with_ci(
 def flatten_metrics(result: Mapping[str, Any], split: str = "test") -> dict[str, float]:
     """Flat ``{key: value}`` of an `evaluate` result for MLflow, keys from `metric_key`;
     undefined values are omitted."""
-    out = {M.metric_key(split, k): v for k, v in result["macro"].items() if v is not None}
+    out = {K.metric_key(split, k): v for k, v in result["macro"].items() if v is not None}
     for label, row in result["per_label"].items():
         for k in LABEL_METRICS:
             if row.get(k) is not None:
-                out[M.metric_key(split, k, label)] = row[k]
+                out[K.metric_key(split, k, label)] = row[k]
     return out
 
 
@@ -399,10 +400,10 @@ def _tables(
             [[name, *(_cell(r, m) for m in CI_METRICS)] for name, r in rows.items()],
         )
     ]
-    for metric in (M.AUPRC, M.AUROC, M.F1, M.KAPPA):
+    for metric in (K.AUPRC, K.AUROC, K.F1, K.KAPPA):
         body = []
         for label in label_names:
-            support = first["per_label"][label][M.SUPPORT]
+            support = first["per_label"][label][K.SUPPORT]
             body.append([label, str(support), *(_cell(r, metric, label) for r in rows.values())])
         tables.append((f"Per-label {_TITLES[metric]}{ci_note}", ["label", "support", *rows], body))
     return tables

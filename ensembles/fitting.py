@@ -3,7 +3,7 @@
 `fit_ensemble` runs the three steps on the members' fold-8 probabilities; `fit_average`
 calibrates and thresholds the uniform average of all members the same way (a comparator).
 Thresholds are fitted on *calibrated* probabilities, so the few-positive fallback (0.5 by
-default, `ecgtune.search.metrics.fit_thresholds`) is the natural cut of a calibrated probability.
+default, `ecgtune.search.thresholds.fit_thresholds`) is the natural cut of a calibrated probability.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from ecgtune.ensembles.calibration import PerLabelCalibrator
 from ecgtune.ensembles.selection import EnsembleSelector, uniform_average
-from ecgtune.search import metrics as M
+from ecgtune.search import thresholds as T
 
 __all__ = ["FitOptions", "FittedAverage", "FittedEnsemble", "fit_average", "fit_ensemble"]
 
@@ -64,7 +64,7 @@ def _calibrate(
     calibrated = calibrator.predict(probs)
     extra = {"groups": list(groups)} if opts.threshold_objective == "challenge" and groups else {}
     beta = opts.beta if opts.threshold_objective != "f1" else 1.0
-    thresholds = M.fit_thresholds(
+    thresholds = T.fit_thresholds(
         y, calibrated, objective=opts.threshold_objective, beta=beta,
         min_positives=opts.min_positives, fallback=opts.fallback, **extra,
     )

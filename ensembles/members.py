@@ -4,17 +4,14 @@ The search is the experiment named ``--name``; its parent run is the newest run 
 ``ecgtune.role=search`` (or ``--search-run-id``). Its child runs that FINISHED with a best
 checkpoint are ranked by the last logged ``val/best_macro_auprc`` and the top K are loaded.
 
-A checkpoint tag holds a local path or a URI (``s3://...``, read through Ray's `Checkpoint`).
-When a local path no longer exists (results moved, another machine) and ``storage`` is given,
-the checkpoint is looked up as ``STORAGE/NAME/<trial dir>/<checkpoint dir>``. Weights load
-with ``weights_only=True`` (`components.load_checkpoint`); the member's crop length and
-normalisation come from its ``trial_config.json``.
+The checkpoint itself (its files, where a moved one is looked for, reading it back with
+``weights_only=True``) belongs to `search.checkpoint`; this module ranks the runs and turns a
+checkpoint into a member (its crop length and normalisation come from the trial's config).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import re
 from collections.abc import Iterator
@@ -27,10 +24,9 @@ from torch import nn
 
 from ecgtune.ensembles.errors import MemberError, SearchNotFoundError
 from ecgtune.ensembles.inference import MemberSpec
-from ecgtune.search import metrics as M
-from ecgtune.search import tracking
-from ecgtune.search.config import TrainConfig
-from ecgtune.search.training import MODEL_FILE, THRESHOLDS_FILE, TRIAL_CONFIG_FILE
+from ecgtune.search import checkpoint, tracking
+from ecgtune.search import metric_keys as K
+from ecgtune.search.errors import CheckpointError
 
 __all__ = [
     "Member",
@@ -41,8 +37,6 @@ __all__ = [
     "rank_trials",
     "resolve_checkpoint",
 ]
-
-_DEFAULTS = TrainConfig()
 
 
 @dataclass(frozen=True)
@@ -85,7 +79,7 @@ class Member:
     model: nn.Module
     trial: TrialRef
     checkpoint_dir: str
-    val_thresholds: np.ndarray | None  # tuned on fold 7 by the trial (thresholds.json)
+    val_thresholds: np.ndarray | None  # tuned by the trial on its validation fold
     trial_config: dict[str, Any]
 
     @property
@@ -139,7 +133,7 @@ def rank_trials(client: Any, search: SearchRef, top_k: int) -> list[TrialRef]:
     usable = []
     for run in tracking.trial_runs(client, search.experiment_id, search.run_id):
         checkpoint = run.data.tags.get(tracking.TAG_BEST_CHECKPOINT)
-        score = run.data.metrics.get(M.BEST_OBJECTIVE)
+        score = run.data.metrics.get(K.BEST_OBJECTIVE)
         if run.info.status != "FINISHED" or not checkpoint or score is None:
             continue
         if not math.isfinite(score):
@@ -163,52 +157,13 @@ def resolve_checkpoint(
     trial: TrialRef, search_name: str, storage: str | None = None
 ) -> Iterator[Path]:
     """A local directory holding the trial's checkpoint (downloaded for URIs, removed after)."""
-    location = trial.checkpoint
-    if "://" in location and not location.startswith("file://"):
-        import tempfile
-
-        from ray.tune import Checkpoint
-
-        with tempfile.TemporaryDirectory(prefix="ecgtune-member-") as tmp:
-            try:
-                Checkpoint(location).to_directory(tmp)
-            except Exception as exc:  # pyarrow.fs raises many types (auth, missing, network)
-                raise MemberError(
-                    f"{trial.label}: cannot download checkpoint {location}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from None
-            yield Path(tmp)
-        return
-    path = Path(location.removeprefix("file://"))
-    if path.is_dir():
-        yield path
-        return
-    tried = [str(path)]
-    if storage is not None:
-        moved = f"{storage.rstrip('/')}/{search_name}/{path.parent.name}/{path.name}"
-        if "://" in storage:
-            with resolve_checkpoint(
-                TrialRef(trial.rank, trial.run_id, trial.run_name, trial.trial_id, trial.score,
-                         moved),
-                search_name,
-            ) as directory:
-                yield directory
-            return
-        if Path(moved).is_dir():
-            yield Path(moved)
-            return
-        tried.append(moved)
-    hint = "" if storage else "; pass --storage if the search results were moved"
-    raise MemberError(
-        f"{trial.label}: checkpoint not found (looked in {', '.join(tried)}){hint}"
-    )
-
-
-def _read_json(path: Path, trial: TrialRef) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MemberError(f"{trial.label}: cannot read {path.name}: {exc}") from None
+    with contextlib.ExitStack() as stack:
+        try:
+            directory = stack.enter_context(
+                checkpoint.local_checkpoint(trial.checkpoint, search_name, storage))
+        except CheckpointError as exc:
+            raise MemberError(f"{trial.label}: {exc}") from None
+        yield directory
 
 
 def load_member(
@@ -217,50 +172,26 @@ def load_member(
     storage: str | None = None,
     label_names: list[str] | None = None,
 ) -> Member:
-    """Load one member's model (weights_only), its trial config and its fold-7 thresholds."""
-    from ecgtune.components import load_checkpoint
-
+    """Load one member's model (weights_only), its trial config and its validation thresholds."""
     with resolve_checkpoint(trial, search_name, storage) as directory:
-        model_file = directory / MODEL_FILE
-        if not model_file.is_file():
-            raise MemberError(f"{trial.label}: {MODEL_FILE} missing in {directory}")
         try:
-            model, meta = load_checkpoint(model_file)
-        except Exception as exc:  # corrupt file, foreign format, incompatible weights
-            raise MemberError(
-                f"{trial.label}: cannot load {model_file}: {type(exc).__name__}: {exc}"
-            ) from None
-        config_file = directory / TRIAL_CONFIG_FILE
-        if config_file.is_file():
-            flat = _read_json(config_file, trial)
-        elif "trial_config" in meta.extra:  # older checkpoints: the copy inside model.pt
-            flat = json.loads(meta.extra["trial_config"])
-        else:
-            raise MemberError(f"{trial.label}: {TRIAL_CONFIG_FILE} missing in {directory}")
-        thresholds = None
-        if (directory / THRESHOLDS_FILE).is_file():
-            data = _read_json(directory / THRESHOLDS_FILE, trial)
-            if label_names is not None and list(data.get("labels", label_names)) != label_names:
-                raise MemberError(
-                    f"{trial.label}: its thresholds are for labels {data.get('labels')}, the "
-                    f"data has {label_names}"
-                )
-            thresholds = np.asarray(data["thresholds"], dtype=np.float64)
+            saved = checkpoint.read_checkpoint(directory, label_names)
+        except CheckpointError as exc:
+            raise MemberError(f"{trial.label}: {exc}") from None
         checkpoint_dir = str(directory) if "://" not in trial.checkpoint else trial.checkpoint
-    if label_names is not None and meta.num_labels != len(label_names):
-        raise MemberError(
-            f"{trial.label}: the model predicts {meta.num_labels} labels, the data has "
-            f"{len(label_names)}"
-        )
+    meta, flat = saved.meta, saved.flat_config
     try:
         spec = MemberSpec(
             name=trial.member_name,
             config=meta.config,
             num_labels=meta.num_labels,
             label_groups=tuple(tuple(g) for g in meta.label_groups),
-            crop_len=int(flat.get("train.crop_len", _DEFAULTS.crop_len)),
-            normalization=str(flat.get("train.normalization", _DEFAULTS.normalization)),
+            crop_len=int(flat["train.crop_len"]),
+            normalization=str(flat["train.normalization"]),
         )
+    except KeyError as exc:
+        raise MemberError(
+            f"{trial.label}: {checkpoint.TRIAL_CONFIG_FILE} has no {exc.args[0]}") from None
     except ValueError as exc:
         raise MemberError(f"{trial.label}: {exc}") from None
-    return Member(spec, model, trial, checkpoint_dir, thresholds, flat)
+    return Member(spec, saved.model, trial, checkpoint_dir, saved.thresholds, flat)

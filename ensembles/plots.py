@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ecgtune.ensembles.evaluation import ece, reliability_curve
+from ecgtune.search import metric_keys as K
 from ecgtune.search import metrics as M
 
 __all__ = ["plot_f1_bars", "plot_pr_curves", "plot_reliability", "save_report_figures"]
@@ -155,7 +156,7 @@ def plot_f1_bars(
     rows = {}
     for name, value in f1_by_row.items():
         if isinstance(value, Mapping):
-            rows[name] = [value["per_label"][lab][M.F1] or 0.0 for lab in label_names]
+            rows[name] = [value["per_label"][lab][K.F1] or 0.0 for lab in label_names]
         else:
             rows[name] = list(np.asarray(value, dtype=np.float64))
     n = len(label_names)

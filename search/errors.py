@@ -25,3 +25,8 @@ class NonRetryableTrialError(RuntimeError):
     """A trial failure that a retry from the last checkpoint would only repeat (a NaN loss
     diverges again from the same weights and batches): the search fails that trial once,
     with its reason, instead of spending `--max-failures` retries on it (see search.faults)."""
+
+
+class CheckpointError(RuntimeError):
+    """A trial checkpoint that cannot be found or read (missing file, foreign format, labels
+    that do not match the data); the message names the file."""

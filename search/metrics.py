@@ -1,4 +1,7 @@
-"""Shared metric vocabulary: metric key constants, fast multi-label metrics, threshold fitting.
+"""Fast multi-label metrics: ranking (AUROC, AUPRC), confusion counts and what follows from
+them (F-beta, precision, recall, specificity, kappa, Hamming loss), the challenge-style score.
+
+Keys live in `search.metric_keys`, threshold fitting in `search.thresholds`.
 
 Conventions used by every function here:
 
@@ -21,54 +24,41 @@ scipy or sklearn at import time) so that importing it stays cheap.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from ecgtune.search.metric_keys import (
+    AUPRC,
+    AUROC,
+    F1,
+    KAPPA,
+    PRECISION,
+    RECALL,
+    SPECIFICITY,
+    SUPPORT,
+    THRESHOLD,
+)
+
 __all__ = [
-    "AUPRC",
-    "AUROC",
-    "BEST_OBJECTIVE",
-    "BRIER",
-    "ECE",
-    "ENV_DEVICE",
-    "ENV_NODE",
-    "ENV_PRECISION",
-    "EPOCH",
-    "F1",
-    "HAMMING",
-    "KAPPA",
-    "LR",
-    "OBJECTIVE",
-    "PRECISION",
-    "RECALL",
-    "RESTORED_FROM_EPOCH",
-    "SPECIFICITY",
-    "SUPPORT",
-    "THRESHOLD",
-    "THRESHOLD_OBJECTIVES",
-    "THROUGHPUT",
-    "TRAIN_LOSS",
-    "VAL_AUPRC",
-    "VAL_AUROC",
-    "VAL_F1",
-    "VAL_LOSS",
+    "ArrayLike",
     "ConfusionCounts",
+    "as_label_matrix",
+    "as_score_matrix",
     "auprc_per_label",
     "auroc_per_label",
     "challenge_score",
+    "challenge_weight_matrix",
     "challenge_weights",
     "cohen_kappa_per_label",
     "confusion_counts",
     "f1_per_label",
     "fbeta_per_label",
-    "fit_thresholds",
     "hamming_loss",
     "macro_auprc",
     "macro_auroc",
     "macro_f1",
-    "metric_key",
     "metrics_from_counts",
     "per_label_report",
     "pr_curve",
@@ -81,57 +71,12 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------------------------
-# Metric keys (Ray Tune reports, MLflow metrics, ensemble reports all use these names).
-
-OBJECTIVE = "val/macro_auprc"
-VAL_AUPRC = OBJECTIVE
-VAL_AUROC = "val/macro_auroc"
-VAL_LOSS = "val/loss"
-VAL_F1 = "val/macro_f1"
-TRAIN_LOSS = "train/loss"
-THROUGHPUT = "train/samples_per_s"
-LR = "train/lr"
-EPOCH = "epoch"
-BEST_OBJECTIVE = "val/best_macro_auprc"  # best objective so far in the trial
-RESTORED_FROM_EPOCH = "train/restored_from_epoch"  # epoch of the checkpoint a retry resumed
-# Where a trial ran (strings in its results; the tracker makes them tags of the trial's run).
-ENV_DEVICE = "env/device"
-ENV_PRECISION = "env/precision"
-ENV_NODE = "env/node_id"
-
-# Base metric names; per-label and report dicts use these, `metric_key` builds logged keys.
-AUROC = "auroc"
-AUPRC = "auprc"
-F1 = "f1"
-PRECISION = "precision"
-RECALL = "recall"
-SPECIFICITY = "specificity"
-KAPPA = "kappa"
-HAMMING = "hamming_loss"
-ECE = "ece"
-BRIER = "brier"
-SUPPORT = "support"
-THRESHOLD = "threshold"
-
-
-def metric_key(split: str, name: str, label: str | None = None) -> str:
-    """Logged metric key: ``metric_key("test", AUPRC) == "test/macro_auprc"``; with a label,
-    ``"test/auprc/AFIB"``. Metrics that are not averages over labels (Hamming loss) keep their
-    own name: ``"test/hamming_loss"``."""
-    if label is not None:
-        return f"{split}/{name}/{label}"
-    if name == HAMMING:
-        return f"{split}/{name}"
-    return f"{split}/macro_{name}"
-
-
-# ---------------------------------------------------------------------------------------------
 # Input handling.
 
 ArrayLike = Any
 
 
-def _labels(y: ArrayLike) -> np.ndarray:
+def as_label_matrix(y: ArrayLike) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim == 1:
         y = y[:, None]
@@ -144,7 +89,7 @@ def _labels(y: ArrayLike) -> np.ndarray:
     return y
 
 
-def _scores(p: ArrayLike, y: np.ndarray, *, batched: bool = False) -> np.ndarray:
+def as_score_matrix(p: ArrayLike, y: np.ndarray, *, batched: bool = False) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
     if p.ndim == 1:
         p = p[:, None]
@@ -190,7 +135,7 @@ def _nanmean_last(x: np.ndarray) -> np.ndarray:
 def usable_labels(y: ArrayLike) -> np.ndarray:
     """Boolean mask (C,) of labels with at least one positive and one negative: the labels on
     which AUROC and AUPRC are defined."""
-    y = _labels(y)
+    y = as_label_matrix(y)
     pos = y.sum(axis=0)
     return (pos > 0) & (pos < y.shape[0])
 
@@ -340,8 +285,8 @@ def _ranking_metrics(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(AUROC, AP) per label. ``p`` may carry a leading batch axis (K, N, C) -> (K, C);
     a 2-D ``sample_weight`` (B, N) gives (B, C)."""
-    y = _labels(y)
-    p = _scores(p, y, batched=True)
+    y = as_label_matrix(y)
+    p = as_score_matrix(p, y, batched=True)
     n, c = y.shape
     w = _weights(sample_weight, n)
     if w is not None:
@@ -416,8 +361,8 @@ def pr_curve(y: ArrayLike, p: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.nda
     """Precision-recall curve of one label: (precision, recall, thresholds) at every distinct
     score, thresholds descending, starting from the highest threshold. Empty arrays when the
     label has no positives."""
-    y = _labels(y)[:, 0]
-    p = _scores(p, y[:, None])[:, 0]
+    y = as_label_matrix(y)[:, 0]
+    p = as_score_matrix(p, y[:, None])[:, 0]
     order = np.argsort(-p)
     s = p[order]
     tp = np.cumsum(y[order])
@@ -450,8 +395,8 @@ def confusion_counts(
     sample_weight: ArrayLike | None = None,
 ) -> ConfusionCounts:
     """True/false positives/negatives per label with ``p >= thresholds`` as positive."""
-    y = _labels(y)
-    p = _scores(p, y)
+    y = as_label_matrix(y)
+    p = as_score_matrix(p, y)
     t = threshold_vector(thresholds, y.shape[1])
     w = _weights(sample_weight, y.shape[0])
     pred = p >= t
@@ -611,8 +556,8 @@ def per_label_report(
 ) -> dict[str, dict[str, float | int | None]]:
     """JSON-ready per-label metrics: ``{name: {auroc, auprc, f1, precision, recall,
     specificity, kappa, support, threshold}}``; undefined values are None (not NaN)."""
-    y = _labels(y)
-    p = _scores(p, y)
+    y = as_label_matrix(y)
+    p = as_score_matrix(p, y)
     t = threshold_vector(thresholds, y.shape[1])
     names = (
         [f"label_{i}" for i in range(y.shape[1])]
@@ -661,7 +606,7 @@ def _challenge_raw(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> float:
     return float(np.sum((yn.T @ pred.astype(np.float64)) * w))
 
 
-def _challenge_weights_for(
+def challenge_weight_matrix(
     n_labels: int, weights: ArrayLike | None, groups: Sequence[Any] | None
 ) -> np.ndarray:
     if weights is None:
@@ -696,173 +641,14 @@ def challenge_score(
     nothing when it is None) scores 0; 0.0 when those two coincide. As in the challenge,
     records with no true label contribute nothing.
     """
-    y = _labels(y)
-    pred = _labels(pred)
+    y = as_label_matrix(y)
+    pred = as_label_matrix(pred)
     if pred.shape != y.shape:
         raise ValueError(f"predictions shape {pred.shape} does not match labels {y.shape}")
-    w = _challenge_weights_for(y.shape[1], weights, groups)
+    w = challenge_weight_matrix(y.shape[1], weights, groups)
     correct, inactive = _challenge_bounds(y, w, normal_index)
     if correct == inactive:
         return 0.0
     return (_challenge_raw(y, pred, w) - inactive) / (correct - inactive)
 
 
-# ---------------------------------------------------------------------------------------------
-# Threshold fitting.
-
-
-def _pick_cut(gain: np.ndarray, valid: np.ndarray) -> tuple[int, float]:
-    """Index of the best valid cut (middle one among exact ties) and its value."""
-    g = np.where(valid, gain, -np.inf)
-    best = g.max()
-    tied = np.flatnonzero(g >= best - 1e-12 * max(1.0, abs(best)))
-    return int(tied[(len(tied) - 1) // 2]), float(best)
-
-
-def _threshold_at(s_sorted: np.ndarray, k: int) -> float:
-    """Threshold that predicts exactly the first k+1 sorted (descending) scores positive:
-    halfway to the next lower score, so that nearby unseen scores fall on the same side."""
-    if k + 1 >= len(s_sorted):
-        return float(s_sorted[k])
-    t = 0.5 * (s_sorted[k] + s_sorted[k + 1])
-    return float(t) if s_sorted[k + 1] < t <= s_sorted[k] else float(s_sorted[k])
-
-
-def _fallback(fallback: ArrayLike, n_labels: int) -> np.ndarray:
-    return threshold_vector(fallback, n_labels).copy()
-
-
-def _fit_fbeta(
-    y: np.ndarray,
-    p: np.ndarray,
-    *,
-    beta: float,
-    min_positives: int,
-    fallback: ArrayLike,
-) -> np.ndarray:
-    n, c = y.shape
-    thresholds = _fallback(fallback, c)
-    pos = np.count_nonzero(y, axis=0)
-    fit = pos >= max(int(min_positives), 1)
-    if not fit.any():
-        return thresholds
-    cols = np.flatnonzero(fit)
-    order = np.argsort(-p[:, cols], axis=0)
-    s = np.take_along_axis(p[:, cols], order, axis=0)
-    tp = np.cumsum(np.take_along_axis(y[:, cols], order, axis=0), axis=0, dtype=np.float64)
-    fp = np.arange(1, n + 1)[:, None] - tp
-    fn = pos[cols][None, :] - tp
-    b2 = beta * beta
-    score = (1 + b2) * tp / ((1 + b2) * tp + b2 * fn + fp)
-    # Only cuts between distinct scores are realisable by a threshold.
-    is_end = np.r_[s[1:] != s[:-1], np.ones((1, len(cols)), dtype=bool)]
-    for j, col in enumerate(cols):
-        k, _ = _pick_cut(score[:, j], is_end[:, j])
-        thresholds[col] = _threshold_at(s[:, j], k)
-    return thresholds
-
-
-def _fit_f1(
-    y: np.ndarray, p: np.ndarray, *, beta: float, min_positives: int, fallback: ArrayLike
-) -> np.ndarray:
-    if beta != 1.0:
-        raise ValueError("objective 'f1' uses beta=1; use objective='fbeta' for other betas")
-    return _fit_fbeta(y, p, beta=1.0, min_positives=min_positives, fallback=fallback)
-
-
-def _fit_challenge(
-    y: np.ndarray,
-    p: np.ndarray,
-    *,
-    beta: float,
-    min_positives: int,
-    fallback: ArrayLike,
-    weights: ArrayLike | None = None,
-    groups: Sequence[Any] | None = None,
-    normal_index: int | None = None,
-    max_sweeps: int = 10,
-) -> np.ndarray:
-    del normal_index  # the normalisation is affine: it does not move the maximiser
-    c = y.shape[1]
-    w = _challenge_weights_for(c, weights, groups)
-    thresholds = _fit_fbeta(y, p, beta=beta, min_positives=min_positives, fallback=fallback)
-    fit = np.count_nonzero(y, axis=0) >= max(int(min_positives), 1)
-    yf = y.astype(np.float64)
-    yw = yf @ w  # yw[i, k]: reward record i earns for predicting label k
-    pred = p >= thresholds
-    orders = np.argsort(-p, axis=0)
-    for _ in range(max_sweeps):
-        improved = False
-        for col in np.flatnonzero(fit):
-            o = pred[:, col]
-            reward_rest = np.sum(yw * pred, axis=1) - yw[:, col] * o
-            union_rest = np.count_nonzero(y | pred, axis=1) - (y[:, col] | o)
-            # Per-record contribution with this label off (0) or on (1); others fixed.
-            r0 = reward_rest / np.maximum(union_rest + y[:, col], 1)
-            r1 = (reward_rest + yw[:, col]) / np.maximum(union_rest + 1, 1)
-            order = orders[:, col]
-            s = p[order, col]
-            gains = np.r_[0.0, np.cumsum((r1 - r0)[order])]  # gains[k]: top k predicted
-            valid = np.r_[True, s[1:] != s[:-1], True]
-            current = float(np.sum(np.where(o, r1, r0)) - r0.sum())
-            k, best = _pick_cut(gains, valid)
-            if best > current + 1e-12 * max(1.0, abs(current)):
-                thresholds[col] = (
-                    float(np.nextafter(s[0], np.inf)) if k == 0 else _threshold_at(s, k - 1)
-                )
-                pred[:, col] = p[:, col] >= thresholds[col]
-                improved = True
-        if not improved:
-            break
-    return thresholds
-
-
-THRESHOLD_OBJECTIVES: dict[str, Callable[..., np.ndarray]] = {
-    "f1": _fit_f1,
-    "fbeta": _fit_fbeta,
-    "challenge": _fit_challenge,
-}
-
-
-def fit_thresholds(
-    y: ArrayLike,
-    p: ArrayLike,
-    objective: str = "f1",
-    beta: float = 1.0,
-    min_positives: int = 5,
-    fallback: float | ArrayLike = 0.5,
-    **options: Any,
-) -> np.ndarray:
-    """One decision threshold per label (C,), used as ``p >= threshold``.
-
-    Objectives (``THRESHOLD_OBJECTIVES``):
-
-    - ``"f1"`` / ``"fbeta"``: per label, maximise F1 / F-beta over every cut between distinct
-      scores (one sort and cumulative sums per label, so every candidate is exact). Among cuts
-      with the same best score the middle one is taken, and the threshold lies halfway between
-      the last score predicted positive and the next lower score, so that the cut generalises
-      rather than sitting on a training score.
-    - ``"challenge"``: maximise the challenge-style score (`challenge_score`) of all labels
-      jointly by coordinate ascent over labels, starting from the F-beta thresholds; each step
-      tries every cut of one label (including "never positive") with the others fixed and keeps
-      it only if the score improves, so the score never decreases. Options: ``weights`` (C, C)
-      reward matrix or ``groups`` (one group id per label, see `challenge_weights`),
-      ``max_sweeps`` (default 10); ``normal_index`` is accepted for symmetry with
-      `challenge_score` but does not change the fitted thresholds.
-
-    Fallback: a label with fewer than ``min_positives`` positives (at least 1 is always
-    required, so nothing is ever fitted on zero positives) is not fitted and gets ``fallback``
-    (a float, or one value per label), 0.5 by default: the natural cut of a calibrated
-    probability. Deterministic: no randomness is involved.
-    """
-    if objective not in THRESHOLD_OBJECTIVES:
-        raise ValueError(
-            f"unknown threshold objective {objective!r}; valid: {sorted(THRESHOLD_OBJECTIVES)}"
-        )
-    if beta <= 0:
-        raise ValueError("beta must be positive")
-    y = _labels(y)
-    p = _scores(p, y)
-    return THRESHOLD_OBJECTIVES[objective](
-        y, p, beta=beta, min_positives=min_positives, fallback=fallback, **options
-    )

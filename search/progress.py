@@ -9,7 +9,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from ecgtune.search import metrics as M
+from ecgtune.search import metric_keys as K
 from ecgtune.search.tracking import trial_index, trial_run_name
 
 
@@ -42,21 +42,21 @@ class ProgressPrinter(Callback):
                         **info: Any) -> None:
         budget = trial.config.get("train.epochs", "?")
         self._say(
-            f"{self._name(trial)} epoch {result.get(M.EPOCH)}/{budget}: val AUPRC "
-            f"{result.get(M.OBJECTIVE, float('nan')):.3f}, AUROC "
-            f"{result.get(M.VAL_AUROC, float('nan')):.3f}, F1 "
-            f"{result.get(M.VAL_F1, float('nan')):.3f} "
+            f"{self._name(trial)} epoch {result.get(K.EPOCH)}/{budget}: val AUPRC "
+            f"{result.get(K.OBJECTIVE, float('nan')):.3f}, AUROC "
+            f"{result.get(K.VAL_AUROC, float('nan')):.3f}, F1 "
+            f"{result.get(K.VAL_F1, float('nan')):.3f} "
             f"({result.get('time_this_iter_s', 0):.0f} s, "
-            f"{result.get(M.THROUGHPUT, 0):.0f} samples/s)"
+            f"{result.get(K.THROUGHPUT, 0):.0f} samples/s)"
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.finished += 1
         last = trial.last_result or {}
-        epochs, budget = last.get(M.EPOCH, 0), trial.config.get("train.epochs", 0)
+        epochs, budget = last.get(K.EPOCH, 0), trial.config.get("train.epochs", 0)
         how = "stopped early by ASHA" if epochs < budget else "finished"
         self._say(f"{self._name(trial)} {how} after {epochs} epochs, best val AUPRC "
-                  f"{last.get(M.BEST_OBJECTIVE, float('nan')):.3f} "
+                  f"{last.get(K.BEST_OBJECTIVE, float('nan')):.3f} "
                   f"({self.finished}/{self.num_samples} trials done)")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

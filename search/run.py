@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ecgtune.search import metrics as M
-from ecgtune.search import tracking
-from ecgtune.search.data import make_data_handle
+from ecgtune.search import checkpoint, tracking
+from ecgtune.search import metric_keys as K
+from ecgtune.search.data import DataHandle, make_data_handle
 from ecgtune.search.devices import gpu_memory_from_resources
 from ecgtune.search.errors import SearchError, SearchOptionError
 from ecgtune.search.faults import install_no_retry_policy
@@ -28,10 +28,11 @@ from ecgtune.search.options import ValidatedSearch, validate_options
 from ecgtune.search.searcher import PointValidator, build_searcher
 from ecgtune.search.space import SearchSpace
 
+if TYPE_CHECKING:
+    from ecgtune.data_prep import ECGDataset
+
 log = logging.getLogger(__name__)
 
-TRAIN_FOLDS = (0, 1, 2, 3, 4, 5, 6)
-VAL_FOLDS = (7,)
 SCHEDULERS = ("asha", "fifo")
 
 
@@ -264,34 +265,110 @@ def _drop_token_auth_banner(record: logging.LogRecord) -> bool:
     return "Token authentication is enabled" not in record.getMessage()
 
 
+@dataclass(frozen=True)
+class SearchData:
+    """What the search trains on, by role: the manifest says which folds train a trial and
+    which one validates it (early stopping, the objective, the trial's thresholds)."""
+
+    directory: Path
+    manifest_sha256: str
+    train_folds: tuple[int, ...]
+    val_folds: tuple[int, ...]
+    label_names: tuple[str, ...]
+    label_groups: tuple[tuple[int, ...], ...]
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / "manifest.json"
+
+    @property
+    def folds(self) -> tuple[int, ...]:
+        return self.train_folds + self.val_folds
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """Where a running search is recorded: its Ray experiment and its MLflow parent run."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_id: str
+    storage: str
+    experiment_path: str
+    num_samples: int
+
+
 def run_search(opts: SearchOptions) -> SearchResult:
     import ray
-    from ray import tune
-
-    from ecgtune.data_prep import load_shards
-    from ecgtune.search.trainable import TrialData, train_trial
 
     # Options, --set values and --storage first: a bad invocation creates nothing.
     validated = validate_options(opts)
-    space = validated.space
+    data, dataset = load_search_data(Path(opts.data))
+    check = _point_validator(validated, data)
+    tracking_uri = opts.tracking_uri or tracking.default_tracking_uri()
+    tracking.check_tracking_uri(tracking_uri)
+    experiment_path = _experiment_path(opts, validated.storage)
 
-    data_dir = Path(opts.data)
+    started_ray = _init_ray(opts)
+    try:
+        # GPUs first: a cluster that can never give a trial its GPU creates no run either.
+        gpus, check = _gpu_plan(opts, check, ray.cluster_resources())
+        client = tracking.client(tracking_uri)
+        recorded = _open_parent_run(client, opts, validated, data, gpus, tracking_uri,
+                                    experiment_path)
+        if opts.verbose >= 1:
+            print(startup_line(opts, validated, recorded.num_samples), flush=True)
+        try:
+            handle = make_data_handle(opts.data_sharing, dataset, data.directory, data.folds,
+                                      data.manifest_sha256)
+            # With memmap the trials read the memory map: the driver keeps no copy.
+            del dataset
+            _fit(opts, validated.space, check, handle, data, gpus, recorded)
+            result = _summarise(recorded.num_samples, opts, tracking_uri,
+                                recorded.experiment_id, recorded.parent_id, experiment_path)
+        except BaseException:
+            _close_runs(client, recorded.experiment_id, recorded.parent_id, complete=False)
+            raise
+    finally:
+        if started_ray:
+            ray.shutdown()
+    _close_runs(client, recorded.experiment_id, recorded.parent_id, complete=result.complete,
+                result=result)
+    return result
+
+
+def load_search_data(data_dir: Path) -> tuple[SearchData, ECGDataset]:
+    """The train and val folds, by the roles the dataset's manifest records, loaded once on
+    the driver (checksums verified); a fold without records is refused."""
+    from ecgtune.data_prep import fold_roles, load_shards, read_manifest
+
     manifest_path = data_dir / "manifest.json"
     if not manifest_path.is_file():
         raise SearchError(
             f"{data_dir} is not a prepared data directory (no manifest.json); run "
             "`ecgtune prep --input RECORDS --output DIR` first"
         )
-    folds = TRAIN_FOLDS + VAL_FOLDS
-    dataset = load_shards(data_dir, folds=list(folds), verify=True)
-    label_names = list(dataset.label_map.names)
-    label_groups = dataset.label_map.group_indices()
-    num_labels = len(label_names)
-    for fold in folds:
-        if not (dataset.folds == fold).any():
-            raise SearchError(f"{data_dir}: fold {fold} has no records; prepare more records")
+    roles = fold_roles(read_manifest(data_dir))
+    dataset = load_shards(data_dir, folds=[*roles["train"], *roles["val"]], verify=True)
+    for role in ("train", "val"):
+        for fold in roles[role]:
+            if not (dataset.folds == fold).any():
+                raise SearchError(f"{data_dir}: fold {fold} ({role}) has no records; prepare "
+                                  "more records")
+    data = SearchData(
+        directory=data_dir, manifest_sha256=_sha256(manifest_path),
+        train_folds=roles["train"], val_folds=roles["val"],
+        label_names=tuple(dataset.label_map.names),
+        label_groups=tuple(tuple(g) for g in dataset.label_map.group_indices()),
+    )
+    return data, dataset
 
-    check = PointValidator(space, num_labels, tuple(tuple(g) for g in label_groups))
+
+def _point_validator(validated: ValidatedSearch, data: SearchData) -> PointValidator:
+    """The model-layout check of a sampled point; refuses an invalid warm-start point or a
+    space none of whose points is valid, before Ray starts."""
+    space = validated.space
+    check = PointValidator(space, len(data.label_names), data.label_groups)
     for point in space.points_to_evaluate:
         try:
             check(space.trial_flat(point))
@@ -300,10 +377,13 @@ def run_search(opts: SearchOptions) -> SearchResult:
                 f"{space.name}: warm-start point {dict(point)} is invalid: {exc}"
             ) from None
     _check_some_point_valid(space, check, validated)
+    return check
 
-    tracking_uri = opts.tracking_uri or tracking.default_tracking_uri()
-    tracking.check_tracking_uri(tracking_uri)
-    storage = validated.storage
+
+def _experiment_path(opts: SearchOptions, storage: str) -> str:
+    """The Ray experiment folder: it must exist for `--resume` and must not otherwise."""
+    from ray import tune
+
     experiment_path = f"{storage}/{opts.name}"
     exists = tune.Tuner.can_restore(experiment_path)
     if opts.resume and not exists:
@@ -313,60 +393,56 @@ def run_search(opts: SearchOptions) -> SearchResult:
             f"a search named {opts.name!r} already exists under {storage}; pass --resume to "
             "continue it, or choose another --name"
         )
+    return experiment_path
 
-    started_ray = _init_ray(opts)
-    try:
-        # GPUs first: a cluster that can never give a trial its GPU creates no run either.
-        gpus, check = _gpu_plan(opts, check, ray.cluster_resources())
-        client = tracking.client(tracking_uri)
-        experiment_id = tracking.get_or_create_experiment(client, opts.name, tracking_uri)
-        parent = (tracking.find_search_run(client, experiment_id, experiment_path)
-                  if opts.resume else None)
-        num_samples = opts.num_samples
-        if parent is not None:
-            parent_id = parent.info.run_id
-            # A resumed search keeps the size it was started with.
-            num_samples = int(parent.data.params.get("num_samples", num_samples))
-            client.update_run(parent_id, status="RUNNING")
-        else:
-            parent_id = _start_parent_run(client, experiment_id, experiment_path,
-                                          replace(opts, gpus_per_trial=gpus), space,
-                                          manifest_path)
-            _record_pins(client, parent_id, validated)
-        if opts.verbose >= 1:
-            print(startup_line(opts, validated, num_samples), flush=True)
-        try:
-            handle = make_data_handle(opts.data_sharing, dataset, data_dir, folds,
-                                      _sha256(manifest_path))
-            if opts.data_sharing != "object_store":
-                del dataset  # trials read the memory map; the driver needs no copy
-            trainable = tune.with_resources(
-                tune.with_parameters(train_trial, trial_data=TrialData(
-                    handle, TRAIN_FOLDS, VAL_FOLDS, tuple(label_names),
-                    tuple(tuple(g) for g in label_groups))),
-                {"cpu": opts.cpus_per_trial, "gpu": gpus},
-            )
-            callbacks: list[Any] = [tracking.MlflowTrialTracker(
-                tracking_uri, experiment_id, parent_id, label_names)]
-            if opts.verbose >= 1:
-                from ecgtune.search.progress import ProgressPrinter
 
-                callbacks.append(ProgressPrinter(num_samples))
-            tuner = _tuner(opts, trainable, space, check, callbacks, storage, experiment_path,
-                           num_samples)
-            # A NaN trial fails once instead of spending --max-failures retries (search.faults).
-            install_no_retry_policy()
-            tuner.fit()
-            result = _summarise(num_samples, opts, tracking_uri, experiment_id, parent_id,
-                                experiment_path)
-        except BaseException:
-            _close_runs(client, experiment_id, parent_id, complete=False)
-            raise
-    finally:
-        if started_ray:
-            ray.shutdown()
-    _close_runs(client, experiment_id, parent_id, complete=result.complete, result=result)
-    return result
+def _open_parent_run(client: Any, opts: SearchOptions, validated: ValidatedSearch,
+                     data: SearchData, gpus: float, tracking_uri: str,
+                     experiment_path: str) -> _Recorded:
+    """The search's MLflow parent run: a resumed search reopens its own (and keeps the size
+    it was started with), a new one creates it with the pins it runs under."""
+    experiment_id = tracking.get_or_create_experiment(client, opts.name, tracking_uri)
+    parent = (tracking.find_search_run(client, experiment_id, experiment_path)
+              if opts.resume else None)
+    num_samples = opts.num_samples
+    if parent is not None:
+        parent_id = parent.info.run_id
+        num_samples = int(parent.data.params.get("num_samples", num_samples))
+        client.update_run(parent_id, status="RUNNING")
+    else:
+        parent_id = _start_parent_run(client, experiment_id, experiment_path,
+                                      replace(opts, gpus_per_trial=gpus), validated.space,
+                                      data.manifest_path)
+        _record_pins(client, parent_id, validated)
+    return _Recorded(tracking_uri, experiment_id, parent_id, validated.storage, experiment_path,
+                     num_samples)
+
+
+def _fit(opts: SearchOptions, space: SearchSpace, check: PointValidator, handle: DataHandle,
+         data: SearchData, gpus: float, recorded: _Recorded) -> None:
+    """Run (or resume) the trials: every trial trains on the train folds and is scored on
+    the val folds, with its resources, the MLflow tracker and the progress printer."""
+    from ray import tune
+
+    from ecgtune.search.trainable import TrialData, train_trial
+
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, trial_data=TrialData(
+            handle, data.train_folds, data.val_folds, data.label_names, data.label_groups)),
+        {"cpu": opts.cpus_per_trial, "gpu": gpus},
+    )
+    callbacks: list[Any] = [tracking.MlflowTrialTracker(
+        recorded.tracking_uri, recorded.experiment_id, recorded.parent_id,
+        list(data.label_names))]
+    if opts.verbose >= 1:
+        from ecgtune.search.progress import ProgressPrinter
+
+        callbacks.append(ProgressPrinter(recorded.num_samples))
+    tuner = _tuner(opts, trainable, space, check, callbacks, recorded.storage,
+                   recorded.experiment_path, recorded.num_samples)
+    # A NaN trial fails once instead of spending --max-failures retries (search.faults).
+    install_no_retry_policy()
+    tuner.fit()
 
 
 def _tuner(opts: SearchOptions, trainable: Any, space: SearchSpace, check: PointValidator,
@@ -394,11 +470,7 @@ def _tuner(opts: SearchOptions, trainable: Any, space: SearchSpace, check: Point
             storage_path=storage,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2,  # the best by the objective, plus the latest to resume
-                checkpoint_score_attribute=M.OBJECTIVE,
-                checkpoint_score_order="max",
-            ),
+            checkpoint_config=checkpoint.checkpoint_config(),
             verbose=2 if opts.verbose >= 2 else 0,
         ),
     )
@@ -483,9 +555,9 @@ def _scheduler(opts: SearchOptions, space: SearchSpace) -> Any:
     if opts.scheduler == "fifo":
         return FIFOScheduler()
     return ASHAScheduler(
-        metric=M.OBJECTIVE,
+        metric=K.OBJECTIVE,
         mode="max",
-        time_attr=M.EPOCH,
+        time_attr=K.EPOCH,
         max_t=epochs,
         grace_period=min(epochs, int(space.scheduler.get("grace_period", 1))),
         reduction_factor=float(space.scheduler.get("reduction_factor", 3)),
@@ -538,11 +610,11 @@ def _summarise(num_samples: int, opts: SearchOptions, tracking_uri: str, experim
     for trial in ExperimentAnalysis(experiment_path).trials:
         last = trial.last_result or {}
         config = dict(trial.config or {})
-        epochs = int(last.get(M.EPOCH, 0))
+        epochs = int(last.get(K.EPOCH, 0))
         budget = int(config.get("train.epochs", epochs))
         error = tracking.error_summary(trial) if trial.status == "ERROR" else None
         finished += trial.status in ("TERMINATED", "ERROR")
-        best = last.get(M.BEST_OBJECTIVE)
+        best = last.get(K.BEST_OBJECTIVE)
         trials.append(TrialSummary(
             index=tracking.trial_index(trial), trial_id=trial.trial_id, status=trial.status,
             epochs=epochs, best_score=float(best) if best is not None else None,
@@ -567,7 +639,7 @@ def _close_runs(client: Any, experiment_id: str, parent_id: str, complete: bool,
     if result is not None:
         best = result.best
         if best is not None:
-            client.log_metric(parent_id, f"best/{M.OBJECTIVE.split('/', 1)[1]}", best.best_score)
+            client.log_metric(parent_id, f"best/{K.OBJECTIVE.split('/', 1)[1]}", best.best_score)
             client.set_tag(parent_id, "ecgtune.best_trial_id", best.trial_id)
         client.log_metric(parent_id, "search/trial_epochs", result.trial_epochs)
         client.log_metric(parent_id, "search/trials", len(result.trials))

@@ -12,7 +12,7 @@ from typing import Any
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from ecgtune.search import metrics as M
+from ecgtune.search import metric_keys as K
 from ecgtune.search.errors import SpaceError
 from ecgtune.search.space import SearchSpace, validate_point
 
@@ -125,7 +125,7 @@ def build_searcher(space: SearchSpace, kind: str, seed: int,
         raise ValueError(f"unknown searcher {kind!r}; valid: {', '.join(SEARCHERS)}")
     inner = OptunaSearch(
         space=space.define_by_run(),
-        metric=M.OBJECTIVE,
+        metric=K.OBJECTIVE,
         mode="max",
         sampler=sampler,
         points_to_evaluate=points or None,

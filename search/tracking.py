@@ -19,7 +19,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from ecgtune.search import metrics as M
+from ecgtune.search import checkpoint
+from ecgtune.search import metric_keys as K
 from ecgtune.search.errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,6 @@ TAG_STOP_REASON = "ecgtune.stop_reason"
 TAG_EPOCHS_DONE = "ecgtune.epochs_completed"
 TAG_ERROR = "ecgtune.error"
 TAG_PARENT = "mlflow.parentRunId"
-TRIAL_ARTIFACTS = ("thresholds.json", "val_metrics.json", "val_predictions.npz",
-                   "trial_config.json")
 
 
 def default_tracking_uri(workdir: str | Path | None = None) -> str:
@@ -160,22 +159,6 @@ def trial_run_name(index: int, config: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def checkpoint_uri(checkpoint: Any) -> str:
-    """A checkpoint's location as a URI that `ray.tune.Checkpoint(path)` accepts elsewhere."""
-    fs_type = getattr(checkpoint.filesystem, "type_name", "local")
-    if fs_type == "local":
-        return str(checkpoint.path)
-    prefix = {"s3": "s3://", "gcs": "gs://"}.get(fs_type, f"{fs_type}://")
-    return prefix + str(checkpoint.path).lstrip("/")
-
-
-def best_checkpoint(trial: Any) -> Any | None:
-    """The trial's best checkpoint by the objective (kept by CheckpointConfig), else latest."""
-    manager = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
-    best = getattr(manager, "best_checkpoint_result", None) if manager else None
-    return best.checkpoint if best is not None else trial.checkpoint
-
-
 def _flat_params(config: dict[str, Any]) -> dict[str, str]:
     out = {}
     for key, value in sorted(config.items()):
@@ -247,12 +230,12 @@ class MlflowTrialTracker(Callback):
                         **info: Any) -> None:
         from mlflow.entities import Metric
 
-        step = int(result.get(M.EPOCH, result.get("training_iteration", 0)))
+        step = int(result.get(K.EPOCH, result.get("training_iteration", 0)))
         ts = int(result.get("timestamp", 0) * 1000)
         values = [
             Metric(key, float(value), ts, step)
             for key, value in result.items()
-            if ("/" in key or key == M.EPOCH) and isinstance(value, (int, float))
+            if ("/" in key or key == K.EPOCH) and isinstance(value, (int, float))
             and not isinstance(value, bool)
         ]
         run_id = self.run_id(trial)
@@ -268,7 +251,7 @@ class MlflowTrialTracker(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
         last = trial.last_result or {}
-        done = int(last.get(M.EPOCH, 0))
+        done = int(last.get(K.EPOCH, 0))
         budget = int(trial.config.get("train.epochs", done))
         early = done < budget
         tags = {
@@ -276,10 +259,10 @@ class MlflowTrialTracker(Callback):
             TAG_STOP_REASON: "early-stopped by ASHA" if early else "completed epoch budget",
             TAG_EPOCHS_DONE: str(done),
         }
-        checkpoint = best_checkpoint(trial)
-        if checkpoint is not None:
-            tags[TAG_BEST_CHECKPOINT] = checkpoint_uri(checkpoint)
-            self._log_trial_artifacts(run_id, checkpoint)
+        best = checkpoint.best_checkpoint(trial)
+        if best is not None:
+            tags[TAG_BEST_CHECKPOINT] = checkpoint.checkpoint_uri(best)
+            self._log_trial_artifacts(run_id, best)
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value)
         self.client.set_terminated(run_id, status="FINISHED")
@@ -296,23 +279,17 @@ class MlflowTrialTracker(Callback):
         self.client.set_terminated(run_id, status="FAILED")
         self._runs.pop(trial.trial_id, None)
 
-    def close_open_runs(self, status: str = "KILLED") -> None:
-        """End every child run this driver still has open (interrupted searches)."""
-        for run_id in list(self._runs.values()):
-            self.client.set_terminated(run_id, status=status)
-        self._runs.clear()
-
-    def _log_trial_artifacts(self, run_id: str, checkpoint: Any) -> None:
+    def _log_trial_artifacts(self, run_id: str, best: Any) -> None:
         from ecgtune.search.plots import plot_trial_validation
 
         try:
-            with checkpoint.as_directory() as directory:
+            with best.as_directory() as directory:
                 directory = Path(directory)
-                for name in TRIAL_ARTIFACTS:
+                for name in checkpoint.ARTIFACT_FILES:
                     if (directory / name).is_file():
                         self.client.log_artifact(run_id, str(directory / name))
-                predictions = directory / "val_predictions.npz"
-                thresholds = directory / "thresholds.json"
+                predictions = directory / checkpoint.VAL_PREDICTIONS_FILE
+                thresholds = directory / checkpoint.THRESHOLDS_FILE
                 if predictions.is_file() and thresholds.is_file():
                     with tempfile.TemporaryDirectory() as tmp:
                         plot = plot_trial_validation(

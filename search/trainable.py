@@ -15,7 +15,7 @@ import torch
 from ray import tune
 
 from ecgtune.data_prep import ECGDataset
-from ecgtune.search import metrics as M
+from ecgtune.search import metric_keys as K
 from ecgtune.search.config import TrialConfig
 from ecgtune.search.data import DataHandle
 from ecgtune.search.devices import (
@@ -134,9 +134,9 @@ def _environment(trainer: Trainer) -> dict[str, str]:
     device = trainer.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {
-        M.ENV_DEVICE: f"{device.type} ({name})",
-        M.ENV_PRECISION: trainer.precision,
-        M.ENV_NODE: ray.get_runtime_context().get_node_id(),
+        K.ENV_DEVICE: f"{device.type} ({name})",
+        K.ENV_PRECISION: trainer.precision,
+        K.ENV_NODE: ray.get_runtime_context().get_node_id(),
     }
 
 
@@ -155,7 +155,7 @@ def _run_trial(trainer: Trainer, trial: TrialConfig, trial_dir: Path) -> None:
                 f"injected: CUDA out of memory at epoch {trainer.epoch} (debug.oom_at_epoch)")
         nan_step = 0 if trial.debug.nan_at_epoch == trainer.epoch else None
         result = trainer.run_epoch(nan_at_step=nan_step)
-        metrics = {**result.metrics, M.RESTORED_FROM_EPOCH: restored_from, **environment}
+        metrics = {**result.metrics, K.RESTORED_FROM_EPOCH: restored_from, **environment}
         with tempfile.TemporaryDirectory(prefix="ecgtune-ckpt-") as directory:
             trainer.save(directory, result)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))

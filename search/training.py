@@ -19,21 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecgtune.components import build_model, load_checkpoint, save_checkpoint
+from ecgtune.components import build_model, load_checkpoint
 from ecgtune.data_prep import AugmentConfig, BatchLoader, ECGDataset
 from ecgtune.data_prep.loader import DeviceBatchTransform
+from ecgtune.search import checkpoint
+from ecgtune.search import metric_keys as K
 from ecgtune.search import metrics as M
+from ecgtune.search import thresholds as T
 from ecgtune.search.config import TrialConfig
 from ecgtune.search.devices import AUTOCAST_DTYPES, resolve_device, select_precision
 from ecgtune.search.errors import NonRetryableTrialError
 from ecgtune.search.losses import get_loss
-
-MODEL_FILE = "model.pt"
-STATE_FILE = "training_state.pt"
-THRESHOLDS_FILE = "thresholds.json"
-VAL_PREDICTIONS_FILE = "val_predictions.npz"
-VAL_METRICS_FILE = "val_metrics.json"
-TRIAL_CONFIG_FILE = "trial_config.json"
 
 
 class NonFiniteLossError(NonRetryableTrialError):
@@ -203,8 +199,8 @@ class Trainer:
         elapsed = time.perf_counter() - start
         steps = max(1, min(self.steps_per_epoch, len(loader)))
         return {
-            M.TRAIN_LOSS: float(total.item()) / steps,
-            M.THROUGHPUT: n_samples / elapsed if elapsed > 0 else 0.0,
+            K.TRAIN_LOSS: float(total.item()) / steps,
+            K.THROUGHPUT: n_samples / elapsed if elapsed > 0 else 0.0,
         }
 
     def _check_finite(self, bad_step: torch.Tensor, bad_loss: torch.Tensor) -> None:
@@ -241,13 +237,13 @@ class Trainer:
     def evaluate(self) -> EpochResult:
         probs, val_loss = self.predict(self.val_data)
         y = np.asarray(self.val_data.labels)
-        thresholds = M.fit_thresholds(y, probs, objective=self.cfg.threshold_objective)
+        thresholds = T.fit_thresholds(y, probs, objective=self.cfg.threshold_objective)
         per_label = M.per_label_report(y, probs, thresholds, self.label_names)
         metrics = {
-            M.OBJECTIVE: M.macro_auprc(y, probs),
-            M.VAL_AUROC: M.macro_auroc(y, probs),
-            M.VAL_LOSS: val_loss,
-            M.VAL_F1: M.macro_f1(y, probs, thresholds),
+            K.OBJECTIVE: M.macro_auprc(y, probs),
+            K.VAL_AUROC: M.macro_auroc(y, probs),
+            K.VAL_LOSS: val_loss,
+            K.VAL_F1: M.macro_f1(y, probs, thresholds),
         }
         return EpochResult(metrics, probs, thresholds, per_label)
 
@@ -256,55 +252,52 @@ class Trainer:
         result = self.evaluate()
         result.metrics.update(train_metrics)
         self.epoch += 1
-        score = result.metrics[M.OBJECTIVE]
+        score = result.metrics[K.OBJECTIVE]
         if score > self.best_score:
             self.best_score, self.best_epoch = score, self.epoch
-        result.metrics[M.EPOCH] = self.epoch
-        result.metrics[M.BEST_OBJECTIVE] = self.best_score
+        result.metrics[K.EPOCH] = self.epoch
+        result.metrics[K.BEST_OBJECTIVE] = self.best_score
         self.history.append({k: float(v) for k, v in result.metrics.items()})
         return result
 
     # -- checkpoints --------------------------------------------------------------------------
     def save(self, directory: str | Path, result: EpochResult | None = None) -> None:
-        """Write a resumable checkpoint (and, with `result`, the epoch's validation outputs)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(
-            directory / MODEL_FILE,
-            self.model,
-            self.trial.model,
-            num_labels=self.num_labels,
-            label_groups=self.label_groups,
-            extra={"epoch": self.epoch, "trial_config": self.trial.to_json()},
-        )
-        torch.save(
-            {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "epoch": self.epoch,
-                "best_score": self.best_score,
-                "best_epoch": self.best_epoch,
-                "history": json.dumps(self.history),
-                # Dropout draws from the global generators: without their state a resumed
-                # trial would diverge from an uninterrupted one.
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            },
-            directory / STATE_FILE,
-        )
-        (directory / TRIAL_CONFIG_FILE).write_text(self.trial.to_json())
+        """Write a resumable checkpoint (and, with `result`, the epoch's validation outputs);
+        `search.checkpoint` owns its layout."""
+        validation = None
         if result is not None:
-            write_validation_outputs(directory, self, result)
+            validation = checkpoint.Validation(
+                label_names=self.label_names, thresholds=result.thresholds,
+                threshold_objective=self.cfg.threshold_objective, metrics=result.metrics,
+                per_label=result.per_label, probs=result.val_probs,
+                labels=np.asarray(self.val_data.labels), records=np.asarray(self.val_data.records),
+            )
+        checkpoint.write_checkpoint(
+            directory, self.model, self.trial, num_labels=self.num_labels,
+            label_groups=self.label_groups, epoch=self.epoch,
+            training_state=self._training_state(), validation=validation,
+        )
+
+    def _training_state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "history": json.dumps(self.history),
+            # Dropout draws from the global generators: without their state a resumed
+            # trial would diverge from an uninterrupted one.
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
 
     def restore(self, directory: str | Path) -> None:
         directory = Path(directory)
-        model, _ = load_checkpoint(directory / MODEL_FILE, map_location=self.device)
+        model, _ = load_checkpoint(directory / checkpoint.MODEL_FILE, map_location=self.device)
         self.model.load_state_dict(model.state_dict(), strict=True)
-        # On the CPU first: load_state_dict moves the moments to the parameters' device but
-        # leaves AdamW's `step` counters where they are, which is on the CPU, as torch expects
-        # (on the GPU, steps after a restore ran 1.06-1.33x slower on an H200: BENCHMARKS.md).
-        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+        state = checkpoint.read_training_state(directory)
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -323,32 +316,6 @@ class Trainer:
         for name in ("model", "optimizer", "scheduler", "scaler", "train_loader", "val_loader",
                      "_train_transform", "train_data", "val_data"):
             self.__dict__.pop(name, None)
-
-
-def write_validation_outputs(directory: Path, trainer: Trainer, result: EpochResult) -> None:
-    """The per-trial artifacts: thresholds, per-label metrics and validation predictions."""
-    (directory / THRESHOLDS_FILE).write_text(
-        json.dumps(
-            {
-                "labels": trainer.label_names,
-                "thresholds": [float(t) for t in result.thresholds],
-                "objective": trainer.cfg.threshold_objective,
-                "epoch": trainer.epoch,
-            },
-            indent=2,
-        )
-    )
-    (directory / VAL_METRICS_FILE).write_text(
-        json.dumps({"epoch": trainer.epoch, "macro": result.metrics, "per_label": result.per_label},
-                   indent=2)
-    )
-    np.savez_compressed(
-        directory / VAL_PREDICTIONS_FILE,
-        probs=result.val_probs,
-        labels=np.asarray(trainer.val_data.labels, dtype=np.uint8),
-        records=np.asarray(trainer.val_data.records).astype(str),
-        label_names=np.asarray(trainer.label_names, dtype=str),
-    )
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:

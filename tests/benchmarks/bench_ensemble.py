@@ -60,7 +60,7 @@ def _synthetic(seed: int = 0):
 def _fast(members, y):
     from ecgtune.ensembles.calibration import PerLabelCalibrator
     from ecgtune.ensembles.selection import EnsembleSelector
-    from ecgtune.search.metrics import fit_thresholds
+    from ecgtune.search.thresholds import fit_thresholds
 
     times = {}
     t0 = time.perf_counter()

@@ -3,7 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecgtune.data_prep.folds import FOLD_ROLES, assign_folds, fold_counts
+from ecgtune.data_prep.errors import PrepError
+from ecgtune.data_prep.folds import (
+    FOLD_ROLES,
+    assign_folds,
+    fold_counts,
+    fold_roles,
+    folds_manifest,
+)
 
 # Prevalences shaped like the real table: a few common labels, many rare ones.
 PREVALENCE = np.array([0.2, 0.003, 0.18, 0.33, 0.21, 0.03, 0.03, 0.01, 0.025, 0.03,
@@ -67,3 +74,27 @@ def test_roles_cover_every_fold_once() -> None:
     assert sorted(f for fs in FOLD_ROLES.values() for f in fs) == list(range(10))
     assert FOLD_ROLES["train"] == list(range(7))
     assert (FOLD_ROLES["val"], FOLD_ROLES["ensemble"], FOLD_ROLES["test"]) == ([7], [8], [9])
+
+
+def test_fold_roles_come_from_the_manifest():
+    labels = np.eye(4, dtype=np.uint8)[np.arange(40) % 4]
+    folds = assign_folds(labels, seed=0)
+    manifest = {"folds": folds_manifest(labels, folds, ("a", "b", "c", "d"), seed=0)}
+    assert fold_roles(manifest) == {role: tuple(fs) for role, fs in FOLD_ROLES.items()}
+    # Another layout recorded in the manifest wins over the defaults.
+    manifest["folds"]["roles"] = {"train": [0, 1, 2, 3, 4, 5], "val": [6, 7], "ensemble": [8],
+                                  "test": [9]}
+    assert fold_roles(manifest)["val"] == (6, 7) and fold_roles(manifest)["train"][-1] == 5
+    # A manifest that records no roles gets FOLD_ROLES.
+    assert fold_roles({"folds": {"n": 10}})["test"] == (9,)
+
+
+@pytest.mark.parametrize(("roles", "message"), [
+    ({"train": [0], "val": [1], "ensemble": [2]}, "lack test"),
+    ({"train": [0], "val": [0], "ensemble": [2], "test": [3]}, "fold 0 has two roles"),
+    ({"train": [], "val": [1], "ensemble": [2], "test": [3]}, "'train' has no folds"),
+    ({"train": [0], "val": [1, 10], "ensemble": [2], "test": [3]}, r"fold 10; .* 0\.\.9"),
+])
+def test_fold_roles_refuse_a_broken_manifest(roles, message):
+    with pytest.raises(PrepError, match=message):
+        fold_roles({"folds": {"n": 10, "roles": roles}})

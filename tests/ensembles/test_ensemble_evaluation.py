@@ -21,7 +21,9 @@ from ecgtune.ensembles.evaluation import (
     reliability_curve,
     write_report,
 )
+from ecgtune.search import metric_keys as K
 from ecgtune.search import metrics as M
+from ecgtune.search import thresholds as T
 
 LABELS = ["AFIB", "SB", "CRBBB", "LQV", "PACE"]
 
@@ -64,30 +66,30 @@ def test_ece_brier_and_reliability(members):
 def test_evaluate_matches_metric_functions(members):
     y, p = _data(members)
     y[:, 4] = False  # no positives
-    t = M.fit_thresholds(y, p)
+    t = T.fit_thresholds(y, p)
     result = evaluate(y, p, t, LABELS)
     json.dumps(result, allow_nan=False)
     assert result["n_samples"] == len(y) and result["labels"] == LABELS
     assert set(result["macro"]) == set(CI_METRICS)
-    assert result["macro"][M.AUPRC] == pytest.approx(M.macro_auprc(y, p))
-    assert result["macro"][M.AUROC] == pytest.approx(M.macro_auroc(y, p))
-    assert result["macro"][M.F1] == pytest.approx(M.macro_f1(y, p, t))
-    assert result["macro"][M.HAMMING] == pytest.approx(M.hamming_loss(y, p, t))
-    assert result["macro"][M.ECE] == pytest.approx(ece(y, p))
-    assert "PACE" not in result["labels_used"][M.AUPRC]
+    assert result["macro"][K.AUPRC] == pytest.approx(M.macro_auprc(y, p))
+    assert result["macro"][K.AUROC] == pytest.approx(M.macro_auroc(y, p))
+    assert result["macro"][K.F1] == pytest.approx(M.macro_f1(y, p, t))
+    assert result["macro"][K.HAMMING] == pytest.approx(M.hamming_loss(y, p, t))
+    assert result["macro"][K.ECE] == pytest.approx(ece(y, p))
+    assert "PACE" not in result["labels_used"][K.AUPRC]
     pace = result["per_label"]["PACE"]
-    assert pace[M.AUPRC] is None and pace[M.SUPPORT] == 0
+    assert pace[K.AUPRC] is None and pace[K.SUPPORT] == 0
     afib = result["per_label"]["AFIB"]
-    assert afib[M.KAPPA] == pytest.approx(M.cohen_kappa_per_label(y, p, t)[0])
-    assert afib[M.THRESHOLD] == pytest.approx(t[0])
+    assert afib[K.KAPPA] == pytest.approx(M.cohen_kappa_per_label(y, p, t)[0])
+    assert afib[K.THRESHOLD] == pytest.approx(t[0])
     flat = flatten_metrics(result, "test")
-    assert flat["test/macro_auprc"] == result["macro"][M.AUPRC]
+    assert flat["test/macro_auprc"] == result["macro"][K.AUPRC]
     assert "test/auprc/PACE" not in flat and "test/f1/AFIB" in flat
 
 
 def test_bootstrap_ci_contains_estimate_and_is_reproducible(members):
     y, p = _data(members, seed=1)
-    t = M.fit_thresholds(y, p)
+    t = T.fit_thresholds(y, p)
     ci = bootstrap_ci(y, p, t, n_boot=300, seed=3, label_names=LABELS)
     point = evaluate(y, p, t, LABELS)
     for k in CI_METRICS:
@@ -108,7 +110,7 @@ def test_bootstrap_ci_contains_estimate_and_is_reproducible(members):
 def test_bootstrap_weighting_equals_explicit_resampling(members):
     """One resample: the weighted fast path equals evaluating the resampled records."""
     y, p = _data(members, seed=2)
-    t = M.fit_thresholds(y, p)
+    t = T.fit_thresholds(y, p)
     ci = bootstrap_ci(y, p, t, n_boot=1, seed=5, label_names=LABELS)
     idx = np.random.default_rng(5).integers(0, len(y), size=(1, len(y)))[0]
     ref = evaluate(y[idx], p[idx], t, LABELS)
@@ -126,13 +128,13 @@ def test_bootstrap_rare_label_does_not_poison_macro(members):
     y[:, 4] = False
     y[:2, 4] = True  # often absent from a resample
     ci = bootstrap_ci(y, p, 0.5, n_boot=200, seed=0, label_names=LABELS)
-    assert ci["macro"][M.AUPRC]["low"] is not None
-    assert ci["per_label"]["PACE"][M.AUPRC]["low"] is not None
+    assert ci["macro"][K.AUPRC]["low"] is not None
+    assert ci["per_label"]["PACE"][K.AUPRC]["low"] is not None
 
 
 def test_write_report(tmp_path, members):
     y, p = _data(members, seed=4)
-    t = M.fit_thresholds(y, p)
+    t = T.fit_thresholds(y, p)
     rows = {
         "ensemble": evaluate_with_ci(y, p, t, LABELS, n_boot=50),
         "best single trial": evaluate(y, np.clip(p * 0.9, 0, 1), t, LABELS),
@@ -146,7 +148,7 @@ def test_write_report(tmp_path, members):
     }
     data = json.loads(paths["json"].read_text())
     assert data["labels"] == LABELS and list(data["rows"]) == list(rows)
-    assert data["rows"]["ensemble"]["ci"]["macro"][M.AUPRC]["low"] is not None
+    assert data["rows"]["ensemble"]["ci"]["macro"][K.AUPRC]["low"] is not None
     md = paths["markdown"].read_text()
     for name in [*rows, *LABELS]:
         assert name in md

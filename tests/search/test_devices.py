@@ -199,7 +199,7 @@ def test_a_closed_trainer_leaves_its_model_and_optimizer_collectable(data):
 
 # -- 4. resume keeps AdamW's step counters on the CPU ------------------------------------------
 def test_resume_loads_optimizer_state_on_the_cpu(data, tmp_path, monkeypatch):
-    import ecgtune.search.training as training
+    from ecgtune.search import checkpoint
 
     first = _trainer(data)
     first.run_epoch()
@@ -211,10 +211,10 @@ def test_resume_loads_optimizer_state_on_the_cpu(data, tmp_path, monkeypatch):
         seen.append((Path(args[0]).name, str(kwargs.get("map_location"))))
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(training.torch, "load", spy)
+    monkeypatch.setattr(torch, "load", spy)
     resumed = _trainer(data)
     resumed.restore(tmp_path)
-    assert (training.STATE_FILE, "cpu") in seen
+    assert (checkpoint.STATE_FILE, "cpu") in seen
     steps = [s["step"] for s in resumed.optimizer.state.values()]
     assert steps and all(step.device.type == "cpu" for step in steps)
 

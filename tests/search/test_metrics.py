@@ -1,4 +1,5 @@
-"""ecgtune.search.metrics: equality with sklearn, undefined-label handling, threshold fitting."""
+"""search.metrics, metric_keys and thresholds: equality with sklearn, undefined-label
+handling, threshold fitting."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from sklearn import metrics as skm
 
+from ecgtune.search import metric_keys as K
 from ecgtune.search import metrics as M
+from ecgtune.search import thresholds as T
 
 
 def _data(n: int = 400, c: int = 6, seed: int = 0, ties: bool = True):
@@ -28,13 +31,13 @@ def _data(n: int = 400, c: int = 6, seed: int = 0, ties: bool = True):
 
 
 def test_metric_keys_are_shared_constants():
-    assert M.OBJECTIVE == M.VAL_AUPRC == "val/macro_auprc"
-    assert M.VAL_AUROC == "val/macro_auroc"
-    assert (M.VAL_LOSS, M.TRAIN_LOSS, M.VAL_F1) == ("val/loss", "train/loss", "val/macro_f1")
-    assert (M.THROUGHPUT, M.EPOCH) == ("train/samples_per_s", "epoch")
-    assert M.metric_key("val", M.AUPRC) == M.OBJECTIVE
-    assert M.metric_key("test", M.HAMMING) == "test/hamming_loss"
-    assert M.metric_key("test", M.F1, "AFIB") == "test/f1/AFIB"
+    assert K.OBJECTIVE == K.VAL_AUPRC == "val/macro_auprc"
+    assert K.VAL_AUROC == "val/macro_auroc"
+    assert (K.VAL_LOSS, K.TRAIN_LOSS, K.VAL_F1) == ("val/loss", "train/loss", "val/macro_f1")
+    assert (K.THROUGHPUT, K.EPOCH) == ("train/samples_per_s", "epoch")
+    assert K.metric_key("val", K.AUPRC) == K.OBJECTIVE
+    assert K.metric_key("test", K.HAMMING) == "test/hamming_loss"
+    assert K.metric_key("test", K.F1, "AFIB") == "test/f1/AFIB"
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -185,8 +188,8 @@ def test_per_label_report_is_json_ready():
     y, p = _data(c=3)
     y[:, 0] = False
     report = M.per_label_report(y, p, [0.5] * 3, ["A", "B", "C"])
-    assert report["A"][M.AUPRC] is None and report["A"][M.SUPPORT] == 0
-    assert report["B"][M.F1] == pytest.approx(M.f1_per_label(y, p, [0.5] * 3)[1])
+    assert report["A"][K.AUPRC] is None and report["A"][K.SUPPORT] == 0
+    assert report["B"][K.F1] == pytest.approx(M.f1_per_label(y, p, [0.5] * 3)[1])
     json.dumps(report, allow_nan=False)
 
 
@@ -212,7 +215,7 @@ def _brute_force_best_f1(y: np.ndarray, p: np.ndarray, beta: float = 1.0) -> flo
 
 def test_f1_thresholds_beat_half_and_generalise():
     y, p = _miscalibrated(seed=0)
-    t = M.fit_thresholds(y, p)
+    t = T.fit_thresholds(y, p)
     fitted, half = M.f1_per_label(y, p, t), M.f1_per_label(y, p, 0.5)
     assert (fitted >= half).all()
     assert (fitted[:3] > half[:3] + 0.1).all()  # the rare labels gain most
@@ -224,7 +227,7 @@ def test_f1_thresholds_beat_half_and_generalise():
 def test_fitted_thresholds_reach_the_best_cut(beta):
     y, p = _data(n=300, c=4, seed=7)
     objective = "f1" if beta == 1.0 else "fbeta"
-    t = M.fit_thresholds(y, p, objective=objective, beta=beta, min_positives=1)
+    t = T.fit_thresholds(y, p, objective=objective, beta=beta, min_positives=1)
     got = M.fbeta_per_label(y, p, t, beta=beta)
     for c in range(y.shape[1]):
         assert got[c] == pytest.approx(_brute_force_best_f1(y[:, c], p[:, c], beta))
@@ -234,7 +237,7 @@ def test_threshold_lies_halfway_between_scores():
     y = np.array([1, 1, 0, 1, 0, 0, 0, 0], dtype=bool)[:, None]
     p = np.array([0.9, 0.8, 0.7, 0.6, 0.3, 0.2, 0.1, 0.05])[:, None]
     # Best F1 cut: top 4 (tp 3, fp 1) -> threshold between 0.6 and 0.3.
-    assert M.fit_thresholds(y, p, min_positives=1)[0] == pytest.approx(0.45)
+    assert T.fit_thresholds(y, p, min_positives=1)[0] == pytest.approx(0.45)
 
 
 def test_few_and_zero_positive_labels_get_fallback():
@@ -242,22 +245,22 @@ def test_few_and_zero_positive_labels_get_fallback():
     y[:, 0] = False
     y[:, 1] = False
     y[:3, 1] = True  # 3 positives < min_positives=5
-    t = M.fit_thresholds(y, p, min_positives=5, fallback=0.5)
+    t = T.fit_thresholds(y, p, min_positives=5, fallback=0.5)
     assert t[0] == 0.5 and t[1] == 0.5 and t[2] != 0.5
-    per_label = M.fit_thresholds(y, p, fallback=np.linspace(0.1, 0.5, 5))
+    per_label = T.fit_thresholds(y, p, fallback=np.linspace(0.1, 0.5, 5))
     assert per_label[0] == pytest.approx(0.1) and per_label[1] == pytest.approx(0.2)
     # min_positives=0 still never fits a label without positives.
-    assert M.fit_thresholds(y, p, min_positives=0, fallback=0.7)[0] == 0.7
+    assert T.fit_thresholds(y, p, min_positives=0, fallback=0.7)[0] == 0.7
 
 
 def test_thresholds_are_deterministic_and_validated():
     y, p = _miscalibrated()
-    np.testing.assert_array_equal(M.fit_thresholds(y, p), M.fit_thresholds(y, p))
+    np.testing.assert_array_equal(T.fit_thresholds(y, p), T.fit_thresholds(y, p))
     with pytest.raises(ValueError, match="valid"):
-        M.fit_thresholds(y, p, objective="accuracy")
+        T.fit_thresholds(y, p, objective="accuracy")
     with pytest.raises(ValueError, match="fbeta"):
-        M.fit_thresholds(y, p, objective="f1", beta=2.0)
-    assert set(M.THRESHOLD_OBJECTIVES) >= {"f1", "fbeta", "challenge"}
+        T.fit_thresholds(y, p, objective="f1", beta=2.0)
+    assert set(T.THRESHOLD_OBJECTIVES) >= {"f1", "fbeta", "challenge"}
 
 
 # --- challenge-style score ----------------------------------------------------------------
@@ -301,12 +304,12 @@ def test_challenge_score_matches_reference_and_bounds():
 def test_challenge_thresholds_improve_on_f1_start():
     y, p = _miscalibrated(n=2000)
     groups = [0, 0, 1, 1, 1]
-    t_f1 = M.fit_thresholds(y, p)
-    t_ch = M.fit_thresholds(y, p, objective="challenge", groups=groups)
+    t_f1 = T.fit_thresholds(y, p)
+    t_ch = T.fit_thresholds(y, p, objective="challenge", groups=groups)
     before = M.challenge_score(y, p >= t_f1, groups=groups)
     after = M.challenge_score(y, p >= t_ch, groups=groups)
     assert after >= before
-    assert np.array_equal(t_ch, M.fit_thresholds(y, p, objective="challenge", groups=groups))
+    assert np.array_equal(t_ch, T.fit_thresholds(y, p, objective="challenge", groups=groups))
 
 
 def test_metrics_module_stays_light():
@@ -325,7 +328,7 @@ def test_metrics_module_stays_light():
     hnp.arrays(np.bool_, (25, 3)),
 )
 def test_thresholds_never_below_half_on_fitting_f1(p, y):
-    t = M.fit_thresholds(y, p, min_positives=1, fallback=0.5)
+    t = T.fit_thresholds(y, p, min_positives=1, fallback=0.5)
     fitted = y.sum(axis=0) >= 1
     got = M.f1_per_label(y, p, t)
     ref = M.f1_per_label(y, p, 0.5)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ecgtune.search import metrics as M
+from ecgtune.search import metric_keys as K
 from ecgtune.search import tracking
 from ecgtune.search.errors import SearchError, TrackingError
 from ecgtune.search.run import SearchOptions, run_search
@@ -42,7 +42,7 @@ def test_tiny_search_tracks_one_parent_and_a_nested_run_per_trial(tiny_search):
         assert run.info.status == "FINISHED"
         assert run.data.tags[tracking.TAG_PARENT] == parents[0].info.run_id
         assert {"fusion", "branch.depths", "train.lr", "train.loss"} <= set(run.data.params)
-        history = client.get_metric_history(run.info.run_id, M.OBJECTIVE)
+        history = client.get_metric_history(run.info.run_id, K.OBJECTIVE)
         assert history and all(0.0 <= m.value <= 1.0 for m in history)
         assert run.data.tags[tracking.TAG_EARLY_STOPPED] in ("true", "false")
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -64,7 +64,7 @@ def test_tiny_search_tracks_one_parent_and_a_nested_run_per_trial(tiny_search):
 
 def test_best_tiny_trial_learns(tiny_search):
     _, _, children = _runs(tiny_search.result.tracking_uri, tiny_search.result.name)
-    best_auroc = max(r.data.metrics[M.VAL_AUROC] for r in children)
+    best_auroc = max(r.data.metrics[K.VAL_AUROC] for r in children)
     assert best_auroc > 0.75, f"best val macro AUROC {best_auroc:.3f} is not clearly above chance"
 
 
@@ -107,7 +107,8 @@ def test_crashed_trial_resumes_from_checkpoint_and_nan_trial_fails_clearly(prepa
     assert failures == {"crash": ("TERMINATED", 1), "nan": ("ERROR", 1), "oom": ("ERROR", 1)}
     progress = capsys.readouterr().out
     assert progress.count("retrying from its last checkpoint") == 1, progress
-    assert "FAILED: search.training.NonFiniteLossError: training loss became nan" in progress
+    assert ("FAILED: ecgtune.search.training.NonFiniteLossError: training loss became nan"
+            in progress)
     assert "TrialOutOfMemoryError: GPU out of memory at batch 32 x crop 1024" in progress
     client, parents, children = _runs(uri, "faults")
     by_fault = {fault({k: int(v) for k, v in r.data.params.items() if k.startswith("debug.")}):
@@ -121,9 +122,9 @@ def test_crashed_trial_resumes_from_checkpoint_and_nan_trial_fails_clearly(prepa
     assert crashed.data.tags["ecgtune.node_id"]
     # Retried from the epoch-1 checkpoint, not restarted: it reports where it resumed.
     assert crashed.info.status == "FINISHED"
-    restored = client.get_metric_history(crashed.info.run_id, M.RESTORED_FROM_EPOCH)
+    restored = client.get_metric_history(crashed.info.run_id, K.RESTORED_FROM_EPOCH)
     assert max(m.value for m in restored) == 1
-    epochs = sorted(m.step for m in client.get_metric_history(crashed.info.run_id, M.OBJECTIVE))
+    epochs = sorted(m.step for m in client.get_metric_history(crashed.info.run_id, K.OBJECTIVE))
     assert epochs == [1, 2, 3], "each epoch ran exactly once across the crash"
     # The NaN trial fails with a message naming the problem; the search carried on.
     assert diverged.info.status == "FAILED"

@@ -8,7 +8,7 @@ import torch
 
 from ecgtune.components import get_preset
 from ecgtune.data_prep import load_shards
-from ecgtune.search import metrics as M
+from ecgtune.search import metric_keys as K
 from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
 from ecgtune.search.losses import LOSSES, get_loss
 from ecgtune.search.training import NonFiniteLossError, Trainer
@@ -56,7 +56,7 @@ def test_focal_loss_downweights_easy_examples():
 def test_epoch_reports_the_objective_and_artifacts(folds, tmp_path):
     trainer = _trainer(folds)
     result = trainer.run_epoch()
-    for key in (M.OBJECTIVE, M.VAL_AUROC, M.VAL_LOSS, M.VAL_F1, M.TRAIN_LOSS, M.THROUGHPUT):
+    for key in (K.OBJECTIVE, K.VAL_AUROC, K.VAL_LOSS, K.VAL_F1, K.TRAIN_LOSS, K.THROUGHPUT):
         assert np.isfinite(result.metrics[key]), key
     assert result.val_probs.shape == folds[1].labels.shape
     assert result.thresholds.shape == (folds[1].labels.shape[1],)
@@ -81,7 +81,7 @@ def test_resume_from_checkpoint_continues_exactly(folds, tmp_path):
     for (name, a), b in zip(straight.model.state_dict().items(),
                             resumed.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
-    assert straight.history[-1][M.OBJECTIVE] == pytest.approx(resumed.history[-1][M.OBJECTIVE])
+    assert straight.history[-1][K.OBJECTIVE] == pytest.approx(resumed.history[-1][K.OBJECTIVE])
 
 
 def test_nan_loss_raises_a_clear_error(folds):
@@ -94,5 +94,5 @@ def test_bf16_autocast_path_runs_on_cpu(folds):
     trainer = _trainer(folds, precision="bf16", steps_per_epoch=2)
     assert trainer.autocast_dtype is torch.bfloat16
     result = trainer.run_epoch()
-    assert np.isfinite(result.metrics[M.TRAIN_LOSS])
+    assert np.isfinite(result.metrics[K.TRAIN_LOSS])
     assert np.isfinite(result.val_probs).all()

@@ -1,0 +1,80 @@
+"""Metric keys: the names under which trials report to Ray Tune and MLflow, and the base metric
+names that per-label and ensemble reports use (`metric_key` builds the logged form).
+
+Plain strings, no imports: the trainable, the tracker, the progress printer and the ensemble
+all read them from here, so a renamed metric is renamed everywhere at once.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AUPRC",
+    "AUROC",
+    "BEST_OBJECTIVE",
+    "BRIER",
+    "ECE",
+    "ENV_DEVICE",
+    "ENV_NODE",
+    "ENV_PRECISION",
+    "EPOCH",
+    "F1",
+    "HAMMING",
+    "KAPPA",
+    "OBJECTIVE",
+    "PRECISION",
+    "RECALL",
+    "RESTORED_FROM_EPOCH",
+    "SPECIFICITY",
+    "SUPPORT",
+    "THRESHOLD",
+    "THROUGHPUT",
+    "TRAIN_LOSS",
+    "VAL_AUPRC",
+    "VAL_AUROC",
+    "VAL_F1",
+    "VAL_LOSS",
+    "metric_key",
+]
+
+# The trial's reports (Ray Tune results, then MLflow metrics of the trial's run).
+OBJECTIVE = "val/macro_auprc"
+VAL_AUPRC = OBJECTIVE
+VAL_AUROC = "val/macro_auroc"
+VAL_LOSS = "val/loss"
+VAL_F1 = "val/macro_f1"
+TRAIN_LOSS = "train/loss"
+THROUGHPUT = "train/samples_per_s"
+EPOCH = "epoch"
+BEST_OBJECTIVE = "val/best_macro_auprc"  # best objective so far in the trial
+RESTORED_FROM_EPOCH = "train/restored_from_epoch"  # epoch of the checkpoint a retry resumed
+# Where a trial ran (strings in its results; the tracker makes them tags of the trial's run).
+ENV_DEVICE = "env/device"
+ENV_PRECISION = "env/precision"
+ENV_NODE = "env/node_id"
+
+# Base metric names; per-label and report dicts use these, `metric_key` builds logged keys.
+AUROC = "auroc"
+AUPRC = "auprc"
+F1 = "f1"
+PRECISION = "precision"
+RECALL = "recall"
+SPECIFICITY = "specificity"
+KAPPA = "kappa"
+HAMMING = "hamming_loss"
+ECE = "ece"
+BRIER = "brier"
+SUPPORT = "support"
+THRESHOLD = "threshold"
+
+
+def metric_key(split: str, name: str, label: str | None = None) -> str:
+    """Logged metric key: ``metric_key("test", AUPRC) == "test/macro_auprc"``; with a label,
+    ``"test/auprc/AFIB"``. Metrics that are not averages over labels (Hamming loss) keep their
+    own name: ``"test/hamming_loss"``."""
+    if label is not None:
+        return f"{split}/{name}/{label}"
+    if name == HAMMING:
+        return f"{split}/{name}"
+    return f"{split}/macro_{name}"
+
+

@@ -1,0 +1,180 @@
+"""Per-label decision thresholds fitted on predictions: F1 / F-beta per label, or the
+challenge-style score of all labels jointly (`fit_thresholds`, `THRESHOLD_OBJECTIVES`).
+
+Trials fit them on the validation fold, the ensemble on its own fold after calibration. Like
+`search.metrics`, numpy only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ecgtune.search.metrics import (
+    ArrayLike,
+    as_label_matrix,
+    as_score_matrix,
+    challenge_weight_matrix,
+    threshold_vector,
+)
+
+__all__ = ["THRESHOLD_OBJECTIVES", "fit_thresholds"]
+
+
+def _pick_cut(gain: np.ndarray, valid: np.ndarray) -> tuple[int, float]:
+    """Index of the best valid cut (middle one among exact ties) and its value."""
+    g = np.where(valid, gain, -np.inf)
+    best = g.max()
+    tied = np.flatnonzero(g >= best - 1e-12 * max(1.0, abs(best)))
+    return int(tied[(len(tied) - 1) // 2]), float(best)
+
+
+def _threshold_at(s_sorted: np.ndarray, k: int) -> float:
+    """Threshold that predicts exactly the first k+1 sorted (descending) scores positive:
+    halfway to the next lower score, so that nearby unseen scores fall on the same side."""
+    if k + 1 >= len(s_sorted):
+        return float(s_sorted[k])
+    t = 0.5 * (s_sorted[k] + s_sorted[k + 1])
+    return float(t) if s_sorted[k + 1] < t <= s_sorted[k] else float(s_sorted[k])
+
+
+def _fallback(fallback: ArrayLike, n_labels: int) -> np.ndarray:
+    return threshold_vector(fallback, n_labels).copy()
+
+
+def _fit_fbeta(
+    y: np.ndarray,
+    p: np.ndarray,
+    *,
+    beta: float,
+    min_positives: int,
+    fallback: ArrayLike,
+) -> np.ndarray:
+    n, c = y.shape
+    thresholds = _fallback(fallback, c)
+    pos = np.count_nonzero(y, axis=0)
+    fit = pos >= max(int(min_positives), 1)
+    if not fit.any():
+        return thresholds
+    cols = np.flatnonzero(fit)
+    order = np.argsort(-p[:, cols], axis=0)
+    s = np.take_along_axis(p[:, cols], order, axis=0)
+    tp = np.cumsum(np.take_along_axis(y[:, cols], order, axis=0), axis=0, dtype=np.float64)
+    fp = np.arange(1, n + 1)[:, None] - tp
+    fn = pos[cols][None, :] - tp
+    b2 = beta * beta
+    score = (1 + b2) * tp / ((1 + b2) * tp + b2 * fn + fp)
+    # Only cuts between distinct scores are realisable by a threshold.
+    is_end = np.r_[s[1:] != s[:-1], np.ones((1, len(cols)), dtype=bool)]
+    for j, col in enumerate(cols):
+        k, _ = _pick_cut(score[:, j], is_end[:, j])
+        thresholds[col] = _threshold_at(s[:, j], k)
+    return thresholds
+
+
+def _fit_f1(
+    y: np.ndarray, p: np.ndarray, *, beta: float, min_positives: int, fallback: ArrayLike
+) -> np.ndarray:
+    if beta != 1.0:
+        raise ValueError("objective 'f1' uses beta=1; use objective='fbeta' for other betas")
+    return _fit_fbeta(y, p, beta=1.0, min_positives=min_positives, fallback=fallback)
+
+
+def _fit_challenge(
+    y: np.ndarray,
+    p: np.ndarray,
+    *,
+    beta: float,
+    min_positives: int,
+    fallback: ArrayLike,
+    weights: ArrayLike | None = None,
+    groups: Sequence[Any] | None = None,
+    normal_index: int | None = None,
+    max_sweeps: int = 10,
+) -> np.ndarray:
+    del normal_index  # the normalisation is affine: it does not move the maximiser
+    c = y.shape[1]
+    w = challenge_weight_matrix(c, weights, groups)
+    thresholds = _fit_fbeta(y, p, beta=beta, min_positives=min_positives, fallback=fallback)
+    fit = np.count_nonzero(y, axis=0) >= max(int(min_positives), 1)
+    yf = y.astype(np.float64)
+    yw = yf @ w  # yw[i, k]: reward record i earns for predicting label k
+    pred = p >= thresholds
+    orders = np.argsort(-p, axis=0)
+    for _ in range(max_sweeps):
+        improved = False
+        for col in np.flatnonzero(fit):
+            o = pred[:, col]
+            reward_rest = np.sum(yw * pred, axis=1) - yw[:, col] * o
+            union_rest = np.count_nonzero(y | pred, axis=1) - (y[:, col] | o)
+            # Per-record contribution with this label off (0) or on (1); others fixed.
+            r0 = reward_rest / np.maximum(union_rest + y[:, col], 1)
+            r1 = (reward_rest + yw[:, col]) / np.maximum(union_rest + 1, 1)
+            order = orders[:, col]
+            s = p[order, col]
+            gains = np.r_[0.0, np.cumsum((r1 - r0)[order])]  # gains[k]: top k predicted
+            valid = np.r_[True, s[1:] != s[:-1], True]
+            current = float(np.sum(np.where(o, r1, r0)) - r0.sum())
+            k, best = _pick_cut(gains, valid)
+            if best > current + 1e-12 * max(1.0, abs(current)):
+                thresholds[col] = (
+                    float(np.nextafter(s[0], np.inf)) if k == 0 else _threshold_at(s, k - 1)
+                )
+                pred[:, col] = p[:, col] >= thresholds[col]
+                improved = True
+        if not improved:
+            break
+    return thresholds
+
+
+THRESHOLD_OBJECTIVES: dict[str, Callable[..., np.ndarray]] = {
+    "f1": _fit_f1,
+    "fbeta": _fit_fbeta,
+    "challenge": _fit_challenge,
+}
+
+
+def fit_thresholds(
+    y: ArrayLike,
+    p: ArrayLike,
+    objective: str = "f1",
+    beta: float = 1.0,
+    min_positives: int = 5,
+    fallback: float | ArrayLike = 0.5,
+    **options: Any,
+) -> np.ndarray:
+    """One decision threshold per label (C,), used as ``p >= threshold``.
+
+    Objectives (``THRESHOLD_OBJECTIVES``):
+
+    - ``"f1"`` / ``"fbeta"``: per label, maximise F1 / F-beta over every cut between distinct
+      scores (one sort and cumulative sums per label, so every candidate is exact). Among cuts
+      with the same best score the middle one is taken, and the threshold lies halfway between
+      the last score predicted positive and the next lower score, so that the cut generalises
+      rather than sitting on a training score.
+    - ``"challenge"``: maximise the challenge-style score (`challenge_score`) of all labels
+      jointly by coordinate ascent over labels, starting from the F-beta thresholds; each step
+      tries every cut of one label (including "never positive") with the others fixed and keeps
+      it only if the score improves, so the score never decreases. Options: ``weights`` (C, C)
+      reward matrix or ``groups`` (one group id per label, see `challenge_weights`),
+      ``max_sweeps`` (default 10); ``normal_index`` is accepted for symmetry with
+      `challenge_score` but does not change the fitted thresholds.
+
+    Fallback: a label with fewer than ``min_positives`` positives (at least 1 is always
+    required, so nothing is ever fitted on zero positives) is not fitted and gets ``fallback``
+    (a float, or one value per label), 0.5 by default: the natural cut of a calibrated
+    probability. Deterministic: no randomness is involved.
+    """
+    if objective not in THRESHOLD_OBJECTIVES:
+        raise ValueError(
+            f"unknown threshold objective {objective!r}; valid: {sorted(THRESHOLD_OBJECTIVES)}"
+        )
+    if beta <= 0:
+        raise ValueError("beta must be positive")
+    y = as_label_matrix(y)
+    p = as_score_matrix(p, y)
+    return THRESHOLD_OBJECTIVES[objective](
+        y, p, beta=beta, min_positives=min_positives, fallback=fallback, **options
+    )
