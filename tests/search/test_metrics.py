@@ -314,7 +314,7 @@ def test_challenge_thresholds_improve_on_f1_start():
 
 def test_metrics_module_stays_light():
     code = (
-        "import sys, search.metrics; "
+        "import sys, ecgtune.search.metrics; "
         "heavy = {'torch', 'matplotlib', 'mlflow', 'ray'} & set(sys.modules); "
         "print(sorted(heavy))"
     )
