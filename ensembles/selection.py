@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ecgtune.ensembles import scores
 from ecgtune.search import metrics
 
 __all__ = [
@@ -23,7 +24,6 @@ __all__ = [
     "uniform_average",
 ]
 
-_EPS = 1e-7
 # Candidates scored per batch: bounds memory to about CHUNK x N x C floats.
 _CHUNK = 16
 
@@ -39,12 +39,11 @@ def _macro_auroc(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 
 def _neg_log_loss(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    q = np.clip(probs, _EPS, 1.0 - _EPS)
-    return np.mean(np.where(y, np.log(q), np.log1p(-q)), axis=(-2, -1))
+    return -scores.log_loss(y, probs, axis=(-2, -1))
 
 
 def _neg_brier(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    return -np.mean((probs - y) ** 2, axis=(-2, -1))
+    return -scores.brier(y, probs, axis=(-2, -1))
 
 
 # name -> metric(y (N, C) bool, probs (K, N, C)) -> (K,), higher is better. Ranking metrics
