@@ -26,6 +26,7 @@ from torch import nn
 from ecgtune.components import ModelConfig
 from ecgtune.data_prep import NormStats, fixed_windows, normalize
 from ecgtune.ensembles.calibration import PerLabelCalibrator
+from ecgtune.ensembles.options import DEFAULT_BATCH_SIZE, DEFAULT_WINDOWS, PRECISIONS
 from ecgtune.search.devices import resolve_device
 
 __all__ = [
@@ -38,14 +39,11 @@ __all__ = [
     "resolve_device",
 ]
 
-DEFAULT_WINDOWS = 3
-DEFAULT_BATCH_SIZE = 32  # records cropped and normalised together
 # Windows per forward pass: on CPU, time per window falls up to ~100 windows and rises beyond
 # (activations outgrow the caches); a GPU takes many more (`forward_windows`).
 MAX_FORWARD = 96
 GPU_MAX_FORWARD = 1024
 NUM_LEADS = 12
-PRECISIONS = ("fp32", "bf16")
 
 
 def forward_windows(device: torch.device, crop_len: int) -> int:
