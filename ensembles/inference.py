@@ -1,9 +1,9 @@
 """Member -> probabilities for int16 signals, and the ensemble predictor built on it.
 
 `member_probabilities` is the only implementation of a member's inference: the ensemble build
-uses it on folds 8 and 9, the exported bundle, the MLflow pyfunc model and `ecgtune predict`
-all go through `EnsemblePredictor`, which calls it. So the in-process ensemble, the bundle and
-the served model cannot drift apart.
+uses it on the ensemble and test folds; the exported bundle, the MLflow pyfunc model and
+`ecgtune predict` all go through `EnsemblePredictor`, which calls it. So the in-process
+ensemble, the bundle and the served model cannot drift apart.
 
 Per member, deterministically: ``n_windows`` evenly spaced windows of the member's own crop
 length (`data_prep.fixed_windows`; one window is centred, as in validation), normalised exactly

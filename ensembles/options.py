@@ -214,9 +214,21 @@ class EnsembleOptions:
     def create(cls, **kwargs: Any) -> EnsembleOptions:
         """Options from flat keywords: `FitOptions` field names go into ``fit``."""
         fit_names = {f.name for f in dataclasses.fields(FitOptions)}
-        fit = {k: kwargs.pop(k) for k in list(kwargs) if k in fit_names}
+        fit_values = {k: kwargs.pop(k) for k in list(kwargs) if k in fit_names}
         base = kwargs.pop("fit", FitOptions())
-        return cls(**kwargs, fit=dataclasses.replace(base, **fit))
+        problems = []
+        try:
+            fit = dataclasses.replace(base, **fit_values)
+        except EnsembleOptionError as exc:  # still check the rest: one message names all
+            problems.append(str(exc))
+            fit = base
+        try:
+            options = cls(**kwargs, fit=fit)
+        except EnsembleOptionError as exc:
+            problems.append(str(exc))
+        if problems:
+            raise EnsembleOptionError("; ".join(problems))
+        return options
 
     def replace(self, **kwargs: Any) -> EnsembleOptions:
         """A copy with flat keywords changed (`FitOptions` names included)."""

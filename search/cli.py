@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="DIR",
                    help="prepared data directory (from `ecgtune prep`)")
     p.add_argument("--space", default="default", metavar="FILE|NAME",
-                   help="search space: a YAML file, or a shipped space (default, demo, tiny)")
+                   help="search space: a YAML file, or a shipped space: default, demo or tiny")
     p.add_argument("--name", default="ecgtune-search",
                    help="search name: the MLflow experiment and the Ray experiment directory")
     p.add_argument("--num-samples", type=int, default=20, metavar="N",
