@@ -68,7 +68,7 @@ def _meta(f: dataclasses.Field) -> dict[str, Any] | None:
 
 
 def _flag(f: dataclasses.Field) -> str:
-    return _meta(f)["flag"] or "--" + f.name.replace("_", "-")  # type: ignore[index]
+    return f.metadata["option"]["flag"] or "--" + f.name.replace("_", "-")
 
 
 def _choices(meta: Mapping[str, Any]) -> list[str] | None:

@@ -216,11 +216,11 @@ def test_write_report(tmp_path, members):
         "best single trial": evaluate(y, np.clip(p * 0.9, 0, 1), t, LABELS),
         "seed-style baseline (0.5 thresholds)": evaluate_with_ci(y, p, 0.5, LABELS, n_boot=50),
     }
-    paths = write_report(rows, tmp_path / "report" / "fold9", LABELS)
+    paths = write_report(rows, tmp_path / "report" / "test_fold", LABELS)
     assert {k: v.name for k, v in paths.items()} == {
-        "json": "fold9.json",
-        "markdown": "fold9.md",
-        "html": "fold9.html",
+        "json": "test_fold.json",
+        "markdown": "test_fold.md",
+        "html": "test_fold.html",
     }
     data = json.loads(paths["json"].read_text())
     assert data["labels"] == LABELS and list(data["rows"]) == list(rows)
