@@ -279,7 +279,9 @@ def _column_quantiles(samples: np.ndarray, levels: np.ndarray) -> np.ndarray:
     (K,), NaN samples ignored; NaN where a column has none."""
     ordered = np.sort(samples, axis=0)  # NaN sorts last
     valid = np.count_nonzero(~np.isnan(samples), axis=0)
-    pos = np.clip(levels, 0.0, 1.0) * np.maximum(valid - 1, 0)
+    # An undefined level (a column without samples) reads position 0; masked below anyway.
+    levels = np.where(np.isfinite(levels), np.clip(levels, 0.0, 1.0), 0.0)
+    pos = levels * np.maximum(valid - 1, 0)
     below = np.floor(pos).astype(np.int64)
     above = np.minimum(below + 1, np.maximum(valid - 1, 0))
     lo = np.take_along_axis(ordered, below[None], axis=0)[0]
