@@ -4,14 +4,78 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import textwrap
 
 from .errors import PrepError
 
-__all__ = ["USER_ERRORS", "non_negative_int", "positive_float", "positive_int", "register"]
+__all__ = ["USER_ERRORS", "HelpFormatter", "non_negative_int", "positive_float", "positive_int",
+           "register"]
 
 # Expected failures the console script prints as one line (exit status 1).
 USER_ERRORS: tuple[type[BaseException], ...] = (PrepError,)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """The one `--help` format of every ecgtune subcommand (the `ecgtune` parser makes it the
+    default of every subparser).
+
+    - An option with a value default shows it once, as ``(default: X)``, appended here; help
+      texts do not spell defaults out themselves, except where the default is not a plain value
+      (``(default: sqlite:///$PWD/mlflow.db)``), which is then left alone. Required options,
+      switches and options whose default is None or empty show none.
+    - Descriptions and epilogs are wrapped to the terminal paragraph by paragraph (blank lines
+      separate paragraphs); a run of lines indented by two spaces is wrapped as one indented
+      paragraph, and lines indented further (examples) are kept as written.
+    """
+
+    _MENTIONS_DEFAULT = re.compile(r"\(default[: ]|%\(default\)")
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or action.required
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or default in ([], ())
+            or self._MENTIONS_DEFAULT.search(text)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out: list[str] = []
+        for paragraph in text.strip("\n").split("\n\n"):
+            if out:
+                out.append("")
+            for lead, words in _runs(paragraph.splitlines()):
+                if lead is None:  # an example: as written
+                    out.append(indent + words)
+                else:
+                    pad = indent + " " * lead
+                    out += textwrap.wrap(words, width, initial_indent=pad, subsequent_indent=pad)
+        return "\n".join(out)
+
+
+def _runs(lines: list[str]) -> list[tuple[int | None, str]]:
+    """Consecutive lines with the same indentation joined into (indent, text); a heading line
+    (ending in ':') stands alone; lines indented 4+ spaces come back verbatim (None, line)."""
+    runs: list[tuple[int | None, str]] = []
+    for line in lines:
+        lead = len(line) - len(line.lstrip(" "))
+        if lead >= 4:
+            runs.append((None, line))
+            continue
+        last = runs[-1] if runs else None
+        if last is not None and last[0] == lead and not last[1].endswith(":"):
+            runs[-1] = (lead, f"{last[1]} {line.strip()}")
+        else:
+            runs.append((lead, line.strip()))
+    return runs
 
 
 def positive_int(text: str) -> int:
@@ -49,17 +113,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     synth.add_argument("--output", required=True, metavar="DIR", help="output directory")
     synth.add_argument("--n", required=True, type=non_negative_int, help="number of records")
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed")
     synth.add_argument(
-        "--fs", type=positive_float, default=500.0, help="sampling frequency in Hz (default 500)"
+        "--fs", type=positive_float, default=500.0, help="sampling frequency in Hz"
     )
     synth.add_argument(
         "--seconds", type=positive_float, default=10.0,
-        help="record length in seconds (default 10)",
+        help="record length in seconds",
     )
     synth.add_argument(
         "--workers", type=positive_int, default=1,
-        help="worker processes (default 1; the output does not depend on it)",
+        help="worker processes (the output does not depend on them)",
     )
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.set_defaults(func=_run_synth)
@@ -83,23 +147,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prep.add_argument("--output", required=True, metavar="DIR", help="output directory")
     prep.add_argument(
         "--labels", default="seed20", metavar="NAME",
-        help="label map: seed20 (default) or seed20-rbbb (59118001 -> CRBBB)",
+        help="label map: seed20 or seed20-rbbb (59118001 -> CRBBB)",
     )
     prep.add_argument(
         "--workers", type=positive_int, default=default_workers,
-        help=f"worker processes (default {default_workers}: this machine's cores)",
+        help="worker processes (default: this machine's cores, at most 8)",
     )
     prep.add_argument(
-        "--shard-size", type=positive_int, default=1000, help="records per shard (default 1000)"
+        "--shard-size", type=positive_int, default=1000, help="records per shard"
     )
     prep.add_argument(
-        "--fs", type=positive_int, default=500, help="output sampling frequency, Hz (default 500)"
+        "--fs", type=positive_int, default=500, help="output sampling frequency, Hz"
     )
     prep.add_argument(
         "--seconds", type=positive_float, default=10.0,
-        help="output length in seconds: centred crop or zero padding at the end (default 10)",
+        help="output length in seconds: centred crop or zero padding at the end",
     )
-    prep.add_argument("--seed", type=int, default=0, help="fold assignment seed (default 0)")
+    prep.add_argument("--seed", type=int, default=0, help="fold assignment seed")
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.add_argument(
         "--verify", action="store_true",

@@ -20,18 +20,21 @@ from .errors import (
     BundleError,
     BundleFormatError,
     EnsembleError,
+    EnsembleOptionError,
     MemberError,
     SearchNotFoundError,
 )
 
 if TYPE_CHECKING:
-    from .build import EnsembleOptions, EnsembleResult, build_ensemble, format_summary
+    from .build import EnsembleResult, build_ensemble, format_summary
     from .bundle import Bundle, load_bundle, save_bundle, verify_bundle
     from .inference import EnsemblePredictor, InputSpec, MemberSpec, member_probabilities
+    from .options import EnsembleOptions, FitOptions
     from .predict import PredictionResult, predict_records, write_predictions_csv
 
 _EXPORTS: dict[str, str] = {
-    "EnsembleOptions": "build", "EnsembleResult": "build", "build_ensemble": "build",
+    "EnsembleOptions": "options", "FitOptions": "options",
+    "EnsembleResult": "build", "build_ensemble": "build",
     "format_summary": "build",
     "Bundle": "bundle", "load_bundle": "bundle", "save_bundle": "bundle",
     "verify_bundle": "bundle",
@@ -47,9 +50,11 @@ __all__ = [
     "BundleError",
     "BundleFormatError",
     "EnsembleError",
+    "EnsembleOptionError",
     "EnsembleOptions",
     "EnsemblePredictor",
     "EnsembleResult",
+    "FitOptions",
     "InputSpec",
     "MemberError",
     "MemberSpec",

@@ -1,11 +1,13 @@
-"""`ecgtune ensemble`: top-K trials -> selected, calibrated, thresholded ensemble -> fold-9
+"""`ecgtune ensemble`: top-K trials -> selected, calibrated, thresholded ensemble -> test-fold
 report -> exported bundle -> MLflow run + registered pyfunc model.
 
-Steps (each in its own module): `members` (find and load the trials), `inference` (member
-probabilities on folds 8 and 9), `fitting` (selection, calibration and thresholds on fold 8),
-`report` (fold 9 only), `bundle` (export), `registry` (MLflow). Everything that can fail
-before the work starts (data directory, tracking store, search name, output directory) is
-checked first. The ensemble run ends FINISHED, or FAILED with the error as a tag.
+Folds are named by their role in the data manifest: the *ensemble fold* (selection,
+calibration, thresholds) and the *test fold* (reported once, never fitted on). Steps (each in
+its own module): `members` (find and load the trials), `inference` (member probabilities on
+both folds), `fitting` (everything fitted on the ensemble fold), `report` (the test fold only),
+`bundle` (export), `registry` (MLflow). Everything that can fail before the work starts (data
+directory, tracking store, search name, output directory, options) is checked first. The
+ensemble run ends FINISHED, or FAILED with the error as a tag.
 """
 
 from __future__ import annotations
@@ -23,87 +25,20 @@ from typing import Any
 import numpy as np
 
 from ecgtune.ensembles.errors import EnsembleError
-from ecgtune.ensembles.fitting import FitOptions
-from ecgtune.ensembles.inference import DEFAULT_BATCH_SIZE, DEFAULT_WINDOWS
+from ecgtune.ensembles.fold_roles import ENSEMBLE, TEST, fold_of_role
+from ecgtune.ensembles.options import EnsembleOptions
 
 __all__ = ["EnsembleOptions", "EnsembleResult", "MemberSummary", "build_ensemble",
-           "format_summary"]
+           "format_summary", "selection_sentence"]
 
 log = logging.getLogger(__name__)
 
-ENSEMBLE_FOLD = 8
-TEST_FOLD = 9
 ROW_ENSEMBLE = "ensemble"
 ROW_BEST = "best single trial"
 ROW_UNIFORM = "uniform average"
 ROW_SEED = "seed-style baseline (0.5)"
-
-
-@dataclass(frozen=True)
-class EnsembleOptions:
-    """Options of `build_ensemble` (the `ecgtune ensemble` flags)."""
-
-    data: str | Path
-    name: str
-    output: str | Path
-    top_k: int = 5
-    register: str | None = None
-    tracking_uri: str | None = None
-    storage: str | None = None
-    search_run_id: str | None = None
-    metric: str = "macro_auprc"
-    init_size: int = 3
-    bags: int = 0
-    seed: int = 0
-    threshold_objective: str = "f1"
-    beta: float = 1.0
-    min_positives: int = 5
-    n_windows: int = DEFAULT_WINDOWS
-    batch_size: int = DEFAULT_BATCH_SIZE
-    n_boot: int = 1000
-    progress: bool = True
-    device: str = "auto"  # member predictions: auto (GPU when present) | cpu | cuda
-    precision: str = "fp32"  # fp32 (no TF32: matches the CPU) | bf16 (autocast, faster)
-
-    def fit_options(self) -> FitOptions:
-        return FitOptions(metric=self.metric, init_size=self.init_size, bags=self.bags,
-                          seed=self.seed, threshold_objective=self.threshold_objective,
-                          beta=self.beta, min_positives=self.min_positives)
-
-    def validate(self) -> None:
-        from ecgtune.ensembles.selection import SELECTION_METRICS
-        from ecgtune.search.thresholds import THRESHOLD_OBJECTIVES
-
-        problems = []
-        if self.top_k < 1:
-            problems.append(f"--top-k must be >= 1, got {self.top_k}")
-        if self.metric not in SELECTION_METRICS:
-            problems.append(f"unknown metric {self.metric!r}; valid: {sorted(SELECTION_METRICS)}")
-        if self.threshold_objective not in THRESHOLD_OBJECTIVES:
-            problems.append(f"unknown threshold objective {self.threshold_objective!r}; "
-                            f"valid: {sorted(THRESHOLD_OBJECTIVES)}")
-        for flag, value in (("--windows", self.n_windows), ("--batch-size", self.batch_size),
-                            ("--n-boot", self.n_boot), ("--init-size", self.init_size)):
-            if value < 1:
-                problems.append(f"{flag} must be >= 1, got {value}")
-        if self.bags < 0:
-            problems.append(f"--bags must be >= 0, got {self.bags}")
-        problems += _device_problems(self.device, self.precision)
-        if problems:
-            raise EnsembleError("; ".join(problems))
-
-
-def _device_problems(device: str, precision: str) -> list[str]:
-    from ecgtune.ensembles.inference import PRECISIONS, resolve_device
-
-    problems = []
-    try:
-        resolve_device(device)
-    except ValueError as exc:
-        problems.append(str(exc))
-    if precision not in PRECISIONS:
-        problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return problems
+NO_SEED_STYLE = ("No seed-style trial (independent fusion, one branch per label group) was "
+                 "among the members, so the report has no seed-style baseline row.")
 
 
 @dataclass(frozen=True)
@@ -111,8 +46,8 @@ class MemberSummary:
     name: str
     run_id: str
     run_name: str
-    val_score: float  # the search objective (fold 7)
-    fold8_score: float  # the selection metric on fold 8
+    val_score: float  # the search objective (validation fold)
+    ensemble_fold_score: float  # the selection metric on the ensemble fold
     count: int  # times picked by the selection
     weight: float
     seed_style: bool
@@ -120,7 +55,8 @@ class MemberSummary:
 
 @dataclass
 class EnsembleResult:
-    """What `build_ensemble` produced; ``rows`` are `evaluate_with_ci` results on fold 9."""
+    """What `build_ensemble` produced; ``rows`` are `evaluate_with_ci` results on the test
+    fold. ``selection`` is the selector's `to_dict` (``chosen``: "greedy" or "uniform")."""
 
     search_name: str
     search_run_id: str
@@ -128,7 +64,7 @@ class EnsembleResult:
     members: list[MemberSummary]
     rows: dict[str, dict[str, Any]]
     row_keys: dict[str, str]
-    calibration: list[Any]  # report.CalibrationSummary for folds 8 and 9
+    calibration: list[Any]  # report.CalibrationSummary for the ensemble and test folds
     calibration_methods: list[str]
     thresholds: np.ndarray
     label_names: list[str]
@@ -139,10 +75,12 @@ class EnsembleResult:
     registered_model: str | None
     model_version: str | None
     metric: str
-    fold8_score: float
-    best_member_fold8_score: float
+    folds: dict[str, int]  # role -> fold number, from the data manifest
+    ensemble_fold_score: float
+    best_member_ensemble_fold_score: float
+    selection: dict[str, Any]
     test_records: np.ndarray
-    test_probabilities: np.ndarray  # calibrated ensemble on fold 9, as built in process
+    test_probabilities: np.ndarray  # calibrated ensemble on the test fold, as built in process
     predictor: Any = field(repr=False)  # the in-process EnsemblePredictor
 
     @property
@@ -150,7 +88,7 @@ class EnsembleResult:
         return {m.name: m.weight for m in self.members if m.weight > 0}
 
     def _test_calibration(self) -> Any:
-        return next(c for c in self.calibration if c.fold == TEST_FOLD)
+        return next(c for c in self.calibration if c.role == TEST)
 
     @property
     def ece_before(self) -> float:
@@ -171,20 +109,20 @@ class EnsembleResult:
 
 def build_ensemble(options: EnsembleOptions | None = None, **kwargs: Any) -> EnsembleResult:
     """Build, report, export and register an ensemble. Pass an `EnsembleOptions` or its
-    fields as keywords: ``build_ensemble(data=..., name="demo", output="bundle", top_k=3)``."""
+    fields as flat keywords (`FitOptions` fields included): ``build_ensemble(data=...,
+    name="demo", output="bundle", top_k=3, seed=1)``."""
     from ecgtune.ensembles.bundle import check_bundle_target
     from ecgtune.ensembles.members import find_search, rank_trials
     from ecgtune.ensembles.registry import finish_run, start_ensemble_run
     from ecgtune.search import tracking
 
-    opts = options if options is not None else EnsembleOptions(**kwargs)
-    if options is not None and kwargs:
-        opts = dataclasses.replace(options, **kwargs)
-    opts.validate()
-    data_dir = Path(opts.data)
-    if not (data_dir / "manifest.json").is_file():
+    if options is None:
+        opts = EnsembleOptions.create(**kwargs)
+    else:
+        opts = options.replace(**kwargs) if kwargs else options
+    if not (Path(opts.data) / "manifest.json").is_file():
         raise EnsembleError(
-            f"{data_dir} is not a prepared data directory (no manifest.json); pass the "
+            f"{opts.data} is not a prepared data directory (no manifest.json); pass the "
             "--data the search was run on"
         )
     uri = opts.tracking_uri or tracking.default_tracking_uri()
@@ -210,6 +148,63 @@ def _progress(iterable: Any, desc: str, enabled: bool) -> Any:
     return tqdm(iterable, desc=desc, unit="member", disable=not enabled, leave=False)
 
 
+# ---------------------------------------------------------------------------------------------
+# The steps of one build, in order.
+
+
+@dataclass
+class _Folds:
+    """The ensemble and test folds of the prepared data, found by role in its manifest."""
+
+    data: Any  # ECGDataset holding both folds
+    numbers: dict[str, int]  # role -> fold number
+    masks: dict[str, np.ndarray]  # role -> records of that fold in ``data``
+    manifest_sha256: str
+
+    def labels(self, role: str) -> np.ndarray:
+        return self.data.labels.astype(bool)[self.masks[role]]
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.data.label_map.names)
+
+    @property
+    def groups(self) -> list[str]:
+        return [label.group for label in self.data.label_map.labels]
+
+
+def _load_folds(opts: EnsembleOptions, search: Any) -> _Folds:
+    from ecgtune.data_prep import load_shards, read_manifest
+
+    manifest = read_manifest(opts.data)
+    numbers = {role: fold_of_role(manifest, role) for role in (ENSEMBLE, TEST)}
+    data = load_shards(opts.data, folds=list(numbers.values()))
+    masks = {role: data.folds == fold for role, fold in numbers.items()}
+    for role, mask in masks.items():
+        if not mask.any():
+            raise EnsembleError(f"{opts.data}: the {role} fold (fold {numbers[role]}) has no "
+                                "records; prepare more records")
+    sha = hashlib.sha256((Path(opts.data) / "manifest.json").read_bytes()).hexdigest()
+    if search.data_manifest_sha256 and search.data_manifest_sha256 != sha:
+        log.warning("the data manifest differs from the one search %r was run on; members "
+                    "are evaluated on data they may have been trained on", opts.name)
+    return _Folds(data, numbers, masks, sha)
+
+
+@dataclass
+class _Members:
+    """The loaded candidates (best first) and their probabilities (M, N, C) per fold role."""
+
+    members: list[Any]
+    probs: dict[str, np.ndarray]
+    inputs: Any  # InputSpec
+    device: Any  # torch.device the members ran on
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+
 def _member_probabilities(member: Any, signals: np.ndarray, inputs: Any,
                           opts: EnsembleOptions, device: Any) -> np.ndarray:
     """One member on the chosen device; its weights go back to the CPU for the bundle."""
@@ -223,153 +218,147 @@ def _member_probabilities(member: Any, signals: np.ndarray, inputs: Any,
         member.model.cpu()
 
 
-def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: list,
-           run_id: str) -> EnsembleResult:
-    from ecgtune.data_prep import load_shards
-    from ecgtune.ensembles.bundle import save_bundle
-    from ecgtune.ensembles.evaluation import flatten_metrics
-    from ecgtune.ensembles.fitting import fit_average, fit_ensemble
-    from ecgtune.ensembles.inference import EnsemblePredictor, InputSpec, resolve_device
+def _predict_members(opts: EnsembleOptions, trials: list, folds: _Folds) -> _Members:
+    from ecgtune.ensembles.inference import InputSpec, resolve_device
     from ecgtune.ensembles.members import load_member
-    from ecgtune.ensembles.registry import log_batch, log_pyfunc_model
-    from ecgtune.ensembles.report import ReportRow, calibration_summary, write_ensemble_report
 
-    data = load_shards(opts.data, folds=[ENSEMBLE_FOLD, TEST_FOLD])
-    label_names = list(data.label_map.names)
-    on8, on9 = data.folds == ENSEMBLE_FOLD, data.folds == TEST_FOLD
-    for fold, mask in ((ENSEMBLE_FOLD, on8), (TEST_FOLD, on9)):
-        if not mask.any():
-            raise EnsembleError(f"{opts.data}: fold {fold} has no records; prepare more records")
-    manifest_sha = hashlib.sha256((Path(opts.data) / "manifest.json").read_bytes()).hexdigest()
-    if search.data_manifest_sha256 and search.data_manifest_sha256 != manifest_sha:
-        log.warning("the data manifest differs from the one search %r was run on; members "
-                    "are evaluated on data they may have been trained on", opts.name)
-    y = data.labels.astype(bool)
-    y8, y9 = y[on8], y[on9]
-    group_of = [label.group for label in data.label_map.labels]
-
-    members = [load_member(t, opts.name, opts.storage, label_names)
+    members = [load_member(t, opts.name, opts.storage, folds.label_names)
                for t in _progress(trials, "loading members", opts.progress)]
-    inputs = InputSpec.from_manifest(data.manifest)
+    inputs = InputSpec.from_manifest(folds.data.manifest)
     device = resolve_device(opts.device)
     probs = np.stack([
-        _member_probabilities(m, data.signals, inputs, opts, device)
-        for m in _progress(members, "member predictions (folds 8+9)", opts.progress)
+        _member_probabilities(m, folds.data.signals, inputs, opts, device)
+        for m in _progress(members, "member predictions (ensemble + test folds)",
+                           opts.progress)
     ])
-    p8, p9 = probs[:, on8], probs[:, on9]
-    names = [m.name for m in members]
-    fit_opts = opts.fit_options()
-    fitted = fit_ensemble(p8, y8, names, fit_opts, groups=group_of)
-    selector = fitted.selector
-    chosen = [int(i) for i in selector.selected_]
-    predictor = EnsemblePredictor(
-        [(members[i].spec, members[i].model) for i in chosen],
-        selector.weights_[chosen], fitted.calibrator, fitted.thresholds, label_names, inputs,
-        opts.n_windows, label_map=data.label_map.name,
-        label_groups=data.label_map.group_indices(), group_names=data.label_map.group_names,
-    )
-    uncal8, uncal9 = fitted.predict_uncalibrated(p8), fitted.predict_uncalibrated(p9)
-    test_probs = fitted.calibration.predict(uncal9)
+    return _Members(members, {role: probs[:, mask] for role, mask in folds.masks.items()},
+                    inputs, device)
 
-    # Report rows on fold 9.
-    notes = []
-    best = members[0]
-    if best.val_thresholds is not None:
-        best_t = best.val_thresholds
-    else:
-        best_t = np.full(len(label_names), 0.5)
+
+def _predictor(fitted: Any, mem: _Members, folds: _Folds, opts: EnsembleOptions) -> Any:
+    """The in-process predictor: the selected members with their weights, calibrated."""
+    from ecgtune.ensembles.inference import EnsemblePredictor
+
+    chosen = [int(i) for i in fitted.selector.selected_]
+    label_map = folds.data.label_map
+    return EnsemblePredictor(
+        [(mem.members[i].spec, mem.members[i].model) for i in chosen],
+        fitted.selector.weights_[chosen], fitted.calibrator, fitted.thresholds,
+        folds.label_names, mem.inputs, opts.n_windows, label_map=label_map.name,
+        label_groups=label_map.group_indices(), group_names=label_map.group_names,
+    )
+
+
+def selection_sentence(selection: dict[str, Any], n_members: int) -> str:
+    """How the ensemble was chosen on the ensemble fold, in one sentence (report, summary)."""
+    metric = selection["metric"]
+    greedy, uniform = selection["selection_score"], selection["uniform_score"]
+    if selection["chosen"] == "uniform":
+        return (f"The uniform average of all {n_members} members scored {uniform:.4f} "
+                f"{metric} on the ensemble fold, {uniform - greedy:.4f} above the greedy "
+                f"selection ({greedy:.4f}), so the ensemble weighs every member equally.")
+    margin = (f"{greedy - uniform:.4f} above" if greedy > uniform else "level with")
+    return (f"The greedy selection scored {greedy:.4f} {metric} on the ensemble fold, "
+            f"{margin} the uniform average of all {n_members} members ({uniform:.4f}), so "
+            "the ensemble keeps the selected weights.")
+
+
+def _report_rows(opts: EnsembleOptions, folds: _Folds, mem: _Members, fitted: Any,
+                 uniform: Any, test_probs: np.ndarray) -> tuple[list[Any], list[str]]:
+    """The test-fold rows (ensemble, best single trial, uniform average, seed-style baseline
+    when a member is one) and the report's notes."""
+    from ecgtune.ensembles.report import ReportRow
+
+    n_labels = len(folds.label_names)
+    p_test = mem.probs[TEST]
+    best = mem.members[0]
+    notes = [selection_sentence(fitted.selector.to_dict(), len(mem.members))]
+    best_t = best.val_thresholds
+    if best_t is None:
+        best_t = np.full(n_labels, 0.5)
         notes.append(f"{best.name} has no thresholds.json: its row uses 0.5 thresholds")
-    uniform = fit_average(p8, y8, fit_opts, groups=group_of)
     rows = [
         ReportRow(ROW_ENSEMBLE, "test", test_probs, fitted.thresholds,
-                  f"{len(chosen)} of {len(members)} members, calibrated, thresholds fitted "
-                  "on fold 8"),
-        ReportRow(ROW_BEST, "best_trial", p9[0], best_t,
+                  f"{len(fitted.selector.selected_)} of {len(mem.members)} members, "
+                  "calibrated, thresholds fitted on the ensemble fold"),
+        ReportRow(ROW_BEST, "best_trial", p_test[0], best_t,
                   f"{best.name} (best by the search objective), thresholds from its trial "
-                  "(fold 7)"),
-        ReportRow(ROW_UNIFORM, "uniform", uniform.predict(p9), uniform.thresholds,
-                  f"mean of the top {len(members)}, calibrated and thresholded on fold 8"),
+                  "(validation fold)"),
+        ReportRow(ROW_UNIFORM, "uniform", uniform.predict(p_test), uniform.thresholds,
+                  f"mean of the top {len(mem.members)}, calibrated and thresholded on the "
+                  "ensemble fold"),
     ]
-    seed = next((i for i, m in enumerate(members) if m.spec.is_seed_style), None)
+    seed = next((i for i, m in enumerate(mem.members) if m.spec.is_seed_style), None)
     if seed is not None:
-        rows.append(ReportRow(ROW_SEED, "seed_baseline", p9[seed],
-                              np.full(len(label_names), 0.5),
-                              f"{members[seed].name}: independent group heads, 0.5 thresholds"))
+        rows.append(ReportRow(ROW_SEED, "seed_baseline", p_test[seed], np.full(n_labels, 0.5),
+                              f"{mem.members[seed].name}: independent group heads, 0.5 "
+                              "thresholds"))
     else:
-        notes.append("no seed-style trial (independent fusion, one branch per label group) "
-                     "among the members: no seed-style baseline row")
-    unfitted = [n for n, ok in zip(label_names, fitted.calibration.fitted, strict=True) if not ok]
+        notes.append(NO_SEED_STYLE)
+    unfitted = [n for n, ok in zip(folds.label_names, fitted.calibration.fitted, strict=True)
+                if not ok]
     if unfitted:
-        notes.append(f"fewer than {opts.min_positives} positives on fold 8, threshold "
-                     f"{fit_opts.fallback} (fallback): {', '.join(unfitted)}")
-    calibration = [calibration_summary(ENSEMBLE_FOLD, y8, uncal8, fitted.calibration.predict(
-        uncal8)), calibration_summary(TEST_FOLD, y9, uncal9, test_probs)]
-    weights = {names[i]: float(selector.weights_[i]) for i in chosen}
-    member_info = {
-        m.name: {"run_id": m.trial.run_id, "run_name": m.trial.run_name,
-                 "trial_id": m.trial.trial_id, "val_score": m.trial.score,
-                 "count": int(selector.counts_[i])}
-        for i, m in enumerate(members)
-    }
-    summaries = [
+        notes.append(f"fewer than {opts.fit.min_positives} positives on the ensemble fold, "
+                     f"threshold {opts.fit.fallback} (fallback): {', '.join(unfitted)}")
+    return rows, notes
+
+
+def _summaries(mem: _Members, selector: Any) -> list[MemberSummary]:
+    return [
         MemberSummary(m.name, m.trial.run_id, m.trial.run_name, m.trial.score,
                       float(selector.member_scores_[i]), int(selector.counts_[i]),
                       float(selector.weights_[i]), m.spec.is_seed_style)
-        for i, m in enumerate(members)
+        for i, m in enumerate(mem.members)
     ]
-    fit_record = {
+
+
+def _member_info(mem: _Members, selector: Any) -> dict[str, dict[str, Any]]:
+    return {m.name: {"run_id": m.trial.run_id, "run_name": m.trial.run_name,
+                     "trial_id": m.trial.trial_id, "val_score": m.trial.score,
+                     "count": int(selector.counts_[i])}
+            for i, m in enumerate(mem.members)}
+
+
+def _fit_record(opts: EnsembleOptions, search: Any, folds: _Folds,
+                summaries: list[MemberSummary], fitted: Any) -> dict[str, Any]:
+    """bundle.json's ``fit``: what was fitted on which fold, from which candidates."""
+    return {
         "search": opts.name,
         "search_run_id": search.run_id,
-        "data_manifest_sha256": manifest_sha,
-        "fold": ENSEMBLE_FOLD,
-        "records": int(on8.sum()),
+        "data_manifest_sha256": folds.manifest_sha256,
+        "role": ENSEMBLE,
+        "fold": folds.numbers[ENSEMBLE],
+        "records": int(folds.masks[ENSEMBLE].sum()),
         "candidates": [{"name": s.name, "run_id": s.run_id, "val_score": s.val_score,
-                        "fold8_score": s.fold8_score} for s in summaries],
-        "selection": selector.to_dict(),
-        "calibration_methods": list(fit_opts.calibration_methods),
-        "thresholds": {**fit_opts.threshold_params(),
+                        "ensemble_fold_score": s.ensemble_fold_score} for s in summaries],
+        "selection": fitted.selector.to_dict(),
+        "calibration_methods": list(opts.fit.calibration_methods),
+        "thresholds": {**opts.fit.threshold_params(),
                        "fitted": [bool(x) for x in fitted.calibration.fitted]},
     }
-    source = {
+
+
+def _source_record(opts: EnsembleOptions, search: Any, run_id: str, uri: str,
+                   folds: _Folds) -> dict[str, Any]:
+    """bundle's source.json: where the ensemble came from and with which options."""
+    return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "search": {"name": opts.name, "run_id": search.run_id,
                    "experiment_id": search.experiment_id, "path": search.search_path},
         "ensemble_run_id": run_id,
         "tracking_uri": uri,
-        "data": {"dir": str(Path(opts.data).resolve()), "manifest_sha256": manifest_sha},
-        "options": {k: (str(v) if isinstance(v, Path) else v)
-                    for k, v in dataclasses.asdict(opts).items()},
+        "data": {"dir": str(Path(opts.data).resolve()),
+                 "manifest_sha256": folds.manifest_sha256, "folds": folds.numbers},
+        "options": json.loads(json.dumps(dataclasses.asdict(opts), default=str)),
     }
-    with tempfile.TemporaryDirectory(prefix="ecgtune-report-") as tmp:
-        results, _ = write_ensemble_report(
-            Path(tmp) / "report", y9, rows, uncal9, label_names, calibration,
-            fitted.calibrator.methods_,
-            title=f"Ensemble of search {opts.name!r}: fold {TEST_FOLD} (test, "
-                  f"{int(on9.sum())} records)",
-            notes=notes,
-            summary={"search": opts.name, "search_run_id": search.run_id,
-                     "ensemble_run_id": run_id, "members": [dataclasses.asdict(s)
-                                                            for s in summaries],
-                     "weights": weights, "selection_metric": opts.metric,
-                     "fold8_score": selector.score_},
-            n_boot=opts.n_boot, seed=opts.seed, calibrated_row=ROW_ENSEMBLE,
-        )
-        bundle_dir = save_bundle(opts.output, predictor, fit=fit_record,
-                                 member_info=member_info, source=source,
-                                 include={"report": Path(tmp) / "report"})
-    report_dir = bundle_dir / "report"
 
-    # MLflow: params, metrics, report artifacts, the pyfunc model.
-    params = {
-        "top_k": opts.top_k, "members_considered": len(members), "metric": opts.metric,
-        "init_size": opts.init_size, "bags": opts.bags, "seed": opts.seed,
-        "n_windows": opts.n_windows, "threshold_objective": opts.threshold_objective,
-        "device": str(device), "precision": opts.precision,
-        "members": ",".join(weights), "weights": json.dumps(weights),
-        "calibration_methods": json.dumps(dict(zip(label_names, fitted.calibrator.methods_,
-                                                   strict=True))),
-        "bundle": str(bundle_dir), "data": str(Path(opts.data).resolve()),
-    }
+
+def _mlflow_metrics(rows: list[Any], results: dict[str, Any], calibration: list[Any],
+                    selector: Any) -> dict[str, float]:
+    """Test-fold metrics (per label for the ensemble, macro for the comparators), calibration
+    before/after per fold role, and the selection's scores on the ensemble fold."""
+    from ecgtune.ensembles.evaluation import flatten_metrics
+
     metrics: dict[str, float] = {}
     for row in rows:
         flat = flatten_metrics(results[row.name], split=row.key if row.key == "test"
@@ -378,28 +367,100 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
                        {k: v for k, v in flat.items() if k.count("/") == 1})
     for c in calibration:
         for k, v in c.to_dict().items():
-            if k != "fold":
-                metrics[f"calibration/fold{c.fold}_{k}"] = v
-    metrics["fold8/ensemble_" + opts.metric] = float(selector.score_)
-    metrics["fold8/best_member_" + opts.metric] = float(
+            if k not in ("role", "fold"):
+                metrics[f"calibration/{c.role}_{k}"] = v
+    metric = selector.metric
+    metrics[f"selection/ensemble_{metric}"] = float(selector.score_)
+    metrics[f"selection/greedy_{metric}"] = float(selector.selection_score_)
+    metrics[f"selection/uniform_{metric}"] = float(selector.uniform_score_)
+    metrics[f"selection/best_member_{metric}"] = float(
         selector.member_scores_[selector.best_member_])
-    log_batch(client, run_id, params, metrics)
+    return metrics
+
+
+def _mlflow_params(opts: EnsembleOptions, mem: _Members, fitted: Any, weights: dict,
+                   bundle_dir: Path, label_names: list[str]) -> dict[str, Any]:
+    fit = opts.fit
+    return {
+        "top_k": opts.top_k, "members_considered": len(mem.members), "metric": fit.metric,
+        "init_size": fit.init_size, "bags": fit.bags, "seed": fit.seed,
+        "n_windows": opts.n_windows, "threshold_objective": fit.threshold_objective,
+        "device": str(mem.device), "precision": opts.precision,
+        "selection_chosen": fitted.selector.chosen_,
+        "members": ",".join(weights), "weights": json.dumps(weights),
+        "calibration_methods": json.dumps(dict(zip(label_names, fitted.calibrator.methods_,
+                                                   strict=True))),
+        "bundle": str(bundle_dir), "data": str(Path(opts.data).resolve()),
+    }
+
+
+def _model_tags(opts: EnsembleOptions, search: Any, run_id: str) -> dict[str, str]:
+    return {"ecgtune.search": opts.name, "ecgtune.search_run_id": search.run_id,
+            "ecgtune.ensemble_run_id": run_id}
+
+
+def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: list,
+           run_id: str) -> EnsembleResult:
+    """Predict, fit, report, export and log: the list of steps (the functions above) and the
+    values they hand each other."""
+    from ecgtune.ensembles.bundle import save_bundle
+    from ecgtune.ensembles.fitting import fit_average, fit_ensemble
+    from ecgtune.ensembles.registry import log_batch, log_pyfunc_model
+    from ecgtune.ensembles.report import calibration_summary, write_ensemble_report
+
+    folds = _load_folds(opts, search)
+    mem = _predict_members(opts, trials, folds)
+    y_ens, y_test = folds.labels(ENSEMBLE), folds.labels(TEST)
+    fitted = fit_ensemble(mem.probs[ENSEMBLE], y_ens, mem.names, opts.fit, groups=folds.groups)
+    uniform = fit_average(mem.probs[ENSEMBLE], y_ens, opts.fit, groups=folds.groups)
+    selector = fitted.selector
+    uncal = {role: fitted.predict_uncalibrated(mem.probs[role]) for role in (ENSEMBLE, TEST)}
+    test_probs = fitted.calibration.predict(uncal[TEST])
+    rows, notes = _report_rows(opts, folds, mem, fitted, uniform, test_probs)
+    calibration = [calibration_summary(role, folds.numbers[role], folds.labels(role),
+                                       uncal[role], fitted.calibration.predict(uncal[role]))
+                   for role in (ENSEMBLE, TEST)]
+    summaries = _summaries(mem, selector)
+    weights = {m.name: m.weight for m in summaries if m.weight > 0}
+    predictor = _predictor(fitted, mem, folds, opts)
+    n_test = int(folds.masks[TEST].sum())
+    with tempfile.TemporaryDirectory(prefix="ecgtune-report-") as tmp:
+        results, _ = write_ensemble_report(
+            Path(tmp) / "report", y_test, rows, uncal[TEST], folds.label_names, calibration,
+            fitted.calibrator.methods_, notes=notes, n_boot=opts.n_boot, seed=opts.fit.seed,
+            title=f"Ensemble of search {opts.name!r}: test fold (fold {folds.numbers[TEST]}, "
+                  f"{n_test} records)",
+            summary={"search": opts.name, "search_run_id": search.run_id,
+                     "ensemble_run_id": run_id, "folds": folds.numbers,
+                     "members": [dataclasses.asdict(s) for s in summaries], "weights": weights,
+                     "selection": selector.to_dict()},
+            calibrated_row=ROW_ENSEMBLE,
+        )
+        bundle_dir = save_bundle(
+            opts.output, predictor, fit=_fit_record(opts, search, folds, summaries, fitted),
+            member_info=_member_info(mem, selector),
+            source=_source_record(opts, search, run_id, uri, folds),
+            include={"report": Path(tmp) / "report"},
+        )
+    report_dir = bundle_dir / "report"
+    log_batch(client, run_id,
+              _mlflow_params(opts, mem, fitted, weights, bundle_dir, folds.label_names),
+              _mlflow_metrics(rows, results, calibration, selector))
     client.log_artifacts(run_id, str(report_dir), "report")
-    model = log_pyfunc_model(
-        client, uri, run_id, bundle_dir, label_names, inputs.n_samples, opts.register,
-        tags={"ecgtune.search": opts.name, "ecgtune.search_run_id": search.run_id,
-              "ecgtune.ensemble_run_id": run_id},
-    )
+    model = log_pyfunc_model(client, uri, run_id, bundle_dir, folds.label_names,
+                             mem.inputs.n_samples, opts.register, tags=_model_tags(opts, search,
+                                                                                  run_id))
     return EnsembleResult(
         search_name=opts.name, search_run_id=search.run_id, run_id=run_id, members=summaries,
         rows=results, row_keys={r.name: r.key for r in rows}, calibration=calibration,
         calibration_methods=list(fitted.calibrator.methods_), thresholds=fitted.thresholds,
-        label_names=label_names, bundle_dir=bundle_dir, report_dir=report_dir,
+        label_names=folds.label_names, bundle_dir=bundle_dir, report_dir=report_dir,
         report_files=sorted(p for p in report_dir.rglob("*") if p.is_file()),
         model_uri=model.model_uri, registered_model=model.name, model_version=model.version,
-        metric=opts.metric, fold8_score=float(selector.score_),
-        best_member_fold8_score=float(selector.member_scores_[selector.best_member_]),
-        test_records=data.records[on9], test_probabilities=test_probs, predictor=predictor,
+        metric=opts.fit.metric, folds=folds.numbers, ensemble_fold_score=float(selector.score_),
+        best_member_ensemble_fold_score=float(selector.member_scores_[selector.best_member_]),
+        selection=selector.to_dict(), test_records=folds.data.records[folds.masks[TEST]],
+        test_probabilities=test_probs, predictor=predictor,
     )
 
 
@@ -411,25 +472,28 @@ def format_summary(result: EnsembleResult) -> str:
     """The short summary `ecgtune ensemble` prints."""
     from ecgtune.search import metric_keys as K
 
+    ens_fold, test_fold = result.folds[ENSEMBLE], result.folds[TEST]
     lines = [
         f"Ensemble of search {result.search_name!r} (search run {result.search_run_id}): "
-        f"{len(result.weights)} of the top {len(result.members)} trials selected on fold "
-        f"{ENSEMBLE_FOLD} by {result.metric} ({result.fold8_score:.4f}; best single member "
-        f"{result.best_member_fold8_score:.4f})",
-        f"  {'member':<24} {'val AUPRC':>9} {'fold-8':>7} {'picks':>5} {'weight':>7}",
+        f"{len(result.weights)} of the top {len(result.members)} trials, chosen on the "
+        f"ensemble fold (fold {ens_fold}) by {result.metric} ({result.ensemble_fold_score:.4f};"
+        f" best single member {result.best_member_ensemble_fold_score:.4f})",
+        f"  {selection_sentence(result.selection, len(result.members))}",
+        f"  {'member':<24} {'val AUPRC':>9} {'ens-fold':>8} {'picks':>5} {'weight':>7}",
     ]
     for m in result.members:
-        lines.append(f"  {m.name:<24} {m.val_score:9.4f} {m.fold8_score:7.4f} {m.count:5d} "
-                     f"{m.weight:7.3f}{'  (seed-style)' if m.seed_style else ''}")
-    n9 = next(iter(result.rows.values()))["n_samples"]
-    lines.append(f"Fold {TEST_FOLD} (test, {n9} records)   {'AUROC':>6} {'AUPRC':>6} {'F1':>6}")
+        lines.append(f"  {m.name:<24} {m.val_score:9.4f} {m.ensemble_fold_score:8.4f} "
+                     f"{m.count:5d} {m.weight:7.3f}{'  (seed-style)' if m.seed_style else ''}")
+    n_test = next(iter(result.rows.values()))["n_samples"]
+    lines.append(f"Test fold (fold {test_fold}, {n_test} records)"
+                 f"   {'AUROC':>6} {'AUPRC':>6} {'F1':>6}")
     for name, row in result.rows.items():
         macro = row["macro"]
         lines.append(f"  {name:<28} {_fmt(macro[K.AUROC])} {_fmt(macro[K.AUPRC])} "
                      f"{_fmt(macro[K.F1])}")
     if ROW_SEED not in result.rows:
-        lines.append(f"  {ROW_SEED:<28} (no seed-style trial among the members)")
-    lines.append(f"Calibration (fold {TEST_FOLD}): ECE {result.ece_before:.4f} -> "
+        lines.append(f"  {NO_SEED_STYLE}")
+    lines.append(f"Calibration (test fold): ECE {result.ece_before:.4f} -> "
                  f"{result.ece_after:.4f}, Brier {result.brier_before:.4f} -> "
                  f"{result.brier_after:.4f}")
     lines.append(f"Bundle: {result.bundle_dir}")

@@ -10,7 +10,7 @@ Layout::
                                weight, provenance), calibrators, thresholds, selection record
       members/<name>.safetensors   weights of each member (safetensors, strict reload)
       source.json              provenance that changes between builds (time, run ids, versions)
-      report/...               the fold-9 report and figures (when the build includes them)
+      report/...               the test-fold report and figures (when the build includes them)
       manifest.json            sha256 and size of every other file; written last
 
 `bundle.json` and the weights are deterministic for a given search, data and seed, so two

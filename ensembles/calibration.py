@@ -26,6 +26,8 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 
+from ecgtune.ensembles.scores import EPS, brier, log_loss
+
 __all__ = [
     "CALIBRATORS",
     "EPS",
@@ -35,10 +37,7 @@ __all__ = [
     "PerLabelCalibrator",
     "PlattCalibrator",
     "TemperatureCalibrator",
-    "log_loss",
 ]
-
-EPS = 1e-7
 # Shrink factors tried, largest first, when a parametric fit would raise the Brier score.
 _SHRINK = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0)
 
@@ -50,17 +49,6 @@ def _clip(p: np.ndarray) -> np.ndarray:
 def _logit(p: np.ndarray) -> np.ndarray:
     p = _clip(p)
     return np.log(p) - np.log1p(-p)
-
-
-def log_loss(y: Any, p: Any) -> float:
-    """Mean binary cross-entropy of probabilities ``p`` (clipped to [EPS, 1 - EPS])."""
-    y = np.asarray(y, dtype=bool)
-    q = _clip(np.asarray(p, dtype=np.float64))
-    return float(-np.mean(np.where(y, np.log(q), np.log1p(-q))))
-
-
-def _brier(y: np.ndarray, q: np.ndarray) -> float:
-    return float(np.mean((q - y) ** 2))
 
 
 def _fit_inputs(p: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -82,10 +70,10 @@ def _shrink_to_identity(
 ) -> np.ndarray:
     """Largest step from the identity toward ``params`` whose Brier score on (p, y) is no
     worse than the identity's (step 0, the identity itself, always qualifies)."""
-    base = _brier(y, apply(identity, p))
+    base = brier(y, apply(identity, p))
     for s in _SHRINK:
         cand = identity + s * (params - identity)
-        if _brier(y, apply(cand, p)) <= base:
+        if brier(y, apply(cand, p)) <= base:
             return cand
     return identity
 
@@ -400,7 +388,7 @@ class PerLabelCalibrator(Calibrator):
                         test = folds == k
                         cal = CALIBRATORS[m]().fit(pc[~test], yc[~test])
                         oof[test] = cal.predict(pc[test])
-                    cv_loss[c, j] = log_loss(yc, oof)
+                    cv_loss[c, j] = float(log_loss(yc, oof))
                 method = self.methods[int(np.argmin(cv_loss[c]))]
             else:
                 method = "temperature" if min(n_pos, n_neg) > 0 else "identity"

@@ -12,6 +12,9 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+from ecgtune.data_prep.cli import HelpFormatter
 
 # Package CLI modules in pipeline order.
 _CLI_MODULES = (
@@ -20,8 +23,17 @@ _CLI_MODULES = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every ecgtune parser, subcommands included (subparsers inherit the class), formats its
+    help with the one shared `HelpFormatter`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], ...]]:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ecgtune",
         description=(
             "Hyperparameter and ensemble search for 12-lead ECG multi-label classification."

@@ -165,11 +165,12 @@ def _print_summary(search: Any, result: Any, predicted: dict[str, Any], uri: str
           f"fusion), val macro AUPRC {best.best_score:.4f}")
     weights = ", ".join(f"{name} {w:.2f}" for name, w in result.weights.items())
     print(f"ensemble members:  {weights}")
-    print(f"{'test fold 9':<30} {'AUROC':>6} {'AUPRC':>6} {'F1':>6}")
+    test_fold = f"test fold ({result.folds['test']})"
+    print(f"{test_fold:<30} {'AUROC':>6} {'AUPRC':>6} {'F1':>6}")
     for name, row in result.rows.items():
         macro = row["macro"]
         print(f"  {name:<28} {macro[K.AUROC]:6.3f} {macro[K.AUPRC]:6.3f} {macro[K.F1]:6.3f}")
-    print(f"calibration (fold 9): ECE {result.ece_before:.4f} -> {result.ece_after:.4f}")
+    print(f"calibration ({test_fold}): ECE {result.ece_before:.4f} -> {result.ece_after:.4f}")
     print(f"bundle:            {result.bundle_dir}")
     print(f"report:            {result.report_dir / 'report.html'}")
     if result.registered_model:
@@ -203,9 +204,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", type=Path, default=Path("ecgtune-demo"), metavar="DIR",
                    help="where everything is written (default: ./ecgtune-demo)")
     p.add_argument("--records", type=int, default=DEMO_RECORDS, metavar="N",
-                   help=f"synthetic training records (default {DEMO_RECORDS})")
+                   help="synthetic training records")
     p.add_argument("--trials", type=int, default=DEMO_TRIALS, metavar="N",
-                   help=f"search trials (default {DEMO_TRIALS})")
+                   help="search trials")
     p.add_argument("--sample-dir", type=Path, default=SAMPLE_DIR, metavar="DIR",
                    help="real WFDB records to predict at the end (default: the repository's "
                    "../shared/data/ecg-arrhythmia-sample, skipped when absent)")

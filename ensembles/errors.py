@@ -1,15 +1,21 @@
 """User-facing errors of the ensembles package (importable without torch or MLflow, for the CLI).
 
-The console script prints these as one line and exits with status 1.
+The console script prints these as one line and exits with status 1; `ecgtune predict` exits
+with `EXIT_REJECTED` when it refused some records.
 """
 
 from __future__ import annotations
 
+# `ecgtune predict`: some records were refused (named on stderr); the others were written.
+EXIT_REJECTED = 3
+
 __all__ = [
+    "EXIT_REJECTED",
     "BundleChecksumError",
     "BundleError",
     "BundleFormatError",
     "EnsembleError",
+    "EnsembleOptionError",
     "MemberError",
     "SearchNotFoundError",
 ]
@@ -17,6 +23,11 @@ __all__ = [
 
 class EnsembleError(RuntimeError):
     """An ensemble that cannot be built or used; the message says what to do."""
+
+
+class EnsembleOptionError(EnsembleError, ValueError):
+    """Option values that break a declared constraint (`ensembles.options`); one message
+    names every bad flag. A ValueError too, for library callers that pass bad values."""
 
 
 class SearchNotFoundError(EnsembleError):

@@ -1,23 +1,29 @@
-"""Evaluation of multi-label probabilities: calibration error, full metric sets, bootstrap
-confidence intervals and the comparison report (JSON + Markdown + standalone HTML).
+"""Evaluation of multi-label probabilities: calibration error, the full metric set of a report
+row and its bootstrap confidence intervals. Rendering lives in `ensembles.report`.
 
 Metric names are the shared constants of `ecgtune.search.metric_keys`; `flatten_metrics` turns an
 `evaluate` result into MLflow keys like ``test/macro_auprc`` and ``test/f1/AFIB``.
+
+Confidence intervals: one routine, `bootstrap_ci`, gives every reported metric its interval:
+records are resampled with replacement and each interval is BCa (bias-corrected and
+accelerated, Efron 1987, as in ``scipy.stats.bootstrap(method="BCa")``), with the acceleration
+from a jackknife over the records. BCa is computed here rather than by scipy because all
+metrics of all resamples come from one weighted pass (see `bootstrap_ci`); a test checks it
+against scipy on a plain mean.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import math
 import warnings
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import sparse
+from scipy.special import ndtr, ndtri
 
+from ecgtune.ensembles.scores import brier
 from ecgtune.search import metric_keys as K
 from ecgtune.search import metrics as M
 
@@ -25,14 +31,13 @@ __all__ = [
     "CI_METRICS",
     "LABEL_METRICS",
     "ReliabilityCurve",
+    "bca_interval",
     "bootstrap_ci",
-    "brier",
     "ece",
     "evaluate",
     "evaluate_with_ci",
     "flatten_metrics",
     "reliability_curve",
-    "write_report",
 ]
 
 # Per-label metrics in report order; macro values average them over labels.
@@ -49,19 +54,9 @@ LABEL_METRICS = (
 )
 # Summary metrics with confidence intervals (macro averages plus the Hamming loss).
 CI_METRICS = (*LABEL_METRICS, K.HAMMING)
-
-_TITLES = {
-    K.AUROC: "AUROC",
-    K.AUPRC: "AUPRC",
-    K.F1: "F1",
-    K.PRECISION: "Precision",
-    K.RECALL: "Recall",
-    K.SPECIFICITY: "Specificity",
-    K.KAPPA: "Kappa",
-    K.ECE: "ECE",
-    K.BRIER: "Brier",
-    K.HAMMING: "Hamming loss",
-}
+# Above this many records the acceleration comes from a grouped (delete-a-group) jackknife:
+# its estimate is as good for an interval and costs this many evaluations instead of N.
+_MAX_JACKKNIFE = 500
 
 
 def _inputs(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -100,12 +95,6 @@ def ece(y: Any, p: Any, n_bins: int = 15, average: str | None = "macro") -> Any:
     )
     per_label = gap.reshape(c, n_bins).sum(axis=1) / n
     return _average(per_label, average)
-
-
-def brier(y: Any, p: Any, average: str | None = "macro") -> Any:
-    """Brier score (mean squared error of probabilities) per label or its macro mean."""
-    y, p = _inputs(y, p)
-    return _average(np.mean((p - y) ** 2, axis=0), average)
 
 
 def _average(per_label: np.ndarray, average: str | None) -> Any:
@@ -163,7 +152,7 @@ def _per_label_values(
     out = {K.AUROC: auroc, K.AUPRC: auprc, **M.metrics_from_counts(cc)}
     if w is None:
         out[K.ECE] = ece(y, p, n_bins, average=None)
-        out[K.BRIER] = brier(y, p, average=None)
+        out[K.BRIER] = brier(y, p, axis=0)
         out[K.HAMMING] = np.asarray(M.hamming_loss(y, p, thresholds))
     else:
         out[K.ECE], out[K.BRIER] = _weighted_calibration(y, p, w, n_bins)
@@ -189,6 +178,7 @@ def _weighted_calibration(
     sum_p, sum_y = sums[:, : c * n_bins], sums[:, c * n_bins :]
     total = w.sum(axis=1)[:, None]
     ece_w = np.abs(sum_y - sum_p).reshape(len(w), c, n_bins).sum(axis=2) / total
+    # The weighted form of scores.brier: each record's squared errors times its multiplicity.
     brier_w = (w @ (p - y) ** 2) / total
     return ece_w, brier_w
 
@@ -248,6 +238,98 @@ def evaluate(
     }
 
 
+def _resample_weights(
+    rng: np.random.Generator, n: int, n_boot: int, chunk: int
+) -> Iterator[np.ndarray]:
+    """Bootstrap resamples of n records as multiplicity weights, ``chunk`` rows at a time."""
+    for lo in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - lo)
+        idx = rng.integers(0, n, size=(b, n))
+        w = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n)
+        yield w.reshape(b, n).astype(np.float64)
+
+
+def _jackknife_weights(n: int, chunk: int) -> Iterator[np.ndarray]:
+    """Leave-one-group-out weights: N groups of one record, or `_MAX_JACKKNIFE` contiguous
+    groups of records (record order within a fold carries no outcome information)."""
+    groups = np.arange(n) * min(n, _MAX_JACKKNIFE) // n
+    n_groups = int(groups[-1]) + 1
+    for lo in range(0, n_groups, chunk):
+        left_out = np.arange(lo, min(lo + chunk, n_groups))
+        yield (groups[None, :] != left_out[:, None]).astype(np.float64)
+
+
+def _metric_samples(
+    y: np.ndarray, p: np.ndarray, t: np.ndarray, n_bins: int, weights: Iterator[np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-label (B, C) and macro (B,) values of every metric under each weighting."""
+    per_label: dict[str, list[np.ndarray]] = {k: [] for k in LABEL_METRICS}
+    macro: dict[str, list[np.ndarray]] = {k: [] for k in CI_METRICS}
+    for w in weights:
+        values = _per_label_values(y, p, t, n_bins, w)
+        for k in LABEL_METRICS:
+            per_label[k].append(values[k])
+        for k, v in _macro_values(values).items():
+            macro[k].append(np.asarray(v))
+    return ({k: np.concatenate(v) for k, v in per_label.items()},
+            {k: np.concatenate(v) for k, v in macro.items()})
+
+
+def _column_quantiles(samples: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Linear-interpolation quantile of each column of (B, K) ``samples`` at its own level
+    (K,), NaN samples ignored; NaN where a column has none."""
+    ordered = np.sort(samples, axis=0)  # NaN sorts last
+    valid = np.count_nonzero(~np.isnan(samples), axis=0)
+    # An undefined level (a column without samples) reads position 0; masked below anyway.
+    levels = np.where(np.isfinite(levels), np.clip(levels, 0.0, 1.0), 0.0)
+    pos = levels * np.maximum(valid - 1, 0)
+    below = np.floor(pos).astype(np.int64)
+    above = np.minimum(below + 1, np.maximum(valid - 1, 0))
+    lo = np.take_along_axis(ordered, below[None], axis=0)[0]
+    hi = np.take_along_axis(ordered, above[None], axis=0)[0]
+    out = lo + (pos - below) * (hi - lo)
+    return np.where(valid > 0, out, np.nan)
+
+
+def bca_interval(
+    samples: Any, jackknife: Any, estimate: Any, alpha: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
+    """BCa bounds (low, high) at level 1 - ``alpha`` from bootstrap ``samples`` (B, ...),
+    jackknife values (J, ...) and the full-data ``estimate`` (...); NaN entries are ignored.
+
+    Bias correction z0 = Phi^-1(share of samples below the estimate, ties counted half);
+    acceleration a = skewness of the jackknife values / 6. The interval always contains the
+    estimate: z0 is limited to +-z_(1-alpha/2), and the bounds are widened to the estimate
+    where they would miss it. That only acts when (almost) all resamples fall on one side of
+    the estimate, as they can for a plug-in ECE, whose resamples are biased upward: there BCa
+    has no quantile level left to give, and the estimate itself becomes that end.
+    """
+    theta = np.asarray(samples, dtype=np.float64)
+    shape = theta.shape[1:]
+    theta = theta.reshape(len(theta), -1)
+    jack = np.asarray(jackknife, dtype=np.float64).reshape(-1, theta.shape[1])
+    est = np.asarray(estimate, dtype=np.float64).reshape(-1)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        valid = np.count_nonzero(~np.isnan(theta), axis=0)
+        share = (np.sum(theta < est, axis=0) + 0.5 * np.sum(theta == est, axis=0)) / valid
+        z = ndtri(1 - alpha / 2)
+        z0 = np.clip(ndtri(share), -z, z)
+        d = np.nanmean(jack, axis=0) - jack
+        spread = np.nansum(d**2, axis=0) ** 1.5
+        a = np.where(spread > 0, np.nansum(d**3, axis=0) / (6 * spread), 0.0)
+        bounds = []
+        for z_level in (-z, z):
+            shifted = z0 + z_level
+            denominator = 1 - a * shifted
+            level = np.where(denominator > 0, ndtr(z0 + shifted / denominator),
+                             ndtr(z_level))
+            bounds.append(_column_quantiles(theta, level))
+    low = np.where(np.isnan(est), np.nan, np.fmin(bounds[0], est))
+    high = np.where(np.isnan(est), np.nan, np.fmax(bounds[1], est))
+    return low.reshape(shape), high.reshape(shape)
+
+
 def bootstrap_ci(
     y: Any,
     probs: Any,
@@ -259,17 +341,19 @@ def bootstrap_ci(
     n_bins: int = 15,
     chunk: int = 250,
 ) -> dict[str, Any]:
-    """Percentile bootstrap confidence intervals (level 1 - ``alpha``) for the macro metrics
-    and the per-label metrics of `evaluate`, thresholds held fixed.
+    """BCa bootstrap confidence intervals (level 1 - ``alpha``, `bca_interval`) for the macro
+    metrics and the per-label metrics of `evaluate`, thresholds held fixed.
 
     Records are resampled with replacement ``n_boot`` times (seeded). A resample is expressed
     as multiplicity weights, so each label is sorted once and every metric of all resamples
-    comes from weighted cumulative sums and matrix products. In a resample where a label has
-    no positives (rare labels) its AUROC/AUPRC are undefined: that resample is left out of
-    that label's interval and the label out of that resample's macro mean.
+    (and of the jackknife) comes from weighted cumulative sums and matrix products. In a
+    resample where a label has no positives (rare labels) its AUROC/AUPRC are undefined: that
+    resample is left out of that label's interval and the label out of that resample's macro
+    mean.
 
-    Returns ``{"n_boot", "alpha", "seed", "macro": {metric: {"estimate", "low", "high"}},
-    "per_label": {name: {metric: {...}}}}``; estimates are the full-data values.
+    Returns ``{"n_boot", "alpha", "seed", "method", "macro": {metric: {"estimate", "low",
+    "high"}}, "per_label": {name: {metric: {...}}}}``; estimates are the full-data values and
+    every interval contains its estimate.
     """
     if n_boot < 1:
         raise ValueError("n_boot must be >= 1")
@@ -280,45 +364,30 @@ def bootstrap_ci(
     names = _label_names(label_names, c)
     t = M.threshold_vector(thresholds, c)
     rng = np.random.default_rng(seed)
-    per_label: dict[str, list[np.ndarray]] = {k: [] for k in LABEL_METRICS}
-    macro: dict[str, list[np.ndarray]] = {k: [] for k in CI_METRICS}
-    for lo in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - lo)
-        idx = rng.integers(0, n, size=(b, n))
-        w = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n)
-        values = _per_label_values(y, p, t, n_bins, w.reshape(b, n).astype(np.float64))
-        for k in LABEL_METRICS:
-            per_label[k].append(values[k])
-        for k, v in _macro_values(values).items():
-            macro[k].append(np.asarray(v))
+    boot_label, boot_macro = _metric_samples(y, p, t, n_bins,
+                                             _resample_weights(rng, n, n_boot, chunk))
+    jack_label, jack_macro = _metric_samples(y, p, t, n_bins, _jackknife_weights(n, chunk))
     estimate = _per_label_values(y, p, t, n_bins, None)
     estimate_macro = _macro_values(estimate)
-    q = [alpha / 2, 1 - alpha / 2]
 
-    def interval(samples: np.ndarray, point: Any) -> dict[str, float | None]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            low, high = np.nanquantile(samples, q, axis=0)
+    def interval(point: Any, low: Any, high: Any) -> dict[str, float | None]:
         return {"estimate": _float(point), "low": _float(low), "high": _float(high)}
 
-    label_samples = {k: np.concatenate(v) for k, v in per_label.items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        label_bounds = {k: np.nanquantile(v, q, axis=0) for k, v in label_samples.items()}
+    label_bounds = {k: bca_interval(boot_label[k], jack_label[k], estimate[k], alpha)
+                    for k in LABEL_METRICS}
     return {
         "n_boot": int(n_boot),
         "alpha": float(alpha),
         "seed": int(seed),
-        "macro": {k: interval(np.concatenate(v), estimate_macro[k]) for k, v in macro.items()},
+        "method": "BCa",
+        "macro": {
+            k: interval(estimate_macro[k],
+                        *bca_interval(boot_macro[k], jack_macro[k], estimate_macro[k], alpha))
+            for k in CI_METRICS
+        },
         "per_label": {
-            name: {
-                k: {
-                    "estimate": _float(estimate[k][i]),
-                    "low": _float(label_bounds[k][0, i]),
-                    "high": _float(label_bounds[k][1, i]),
-                }
-                for k in LABEL_METRICS
-            }
+            name: {k: interval(estimate[k][i], label_bounds[k][0][i], label_bounds[k][1][i])
+                   for k in LABEL_METRICS}
             for i, name in enumerate(names)
         },
     }
@@ -348,130 +417,3 @@ def flatten_metrics(result: Mapping[str, Any], split: str = "test") -> dict[str,
             if row.get(k) is not None:
                 out[K.metric_key(split, k, label)] = row[k]
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Report.
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, bool | np.bool_):
-        return bool(x)
-    if isinstance(x, int | np.integer):
-        return int(x)
-    if isinstance(x, float | np.floating):
-        return float(x) if math.isfinite(float(x)) else None
-    return x
-
-
-def _cell(row: Mapping[str, Any], metric: str, label: str | None = None) -> str:
-    """'0.912 [0.901, 0.923]' (CI when the row has one), '–' when undefined."""
-    if label is None:
-        value = row["macro"].get(metric)
-        ci = row.get("ci", {}).get("macro", {}).get(metric)
-    else:
-        value = row["per_label"][label].get(metric)
-        ci = row.get("ci", {}).get("per_label", {}).get(label, {}).get(metric)
-    if value is None:
-        return "–"
-    text = f"{value:.3f}"
-    if ci and ci.get("low") is not None and ci.get("high") is not None:
-        text += f" [{ci['low']:.3f}, {ci['high']:.3f}]"
-    return text
-
-
-def _tables(
-    rows: Mapping[str, Mapping[str, Any]], label_names: Sequence[str]
-) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, body) of every report table."""
-    first = next(iter(rows.values()))
-    level = 1 - first.get("ci", {}).get("alpha", 0.05)
-    ci_note = f" ({level:.0%} CI)" if any("ci" in r for r in rows.values()) else ""
-    tables = [
-        (
-            f"Summary{ci_note}",
-            ["", *(_TITLES[m] for m in CI_METRICS)],
-            [[name, *(_cell(r, m) for m in CI_METRICS)] for name, r in rows.items()],
-        )
-    ]
-    for metric in (K.AUPRC, K.AUROC, K.F1, K.KAPPA):
-        body = []
-        for label in label_names:
-            support = first["per_label"][label][K.SUPPORT]
-            body.append([label, str(support), *(_cell(r, metric, label) for r in rows.values())])
-        tables.append((f"Per-label {_TITLES[metric]}{ci_note}", ["label", "support", *rows], body))
-    return tables
-
-
-def _markdown(tables: list[tuple[str, list[str], list[list[str]]]], title: str) -> str:
-    lines = [f"# {title}", ""]
-    for heading, header, body in tables:
-        lines += [f"## {heading}", "", "| " + " | ".join(header) + " |"]
-        lines.append("|" + "|".join("---" for _ in header) + "|")
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _html(tables: list[tuple[str, list[str], list[list[str]]]], title: str) -> str:
-    esc = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{esc(title)}</title>",
-        "<style>body{font-family:sans-serif;margin:2em}"
-        "table{border-collapse:collapse;margin-bottom:2em;font-size:0.9em}"
-        "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "th:first-child,td:first-child{text-align:left}"
-        "tr:nth-child(even){background:#f6f6f6}</style>",
-        f"</head><body><h1>{esc(title)}</h1>",
-    ]
-    for heading, header, body in tables:
-        parts.append(f"<h2>{esc(heading)}</h2><table>")
-        parts.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
-        for cells in body:
-            parts.append("<tr>" + "".join(f"<td>{esc(x)}</td>" for x in cells) + "</tr>")
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def write_report(
-    rows: Mapping[str, Mapping[str, Any]],
-    path_stem: str | Path,
-    label_names: Sequence[str],
-    title: str = "Ensemble evaluation",
-) -> dict[str, Path]:
-    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.html`` comparing report rows.
-
-    ``rows`` maps a row name (e.g. "ensemble", "best single trial", "seed-style baseline
-    (0.5 thresholds)") to an `evaluate` result, optionally with its `bootstrap_ci` under
-    ``"ci"`` (`evaluate_with_ci`). Tables: macro metrics per row (± CI), then per-label AUPRC,
-    AUROC, F1 and kappa with one column per row. JSON holds everything (NaN as null).
-    """
-    if not rows:
-        raise ValueError("need at least one report row")
-    label_names = [str(x) for x in label_names]
-    for name, row in rows.items():
-        missing = set(label_names) - set(row["per_label"])
-        if missing:
-            raise ValueError(f"row {name!r} lacks labels {sorted(missing)}")
-    stem = Path(path_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tables = _tables(rows, label_names)
-    paths = {
-        "json": stem.with_name(stem.name + ".json"),
-        "markdown": stem.with_name(stem.name + ".md"),
-        "html": stem.with_name(stem.name + ".html"),
-    }
-    payload = {"title": title, "labels": label_names, "rows": _jsonable(dict(rows))}
-    paths["json"].write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    paths["markdown"].write_text(_markdown(tables, title))
-    paths["html"].write_text(_html(tables, title))
-    return paths

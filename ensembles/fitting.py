@@ -1,6 +1,7 @@
-"""Everything fitted on fold 8: selection, per-label calibration, per-label thresholds.
+"""Everything fitted on the ensemble fold: selection, per-label calibration, thresholds.
 
-`fit_ensemble` runs the three steps on the members' fold-8 probabilities; `fit_average`
+`fit_ensemble` runs the three steps on the members' ensemble-fold probabilities (its options,
+`FitOptions`, are declared in `ensembles.options`); `fit_average`
 calibrates and thresholds the uniform average of all members the same way (a comparator).
 Thresholds are fitted on *calibrated* probabilities, so the few-positive fallback (0.5 by
 default, `ecgtune.search.thresholds.fit_thresholds`) is the natural cut of a calibrated probability.
@@ -15,32 +16,11 @@ from typing import Any
 import numpy as np
 
 from ecgtune.ensembles.calibration import PerLabelCalibrator
+from ecgtune.ensembles.options import FitOptions
 from ecgtune.ensembles.selection import EnsembleSelector, uniform_average
 from ecgtune.search import thresholds as T
 
 __all__ = ["FitOptions", "FittedAverage", "FittedEnsemble", "fit_average", "fit_ensemble"]
-
-
-@dataclass(frozen=True)
-class FitOptions:
-    """Selection, calibration and threshold settings (defaults follow the design)."""
-
-    metric: str = "macro_auprc"
-    init_size: int = 3
-    max_rounds: int = 50
-    bags: int = 0
-    bag_fraction: float = 0.5
-    seed: int = 0
-    calibration_methods: tuple[str, ...] = ("temperature", "platt", "isotonic")
-    calibration_cv: int = 5
-    threshold_objective: str = "f1"
-    beta: float = 1.0
-    min_positives: int = 5
-    fallback: float = 0.5
-
-    def threshold_params(self) -> dict[str, Any]:
-        return {"objective": self.threshold_objective, "beta": self.beta,
-                "min_positives": self.min_positives, "fallback": self.fallback}
 
 
 @dataclass
@@ -108,24 +88,23 @@ def fit_ensemble(
     member_probs: np.ndarray,
     y: np.ndarray,
     names: Sequence[str],
-    opts: FitOptions = FitOptions(),
+    opts: FitOptions | None = None,
     groups: Sequence[Any] | None = None,
 ) -> FittedEnsemble:
-    """Select on (M, N, C) fold-8 probabilities, calibrate the selected average per label,
+    """Select on (M, N, C) ensemble-fold probabilities, calibrate the selected average per label,
     fit thresholds on the calibrated probabilities. ``groups``: one group id per label (for
     the challenge objective's partial credit)."""
-    selector = EnsembleSelector(
-        metric=opts.metric, init_size=opts.init_size, max_rounds=opts.max_rounds,
-        bags=opts.bags, bag_fraction=opts.bag_fraction, seed=opts.seed,
-    ).fit(member_probs, y, names=list(names))
+    opts = opts or FitOptions()
+    selector = EnsembleSelector(opts).fit(member_probs, y, names=list(names))
     return FittedEnsemble(selector, _calibrate(selector.predict(member_probs), y, opts, groups))
 
 
 def fit_average(
     member_probs: np.ndarray,
     y: np.ndarray,
-    opts: FitOptions = FitOptions(),
+    opts: FitOptions | None = None,
     groups: Sequence[Any] | None = None,
 ) -> FittedAverage:
     """The uniform average of all members, calibrated and thresholded like the ensemble."""
+    opts = opts or FitOptions()
     return FittedAverage(_calibrate(uniform_average(member_probs), y, opts, groups))

@@ -1,9 +1,9 @@
 """Member -> probabilities for int16 signals, and the ensemble predictor built on it.
 
 `member_probabilities` is the only implementation of a member's inference: the ensemble build
-uses it on folds 8 and 9, the exported bundle, the MLflow pyfunc model and `ecgtune predict`
-all go through `EnsemblePredictor`, which calls it. So the in-process ensemble, the bundle and
-the served model cannot drift apart.
+uses it on the ensemble and test folds; the exported bundle, the MLflow pyfunc model and
+`ecgtune predict` all go through `EnsemblePredictor`, which calls it. So the in-process
+ensemble, the bundle and the served model cannot drift apart.
 
 Per member, deterministically: ``n_windows`` evenly spaced windows of the member's own crop
 length (`data_prep.fixed_windows`; one window is centred, as in validation), normalised exactly
@@ -26,6 +26,7 @@ from torch import nn
 from ecgtune.components import ModelConfig
 from ecgtune.data_prep import NormStats, fixed_windows, normalize
 from ecgtune.ensembles.calibration import PerLabelCalibrator
+from ecgtune.ensembles.options import DEFAULT_BATCH_SIZE, DEFAULT_WINDOWS, PRECISIONS
 from ecgtune.search.devices import resolve_device
 
 __all__ = [
@@ -38,14 +39,11 @@ __all__ = [
     "resolve_device",
 ]
 
-DEFAULT_WINDOWS = 3
-DEFAULT_BATCH_SIZE = 32  # records cropped and normalised together
 # Windows per forward pass: on CPU, time per window falls up to ~100 windows and rises beyond
 # (activations outgrow the caches); a GPU takes many more (`forward_windows`).
 MAX_FORWARD = 96
 GPU_MAX_FORWARD = 1024
 NUM_LEADS = 12
-PRECISIONS = ("fp32", "bf16")
 
 
 def forward_windows(device: torch.device, crop_len: int) -> int:

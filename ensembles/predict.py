@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ecgtune.ensembles.errors import EnsembleError
+from ecgtune.ensembles.errors import EXIT_REJECTED, EnsembleError
 
 __all__ = [
     "PredictInputError",
@@ -75,7 +75,7 @@ class PredictionResult:
 
     @property
     def exit_status(self) -> int:
-        return 3 if self.rejected else 0
+        return EXIT_REJECTED if self.rejected else 0
 
 
 def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:

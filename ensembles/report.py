@@ -1,34 +1,226 @@
-"""The fold-9 report: one row per model (ensemble and comparators), calibration before/after,
-written as JSON + Markdown + HTML with figures. Fold 9 is only ever evaluated here.
+"""The test-fold report: one row per model (ensemble and comparators), calibration before and
+after, how the ensemble was chosen, written as JSON + Markdown + standalone HTML with figures.
+The test fold is only ever evaluated here.
+
+Rendering is built from data: the report is first a `Document` (title, tables, paragraphs,
+bullet lists, each a value), and `render_markdown` / `render_html` turn the same document into
+each format, so the two always say the same thing.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ecgtune.ensembles.evaluation import brier, ece, evaluate_with_ci, write_report
+from ecgtune.ensembles.evaluation import CI_METRICS, ece, evaluate_with_ci
 from ecgtune.ensembles.plots import save_report_figures
+from ecgtune.ensembles.scores import brier
+from ecgtune.search import metric_keys as K
 
 __all__ = [
     "CalibrationSummary",
+    "Document",
     "ReportRow",
+    "Section",
     "calibration_summary",
+    "render_html",
+    "render_markdown",
     "write_ensemble_report",
+    "write_report",
 ]
 
 REPORT_STEM = "report"
 
+_TITLES = {
+    K.AUROC: "AUROC",
+    K.AUPRC: "AUPRC",
+    K.F1: "F1",
+    K.PRECISION: "Precision",
+    K.RECALL: "Recall",
+    K.SPECIFICITY: "Specificity",
+    K.KAPPA: "Kappa",
+    K.ECE: "ECE",
+    K.BRIER: "Brier",
+    K.HAMMING: "Hamming loss",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The document model and its two renderings.
+
+
+@dataclass(frozen=True)
+class Section:
+    """One heading with, in this order, paragraphs, a table (header + body) and bullets."""
+
+    heading: str
+    paragraphs: tuple[str, ...] = ()
+    header: tuple[str, ...] = ()
+    body: tuple[tuple[str, ...], ...] = ()
+    bullets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Document:
+    title: str
+    sections: tuple[Section, ...] = field(default_factory=tuple)
+
+
+def render_markdown(doc: Document) -> str:
+    lines = [f"# {doc.title}", ""]
+    for s in doc.sections:
+        lines += [f"## {s.heading}", ""]
+        for paragraph in s.paragraphs:
+            lines += [paragraph, ""]
+        if s.header:
+            lines.append("| " + " | ".join(s.header) + " |")
+            lines.append("|" + "|".join("---" for _ in s.header) + "|")
+            lines += ["| " + " | ".join(cells) + " |" for cells in s.body]
+            lines.append("")
+        if s.bullets:
+            lines += [f"- {item}" for item in s.bullets] + [""]
+    return "\n".join(lines)
+
+
+_STYLE = (
+    "<style>body{font-family:sans-serif;margin:2em}"
+    "table{border-collapse:collapse;margin-bottom:2em;font-size:0.9em}"
+    "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+    "th:first-child,td:first-child{text-align:left}"
+    "tr:nth-child(even){background:#f6f6f6}</style>"
+)
+
+
+def render_html(doc: Document) -> str:
+    """A standalone page (inline style, no external resources)."""
+    esc = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{esc(doc.title)}</title>", _STYLE, f"</head><body><h1>{esc(doc.title)}</h1>"]
+    for s in doc.sections:
+        parts.append(f"<h2>{esc(s.heading)}</h2>")
+        parts += [f"<p>{esc(paragraph)}</p>" for paragraph in s.paragraphs]
+        if s.header:
+            parts.append("<table>")
+            parts.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in s.header) + "</tr>")
+            for cells in s.body:
+                parts.append("<tr>" + "".join(f"<td>{esc(x)}</td>" for x in cells) + "</tr>")
+            parts.append("</table>")
+        if s.bullets:
+            parts.append("<ul>" + "".join(f"<li>{esc(b)}</li>" for b in s.bullets) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metric tables from `evaluate_with_ci` rows.
+
+
+def _cell(row: Mapping[str, Any], metric: str, label: str | None = None) -> str:
+    """'0.912 [0.901, 0.923]' (CI when the row has one), '–' when undefined."""
+    if label is None:
+        value = row["macro"].get(metric)
+        ci = row.get("ci", {}).get("macro", {}).get(metric)
+    else:
+        value = row["per_label"][label].get(metric)
+        ci = row.get("ci", {}).get("per_label", {}).get(label, {}).get(metric)
+    if value is None:
+        return "–"
+    text = f"{value:.3f}"
+    if ci and ci.get("low") is not None and ci.get("high") is not None:
+        text += f" [{ci['low']:.3f}, {ci['high']:.3f}]"
+    return text
+
+
+def metric_sections(
+    rows: Mapping[str, Mapping[str, Any]], label_names: Sequence[str]
+) -> list[Section]:
+    """The summary table (macro metrics per row) and per-label AUPRC, AUROC, F1 and kappa."""
+    first = next(iter(rows.values()))
+    ci = first.get("ci", {})
+    note = (f" ({1 - ci.get('alpha', 0.05):.0%} {ci.get('method', 'bootstrap')} CI)"
+            if any("ci" in r for r in rows.values()) else "")
+    sections = [Section(
+        f"Summary{note}",
+        header=("", *(_TITLES[m] for m in CI_METRICS)),
+        body=tuple((name, *(_cell(r, m) for m in CI_METRICS)) for name, r in rows.items()),
+    )]
+    for metric in (K.AUPRC, K.AUROC, K.F1, K.KAPPA):
+        body = tuple(
+            (label, str(first["per_label"][label][K.SUPPORT]),
+             *(_cell(r, metric, label) for r in rows.values()))
+            for label in label_names
+        )
+        sections.append(Section(f"Per-label {_TITLES[metric]}{note}",
+                                header=("label", "support", *rows), body=body))
+    return sections
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, bool | np.bool_):
+        return bool(x)
+    if isinstance(x, int | np.integer):
+        return int(x)
+    if isinstance(x, float | np.floating):
+        return float(x) if math.isfinite(float(x)) else None
+    return x
+
+
+def write_report(
+    rows: Mapping[str, Mapping[str, Any]],
+    path_stem: str | Path,
+    label_names: Sequence[str],
+    title: str = "Ensemble evaluation",
+    extra_sections: Sequence[Section] = (),
+) -> dict[str, Path]:
+    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.html`` comparing report rows.
+
+    ``rows`` maps a row name (e.g. "ensemble", "best single trial") to an `evaluate` result,
+    optionally with its `bootstrap_ci` under ``"ci"`` (`evaluate_with_ci`). Tables: macro
+    metrics per row (with CI), then per-label AUPRC, AUROC, F1 and kappa with one column per
+    row, then ``extra_sections``. JSON holds every number (NaN as null).
+    """
+    if not rows:
+        raise ValueError("need at least one report row")
+    label_names = [str(x) for x in label_names]
+    for name, row in rows.items():
+        missing = set(label_names) - set(row["per_label"])
+        if missing:
+            raise ValueError(f"row {name!r} lacks labels {sorted(missing)}")
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    doc = Document(title, (*metric_sections(rows, label_names), *extra_sections))
+    paths = {
+        "json": stem.with_name(stem.name + ".json"),
+        "markdown": stem.with_name(stem.name + ".md"),
+        "html": stem.with_name(stem.name + ".html"),
+    }
+    payload = {"title": title, "labels": label_names, "rows": _jsonable(dict(rows))}
+    paths["json"].write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    paths["markdown"].write_text(render_markdown(doc))
+    paths["html"].write_text(render_html(doc))
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# The ensemble report.
+
 
 @dataclass(frozen=True)
 class ReportRow:
-    """A model's fold-9 probabilities and the thresholds it is judged at."""
+    """A model's test-fold probabilities and the thresholds it is judged at."""
 
     name: str
     key: str  # short slug for MLflow metric prefixes
@@ -41,55 +233,39 @@ class ReportRow:
 class CalibrationSummary:
     """Macro ECE / Brier of the ensemble before and after calibration on one fold."""
 
+    role: str  # "ensemble" (calibration fitted there) or "test" (held out)
     fold: int
     ece_before: float
     ece_after: float
     brier_before: float
     brier_after: float
 
-    def to_dict(self) -> dict[str, float | int]:
-        return {"fold": self.fold, "ece_before": self.ece_before, "ece_after": self.ece_after,
-                "brier_before": self.brier_before, "brier_after": self.brier_after}
+    def to_dict(self) -> dict[str, float | int | str]:
+        return {"role": self.role, "fold": self.fold, "ece_before": self.ece_before,
+                "ece_after": self.ece_after, "brier_before": self.brier_before,
+                "brier_after": self.brier_after}
 
 
 def calibration_summary(
-    fold: int, y: np.ndarray, before: np.ndarray, after: np.ndarray
+    role: str, fold: int, y: np.ndarray, before: np.ndarray, after: np.ndarray
 ) -> CalibrationSummary:
-    return CalibrationSummary(fold, float(ece(y, before)), float(ece(y, after)),
+    return CalibrationSummary(role, fold, float(ece(y, before)), float(ece(y, after)),
                               float(brier(y, before)), float(brier(y, after)))
 
 
-def _calibration_markdown(summaries: Sequence[CalibrationSummary],
-                          methods: Sequence[str], label_names: Sequence[str]) -> str:
-    lines = ["## Ensemble calibration (macro over labels)", "",
-             "| fold | ECE before | ECE after | Brier before | Brier after |",
-             "|---|---|---|---|---|"]
-    for s in summaries:
-        role = "8 (fitted)" if s.fold == 8 else f"{s.fold} (held out)"
-        lines.append(f"| {role} | {s.ece_before:.4f} | {s.ece_after:.4f} | "
-                     f"{s.brier_before:.4f} | {s.brier_after:.4f} |")
-    lines += ["", "Calibration method per label: " + ", ".join(
-        f"{n}: {m}" for n, m in zip(label_names, methods, strict=True)), ""]
-    return "\n".join(lines)
-
-
-def _append_section(paths: Mapping[str, Path], markdown: str, notes: Sequence[str]) -> None:
-    """Add the calibration table and notes to the Markdown and HTML reports."""
-    extra_md = markdown + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else "")
-    paths["markdown"].write_text(paths["markdown"].read_text() + "\n" + extra_md)
-    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line]
-    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
-    table = "<h2>Ensemble calibration (macro over labels)</h2><table>"
-    table += "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells[0]) + "</tr>"
-    for r in cells[1:]:
-        table += "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-    table += "</table>"
-    methods_line = next(line for line in markdown.splitlines() if line.startswith("Calibration"))
-    table += f"<p>{html.escape(methods_line)}</p>"
-    if notes:
-        table += "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
-    page = paths["html"].read_text()
-    paths["html"].write_text(page.replace("</body>", table + "</body>", 1))
+def calibration_section(summaries: Sequence[CalibrationSummary], methods: Sequence[str],
+                        label_names: Sequence[str]) -> Section:
+    what = {"ensemble": "fitted", "test": "held out"}
+    body = tuple(
+        (f"{s.role} fold ({s.fold}, {what.get(s.role, s.role)})", f"{s.ece_before:.4f}",
+         f"{s.ece_after:.4f}", f"{s.brier_before:.4f}", f"{s.brier_after:.4f}")
+        for s in summaries
+    )
+    methods_line = "Calibration method per label: " + ", ".join(
+        f"{n}: {m}" for n, m in zip(label_names, methods, strict=True))
+    return Section("Ensemble calibration (macro over labels)", paragraphs=(methods_line,),
+                   header=("fold", "ECE before", "ECE after", "Brier before", "Brier after"),
+                   body=body)
 
 
 def write_ensemble_report(
@@ -107,9 +283,10 @@ def write_ensemble_report(
     seed: int = 0,
     calibrated_row: str = "ensemble",
 ) -> tuple[dict[str, dict[str, Any]], list[Path]]:
-    """Evaluate every row on fold 9 (bootstrap CIs), write ``report.{json,md,html}``, the
-    figures and ``summary.json`` into ``out_dir``; returns (results by row name, files).
-    The reliability figure compares ``uncalibrated`` with the ``calibrated_row``."""
+    """Evaluate every row on the test fold (bootstrap CIs), write ``report.{json,md,html}``,
+    the figures and ``summary.json`` into ``out_dir``; returns (results by row name, files).
+    ``notes`` become the report's closing list (e.g. how the ensemble was chosen). The
+    reliability figure compares ``uncalibrated`` with the ``calibrated_row``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {
@@ -117,9 +294,11 @@ def write_ensemble_report(
                                    seed=seed)
         for row in rows
     }
-    paths = write_report(results, out / REPORT_STEM, label_names, title=title)
-    _append_section(paths, _calibration_markdown(calibration, calibration_methods, label_names),
-                    notes)
+    extra = [calibration_section(calibration, calibration_methods, label_names)]
+    if notes:
+        extra.append(Section("Notes", bullets=tuple(notes)))
+    paths = write_report(results, out / REPORT_STEM, label_names, title=title,
+                         extra_sections=extra)
     figures = save_report_figures(
         out, y, uncalibrated, {row.name: row.probs for row in rows}, results, label_names,
         calibrated_row=calibrated_row,

@@ -4,16 +4,20 @@ Greedy forward selection with replacement: start from the best few members, then
 add the member (possibly one already in) whose addition most improves the metric of the
 averaged probabilities; members picked several times get proportionally more weight.
 Optionally bagged: the greedy search runs on random subsets of the members and the pick
-counts are summed, which reduces overfitting of the selection to the fitting fold.
+counts are summed, which reduces overfitting of the selection to the fitting fold. Finally the
+uniform average of all members competes with the selection, and the better one is kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from ecgtune.ensembles import scores
+from ecgtune.ensembles.options import FitOptions
 from ecgtune.search import metrics
 
 __all__ = [
@@ -23,7 +27,6 @@ __all__ = [
     "uniform_average",
 ]
 
-_EPS = 1e-7
 # Candidates scored per batch: bounds memory to about CHUNK x N x C floats.
 _CHUNK = 16
 
@@ -39,12 +42,11 @@ def _macro_auroc(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 
 def _neg_log_loss(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    q = np.clip(probs, _EPS, 1.0 - _EPS)
-    return np.mean(np.where(y, np.log(q), np.log1p(-q)), axis=(-2, -1))
+    return -scores.log_loss(y, probs, axis=(-2, -1))
 
 
 def _neg_brier(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    return -np.mean((probs - y) ** 2, axis=(-2, -1))
+    return -scores.brier(y, probs, axis=(-2, -1))
 
 
 # name -> metric(y (N, C) bool, probs (K, N, C)) -> (K,), higher is better. Ranking metrics
@@ -97,8 +99,7 @@ def uniform_average(member_probs: Any) -> np.ndarray:
 class EnsembleSelector:
     """Greedy forward ensemble selection with replacement, sklearn style.
 
-    Parameters
-    ----------
+    Parameters: the selection fields of `FitOptions` (pass one, or its fields as keywords).
     metric: name in ``SELECTION_METRICS`` (higher is better).
     init_size: the ensemble starts as the average of the best ``j <= init_size`` members
         (sorted by the metric), with ``j`` the prefix length that scores best, so the start is
@@ -107,36 +108,32 @@ class EnsembleSelector:
     bags: when > 0, run the selection ``bags`` times on random subsets of
         ``round(bag_fraction * M)`` members (seeded by ``seed``) and sum the pick counts.
     tol: an addition must improve the metric by more than ``tol``; otherwise selection stops.
+    uniform_candidate: the uniform average of all members competes with the greedy result;
+        the uniform average replaces the selection when it scores strictly better.
 
     Fitted attributes: ``counts_`` (M,) picks per member, ``weights_`` (M,) = counts / sum,
     ``selected_`` indices with weight > 0, ``score_`` the metric of the final ensemble on the
     fitting data, ``history_`` the metric after the start and each addition (with bagging: after
     each bag is added to the running total), ``member_scores_`` (M,), ``best_member_``,
     ``names_``, ``bagging_fallback_`` (True when the bagged ensemble scored below the best single
-    member and the unbagged selection was used instead).
+    member and the unbagged selection was used instead), ``chosen_`` ("greedy" or "uniform"),
+    ``selection_score_`` and ``uniform_score_`` (the two candidates' scores).
 
     Guarantee: ``score_ >= member_scores_[best_member_]`` on the fitting data, because the
-    start contains the best member, only improving additions are taken, and a bagged result
-    that falls short is replaced by the unbagged one.
+    start contains the best member, only improving additions are taken, a bagged result that
+    falls short is replaced by the unbagged one, and the uniform average only replaces a
+    result it beats.
     """
 
-    def __init__(
-        self,
-        metric: str = "macro_auprc",
-        init_size: int = 3,
-        max_rounds: int = 50,
-        bags: int = 0,
-        bag_fraction: float = 0.5,
-        seed: int = 0,
-        tol: float = 0.0,
-    ) -> None:
-        self.metric = metric
-        self.init_size = init_size
-        self.max_rounds = max_rounds
-        self.bags = bags
-        self.bag_fraction = bag_fraction
-        self.seed = seed
-        self.tol = tol
+    def __init__(self, options: FitOptions | None = None, **params: Any) -> None:
+        # The parameters are `FitOptions` fields (declared, with their defaults and checks,
+        # once there); keywords override ``options``: EnsembleSelector(metric="neg_brier").
+        base = options if options is not None else FitOptions()
+        self.options = dataclasses.replace(base, **params) if params else base
+
+    @property
+    def metric(self) -> str:
+        return self.options.metric
 
     def _greedy(
         self, probs: np.ndarray, y: np.ndarray, pool: np.ndarray, scores: np.ndarray
@@ -146,7 +143,7 @@ class EnsembleSelector:
         counts = np.zeros(len(probs), dtype=np.int64)
         ranked = pool[np.argsort(-scores[pool], kind="stable")]
         # Start: the best-scoring prefix of the ranking (prefix 1 is the best member).
-        n_init = max(1, min(self.init_size, len(ranked)))
+        n_init = max(1, min(self.options.init_size, len(ranked)))
         prefix_sums = np.cumsum(probs[ranked[:n_init]], axis=0)
         sizes = np.arange(1, n_init + 1)[:, None, None]
         prefix_scores = _score_batch(metric, y, prefix_sums / sizes)
@@ -156,7 +153,7 @@ class EnsembleSelector:
         current = float(prefix_scores[j - 1])
         history = [current]
         candidates = probs[pool]
-        for _ in range(self.max_rounds):
+        for _ in range(self.options.max_rounds):
             k = int(counts.sum())
             cand_scores = np.concatenate(
                 [
@@ -165,7 +162,7 @@ class EnsembleSelector:
                 ]
             )
             best = int(np.argmax(cand_scores))
-            if not cand_scores[best] > current + self.tol:
+            if not cand_scores[best] > current + self.options.tol:
                 break
             counts[pool[best]] += 1
             total += candidates[best]
@@ -183,30 +180,22 @@ class EnsembleSelector:
             raise ValueError("need at least one member")
         if names is not None and len(names) != n_members:
             raise ValueError(f"got {len(names)} names for {n_members} members")
-        if not 0.0 < self.bag_fraction <= 1.0:
-            raise ValueError("bag_fraction must be in (0, 1]")
         metric = _get_metric(self.metric)
         member_scores = _score_batch(metric, y, probs)
         if not np.isfinite(member_scores).any():
             raise ValueError(f"metric {self.metric!r} is undefined on the fitting data")
         best_member = int(np.argmax(member_scores))
-        everyone = np.arange(n_members)
-        self.bagging_fallback_ = False
-        if self.bags > 0:
-            rng = np.random.default_rng(self.seed)
-            bag_size = max(1, round(self.bag_fraction * n_members))
-            counts = np.zeros(n_members, dtype=np.int64)
-            history = []
-            for _ in range(self.bags):
-                pool = np.sort(rng.choice(n_members, size=bag_size, replace=False))
-                counts += self._greedy(probs, y, pool, member_scores)[0]
-                avg = np.tensordot(counts / counts.sum(), probs, axes=1)
-                history.append(float(_score_batch(metric, y, avg[None])[0]))
-            if history[-1] < member_scores[best_member]:
-                counts, history = self._greedy(probs, y, everyone, member_scores)
-                self.bagging_fallback_ = True
-        else:
-            counts, history = self._greedy(probs, y, everyone, member_scores)
+        counts, history = self._select(probs, y, member_scores, best_member)
+        self.selection_score_ = history[-1]
+        self.uniform_score_ = float(_score_batch(metric, y, probs.mean(axis=0)[None])[0])
+        # The uniform average of every member is a candidate too: greedy selection can
+        # overfit the fitting fold, and then the plain average is the better bet. It has to
+        # score strictly better: on a tie the selection stands, as before this candidate.
+        self.chosen_ = "greedy"
+        if self.options.uniform_candidate and self.uniform_score_ > self.selection_score_:
+            self.chosen_ = "uniform"
+            counts = np.ones(n_members, dtype=np.int64)
+            history = [*history, self.uniform_score_]
         self.counts_ = counts
         self.weights_ = counts / counts.sum()
         self.selected_ = np.flatnonzero(counts)
@@ -214,9 +203,34 @@ class EnsembleSelector:
         self.score_ = history[-1]
         self.member_scores_ = member_scores
         self.best_member_ = best_member
-        self.names_ = list(names) if names is not None else [f"member_{i}" for i in everyone]
+        self.names_ = (list(names) if names is not None
+                       else [f"member_{i}" for i in range(n_members)])
         assert self.score_ >= member_scores[best_member], "selection lost to its best member"
         return self
+
+    def _select(
+        self, probs: np.ndarray, y: np.ndarray, member_scores: np.ndarray, best_member: int
+    ) -> tuple[np.ndarray, list[float]]:
+        """Greedy selection, bagged when asked: pick counts (M,) and the score history."""
+        n_members = len(probs)
+        everyone = np.arange(n_members)
+        self.bagging_fallback_ = False
+        if self.options.bags == 0:
+            return self._greedy(probs, y, everyone, member_scores)
+        metric = _get_metric(self.metric)
+        rng = np.random.default_rng(self.options.seed)
+        bag_size = max(1, round(self.options.bag_fraction * n_members))
+        counts = np.zeros(n_members, dtype=np.int64)
+        history = []
+        for _ in range(self.options.bags):
+            pool = np.sort(rng.choice(n_members, size=bag_size, replace=False))
+            counts += self._greedy(probs, y, pool, member_scores)[0]
+            avg = np.tensordot(counts / counts.sum(), probs, axes=1)
+            history.append(float(_score_batch(metric, y, avg[None])[0]))
+        if history[-1] < member_scores[best_member]:
+            self.bagging_fallback_ = True
+            return self._greedy(probs, y, everyone, member_scores)
+        return counts, history
 
     def predict(self, member_probs: Any) -> np.ndarray:
         """Weighted average (N, C) of member probabilities (M, N, C), members in fit order."""
@@ -234,22 +248,22 @@ class EnsembleSelector:
         """JSON-serialisable description of the fitted selection (names, counts, weights)."""
         if not hasattr(self, "weights_"):
             raise RuntimeError("EnsembleSelector is not fitted; call fit() first")
-        return {
+        o = self.options
+        out = {
             "metric": self.metric,
             "names": list(self.names_),
             "counts": [int(c) for c in self.counts_],
             "weights": [float(w) for w in self.weights_],
             "score": float(self.score_),
             "history": [float(h) for h in self.history_],
-            "params": {
-                "init_size": self.init_size,
-                "max_rounds": self.max_rounds,
-                "bags": self.bags,
-                "bag_fraction": self.bag_fraction,
-                "seed": self.seed,
-                "tol": self.tol,
-            },
+            "params": {"init_size": o.init_size, "max_rounds": o.max_rounds, "bags": o.bags,
+                       "bag_fraction": o.bag_fraction, "seed": o.seed, "tol": o.tol,
+                       "uniform_candidate": o.uniform_candidate},
         }
+        if hasattr(self, "chosen_"):
+            out |= {"chosen": self.chosen_, "selection_score": float(self.selection_score_),
+                    "uniform_score": float(self.uniform_score_)}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EnsembleSelector:

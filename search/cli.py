@@ -30,20 +30,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="DIR",
                    help="prepared data directory (from `ecgtune prep`)")
     p.add_argument("--space", default="default", metavar="FILE|NAME",
-                   help="search space: a YAML file, or a shipped space (default, demo, tiny); "
-                   "default: default")
+                   help="search space: a YAML file, or a shipped space: default, demo or tiny")
     p.add_argument("--name", default="ecgtune-search",
-                   help="search name: the MLflow experiment and the Ray experiment directory "
-                   "(default: ecgtune-search)")
+                   help="search name: the MLflow experiment and the Ray experiment directory")
     p.add_argument("--num-samples", type=int, default=20, metavar="N",
-                   help="number of trials (default 20)")
+                   help="number of trials")
     p.add_argument("--epochs", type=int, default=None, metavar="N",
                    help="epoch budget per trial, ASHA's max_t (default: the space's)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C",
-                   help="CPUs reserved per trial (default 1)")
+                   help="CPUs reserved per trial")
     p.add_argument("--gpus-per-trial", type=float, default=None, metavar="G",
-                   help="GPUs per trial, fractions allowed (0.5 = two trials per GPU); "
-                   "default: 1 when the cluster has GPUs, else 0")
+                   help="GPUs per trial, fractions allowed (0.5 = two trials per GPU) (default: 1 "
+                   "when the cluster has GPUs, else 0)")
     p.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="MLflow tracking URI (default: sqlite:///$PWD/mlflow.db)")
     p.add_argument("--storage", default=None, metavar="PATH",
@@ -57,19 +55,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--max-concurrent", type=int, default=None, metavar="N",
                    help="at most N trials at once (default: as many as resources allow)")
-    p.add_argument("--seed", type=int, default=0, help="searcher seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="searcher seed")
     p.add_argument("--searcher", choices=("tpe", "random"), default="tpe",
-                   help="Optuna TPE (default) or random sampling")
+                   help="Optuna TPE or random sampling")
     p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
-                   help="ASHA early stopping (default) or full budget for every trial")
+                   help="ASHA early stopping or full budget for every trial")
     p.add_argument("--data-sharing", choices=("object_store", "memmap"), default="object_store",
-                   help="how the trials on a node share one copy of the data "
-                   "(default object_store)")
+                   help="how the trials on a node share one copy of the data")
     p.add_argument("--max-failures", type=int, default=2, metavar="N",
-                   help="retries of a crashed trial, each from its last checkpoint (default 2)")
+                   help="retries of a crashed trial, each from its last checkpoint")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                   help="0: summary only; 1: one line per trial event (default); 2: also Ray's "
-                   "own status tables")
+                   help="0: summary only; 1: one line per trial event; 2: also Ray's own status "
+                   "tables")
     p.add_argument("--set", dest="overrides", action="append", type=_parse_override,
                    default=[], metavar="KEY=VALUE",
                    help="fix a config key for every trial, e.g. --set train.steps_per_epoch=50; a "

@@ -66,10 +66,12 @@ def built_ensemble(tiny_search, prepared_data, tmp_path_factory) -> BuiltEnsembl
 
 
 @pytest.fixture(scope="session")
-def fold9(prepared_data) -> Any:
-    from ecgtune.data_prep import load_shards
+def held_out_fold(prepared_data) -> Any:
+    """The test fold of the prepared data, found by its role in the manifest."""
+    from ecgtune.data_prep import load_shards, read_manifest
+    from ecgtune.ensembles.fold_roles import TEST, fold_of_role
 
-    return load_shards(prepared_data, folds=[9])
+    return load_shards(prepared_data, folds=[fold_of_role(read_manifest(prepared_data), TEST)])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from ecgtune.components import get_preset
 from ecgtune.ensembles import EnsembleError, MemberError, SearchNotFoundError
 from ecgtune.ensembles import members as members_module
 from ecgtune.ensembles.build import ROW_BEST, ROW_ENSEMBLE, ROW_UNIFORM
-from ecgtune.ensembles.evaluation import brier
 from ecgtune.ensembles.fitting import FitOptions, fit_ensemble
 from ecgtune.ensembles.inference import InputSpec, MemberSpec, member_probabilities
 from ecgtune.ensembles.members import (
@@ -24,20 +23,22 @@ from ecgtune.ensembles.members import (
     resolve_checkpoint,
 )
 from ecgtune.ensembles.registry import CHAMPION_ALIAS, TAG_SEARCH_RUN_ID
+from ecgtune.ensembles.scores import brier
 from ecgtune.ensembles.selection import SELECTION_METRICS
 from ecgtune.search import tracking
 
 
 @pytest.fixture(scope="module")
-def members_and_fold8(built_ensemble):
-    """All four candidates reloaded independently of the build, with fold-8 probabilities."""
+def members_and_ensemble_fold(built_ensemble):
+    """All four candidates reloaded independently of the build, with their probabilities on
+    the ensemble fold (found by role in the manifest)."""
     from ecgtune.data_prep import load_shards
 
     b = built_ensemble
     client = tracking.client(b.tracking_uri)
     search = find_search(client, b.search_name)
     trials = rank_trials(client, search, 4)
-    data = load_shards(b.data, folds=[8])
+    data = load_shards(b.data, folds=[b.result.folds["ensemble"]])
     names = list(data.label_map.names)
     members = [load_member(t, b.search_name, label_names=names) for t in trials]
     inputs = InputSpec.from_manifest(data.manifest)
@@ -60,16 +61,22 @@ def test_members_are_the_top_trials_by_the_objective(built_ensemble):
     assert set(result.weights) == {m.name for m in result.members if m.count > 0}
 
 
-def test_selection_never_worse_than_the_best_member_on_fold8(built_ensemble, members_and_fold8):
+def test_selection_never_worse_than_the_best_member_or_the_average(built_ensemble,
+                                                                   members_and_ensemble_fold):
     result = built_ensemble.result
-    members, probs, y8 = members_and_fold8
+    members, probs, y_ens = members_and_ensemble_fold
     metric = SELECTION_METRICS[result.metric]
-    member_scores = metric(y8, probs)
+    member_scores = metric(y_ens, probs)
     weights = np.array([result.weights.get(m.name, 0.0) for m in members])
-    ensemble_score = float(metric(y8, np.tensordot(weights, probs, axes=1)[None])[0])
+    ensemble_score = float(metric(y_ens, np.tensordot(weights, probs, axes=1)[None])[0])
+    uniform_score = float(metric(y_ens, probs.mean(axis=0)[None])[0])
     assert ensemble_score >= member_scores.max() - 1e-12
-    assert ensemble_score == pytest.approx(result.fold8_score, abs=1e-9)
-    assert result.best_member_fold8_score == pytest.approx(member_scores.max(), abs=1e-9)
+    assert ensemble_score >= uniform_score - 1e-12
+    assert ensemble_score == pytest.approx(result.ensemble_fold_score, abs=1e-9)
+    assert result.best_member_ensemble_fold_score == pytest.approx(member_scores.max(),
+                                                                   abs=1e-9)
+    assert result.selection["uniform_score"] == pytest.approx(uniform_score, abs=1e-9)
+    assert result.selection["chosen"] in ("greedy", "uniform")
 
 
 def test_calibration_keeps_probabilities_in_range_and_brier_no_worse(built_ensemble):
@@ -77,13 +84,14 @@ def test_calibration_keeps_probabilities_in_range_and_brier_no_worse(built_ensem
     p = result.test_probabilities
     assert p.shape == (len(result.test_records), 20)
     assert np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
-    fold8 = next(c for c in result.calibration if c.fold == 8)
-    assert fold8.brier_after <= fold8.brier_before + 1e-9
-    assert fold8.ece_after <= fold8.ece_before
+    fitted_on = next(c for c in result.calibration if c.role == "ensemble")
+    assert fitted_on.fold == result.folds["ensemble"] == 8  # the roles prep writes
+    assert fitted_on.brier_after <= fitted_on.brier_before + 1e-9
+    assert fitted_on.ece_after <= fitted_on.ece_before
     assert set(result.calibration_methods) <= {"temperature", "platt", "isotonic", "identity"}
 
 
-def test_thresholds_with_few_or_zero_positives(built_ensemble, members_and_fold8):
+def test_thresholds_with_few_or_zero_positives(built_ensemble, members_and_ensemble_fold):
     result = built_ensemble.result
     fit = json.loads((result.bundle_dir / "bundle.json").read_text())["fit"]["thresholds"]
     assert fit["min_positives"] == 5 and len(fit["fitted"]) == 20
@@ -92,9 +100,10 @@ def test_thresholds_with_few_or_zero_positives(built_ensemble, members_and_fold8
         if not ok:
             assert threshold == 0.5  # the documented fallback
     assert np.isfinite(t).all() and ((t >= 0) & (t <= 1)).all()
-    # A label without a single positive on fold 8: identity calibration, fallback threshold.
-    members, probs, y8 = members_and_fold8
-    y = y8.copy()
+    # A label without a single positive on the ensemble fold: identity calibration, fallback
+    # threshold.
+    members, probs, y_ens = members_and_ensemble_fold
+    y = y_ens.copy()
     y[:, 3] = False
     fitted = fit_ensemble(probs, y, [m.name for m in members], FitOptions())
     assert fitted.calibrator.methods_[3] == "identity"
@@ -112,15 +121,21 @@ def test_report_rows_files_and_figures(built_ensemble):
             "pr_curves.png", "f1_per_label.png"} <= names
     report = json.loads((result.report_dir / "report.json").read_text())
     row = report["rows"][ROW_ENSEMBLE]
-    assert row["n_samples"] == len(result.test_records)  # fold 9 only
+    assert row["n_samples"] == len(result.test_records)  # the test fold only
     for metric in ("auroc", "auprc", "f1", "precision", "recall", "specificity", "kappa",
                    "hamming_loss", "ece", "brier"):
         assert metric in row["macro"] and metric in row["ci"]["macro"]
-    ci = row["ci"]["macro"]["auprc"]
-    assert ci["low"] <= ci["estimate"] <= ci["high"]
+    for ci in (*row["ci"]["macro"].values(),
+               *(v for label in row["ci"]["per_label"].values() for v in label.values())):
+        if ci["estimate"] is not None:
+            assert ci["low"] <= ci["estimate"] <= ci["high"]
     assert set(row["per_label"]) == set(result.label_names)
     md = (result.report_dir / "report.md").read_text()
-    assert "Ensemble calibration" in md and "9 (held out)" in md
+    assert "Ensemble calibration" in md and "test fold (9, held out)" in md
+    assert "ensemble fold (8, fitted)" in md
+    assert "on the ensemble fold" in md and "uniform average of all 4 members" in md
+    page = (result.report_dir / "report.html").read_text()
+    assert page.count("<table>") == 6 and "uniform average of all 4 members" in page
     summary = json.loads((result.report_dir / "summary.json").read_text())
     assert summary["weights"] == pytest.approx(result.weights)
 
@@ -138,7 +153,11 @@ def test_mlflow_ensemble_run_and_registered_champion(built_ensemble):
     assert run.data.metrics["test/macro_auprc"] == pytest.approx(
         result.rows[ROW_ENSEMBLE]["macro"]["auprc"])
     assert "test/auprc/SB" in run.data.metrics
-    assert "calibration/fold9_ece_after" in run.data.metrics
+    assert "calibration/test_ece_after" in run.data.metrics
+    assert "calibration/ensemble_ece_after" in run.data.metrics
+    assert run.data.metrics["selection/ensemble_macro_auprc"] == pytest.approx(
+        result.ensemble_fold_score)
+    assert run.data.params["selection_chosen"] == result.selection["chosen"]
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "report")}
     assert {"report/report.html", "report/reliability.png"} <= artifacts
     version = client.get_model_version_by_alias(b.registered, CHAMPION_ALIAS)

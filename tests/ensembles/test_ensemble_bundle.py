@@ -37,14 +37,14 @@ def test_bundle_layout_is_pickle_free_and_fully_checksummed(built_ensemble):
     assert "report/report.html" in files
 
 
-def test_bundle_matches_the_in_process_ensemble(built_ensemble, fold9):
+def test_bundle_matches_the_in_process_ensemble(built_ensemble, held_out_fold):
     result = built_ensemble.result
     bundle = load_bundle(result.bundle_dir)
-    assert np.array_equal(fold9.records, result.test_records)
-    probs = bundle.predict_signals(fold9.signals)
+    assert np.array_equal(held_out_fold.records, result.test_records)
+    probs = bundle.predict_signals(held_out_fold.signals)
     assert np.abs(probs - result.test_probabilities).max() <= TOL
     # The predictor the build produced (before export) is the same computation.
-    assert np.abs(result.predictor.predict_signals(fold9.signals[:8])
+    assert np.abs(result.predictor.predict_signals(held_out_fold.signals[:8])
                   - result.test_probabilities[:8]).max() <= TOL
     labels = bundle.predicted_labels(probs)
     hits = probs >= np.asarray(result.thresholds)

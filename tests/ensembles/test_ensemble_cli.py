@@ -50,7 +50,8 @@ def test_ensemble_cli_end_to_end_registers_and_reproduces(built_ensemble, tmp_pa
                 "--n-boot", "200", "--seed", "0", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Registered: ecg-cli version 1" in proc.stdout
-    assert "Calibration (fold 9): ECE" in proc.stdout
+    assert "Calibration (test fold): ECE" in proc.stdout
+    assert "on the ensemble fold" in proc.stdout and "uniform average of all 4" in proc.stdout
     for row in ("ensemble", "best single trial", "uniform average", "seed-style baseline"):
         assert row in proc.stdout
     bundle = load_bundle(out)

@@ -38,7 +38,8 @@ def _naive_greedy(probs, y, metric, init_size, max_rounds, tol=0.0):
 @pytest.mark.parametrize("metric", sorted(SELECTION_METRICS))
 def test_selection_equals_naive_reaveraging(members, metric):
     probs, y = members(n_members=5, n=300, c=4, seed=1)
-    sel = EnsembleSelector(metric=metric, init_size=2, max_rounds=8).fit(probs, y)
+    sel = EnsembleSelector(metric=metric, init_size=2, max_rounds=8,
+                           uniform_candidate=False).fit(probs, y)
     counts, score = _naive_greedy(probs, y, metric, 2, 8)
     np.testing.assert_array_equal(sel.counts_, counts)
     assert sel.score_ == pytest.approx(score, abs=1e-9)
@@ -131,3 +132,42 @@ def test_round_trip_and_errors(members):
         sel.predict(probs[:2])
     with pytest.raises(ValueError, match="undefined"):
         EnsembleSelector().fit(probs, np.zeros_like(y))
+
+
+@pytest.mark.parametrize("metric", sorted(SELECTION_METRICS))
+def test_uniform_average_is_a_candidate_and_the_better_one_is_kept(metric):
+    # Six equally skilled members with independent noise: their average beats any one.
+    rng = np.random.default_rng(8)
+    y = rng.random((600, 4)) < 0.3
+    probs = 1 / (1 + np.exp(-(2.0 * y - 1.0 + rng.normal(0, 1.5, (6, 600, 4)))))
+    score = SELECTION_METRICS[metric]
+    uniform = score(y, probs.mean(axis=0)[None])[0]
+    # Greedy capped at the best single member: the average of complementary members wins.
+    capped = EnsembleSelector(metric=metric, init_size=1, max_rounds=0).fit(probs, y)
+    assert capped.selection_score_ == pytest.approx(capped.member_scores_.max())
+    assert capped.uniform_score_ == pytest.approx(uniform)
+    assert uniform > capped.selection_score_
+    assert capped.chosen_ == "uniform" and capped.score_ == pytest.approx(uniform)
+    np.testing.assert_allclose(capped.weights_, np.full(6, 1 / 6))
+    np.testing.assert_allclose(capped.predict(probs), probs.mean(axis=0))
+    # Without the candidate the capped selection keeps its best member.
+    plain = EnsembleSelector(metric=metric, init_size=1, max_rounds=0,
+                             uniform_candidate=False).fit(probs, y)
+    assert plain.chosen_ == "greedy" and len(plain.selected_) == 1
+    # Uncapped: whichever scores better on the fitting data is what predict returns.
+    full = EnsembleSelector(metric=metric).fit(probs, y)
+    assert full.score_ == pytest.approx(max(full.selection_score_, full.uniform_score_))
+    assert full.chosen_ == ("uniform" if full.uniform_score_ > full.selection_score_
+                            else "greedy")
+    assert score(y, full.predict(probs)[None])[0] == pytest.approx(full.score_)
+    saved = full.to_dict()
+    assert saved["chosen"] == full.chosen_ and saved["uniform_score"] == full.uniform_score_
+
+
+def test_greedy_kept_when_it_beats_the_uniform_average(members):
+    probs, y = members(n_members=4, seed=9)
+    rng = np.random.default_rng(0)
+    noise = rng.random((4, *y.shape))  # four uninformative members drag the average down
+    sel = EnsembleSelector().fit(np.concatenate([probs, noise]), y)
+    assert sel.chosen_ == "greedy" and sel.selection_score_ > sel.uniform_score_
+    assert not set(sel.selected_) & {4, 5, 6, 7}

@@ -33,7 +33,7 @@ def _get(url: str, timeout: float = 2.0) -> int:
 
 
 @pytest.mark.slow
-def test_served_champion_answers_rest_requests(built_ensemble, fold9, tmp_path):
+def test_served_champion_answers_rest_requests(built_ensemble, held_out_fold, tmp_path):
     b = built_ensemble
     port = _free_port()
     bin_dir = str(Path(sys.executable).parent)  # mlflow starts `uvicorn` from PATH
@@ -58,7 +58,7 @@ def test_served_champion_answers_rest_requests(built_ensemble, fold9, tmp_path):
             if server.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("server did not come up:\n" + (tmp_path / "serve.log").read_text())
             time.sleep(1.0)
-        x = fold9.signals[:1]
+        x = held_out_fold.signals[:1]
         request = urllib.request.Request(
             f"{base}/invocations", data=json.dumps({"inputs": x.tolist()}).encode(),
             headers={"Content-Type": "application/json"},
