@@ -106,6 +106,7 @@ class IndependentFusion(Fusion):
         order = torch.empty(num_labels, dtype=torch.long)
         order[torch.tensor(placed)] = torch.arange(num_labels)
         self.reorder = placed != list(range(num_labels))
+        self.order: Tensor
         self.register_buffer("order", order, persistent=False)
 
     @classmethod

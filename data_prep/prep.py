@@ -168,6 +168,7 @@ def _share_work(
             return bounds[1]
 
     def feed() -> None:  # keeps one worker busy
+        assert pool is not None  # only started with a pool
         executor = pool.available()
         if executor is None:
             return  # no workers: this process does it all

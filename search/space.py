@@ -268,7 +268,7 @@ def _train_defaults() -> dict[str, Any]:
 def builtin_spaces() -> list[str]:
     return sorted(
         p.name.removesuffix(".yaml")
-        for p in resources.files("search").joinpath("spaces").iterdir()
+        for p in resources.files(__package__).joinpath("spaces").iterdir()
         if p.name.endswith(".yaml")
     )
 
@@ -280,7 +280,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         if not path.is_file():
             raise SpaceError(f"search space file not found: {path}")
         return parse_space(path.read_text(), name=str(path))
-    shipped = resources.files("search").joinpath("spaces", f"{name_or_path}.yaml")
+    shipped = resources.files(__package__).joinpath("spaces").joinpath(f"{name_or_path}.yaml")
     if not shipped.is_file():
         raise SpaceError(
             f"unknown search space {str(name_or_path)!r}: not a file, and not one of the shipped "
