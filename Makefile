@@ -44,8 +44,15 @@ browser-deps:
 	  else echo "chromium not installed: the browser test will be skipped"; fi; \
 	fi
 
+# mypy reads the four folders under their installed names (ecgtune.*) through a tree of
+# symlinks: it cannot follow setuptools' editable finder. Packages and options: pyproject.toml.
+TYPECHECK_DIR := build/typecheck
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	@mkdir -p $(TYPECHECK_DIR)/ecgtune
+	@for p in data_prep components search ensembles; do \
+	  ln -sfn ../../../$$p $(TYPECHECK_DIR)/ecgtune/$$p; done
+	$(PY) -m mypy
 
 bench: $(VENV)/.installed
 	PYTHONSAFEPATH=1 $(PY) -m pytest -m benchmark -s tests/benchmarks

@@ -3,40 +3,46 @@
     from ecgtune.components import build_model, get_preset
     model = build_model(get_preset("seed"), num_labels=20)   # (B, 12, L) -> logits (B, 20)
 
-Imports nothing else of the project.
+Imports nothing else of the project. Names load on first use (PEP 562), so that the plain
+data (`ModelConfig`, presets) can be used without importing torch.
 """
 
-from .checkpoint import (
-    CheckpointMeta,
-    checkpoint_state,
-    load_checkpoint,
-    model_from_state,
-    save_checkpoint,
-)
-from .config import (
-    FLAT_KEYS,
-    MIN_LENGTH,
-    NUM_LEADS,
-    BranchConfig,
-    ModelConfig,
-    StemConfig,
-    split_label_groups,
-    validate,
-)
-from .export import export_model, load_exported, save_exported
-from .fusion import FUSIONS, Fusion, register_fusion
-from .model import (
-    MultiBranchModel,
-    ResUDenseTrunk,
-    build_model,
-    count_parameters,
-    prepare_model,
-)
-from .presets import PRESETS, get_preset
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> submodule that defines it
+_EXPORTS = {
+    "CheckpointMeta": "checkpoint",
+    "checkpoint_state": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "model_from_state": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "FLAT_KEYS": "config",
+    "FUSION_NAMES": "config",
+    "MIN_LENGTH": "config",
+    "NUM_LEADS": "config",
+    "BranchConfig": "config",
+    "ModelConfig": "config",
+    "StemConfig": "config",
+    "split_label_groups": "config",
+    "FUSIONS": "fusion",
+    "Fusion": "fusion",
+    "register_fusion": "fusion",
+    "MultiBranchModel": "model",
+    "ResUDenseTrunk": "model",
+    "build_model": "model",
+    "count_parameters": "model",
+    "validate": "model",
+    "PRESETS": "presets",
+    "get_preset": "presets",
+}
 
 __all__ = [
     "FLAT_KEYS",
     "FUSIONS",
+    "FUSION_NAMES",
     "MIN_LENGTH",
     "NUM_LEADS",
     "PRESETS",
@@ -50,15 +56,46 @@ __all__ = [
     "build_model",
     "checkpoint_state",
     "count_parameters",
-    "export_model",
     "get_preset",
     "load_checkpoint",
-    "load_exported",
     "model_from_state",
-    "prepare_model",
     "register_fusion",
     "save_checkpoint",
-    "save_exported",
     "split_label_groups",
     "validate",
 ]
+
+if TYPE_CHECKING:
+    from .checkpoint import (
+        CheckpointMeta,
+        checkpoint_state,
+        load_checkpoint,
+        model_from_state,
+        save_checkpoint,
+    )
+    from .config import (
+        FLAT_KEYS,
+        FUSION_NAMES,
+        MIN_LENGTH,
+        NUM_LEADS,
+        BranchConfig,
+        ModelConfig,
+        StemConfig,
+        split_label_groups,
+    )
+    from .fusion import FUSIONS, Fusion, register_fusion
+    from .model import MultiBranchModel, ResUDenseTrunk, build_model, count_parameters, validate
+    from .presets import PRESETS, get_preset
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ModelConfig, validate
-from .model import MultiBranchModel, build_model
+from .config import ModelConfig
+from .model import MultiBranchModel, build_model, validate
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -18,18 +18,22 @@ from typing import Any, NoReturn
 
 __all__ = [
     "FLAT_KEYS",
+    "FUSION_NAMES",
     "MIN_LENGTH",
     "NUM_LEADS",
     "BranchConfig",
     "ModelConfig",
     "StemConfig",
     "split_label_groups",
-    "validate",
 ]
 
 NUM_LEADS = 12
 # Shortest input every valid config must accept (the seed uses 4,096; crops may be shorter).
 MIN_LENGTH = 1024
+# The fusion strategies a config may name, as data, so that a config never imports torch:
+# components/fusion.py registers one class under each (a test checks that both agree), and
+# `register_fusion` adds the name of a new one here.
+FUSION_NAMES: list[str] = ["independent", "concat", "attention", "late"]
 
 
 def _fail(key: str, message: str) -> NoReturn:
@@ -163,10 +167,8 @@ class ModelConfig:
         if not isinstance(self.branch, BranchConfig):
             _fail("branch", f"expected a BranchConfig, got {type(self.branch).__name__}")
         _check_int("n_branches", self.n_branches, 0)
-        from .fusion import FUSIONS  # late import: fusion modules type-hint this config
-
-        if not isinstance(self.fusion, str) or self.fusion not in FUSIONS:
-            _fail("fusion", f"unknown fusion {self.fusion!r}; valid: {', '.join(FUSIONS)}")
+        if not isinstance(self.fusion, str) or self.fusion not in FUSION_NAMES:
+            _fail("fusion", f"unknown fusion {self.fusion!r}; valid: {', '.join(FUSION_NAMES)}")
         _check_int("fusion.hidden", self.fusion_hidden, 1)
         object.__setattr__(
             self,
@@ -219,21 +221,6 @@ class ModelConfig:
         stem = dataclasses.replace(base.stem, **sections["stem"])
         branch = dataclasses.replace(base.branch, **sections["branch"])
         return dataclasses.replace(base, stem=stem, branch=branch, **sections[""])
-
-    def with_flat(self, overrides: Mapping[str, Any]) -> ModelConfig:
-        """A copy with dotted-key overrides applied (same parsing as `from_flat`)."""
-        return type(self).from_flat(overrides, base=self)
-
-    def replace(self, **overrides: Any) -> ModelConfig:
-        """`with_flat` with keyword names: dots become underscores (`branch_depths=(3, 2)`)."""
-        by_alias = {key.replace(".", "_"): key for key in FLAT_KEYS}
-        unknown = sorted(set(overrides) - set(by_alias))
-        if unknown:
-            raise ValueError(
-                f"unknown config key(s) {', '.join(map(repr, unknown))}; "
-                f"valid keywords: {', '.join(by_alias)}"
-            )
-        return self.with_flat({by_alias[name]: value for name, value in overrides.items()})
 
     # --- JSON ---------------------------------------------------------------------------
 
@@ -349,46 +336,4 @@ def split_label_groups(num_labels: int, n_groups: int) -> list[list[int]]:
         stop = start + size + (1 if g < extra else 0)
         groups.append(list(range(start, stop)))
         start = stop
-    return groups
-
-
-def validate(
-    config: ModelConfig, num_labels: int, label_groups: Sequence[Sequence[int]] | None = None
-) -> list[list[int]]:
-    """Check `config` against the label layout; return the groups the model will use.
-
-    Call before a trial starts: every problem a build would hit raises a `ValueError` here.
-    `label_groups` must partition range(num_labels); None means one group of all labels for
-    a single-branch model and a near-even contiguous split into `n_branches` groups otherwise.
-    The number of branches is `config.n_branches`, or the number of groups when it is 0.
-    `independent` fusion needs one branch per group, except that a single branch predicts
-    every label whatever the grouping (the plain seed network).
-    """
-    if not isinstance(config, ModelConfig):
-        raise ValueError(f"expected a ModelConfig, got {type(config).__name__}")
-    _check_int("num_labels", num_labels, 1)
-    if label_groups is None:
-        n = config.n_branches or 1
-        if n > num_labels:
-            _fail("n_branches", f"{n} branches need at least {n} labels, got {num_labels}")
-        groups = split_label_groups(num_labels, n)
-    else:
-        groups = [list(g) for g in label_groups]
-        seen: list[int] = []
-        for g in groups:
-            if not g:
-                _fail("label_groups", "every group must hold at least one label")
-            for i in g:
-                if isinstance(i, bool) or not isinstance(i, int):
-                    _fail("label_groups", f"label indices must be ints, got {i!r}")
-                seen.append(i)
-        if sorted(seen) != list(range(num_labels)):
-            _fail(
-                "label_groups",
-                f"must hold every label index 0..{num_labels - 1} exactly once, got {groups}",
-            )
-    n_branches = config.n_branches or len(groups)
-    from .fusion import FUSIONS
-
-    FUSIONS[config.fusion].check_layout(n_branches, num_labels, groups)
     return groups

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
+from .config import FUSION_NAMES
+
 if TYPE_CHECKING:
     from .config import ModelConfig
 
@@ -72,6 +74,8 @@ def register_fusion(name: str) -> Callable[[FusionT], FusionT]:
             raise TypeError(f"{cls!r} is not a Fusion subclass")
         cls.name = name
         FUSIONS[name] = cls
+        if name not in FUSION_NAMES:  # a new strategy: configs may name it from now on
+            FUSION_NAMES.append(name)
         return cls
 
     return add
@@ -102,6 +106,7 @@ class IndependentFusion(Fusion):
         order = torch.empty(num_labels, dtype=torch.long)
         order[torch.tensor(placed)] = torch.arange(num_labels)
         self.reorder = placed != list(range(num_labels))
+        self.order: Tensor
         self.register_buffer("order", order, persistent=False)
 
     @classmethod

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from .blocks import (
@@ -15,7 +14,15 @@ from .blocks import (
     TemporalSelfAttention,
     Transition,
 )
-from .config import NUM_LEADS, BranchConfig, ModelConfig, StemConfig, validate
+from .config import (
+    NUM_LEADS,
+    BranchConfig,
+    ModelConfig,
+    StemConfig,
+    _check_int,  # the same messages as the config's own checks
+    _fail,
+    split_label_groups,
+)
 from .fusion import FUSIONS
 
 __all__ = [
@@ -24,7 +31,7 @@ __all__ = [
     "Stem",
     "build_model",
     "count_parameters",
-    "prepare_model",
+    "validate",
 ]
 
 
@@ -123,6 +130,46 @@ class MultiBranchModel(nn.Module):
         return self.fusion(self.embed(x))
 
 
+def validate(
+    config: ModelConfig, num_labels: int, label_groups: Sequence[Sequence[int]] | None = None
+) -> list[list[int]]:
+    """Check `config` against the label layout; return the groups the model will use.
+
+    Call before a trial starts: every problem a build would hit raises a `ValueError` here.
+    `label_groups` must partition range(num_labels); None means one group of all labels for
+    a single-branch model and a near-even contiguous split into `n_branches` groups otherwise.
+    The number of branches is `config.n_branches`, or the number of groups when it is 0.
+    `independent` fusion needs one branch per group, except that a single branch predicts
+    every label whatever the grouping (the plain seed network).
+    """
+    if not isinstance(config, ModelConfig):
+        raise ValueError(f"expected a ModelConfig, got {type(config).__name__}")
+    _check_int("num_labels", num_labels, 1)
+    if label_groups is None:
+        n = config.n_branches or 1
+        if n > num_labels:
+            _fail("n_branches", f"{n} branches need at least {n} labels, got {num_labels}")
+        groups = split_label_groups(num_labels, n)
+    else:
+        groups = [list(g) for g in label_groups]
+        seen: list[int] = []
+        for g in groups:
+            if not g:
+                _fail("label_groups", "every group must hold at least one label")
+            for i in g:
+                if isinstance(i, bool) or not isinstance(i, int):
+                    _fail("label_groups", f"label indices must be ints, got {i!r}")
+                seen.append(i)
+        if sorted(seen) != list(range(num_labels)):
+            _fail(
+                "label_groups",
+                f"must hold every label index 0..{num_labels - 1} exactly once, got {groups}",
+            )
+    n_branches = config.n_branches or len(groups)
+    FUSIONS[config.fusion].check_layout(n_branches, num_labels, groups)
+    return groups
+
+
 def build_model(
     config: ModelConfig,
     num_labels: int = 20,
@@ -139,22 +186,3 @@ def build_model(
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def prepare_model(
-    model: nn.Module,
-    device: str | torch.device = "cpu",
-    *,
-    compile: bool = False,
-    compile_mode: str | None = None,
-) -> nn.Module:
-    """Move `model` to `device` and optionally wrap it in torch.compile (off by default).
-
-    Keep a reference to the uncompiled module for checkpoints (`save_checkpoint` also
-    unwraps a compiled one). There is no channels_last step: that memory format exists for
-    4-D/5-D tensors only, and Conv1d inputs are 3-D (B, C, L) and already contiguous.
-    """
-    model = model.to(device)
-    if compile:
-        return torch.compile(model, mode=compile_mode)  # type: ignore[return-value]
-    return model

@@ -218,7 +218,7 @@ class ECGDataset:
         if not meta_path.exists():
             raise PrepError(f"{directory} is not a saved dataset (dataset.json missing)")
         meta = json.loads(meta_path.read_text("utf-8"))
-        arrays = {
+        arrays: dict[str, Any] = {
             name: np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)
             for name in _ARRAYS
         }
@@ -234,8 +234,9 @@ def _label_map(manifest: dict[str, Any]) -> LabelMap:
 
 
 def _rebuild(arrays: tuple[np.ndarray, ...], manifest: dict[str, Any]) -> ECGDataset:
+    columns: dict[str, Any] = dict(zip(_ARRAYS, arrays, strict=True))
     return ECGDataset(
-        **dict(zip(_ARRAYS, arrays, strict=True)), manifest=manifest,
+        **columns, manifest=manifest,
         label_map=_label_map(manifest),
     )
 
@@ -313,6 +314,7 @@ def load_shards(
     n_threads = threads or min(4, os.cpu_count() or 1, max(len(shards), 1))
     with ThreadPoolExecutor(n_threads) as pool:  # decompression and hashing release the GIL
         parts = list(pool.map(read_one, range(len(shards))))
+    cols: dict[str, Any]
     if parts:
         cols = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     else:

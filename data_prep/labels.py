@@ -146,5 +146,7 @@ def get_label_map(name: str) -> LabelMap:
     if name not in LABEL_MAPS:
         valid = ", ".join(sorted(LABEL_MAPS))
         raise LabelMapError(f"unknown label map {name!r}; valid names: {valid}")
-    text = resources.files(__package__).joinpath("labelmaps", LABEL_MAPS[name]).read_text("utf-8")
+    # one name per joinpath: several at once is Python 3.11+
+    folder = resources.files(__package__).joinpath("labelmaps")
+    text = folder.joinpath(LABEL_MAPS[name]).read_text("utf-8")
     return LabelMap.from_csv(text, name)

@@ -216,7 +216,7 @@ class DeviceBatchTransform:
         if loader._stats is not None:  # "dataset": x * a + b, and 1/std for the noise
             a, b = dataset_affine(loader._stats, loader._gain)
             self.a: torch.Tensor | None = torch.tensor(a, device=device)  # (12, 1)
-            self.b = torch.tensor(b, device=device)
+            self.b: torch.Tensor | None = torch.tensor(b, device=device)
             self.inv_std = self.a * loader._gain
         else:  # "record": noise in mV, then the per-record z-score
             self.a = self.b = None
@@ -234,7 +234,7 @@ class DeviceBatchTransform:
         if cfg is not None and cfg.scale is not None:
             lo, hi = cfg.scale
             x.mul_(torch.empty((b, 1, 1), device=x.device).uniform_(lo, hi, generator=gen))
-        if self.a is not None:
+        if self.a is not None and self.b is not None:  # set together ("dataset" stats)
             x.mul_(self.a).add_(self.b)
         if cfg is not None and cfg.noise_std > 0:
             noise = torch.randn(x.shape, device=x.device, generator=gen)

@@ -63,6 +63,11 @@ MANIFEST_VERSION = 1
 # 2: issue 9's quality rules (flat leads warn, new refusals) and the sidecar's "warnings".
 _SHARD_FORMAT = 2
 _SIDECAR_DIR = ".prep"
+# Fault injection for the resume test (like search's `debug.*_at_epoch`): with this set to N,
+# prep dies as a crash would (no cleanup, no manifest) once N shards are written, so the test
+# interrupts it at a known point instead of racing it.
+EXIT_AFTER_SHARDS_ENV = "ECGTUNE_DEBUG_PREP_EXIT_AFTER_SHARDS"
+INJECTED_EXIT_STATUS = 86
 QUARANTINE_FILE = "quarantine.csv"  # record,reason: every record not written
 WARNINGS_FILE = "warnings.csv"  # record,warning: records written with a quality warning
 _TRAIN_FOLDS = frozenset(FOLD_ROLES["train"])
@@ -164,6 +169,7 @@ def _share_work(
             return bounds[1]
 
     def feed() -> None:  # keeps one worker busy
+        assert pool is not None  # only started with a pool
         executor = pool.available()
         if executor is None:
             return  # no workers: this process does it all
@@ -563,12 +569,15 @@ def _prepare(
     from tqdm import tqdm
 
     sides: dict[str, dict[str, Any]] = {}
+    exit_after = int(os.environ.get(EXIT_AFTER_SHARDS_ENV) or 0)
     bar = tqdm(total=records_in, unit="rec", desc="prep", disable=not progress, smoothing=0.1)
     bar.update(len(quarantine))
     try:
         for side in _iter_results(tasks, pool, worker_cpu):
             sides[side["shard"]] = side
             bar.update(side["rows"] + len(side["quarantine"]))
+            if len(sides) == exit_after:
+                os._exit(INJECTED_EXIT_STATUS)
     finally:
         bar.close()
     log.debug("pass 2 done at %.2f s", time.perf_counter() - t0)

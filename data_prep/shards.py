@@ -133,8 +133,12 @@ def write_shard(
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
+    # hashlib.file_digest is Python 3.11+; we support 3.10.
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:

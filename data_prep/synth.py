@@ -293,7 +293,7 @@ def _beats(rng: np.random.Generator, spec: RecordSpec, duration: float):
     if "VPB" in spec.labels and inner:
         count = len(inner) // 2 if rng.random() < 0.15 else int(rng.integers(1, 4))
         if count > 3:  # bigeminy: every other beat
-            picks = inner[::2][:count]
+            picks = np.asarray(inner[::2][:count])
         else:
             picks = rng.choice(inner, size=min(len(inner), count), replace=False)
         for i in sorted(picks):

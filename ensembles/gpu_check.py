@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import multiprocessing as mp
 import os
 import platform
@@ -153,7 +154,7 @@ def _ray_rows() -> list[Row]:
     gpus = 1 if torch.cuda.is_available() else 0
     # Without a GPU, Ray is also told of one that torch cannot use: the trial must refuse it.
     for told in sorted({gpus, 1}):
-        ray.init(num_cpus=2, num_gpus=told, include_dashboard=False, logging_level="ERROR",
+        ray.init(num_cpus=2, num_gpus=told, include_dashboard=False, logging_level=logging.ERROR,
                  log_to_driver=False, _node_ip_address="127.0.0.1")
         try:
             probe = ray.remote(num_gpus=0.5 if told else 0, num_cpus=1)(_ray_probe)

@@ -109,7 +109,7 @@ def build_searcher(space: SearchSpace, kind: str, seed: int,
     if kind == "tpe":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(
+            sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
                 seed=seed,
                 n_startup_trials=int(space.searcher.get("n_startup_trials", 10)),
                 # The space is conditional (fusion-specific keys): multivariate + group lets

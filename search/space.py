@@ -280,7 +280,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         if not path.is_file():
             raise SpaceError(f"search space file not found: {path}")
         return parse_space(path.read_text(), name=str(path))
-    shipped = resources.files(__package__).joinpath("spaces", f"{name_or_path}.yaml")
+    shipped = resources.files(__package__).joinpath("spaces").joinpath(f"{name_or_path}.yaml")
     if not shipped.is_file():
         raise SpaceError(
             f"unknown search space {str(name_or_path)!r}: not a file, and not one of the shipped "

@@ -1,9 +1,15 @@
 """Session-wide fixtures: one synthetic database, its shards, and one tiny search, shared by
-the search and ensembles suites so that each is built once per test run."""
+the search and ensembles suites so that each is built once per test run.
+
+Markers tell the truth: a test whose fixtures start Ray or an MLflow server is marked `slow`
+here, from its fixture closure, and a test outside the slow tier that starts either anyway
+fails (`_no_ray_or_mlflow_server_in_the_fast_tier`)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +27,53 @@ os.environ["PYTHONSAFEPATH"] = "1"
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = (REPO.parent / "shared" / "data" / "ecg-arrhythmia-sample").resolve()
 N_RECORDS = 1500
+
+# Fixtures that start Ray (a search) or an MLflow server; `built_ensemble` needs `tiny_search`,
+# so it is covered through the closure. Tests that call ray.init themselves carry the marker.
+SLOW_FIXTURES = frozenset({"tiny_search", "mlflow_server"})
+# Argument sequences that start a server from the MLflow CLI.
+_MLFLOW_SERVERS = (("server",), ("ui",), ("models", "serve"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def _starts_mlflow_server(args: object) -> bool:
+    argv = [str(a) for a in args] if isinstance(args, list | tuple) else str(args).split()
+    names = [os.path.basename(a) for a in argv]
+    if "mlflow" not in names:
+        return False
+    rest = tuple(argv[names.index("mlflow") + 1:])
+    return any(rest[: len(cmd)] == cmd for cmd in _MLFLOW_SERVERS)
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_or_mlflow_server_in_the_fast_tier(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[None]:
+    """Outside `slow`: Ray's sessions go to a private RAY_TMPDIR (inherited by subprocesses)
+    that must still be empty afterwards, and starting an MLflow server raises at once."""
+    if request.node.get_closest_marker("slow") or request.node.get_closest_marker("benchmark"):
+        yield
+        return
+    ray_tmp = tmp_path_factory.mktemp("ray-tmp", numbered=True)
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    popen_init = subprocess.Popen.__init__
+
+    def guarded_init(self: subprocess.Popen, args: object, *a: object, **kw: object) -> None:
+        if _starts_mlflow_server(args):
+            raise AssertionError(f"a test outside `slow` starts an MLflow server: {args}")
+        popen_init(self, args, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded_init)
+    yield
+    sessions = sorted(p.name for p in ray_tmp.glob("ray/session_*"))
+    assert not sessions, f"a test outside `slow` started Ray ({sessions}): mark it slow"
 
 
 @pytest.fixture(scope="session")

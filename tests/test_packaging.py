@@ -33,3 +33,17 @@ def test_console_script_is_namespaced():
 
     (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "ecgtune"]
     assert ep.value == "ecgtune.ensembles.cli:main"
+
+
+def test_package_data_is_found_outside_the_repo(tmp_path):
+    # The shipped label maps and search spaces are looked up through the installed package
+    # names (`ecgtune.*`), which a run from the repo root would not notice.
+    code = (
+        "from ecgtune.data_prep import get_label_map\n"
+        "from ecgtune.search.space import builtin_spaces, load_space\n"
+        "assert len(get_label_map('seed20')) == 20\n"
+        "assert {'default', 'demo', 'tiny'} <= set(builtin_spaces())\n"
+        "load_space('tiny')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                   check=True)

@@ -258,6 +258,8 @@ def test_seed_train_step_against_plain_reference():
         f"ratio: plain / ours step time = {speed:.2f}x best-of ({speed_median:.2f}x median; "
         f">= 1: ours no slower), ours / plain peak memory = {memory:.2f}"
     )
+    # Target "no slower" on the robust best-of estimate; 5% is the spread between runs here.
+    assert speed >= 0.95, f"ours is slower than the plain reference: {speed:.2f}x"
     # same network, same arithmetic: FLOPs must agree and match the design's figures
     for fwd, both in flops.values():
         assert abs(fwd - 7.36) < 0.01 and abs(both - 21.9) < 0.05, flops

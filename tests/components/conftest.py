@@ -10,8 +10,18 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from torch import nn
 
-from ecgtune.components import FUSIONS, PRESETS, MultiBranchModel, build_model, get_preset
+from ecgtune.components import (
+    FUSIONS,
+    MIN_LENGTH,
+    NUM_LEADS,
+    PRESETS,
+    ModelConfig,
+    MultiBranchModel,
+    build_model,
+    get_preset,
+)
 
 # seed20's four groups (5, 5, 6, 4 labels), as the label map passes them in
 SEED20_GROUPS = [list(range(0, 5)), list(range(5, 10)), list(range(10, 16)), list(range(16, 20))]
@@ -56,9 +66,9 @@ def make_model(
 ) -> MultiBranchModel:
     config = get_preset(preset)
     if fusion is not None:
-        config = config.with_flat({"fusion": fusion})
+        config = ModelConfig.from_flat({"fusion": fusion}, base=config)
     if own_stems:
-        config = config.with_flat({"stem.shared": False})
+        config = ModelConfig.from_flat({"stem.shared": False}, base=config)
     torch.manual_seed(seed)
     return build_model(config, num_labels=20, label_groups=groups)
 
@@ -66,6 +76,25 @@ def make_model(
 @pytest.fixture
 def model_factory() -> Callable[..., MultiBranchModel]:
     return make_model
+
+
+def export_program(
+    model: nn.Module, example_length: int = 1024, dynamic_length: bool = True
+) -> torch.export.ExportedProgram:
+    """`torch.export` with a symbolic batch and, optionally, length: what an exporter built on
+    it (ONNX's dynamo path) needs of every preset and fusion."""
+    model.eval()
+    example = torch.randn(2, NUM_LEADS, example_length)  # batch 2: 1 would specialise it
+    dims = {0: torch.export.Dim("batch", min=1)}
+    if dynamic_length:
+        dims[2] = torch.export.Dim("length", min=MIN_LENGTH)
+    with torch.no_grad():
+        return torch.export.export(model, (example,), dynamic_shapes=(dims,))
+
+
+@pytest.fixture
+def export() -> Callable[..., torch.export.ExportedProgram]:
+    return export_program
 
 
 @pytest.fixture
@@ -99,6 +128,7 @@ def small_preset(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _two_threads() -> None:
-    # the machine is shared by several suites; don't oversubscribe it
-    torch.set_num_threads(2)
+def _one_thread() -> None:
+    # As the whole session (tests/conftest.py): on a shared 2-core machine two intra-op
+    # threads spin-wait against the other suites; one ran these tests 10-50x faster here.
+    torch.set_num_threads(1)

@@ -12,7 +12,6 @@ from ecgtune.components import (
     get_preset,
     load_checkpoint,
     model_from_state,
-    prepare_model,
     save_checkpoint,
 )
 
@@ -67,9 +66,8 @@ def test_loading_is_strict(tiny):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compiled_model_saves_like_the_original(tiny, tmp_path):
-    compiled = prepare_model(tiny, compile=True)  # compiles lazily; never run here
+    compiled = torch.compile(tiny)  # compiles lazily; never run here
     assert compiled is not tiny
-    assert prepare_model(tiny) is tiny  # compile is off by default
     path = tmp_path / "m.pt"
     save_checkpoint(path, compiled, tiny.config, num_labels=20, label_groups=None)
     loaded, _ = load_checkpoint(path)

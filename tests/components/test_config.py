@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -69,7 +71,7 @@ def test_presets_round_trip_through_json_and_flat(name):
     ],
 )
 def test_from_flat_accepts_mlflow_and_yaml_forms(key, text, value):
-    config = ModelConfig().with_flat({key: text})
+    config = ModelConfig.from_flat({key: text})
     assert config.to_flat()[key] == (list(value) if isinstance(value, tuple) else value)
 
 
@@ -102,11 +104,11 @@ def test_from_flat_accepts_mlflow_and_yaml_forms(key, text, value):
 )
 def test_invalid_values_are_rejected_with_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):
-        ModelConfig().with_flat({key: value})
+        ModelConfig.from_flat({key: value})
 
 
 def test_heads_only_matter_with_attention():
-    ModelConfig().with_flat({"branch.attention": False, "branch.heads": 7})
+    ModelConfig.from_flat({"branch.attention": False, "branch.heads": 7})
 
 
 def test_compression_that_empties_a_transition_is_rejected():
@@ -123,21 +125,43 @@ def test_unknown_keys_list_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown config key\(s\) 'branch.depth'; valid keys: "
                        r"stem.channels, .*fusion.dropout"):  # fmt: skip
         ModelConfig.from_flat({"branch.depth": [6]})
-    with pytest.raises(ValueError, match="valid keywords: stem_channels"):
-        ModelConfig().replace(depths=(3,))
 
 
-def test_replace_uses_underscored_keys():
-    config = ModelConfig().replace(branch_depths="3-2", fusion="late", fusion_hidden=64)
+def test_from_flat_sets_several_sections_at_once():
+    config = ModelConfig.from_flat({"branch.depths": "3-2", "fusion": "late", "fusion.hidden": 64})
     assert config.branch.depths == (3, 2) and config.fusion == "late"
     assert config.fusion_hidden == 64 and config.stem == StemConfig()
 
 
-def test_with_flat_keeps_other_fields():
+def test_from_flat_with_a_base_keeps_other_fields():
     base = PRESETS["tiny"]
-    changed = base.with_flat({"branch.mid": 4})
+    changed = ModelConfig.from_flat({"branch.mid": 4}, base=base)
     assert changed.branch.mid == 4
     assert dataclasses.replace(changed.branch, mid=base.branch.mid) == base.branch
+
+
+def test_a_config_imports_no_torch():
+    # Plain data: the search's validator and the CLI parse configs without loading torch.
+    code = (
+        "import sys\n"
+        "from ecgtune.components.config import FUSION_NAMES, ModelConfig\n"
+        "from ecgtune.components import PRESETS, get_preset\n"
+        "configs = [ModelConfig(fusion=f) for f in FUSION_NAMES] + [get_preset('seed')]\n"
+        "assert ModelConfig.from_json(configs[-1].to_json()) == PRESETS['seed']\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_package_exports_what_it_lists():
+    import ecgtune.components as components
+
+    assert set(components.__all__) == set(components._EXPORTS)
+    assert all(getattr(components, name) is not None for name in components.__all__)
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        components.Nope  # noqa: B018
 
 
 def test_from_json_is_strict():

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from ecgtune.components import (
+    FUSION_NAMES,
     FUSIONS,
     Fusion,
     ModelConfig,
@@ -18,6 +19,8 @@ from ecgtune.components import (
 
 def test_registry_names():
     assert list(FUSIONS) == ["independent", "concat", "attention", "late"]
+    # configs check fusion names against plain data (no torch): the same names, in order
+    assert FUSION_NAMES == list(FUSIONS)
     assert all(issubclass(cls, Fusion) and FUSIONS[cls.name] is cls for cls in FUSIONS.values())
 
 
@@ -32,7 +35,8 @@ def test_a_new_strategy_plugs_in_by_registering(seed20_groups):
             return self.head(torch.stack(embeddings).mean(0))
 
     try:
-        config = get_preset("tiny-multi").with_flat({"fusion": "test-mean"})
+        assert FUSION_NAMES[-1] == "test-mean"  # configs may name it now
+        config = ModelConfig.from_flat({"fusion": "test-mean"}, base=get_preset("tiny-multi"))
         assert ModelConfig.from_flat(config.to_flat()) == config
         model = build_model(config, 20, seed20_groups).eval()
         assert model(torch.randn(2, 12, 1024)).shape == (2, 20)
@@ -40,6 +44,7 @@ def test_a_new_strategy_plugs_in_by_registering(seed20_groups):
             register_fusion("test-mean")(MeanFusion)
     finally:
         del FUSIONS["test-mean"]
+        FUSION_NAMES.remove("test-mean")
 
 
 def test_registering_a_non_fusion_fails():

@@ -8,11 +8,8 @@ from ecgtune.components import (
     ModelConfig,
     build_model,
     count_parameters,
-    export_model,
     load_checkpoint,
-    load_exported,
     save_checkpoint,
-    save_exported,
 )
 
 LENGTHS = (1024, 1537)  # a power of two and an odd length that exercises the crops
@@ -95,13 +92,14 @@ def test_checkpoint_round_trip(matrix_case, model_factory, shuffled_groups, tmp_
         assert torch.equal(loaded(x), model(x))
 
 
-def test_exported_program_matches_eager(export_case, model_factory, two_groups, tmp_path):
+def test_exported_program_matches_eager(export_case, model_factory, two_groups, export,
+                                        tmp_path):
     preset, fusion, own_stems, dynamic_length = export_case
     model = model_factory(preset, fusion, own_stems, groups=two_groups).eval()
-    program = export_model(model, example_length=1024, dynamic_length=dynamic_length)
+    program = export(model, example_length=1024, dynamic_length=dynamic_length)
     path = tmp_path / "model.pt2"
-    save_exported(program, path)
-    exported = load_exported(path).module()
+    torch.export.save(program, path)  # pickle-free archive
+    exported = torch.export.load(path).module()
     shapes = ((1, 1024), (3, 1537), (2, 2048)) if dynamic_length else ((1, 1024), (3, 1024))
     with torch.no_grad():
         for batch, length in shapes:

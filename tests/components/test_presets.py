@@ -10,7 +10,6 @@ from ecgtune.components import (
     PRESETS,
     build_model,
     count_parameters,
-    export_model,
     get_preset,
 )
 from ecgtune.components.blocks import DenseBlock, ResUBlock, TemporalSelfAttention, Transition
@@ -80,12 +79,12 @@ def test_small_presets_are_small():
     assert 100_000 <= small <= 300_000
 
 
-def test_seed_exports_with_symbolic_length():
+def test_seed_exports_with_symbolic_length(export):
     # seed-multi (four such trunks, ~4x the export time) is left out to keep the suite short;
     # its other pieces (own stems, independent heads) export in the contract tests
     torch.manual_seed(0)
     model = build_model(PRESETS["seed"], 20).eval()
-    exported = export_model(model, 1024).module()
+    exported = export(model, 1024).module()
     with torch.no_grad():
         for batch, length in ((2, 1024), (1, 1283)):
             x = torch.randn(batch, 12, length)

@@ -3,10 +3,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -144,24 +142,20 @@ def test_every_quarantine_reason(synth_dir: Path, tmp_path: Path, copy_tree, mak
 
 
 def test_interrupted_prep_resumes_to_the_same_manifest(synth_dir: Path, tmp_path: Path) -> None:
+    from ecgtune.data_prep.prep import EXIT_AFTER_SHARDS_ENV, INJECTED_EXIT_STATUS
+
     reference = prepare(synth_dir, tmp_path / "ref", workers=1, shard_size=5, progress=False)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "ecgtune.ensembles.cli", "prep", "--input", str(synth_dir),
            "--output", str(out), "--workers", "1", "--shard-size", "5", "--no-progress"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    try:
-        while not list((out / "shards").glob("*.parquet")):
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no shard appeared"
-            time.sleep(0.002)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole job, as a crash would
-        proc.wait()
-    assert not (out / "manifest.json").exists(), "prep finished before it could be interrupted"
+    # prep dies like a crash (os._exit) after its third shard: a known point, not a race.
+    proc = subprocess.run(cmd, env={**os.environ, EXIT_AFTER_SHARDS_ENV: "3"},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    assert proc.returncode == INJECTED_EXIT_STATUS, proc.stderr.decode()
+    assert not (out / "manifest.json").exists()
+    assert len(list((out / "shards").glob("*.parquet"))) == 3
     resumed = prepare(synth_dir, out, workers=2, shard_size=5, progress=False)
-    assert resumed.shards_kept >= 1
+    assert resumed.shards_kept == 3
     assert resumed.shards_kept + resumed.shards_written == len(resumed.manifest["shards"])
     assert _without_created(resumed.manifest) == _without_created(reference.manifest)
     assert (out / "quarantine.csv").read_bytes() == (tmp_path / "ref/quarantine.csv").read_bytes()

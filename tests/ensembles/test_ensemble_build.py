@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ecgtune.components import get_preset
+from ecgtune.components import ModelConfig, get_preset
 from ecgtune.ensembles import EnsembleError, MemberError, SearchNotFoundError
 from ecgtune.ensembles import members as members_module
 from ecgtune.ensembles.build import ROW_BEST, ROW_ENSEMBLE, ROW_UNIFORM
@@ -233,8 +233,8 @@ def test_seed_style_detection():
     seed_multi = get_preset("seed-multi")
     tiny_multi = get_preset("tiny-multi")
     assert MemberSpec("a", seed_multi, 20, groups, 4096, "dataset").is_seed_style
-    assert MemberSpec("b", tiny_multi.replace(fusion="independent"), 20, groups, 1024,
-                      "dataset").is_seed_style
+    independent = ModelConfig.from_flat({"fusion": "independent"}, base=tiny_multi)
+    assert MemberSpec("b", independent, 20, groups, 1024, "dataset").is_seed_style
     assert not MemberSpec("c", tiny_multi, 20, groups, 1024, "dataset").is_seed_style
     assert not MemberSpec("d", get_preset("tiny"), 20, (tuple(range(20)),), 1024,
                           "dataset").is_seed_style

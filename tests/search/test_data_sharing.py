@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ecgtune.data_prep import load_shards
 from ecgtune.search.data import MemmapData, ObjectStoreData, make_data_handle
@@ -24,6 +25,7 @@ def test_memmap_handle_materialises_once_and_maps_read_only(prepared_data, tmp_p
     assert np.shares_memory(first.select(folds=range(7)).signals, first.signals)
 
 
+@pytest.mark.slow  # starts Ray
 def test_object_store_handle_comes_back_zero_copy(prepared_data):
     import ray
 

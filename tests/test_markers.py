@@ -1,0 +1,58 @@
+"""The markers tell the truth: what needs Ray or an MLflow server is `slow`, and the fast tier
+is guarded against starting either (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _collected(*args: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         *args], cwd=REPO, capture_output=True, text=True,
+    )
+    assert out.returncode in (0, 5), out.stdout + out.stderr  # 5: nothing collected
+    return [line for line in out.stdout.splitlines() if "::" in line]
+
+
+def test_tests_on_the_tiny_search_leave_the_fast_tier():
+    path = "tests/ensembles/test_ensemble_build.py"
+    defined = re.findall(r"^def (test_\w+)", (REPO / path).read_text(), re.MULTILINE)
+    fast = _collected(path, "-m", "not slow and not benchmark")
+    assert len(defined) > 5, defined
+    # Only the one test without `built_ensemble` stays in the fast tier.
+    assert [t.split("::")[1] for t in fast] == ["test_seed_style_detection"]
+
+
+def test_plain_pytest_never_runs_benchmarks(request):
+    # addopts deselects them; a later `-m` (make bench: `-m benchmark`) replaces that filter.
+    addopts = list(request.config.getini("addopts"))  # already split into arguments
+    assert addopts[addopts.index("-m") + 1] == "not benchmark"
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^bench:.*\n\t.*pytest -m benchmark ", makefile, re.MULTILINE)
+
+
+@pytest.mark.parametrize("argv", [
+    ["mlflow", "server", "--port", "0"],
+    [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/x@y"],
+    "mlflow ui --port 0",
+])
+def test_the_fast_tier_refuses_to_start_an_mlflow_server(argv):
+    with pytest.raises(AssertionError, match="starts an MLflow server"):
+        subprocess.Popen(argv)
+
+
+def test_the_fast_tier_still_runs_other_subprocesses_and_isolates_ray():
+    out = subprocess.run([sys.executable, "-c", "import os; print(os.environ['RAY_TMPDIR'])"],
+                         capture_output=True, text=True, check=True)
+    ray_tmp = Path(out.stdout.strip())
+    assert ray_tmp == Path(os.environ["RAY_TMPDIR"]) and ray_tmp.is_dir()
+    assert not any(ray_tmp.iterdir()), "a fresh, empty Ray temp dir for each fast test"
