@@ -49,4 +49,4 @@ def count_databases(databases: Iterable[str]) -> dict[str, int]:
 
 def is_synthetic(databases: dict[str, int] | None) -> bool:
     """True when any training record was synthetic: the model's output is not a diagnosis."""
-    return bool(databases) and databases.get(SYNTHETIC, 0) > 0
+    return bool(databases) and databases.get(SYNTHETIC, 0) > 0  # type: ignore[union-attr]

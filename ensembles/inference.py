@@ -258,7 +258,7 @@ class EnsemblePredictor:
         members: Sequence[tuple[MemberSpec, nn.Module]],
         weights: Sequence[float],
         calibrator: PerLabelCalibrator,
-        thresholds: Sequence[float],
+        thresholds: Sequence[float] | np.ndarray,
         label_names: Sequence[str],
         inputs: InputSpec,
         n_windows: int = DEFAULT_WINDOWS,

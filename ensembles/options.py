@@ -247,7 +247,7 @@ class EnsembleOptions:
 
 def _value_type(f: dataclasses.Field, meta: Mapping[str, Any]) -> Callable[[str], Any]:
     """str -> value with the field's minimum checked at parse time (a usage error, exit 2)."""
-    kind = type(f.default) if f.default not in (_MISSING, None) else str
+    kind: Any = type(f.default) if f.default not in (_MISSING, None) else str
     if kind is tuple:
         kind = str
 

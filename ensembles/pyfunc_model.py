@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 
-class EnsembleBundleModel(mlflow.pyfunc.PythonModel):
+class EnsembleBundleModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
     """Pyfunc wrapper around a bundle's `EnsemblePredictor`."""
 
     def load_context(self, context: Any) -> None:

@@ -68,7 +68,7 @@ class Validation:
     thresholds: np.ndarray
     threshold_objective: str
     metrics: Mapping[str, float]
-    per_label: Mapping[str, Mapping[str, float]]
+    per_label: Mapping[str, Mapping[str, float | int | None]]
     probs: np.ndarray
     labels: np.ndarray
     records: np.ndarray

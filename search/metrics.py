@@ -326,8 +326,8 @@ def auprc_per_label(
 
 
 def _macro(per_label: np.ndarray, return_labels: bool) -> Any:
-    macro = _nanmean_last(per_label)
-    macro = float(macro) if np.ndim(macro) == 0 else macro
+    mean = _nanmean_last(per_label)
+    macro: Any = float(mean) if np.ndim(mean) == 0 else mean
     if not return_labels:
         return macro
     used = ~np.isnan(per_label)

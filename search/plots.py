@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 
-def plot_trial_validation(predictions: str | Path, thresholds: Sequence[float],
+def plot_trial_validation(predictions: str | Path, thresholds: Sequence[float] | np.ndarray,
                           path: str | Path) -> Path:
     import matplotlib
 
@@ -20,8 +20,8 @@ def plot_trial_validation(predictions: str | Path, thresholds: Sequence[float],
 
     with np.load(predictions, allow_pickle=False) as data:
         probs, labels, names = data["probs"], data["labels"], [str(n) for n in data["label_names"]]
-    thresholds = np.asarray(thresholds, dtype=float)
-    f1 = M.f1_per_label(labels, probs, thresholds)
+    cut = np.asarray(thresholds, dtype=float)
+    f1 = M.f1_per_label(labels, probs, cut)
     fig, (ax_f1, ax_pr) = plt.subplots(1, 2, figsize=(14, 5), constrained_layout=True)
     ax_f1.bar(range(len(names)), f1, color="tab:blue")
     ax_f1.set_xticks(range(len(names)), names, rotation=60, ha="right")

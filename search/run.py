@@ -85,7 +85,7 @@ class SearchResult:
     @property
     def best(self) -> TrialSummary | None:
         scored = [t for t in self.trials if t.best_score is not None]
-        return max(scored, key=lambda t: t.best_score) if scored else None
+        return max(scored, key=lambda t: t.best_score or 0.0) if scored else None
 
     @property
     def trial_epochs(self) -> int:

@@ -42,12 +42,13 @@ class EpochResult:
     metrics: dict[str, float]
     val_probs: np.ndarray
     thresholds: np.ndarray
-    per_label: dict[str, dict[str, float]]
+    per_label: dict[str, dict[str, float | int | None]]
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     # Decay conv/linear weights only: decaying norms and biases hurts small-batch training.
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim > 1 else no_decay).append(param)

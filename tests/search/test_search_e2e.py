@@ -69,7 +69,7 @@ def _assert_asha_decisions_match_the_records(client, children, trial_epochs: int
     in every order is where and whom it may cut."""
     histories = {
         r.info.run_id: {m.step: m.value for m in client.get_metric_history(r.info.run_id,
-                                                                            M.OBJECTIVE)}
+                                                                            K.OBJECTIVE)}
         for r in children
     }
     for run in children:
