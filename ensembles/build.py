@@ -76,6 +76,9 @@ class EnsembleResult:
     model_version: str | None
     metric: str
     folds: dict[str, int]  # role -> fold number, from the data manifest
+    tracking_uri: str
+    experiment_id: str
+    trained_on: dict[str, int]  # source database -> training records (data manifest)
     ensemble_fold_score: float
     best_member_ensemble_fold_score: float
     selection: dict[str, Any]
@@ -160,6 +163,7 @@ class _Folds:
     numbers: dict[str, int]  # role -> fold number
     masks: dict[str, np.ndarray]  # role -> records of that fold in ``data``
     manifest_sha256: str
+    databases: dict[str, int]  # source database -> records (the manifest's provenance)
 
     def labels(self, role: str) -> np.ndarray:
         return self.data.labels.astype(bool)[self.masks[role]]
@@ -188,7 +192,7 @@ def _load_folds(opts: EnsembleOptions, search: Any) -> _Folds:
     if search.data_manifest_sha256 and search.data_manifest_sha256 != sha:
         log.warning("the data manifest differs from the one search %r was run on; members "
                     "are evaluated on data they may have been trained on", opts.name)
-    return _Folds(data, numbers, masks, sha)
+    return _Folds(data, numbers, masks, sha, dict(manifest.get("databases") or {}))
 
 
 @dataclass
@@ -326,6 +330,8 @@ def _fit_record(opts: EnsembleOptions, search: Any, folds: _Folds,
         "search": opts.name,
         "search_run_id": search.run_id,
         "data_manifest_sha256": folds.manifest_sha256,
+        # Provenance travels with the model: `predict` and the report say when it is synthetic.
+        "trained_on": folds.databases,
         "role": ENSEMBLE,
         "fold": folds.numbers[ENSEMBLE],
         "records": int(folds.masks[ENSEMBLE].sum()),
@@ -394,9 +400,20 @@ def _mlflow_params(opts: EnsembleOptions, mem: _Members, fitted: Any, weights: d
     }
 
 
-def _model_tags(opts: EnsembleOptions, search: Any, run_id: str) -> dict[str, str]:
+def _model_tags(opts: EnsembleOptions, search: Any, run_id: str,
+                folds: _Folds) -> dict[str, str]:
+    from ecgtune.data_prep import is_synthetic
+
     return {"ecgtune.search": opts.name, "ecgtune.search_run_id": search.run_id,
-            "ecgtune.ensemble_run_id": run_id}
+            "ecgtune.ensemble_run_id": run_id,
+            "ecgtune.data_manifest_sha256": folds.manifest_sha256,
+            "ecgtune.source_databases": databases_text(folds.databases),
+            "ecgtune.trained_on": "synthetic" if is_synthetic(folds.databases) else "recordings"}
+
+
+def databases_text(databases: dict[str, int]) -> str:
+    """``synthetic 3000`` / ``ecg-arrhythmia 40000, georgia 200``; "unknown" when unrecorded."""
+    return ", ".join(f"{k} {v}" for k, v in databases.items()) or "unknown"
 
 
 def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: list,
@@ -448,8 +465,8 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
               _mlflow_metrics(rows, results, calibration, selector))
     client.log_artifacts(run_id, str(report_dir), "report")
     model = log_pyfunc_model(client, uri, run_id, bundle_dir, folds.label_names,
-                             mem.inputs.n_samples, opts.register, tags=_model_tags(opts, search,
-                                                                                  run_id))
+                             mem.inputs.n_samples, opts.register,
+                             tags=_model_tags(opts, search, run_id, folds))
     return EnsembleResult(
         search_name=opts.name, search_run_id=search.run_id, run_id=run_id, members=summaries,
         rows=results, row_keys={r.name: r.key for r in rows}, calibration=calibration,
@@ -460,6 +477,7 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
         metric=opts.fit.metric, folds=folds.numbers, ensemble_fold_score=float(selector.score_),
         best_member_ensemble_fold_score=float(selector.member_scores_[selector.best_member_]),
         selection=selector.to_dict(), test_records=folds.data.records[folds.masks[TEST]],
+        tracking_uri=uri, experiment_id=search.experiment_id, trained_on=folds.databases,
         test_probabilities=test_probs, predictor=predictor,
     )
 
@@ -470,7 +488,9 @@ def _fmt(x: float | None) -> str:
 
 def format_summary(result: EnsembleResult) -> str:
     """The short summary `ecgtune ensemble` prints."""
+    from ecgtune.data_prep import is_synthetic
     from ecgtune.search import metric_keys as K
+    from ecgtune.search.tracking import browse_hint
 
     ens_fold, test_fold = result.folds[ENSEMBLE], result.folds[TEST]
     lines = [
@@ -502,4 +522,8 @@ def format_summary(result: EnsembleResult) -> str:
     if result.registered_model:
         lines.append(f"Registered: {result.registered_model} version {result.model_version} "
                      f"(alias champion: models:/{result.registered_model}@champion)")
+    if is_synthetic(result.trained_on):
+        lines.append(f"Trained on: {databases_text(result.trained_on)}: synthetic records, so "
+                     "its outputs are not diagnoses")
+    lines.append(f"Browse the runs: {browse_hint(result.tracking_uri, result.experiment_id)}")
     return "\n".join(lines)

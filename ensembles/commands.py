@@ -116,6 +116,9 @@ def _run_predict(args: argparse.Namespace) -> int:
         print(issue.message(warning=True), file=sys.stderr)
     for issue in result.rejected:
         print(issue.message(), file=sys.stderr)
+    if result.synthetic_model:
+        print(f"note: this model was trained on synthetic records ({result.trained_on_text}); "
+              "its predictions are not diagnoses", file=sys.stderr)
     print(f"{len(result.records)} records predicted, {len(result.rejected)} rejected -> {path}",
           file=sys.stderr)
     return result.exit_status

@@ -72,6 +72,19 @@ class PredictionResult:
     quality: list[str] = field(default_factory=list)  # per record: warnings joined by ";"
     rejected: list[RecordIssue] = field(default_factory=list)
     warnings: list[RecordIssue] = field(default_factory=list)
+    # The bundle's training data by source database (its data manifest); {} when unrecorded.
+    trained_on: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def synthetic_model(self) -> bool:
+        """The model saw synthetic records: its outputs are not diagnoses."""
+        from ecgtune.data_prep import is_synthetic
+
+        return is_synthetic(self.trained_on)
+
+    @property
+    def trained_on_text(self) -> str:
+        return ";".join(f"{k}:{v}" for k, v in self.trained_on.items()) or "unknown"
 
     @property
     def exit_status(self) -> int:
@@ -134,7 +147,8 @@ def predict_records(
         bundle = load_bundle(bundle, device=device, precision=precision)
     spec = bundle.inputs
     headers = expand_inputs(inputs)
-    result = PredictionResult(list(bundle.label_names))
+    result = PredictionResult(list(bundle.label_names), trained_on=dict(
+        (getattr(bundle, "metadata", {}).get("fit") or {}).get("trained_on") or {}))
     first_source: dict[str, str] = {}
     probs: list[np.ndarray] = []
     bar = tqdm(total=len(headers), desc="predict", unit="record", disable=not progress)
@@ -181,10 +195,14 @@ def write_predictions_csv(result: PredictionResult, path: str | os.PathLike[str]
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["record", *result.label_names, "predicted", "quality"])
+        # `model_trained_on` on every row: a row copied elsewhere still says where its model
+        # came from ("synthetic:3000" is a pipeline check, not a diagnosis).
+        writer.writerow(["record", *result.label_names, "predicted", "quality",
+                         "model_trained_on"])
         quality = result.quality or [""] * len(result.records)
         for name, row, labels, warned in zip(result.records, result.probabilities,
                                              result.predicted, quality, strict=True):
-            writer.writerow([name, *(repr(float(p)) for p in row), ";".join(labels), warned])
+            writer.writerow([name, *(repr(float(p)) for p in row), ";".join(labels), warned,
+                             result.trained_on_text])
     os.replace(tmp, path)
     return path

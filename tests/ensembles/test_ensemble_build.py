@@ -12,7 +12,7 @@ import pytest
 from ecgtune.components import ModelConfig, get_preset
 from ecgtune.ensembles import EnsembleError, MemberError, SearchNotFoundError
 from ecgtune.ensembles import members as members_module
-from ecgtune.ensembles.build import ROW_BEST, ROW_ENSEMBLE, ROW_UNIFORM
+from ecgtune.ensembles.build import ROW_BEST, ROW_ENSEMBLE, ROW_UNIFORM, format_summary
 from ecgtune.ensembles.fitting import FitOptions, fit_ensemble
 from ecgtune.ensembles.inference import InputSpec, MemberSpec, member_probabilities
 from ecgtune.ensembles.members import (
@@ -163,6 +163,15 @@ def test_mlflow_ensemble_run_and_registered_champion(built_ensemble):
     version = client.get_model_version_by_alias(b.registered, CHAMPION_ALIAS)
     assert str(version.version) == result.model_version
     assert version.tags["ecgtune.ensemble_run_id"] == result.run_id
+    # Provenance: which data, from which databases (the suite trains on synthetic records).
+    assert version.tags["ecgtune.trained_on"] == "synthetic"
+    assert version.tags["ecgtune.source_databases"].startswith("synthetic ")
+    assert len(version.tags["ecgtune.data_manifest_sha256"]) == 64
+    bundle_fit = json.loads((result.bundle_dir / "bundle.json").read_text())["fit"]
+    assert list(bundle_fit["trained_on"]) == ["synthetic"]
+    summary = format_summary(result)
+    assert "synthetic records, so its outputs are not diagnoses" in summary
+    assert f"#/experiments/{result.experiment_id}/runs?workflowType=machine_learning" in summary
 
 
 def test_failed_build_ends_its_run_failed(built_ensemble, tmp_path, monkeypatch):

@@ -42,14 +42,17 @@ def test_predict_cli_on_the_real_sample_folder(built_ensemble, sample_dir, tmp_p
     assert proc.returncode == 0, proc.stderr
     header, rows = _read_csv(out)
     labels = built_ensemble.result.label_names
-    assert header == ["record", *labels, "predicted", "quality"]
+    assert header == ["record", *labels, "predicted", "quality", "model_trained_on"]
     assert len(rows) == 20 and len({r[0] for r in rows}) == 20
-    probs = np.array([[float(x) for x in r[1:-2]] for r in rows])
+    probs = np.array([[float(x) for x in r[1:-3]] for r in rows])
     assert probs.shape == (20, 20) and ((probs >= 0) & (probs <= 1)).all()
     for r in rows:
-        assert all(name in labels for name in r[-2].split(";") if name)
-    assert {r[0]: r[-1] for r in rows if r[-1]} == dict.fromkeys(FLAT_RECORDS,
+        assert all(name in labels for name in r[-3].split(";") if name)
+    assert {r[0]: r[-2] for r in rows if r[-2]} == dict.fromkeys(FLAT_RECORDS,
                                                                  "flat_lead:V2,V4,V6")
+    # The suite's model saw synthetic records only: every row and the console say so.
+    assert {r[-1].split(":")[0] for r in rows} == {"synthetic"}
+    assert "trained on synthetic records" in proc.stderr and "not diagnoses" in proc.stderr
     for name in FLAT_RECORDS:
         assert f"record {name}: warning: flat_lead" in proc.stderr
     assert "rejected" in proc.stderr and "record JS20000" not in proc.stderr

@@ -73,7 +73,7 @@ def test_quality_column_names_flat_leads(tiny_bundle, tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 0, err
     header, rows = _read_csv(out)
-    assert header[-2:] == ["predicted", "quality"]
+    assert header[-3:] == ["predicted", "quality", "model_trained_on"]
     assert {r["record"]: r["quality"] for r in rows} == {"GOOD": "", "FLAT3": "flat_lead:V2,V4,V6"}
     assert "record FLAT3: warning: flat_lead" in err
 
