@@ -9,8 +9,10 @@ same runs instead of duplicating them.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import os
 import tempfile
 import urllib.error
 import urllib.request
@@ -50,20 +52,59 @@ def quiet_mlflow_logs() -> None:
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before any trial starts, when the tracking store cannot be reached."""
     if uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-        except urllib.error.HTTPError:
-            pass  # The server answered (auth or routing is MLflow's business): reachable.
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise TrackingError(
-                f"MLflow tracking server {uri} is unreachable ({reason}); start it or pass "
-                "another --tracking-uri"
-            ) from None
+        probe_tracking_server(uri, timeout)
     elif uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         if not db.parent.is_dir():
             raise TrackingError(f"MLflow SQLite store {uri}: folder {db.parent} does not exist")
+
+
+# An authenticated call every MLflow server answers (any user may list the experiments it can
+# read); `/health` would not do: the basic-auth app leaves it open to everyone.
+_PROBE_PATH = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+
+def _auth_header() -> tuple[dict[str, str], str | None]:
+    """The Authorization header MLflow's client will send, from the same environment variables,
+    and the user it names (None when no credentials are set)."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if user and password:
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {basic}"}, user
+    if token:
+        return {"Authorization": f"Bearer {token}"}, "MLFLOW_TRACKING_TOKEN"
+    return {}, None
+
+
+def probe_tracking_server(uri: str, timeout: float = 5.0) -> None:
+    """Make one authenticated request as MLflow's client would, and tell a server that refuses
+    the credentials (401/403) from one that cannot be reached: both fail before any trial."""
+    headers, user = _auth_header()
+    request = urllib.request.Request(uri.rstrip("/") + _PROBE_PATH, headers=headers)
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (401, 403):
+            return  # It answered; other statuses are MLflow's business when a call is made.
+        if user is None:
+            raise TrackingError(
+                f"tracking server refused the credentials: {uri} requires a login (HTTP "
+                f"{exc.code}) and none was given; set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD"
+            ) from None
+        what = "rejected the login" if exc.code == 401 else "gave no permission"
+        raise TrackingError(
+            f"tracking server refused the credentials of {user!r}: {uri} {what} (HTTP "
+            f"{exc.code}); check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        ) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it or pass "
+            "another --tracking-uri"
+        ) from None
 
 
 def client(uri: str) -> Any:
