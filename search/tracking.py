@@ -78,33 +78,44 @@ def _auth_header() -> tuple[dict[str, str], str | None]:
     return {}, None
 
 
-def probe_tracking_server(uri: str, timeout: float = 5.0) -> None:
-    """Make one authenticated request as MLflow's client would, and tell a server that refuses
-    the credentials (401/403) from one that cannot be reached: both fail before any trial."""
-    headers, user = _auth_header()
-    request = urllib.request.Request(uri.rstrip("/") + _PROBE_PATH, headers=headers)
+def probe_tracking_server(uri: str, timeout: float = 5.0, api_timeout: float = 60.0) -> None:
+    """Tell a server that cannot be reached from one that refuses the credentials (401/403):
+    both fail before any trial. `/health` answers fast and without a login; the authenticated
+    API call that follows is what MLflow's client will make (slower: it hashes the password)."""
+    base = uri.rstrip("/")
     try:
-        urllib.request.urlopen(request, timeout=timeout).close()
-    except urllib.error.HTTPError as exc:
-        if exc.code not in (401, 403):
-            return  # It answered; other statuses are MLflow's business when a call is made.
-        if user is None:
-            raise TrackingError(
-                f"tracking server refused the credentials: {uri} requires a login (HTTP "
-                f"{exc.code}) and none was given; set MLFLOW_TRACKING_USERNAME and "
-                "MLFLOW_TRACKING_PASSWORD"
-            ) from None
-        what = "rejected the login" if exc.code == 401 else "gave no permission"
-        raise TrackingError(
-            f"tracking server refused the credentials of {user!r}: {uri} {what} (HTTP "
-            f"{exc.code}); check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
-        ) from None
+        urllib.request.urlopen(base + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # It answered; whether it lets us in is the next call's question.
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TrackingError(
             f"MLflow tracking server {uri} is unreachable ({reason}); start it or pass "
             "another --tracking-uri"
         ) from None
+    headers, user = _auth_header()
+    try:
+        urllib.request.urlopen(urllib.request.Request(base + _PROBE_PATH, headers=headers),
+                               timeout=api_timeout).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise TrackingError(_refused(uri, exc.code, user)) from None
+        # Other statuses are MLflow's business when a real call is made.
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingError(
+            f"MLflow tracking server {uri} answers /health but not its API "
+            f"({getattr(exc, 'reason', exc)}); check the server's log"
+        ) from None
+
+
+def _refused(uri: str, status: int, user: str | None) -> str:
+    if user is None:
+        return (f"tracking server refused the credentials: {uri} requires a login (HTTP "
+                f"{status}) and none was given; set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD")
+    what = "rejected the login" if status == 401 else "gave no permission"
+    return (f"tracking server refused the credentials of {user!r}: {uri} {what} (HTTP "
+            f"{status}); check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
 
 
 def client(uri: str) -> Any:

@@ -20,6 +20,10 @@ class _BasicAuthHandler(BaseHTTPRequestHandler):
     """401 without valid credentials, 403 for the user without permission, 200 otherwise."""
 
     def do_GET(self) -> None:
+        if self.path == "/health":  # open to everyone, as in MLflow's basic-auth app
+            self.server.paths.append(self.path)  # type: ignore[attr-defined]
+            self._answer(200)
+            return
         header = self.headers.get("Authorization", "")
         user, password = "", ""
         if header.startswith("Basic "):
@@ -31,6 +35,9 @@ class _BasicAuthHandler(BaseHTTPRequestHandler):
             status = 200
         else:
             status = 401
+        self._answer(status)
+
+    def _answer(self, status: int) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -68,7 +75,7 @@ def test_right_credentials_pass_on_an_authenticated_api_call(auth_server, monkey
     _login(monkeypatch, USER, PASSWORD)
     check_tracking_uri(uri + "/")
     # Not /health: MLflow's basic-auth app answers that one without a login.
-    assert paths == ["/api/2.0/mlflow/experiments/search?max_results=1"]
+    assert paths == ["/health", "/api/2.0/mlflow/experiments/search?max_results=1"]
 
 
 @pytest.mark.parametrize(("user", "password", "expected"), [

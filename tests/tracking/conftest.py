@@ -241,6 +241,12 @@ def ecgtune_cli() -> Callable[..., tuple[int, str]]:
 
 
 @pytest.fixture(scope="session")
+def tracking_admin() -> tuple[str, str]:
+    """(username, password) of the basic-auth server's admin."""
+    return ADMIN
+
+
+@pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     bindir = postgres_bindir()
     if bindir is None:
