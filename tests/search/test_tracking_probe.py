@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from ecgtune.search.errors import TrackingError
-from ecgtune.search.tracking import check_tracking_uri
+from ecgtune.search.tracking import check_tracking_uri, probe_tracking_server
 
-USER, PASSWORD, READER = "alice", "s3cret", "bob"
+USER, PASSWORD, READER, SLOW = "alice", "s3cret", "bob", "carol"
 
 
 class _BasicAuthHandler(BaseHTTPRequestHandler):
@@ -29,7 +30,10 @@ class _BasicAuthHandler(BaseHTTPRequestHandler):
         if header.startswith("Basic "):
             user, _, password = base64.b64decode(header[6:]).decode().partition(":")
         self.server.paths.append(self.path)  # type: ignore[attr-defined]
-        if user == READER:
+        if user == SLOW:
+            time.sleep(0.6)
+            status = 200
+        elif user == READER:
             status = 403
         elif (user, password) == (USER, PASSWORD):
             status = 200
@@ -51,6 +55,8 @@ class _BasicAuthHandler(BaseHTTPRequestHandler):
 def auth_server() -> Iterator[tuple[str, list[str]]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _BasicAuthHandler)
     server.paths = []  # type: ignore[attr-defined]
+    # The slow user's client has hung up by the time it answers: not worth a traceback.
+    server.handle_error = lambda request, address: None  # type: ignore[method-assign]
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
@@ -100,4 +106,12 @@ def test_unreachable_server_is_not_a_credentials_problem(monkeypatch):
     _login(monkeypatch, USER, PASSWORD)
     with pytest.raises(TrackingError, match="unreachable") as info:
         check_tracking_uri("http://127.0.0.1:9", timeout=2)
+    assert "credentials" not in str(info.value)
+
+
+def test_a_server_that_answers_health_but_not_its_api_says_so(auth_server, monkeypatch):
+    uri, _ = auth_server
+    _login(monkeypatch, SLOW, PASSWORD)
+    with pytest.raises(TrackingError, match=r"answers /health but not its API") as info:
+        probe_tracking_server(uri, api_timeout=0.2)
     assert "credentials" not in str(info.value)

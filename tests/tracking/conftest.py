@@ -89,7 +89,7 @@ class Postgres:
     bindir: Path
     root: Path
     port: int = field(default_factory=free_port)
-    password: str = field(default_factory=lambda: secrets.token_hex(12))
+    password: str = field(default_factory=lambda: secrets.token_hex(12), repr=False)
     process: subprocess.Popen | None = None
 
     def init(self) -> None:
@@ -163,10 +163,10 @@ class TrackingServer:
     """`mlflow server` on 127.0.0.1: backend store `backend_uri`, artifacts proxied into
     `artifacts`; with `auth`, MLflow's basic-auth app (users kept in `auth_uri`)."""
 
-    backend_uri: str
+    backend_uri: str = field(repr=False)  # holds the database password
     artifacts: Path
     workdir: Path
-    auth_uri: str | None = None
+    auth_uri: str | None = field(default=None, repr=False)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
@@ -213,7 +213,7 @@ class TrackingServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            stop_group(self.process)
+            stop_group(self.process, wait=10)  # its state is all in PostgreSQL
             self.process = None
 
     def log(self) -> str:
