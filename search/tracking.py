@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import os
+import ssl
 import tempfile
 import urllib.error
 import urllib.request
@@ -50,7 +51,8 @@ def quiet_mlflow_logs() -> None:
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before any trial starts, when the tracking store cannot be reached."""
+    """Fail fast, before any trial starts, when the tracking store cannot be reached or
+    refuses the credentials."""
     if uri.startswith(("http://", "https://")):
         probe_tracking_server(uri, timeout)
     elif uri.startswith("sqlite:///"):
@@ -78,13 +80,23 @@ def _auth_header() -> tuple[dict[str, str], str | None]:
     return {}, None
 
 
+def _tls_context() -> ssl.SSLContext | None:
+    """The TLS checks MLflow's client applies (its CA bundle, or none when told insecure)."""
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        return context
+    bundle = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    return ssl.create_default_context(cafile=bundle) if bundle else None
+
+
 def probe_tracking_server(uri: str, timeout: float = 5.0, api_timeout: float = 60.0) -> None:
     """Tell a server that cannot be reached from one that refuses the credentials (401/403):
     both fail before any trial. `/health` answers fast and without a login; the authenticated
     API call that follows is what MLflow's client will make (slower: it hashes the password)."""
     base = uri.rstrip("/")
     try:
-        urllib.request.urlopen(base + "/health", timeout=timeout).close()
+        urllib.request.urlopen(base + "/health", timeout=timeout, context=_tls_context()).close()
     except urllib.error.HTTPError:
         pass  # It answered; whether it lets us in is the next call's question.
     except (urllib.error.URLError, OSError) as exc:
@@ -96,7 +108,7 @@ def probe_tracking_server(uri: str, timeout: float = 5.0, api_timeout: float = 6
     headers, user = _auth_header()
     try:
         urllib.request.urlopen(urllib.request.Request(base + _PROBE_PATH, headers=headers),
-                               timeout=api_timeout).close()
+                               timeout=api_timeout, context=_tls_context()).close()
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
             raise TrackingError(_refused(uri, exc.code, user)) from None
