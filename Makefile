@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 GPU_CHECK_PY ?= $(PY)
 GPU_CHECK_ARGS ?= --profile
 
-.PHONY: demo test lint bench clean browser-deps gpu-check
+.PHONY: demo test lint bench clean browser-deps postgres-deps gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/ecgtune demo --workdir $(WORKDIR)
 
-test: $(VENV)/.installed browser-deps
+test: $(VENV)/.installed browser-deps postgres-deps
 	PYTHONSAFEPATH=1 $(PY) -m pytest -m "not benchmark" $(PYTEST_ARGS)
 
 # Debian's Chromium + chromedriver for the MLflow UI browser test (never a downloaded browser
@@ -42,6 +42,20 @@ browser-deps:
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; } || \
 	    echo "could not install chromium: the browser test will be skipped"; \
 	  else echo "chromium not installed: the browser test will be skipped"; fi; \
+	fi
+
+# Debian's PostgreSQL server for the tracking-server tests (tests/tracking: a throw-away
+# cluster under the temp dir, never a system service). Installed when missing and we are root
+# with apt; otherwise those tests are skipped.
+postgres-deps:
+	@if ! { ls /usr/lib/postgresql/*/bin/postgres || command -v postgres; } >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian postgresql for the tracking-server tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null 2>&1; } || \
+	    echo "could not install postgresql: the tracking-server tests will be skipped"; \
+	  else echo "postgresql not installed: the tracking-server tests will be skipped"; fi; \
 	fi
 
 # mypy reads the four folders under their installed names (ecgtune.*) through a tree of

@@ -9,8 +9,11 @@ same runs instead of duplicating them.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import os
+import ssl
 import tempfile
 import urllib.error
 import urllib.request
@@ -47,22 +50,83 @@ def quiet_mlflow_logs() -> None:
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before any trial starts, when the tracking store cannot be reached."""
+    """Fail fast, before any trial starts, when the tracking store cannot be reached or
+    refuses the credentials."""
     if uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-        except urllib.error.HTTPError:
-            pass  # The server answered (auth or routing is MLflow's business): reachable.
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise TrackingError(
-                f"MLflow tracking server {uri} is unreachable ({reason}); start it or pass "
-                "another --tracking-uri"
-            ) from None
+        probe_tracking_server(uri, timeout)
     elif uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         if not db.parent.is_dir():
             raise TrackingError(f"MLflow SQLite store {uri}: folder {db.parent} does not exist")
+
+
+# An authenticated call every MLflow server answers (any user may list the experiments it can
+# read); `/health` would not do: the basic-auth app leaves it open to everyone.
+_PROBE_PATH = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+
+def _auth_header() -> tuple[dict[str, str], str | None]:
+    """The Authorization header MLflow's client will send, from the same environment variables,
+    and the user it names (None when no credentials are set)."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if user and password:
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {basic}"}, user
+    if token:
+        return {"Authorization": f"Bearer {token}"}, "MLFLOW_TRACKING_TOKEN"
+    return {}, None
+
+
+def _tls_context() -> ssl.SSLContext | None:
+    """The TLS checks MLflow's client applies (its CA bundle, or none when told insecure)."""
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        return context
+    bundle = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    return ssl.create_default_context(cafile=bundle) if bundle else None
+
+
+def probe_tracking_server(uri: str, timeout: float = 5.0, api_timeout: float = 60.0) -> None:
+    """Tell a server that cannot be reached from one that refuses the credentials (401/403):
+    both fail before any trial. `/health` answers fast and without a login; the authenticated
+    API call that follows is what MLflow's client will make (slower: it hashes the password)."""
+    base = uri.rstrip("/")
+    try:
+        urllib.request.urlopen(base + "/health", timeout=timeout, context=_tls_context()).close()
+    except urllib.error.HTTPError:
+        pass  # It answered; whether it lets us in is the next call's question.
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it or pass "
+            "another --tracking-uri"
+        ) from None
+    headers, user = _auth_header()
+    try:
+        urllib.request.urlopen(urllib.request.Request(base + _PROBE_PATH, headers=headers),
+                               timeout=api_timeout, context=_tls_context()).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise TrackingError(_refused(uri, exc.code, user)) from None
+        # Other statuses are MLflow's business when a real call is made.
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingError(
+            f"MLflow tracking server {uri} answers /health but not its API "
+            f"({getattr(exc, 'reason', exc)}); check the server's log"
+        ) from None
+
+
+def _refused(uri: str, status: int, user: str | None) -> str:
+    if user is None:
+        return (f"tracking server refused the credentials: {uri} requires a login (HTTP "
+                f"{status}) and none was given; set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD")
+    what = "rejected the login" if status == 401 else "gave no permission"
+    return (f"tracking server refused the credentials of {user!r}: {uri} {what} (HTTP "
+            f"{status}); check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
 
 
 def client(uri: str) -> Any:

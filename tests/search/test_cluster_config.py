@@ -48,3 +48,35 @@ def test_validator_rejects_a_broken_config():
     config["available_node_types"]["gpu_worker"]["min_workers"] = "many"
     with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(config))
+
+
+def _mlflow_server_option(config: dict, option: str) -> str:
+    command = next(c for c in config["head_setup_commands"] if "mlflow server" in c).split()
+    return command[command.index(option) + 1]
+
+
+def _head_env(config: dict) -> dict[str, str]:
+    """`--env NAME=VALUE` of the head's container (shared and head-only run options)."""
+    docker = config["docker"]
+    options = docker.get("run_options", []) + docker.get("head_run_options", [])
+    pairs = [o.split(None, 1)[1] for o in options if o.startswith("--env ")]
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def test_tracking_store_is_postgresql_not_a_file_on_the_head():
+    """Runs, metrics and registered models must outlive `ray down`: the head's MLflow server
+    keeps them in PostgreSQL (one EDIT value) and proxies artifacts to S3."""
+    config = _config()
+    backend = _mlflow_server_option(config, "--backend-store-uri")
+    assert backend.startswith("$"), "the URI is the one EDIT value, not spelled out here"
+    uri = _head_env(config)[backend.lstrip("$").strip("{}")]
+    assert uri.startswith("postgresql+psycopg2://"), uri  # the driver named: psycopg2
+    assert "/home/ray" not in uri and "sqlite" not in uri
+    server = next(c for c in config["head_setup_commands"] if "mlflow server" in c)
+    assert "sqlite" not in server and "--serve-artifacts" in server
+    artifacts = _mlflow_server_option(config, "--artifacts-destination")
+    assert _head_env(config)[artifacts.split("/")[0].lstrip("$")].startswith("s3://")
+    # The head installs the PostgreSQL driver (the project's `tracking-server` extra).
+    assert any("ecgtune[tracking-server]" in c for c in config["head_setup_commands"])
+    # Workers never get the database URI (it holds the password).
+    assert not any("ECGTUNE_MLFLOW_DB" in o for o in config["docker"].get("run_options", []))
