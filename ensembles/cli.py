@@ -16,7 +16,7 @@ from collections.abc import Sequence
 # Package CLI modules in pipeline order.
 _CLI_MODULES = (
     "ecgtune.data_prep.cli", "ecgtune.search.cli", "ecgtune.ensembles.commands",
-    "ecgtune.ensembles.demo",
+    "ecgtune.ensembles.demo", "ecgtune.ensembles.export_cli",
 )
 
 
