@@ -259,6 +259,50 @@ def test_export_command_fails_cleanly_on_a_missing_bundle(tmp_path: Path, capsys
     assert not (tmp_path / "m.onnx").exists()
 
 
+class _Client:
+    """Records what `log_onnx_artifact` sends to MLflow (a copy of each logged file)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.calls = root, []
+
+    def log_artifact(self, run_id: str, path: str, artifact_path: str) -> None:
+        copy = self.root / Path(path).name
+        copy.write_bytes(Path(path).read_bytes())
+        self.calls.append(("artifact", run_id, artifact_path, copy))
+
+    def log_metric(self, run_id: str, key: str, value: float) -> None:
+        self.calls.append(("metric", run_id, key, value))
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.calls.append(("tag", run_id, key, value))
+
+
+def test_ensemble_run_logs_the_checked_graph(exported: Exported, tmp_path: Path) -> None:
+    from ecgtune.ensembles.onnx_export import log_onnx_artifact
+
+    client = _Client(tmp_path)
+    assert log_onnx_artifact(client, "run1", exported.bundle) == Path("onnx/model.onnx")
+    (kind, run, where, copy), metric = client.calls
+    assert (kind, run, where, copy.name) == ("artifact", "run1", "onnx", "model.onnx")
+    assert read_metadata(copy) == read_metadata(exported.onnx)
+    assert metric[:3] == ("metric", "run1", "onnx/max_abs_diff") and metric[3] <= 1e-4
+
+
+def test_ensemble_run_tags_a_refused_export_instead_of_failing(tmp_path: Path) -> None:
+    from ecgtune.ensembles.bundle import save_bundle
+    from ecgtune.ensembles.onnx_export import log_onnx_artifact
+
+    cal = _calibrator(20)
+    cal.calibrators_[3].x_thresholds_ = np.array([0.1, 0.4, 0.4, 0.9])
+    cal.calibrators_[3].y_thresholds_ = np.array([0.0, 0.2, 0.6, 1.0])
+    bundle = save_bundle(tmp_path / "bundle", _predictor(cal))
+    client = _Client(tmp_path)
+    assert log_onnx_artifact(client, "run1", bundle) is None
+    [(kind, run, key, value)] = client.calls
+    assert (kind, run, key) == ("tag", "run1", "ecgtune.onnx_export_error")
+    assert "label SB: isotonic" in value
+
+
 @pytest.mark.slow
 def test_tiny_search_ensemble_exports_from_the_registry(built_ensemble, capsys,
                                                         tmp_path: Path) -> None:
