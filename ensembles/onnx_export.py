@@ -447,6 +447,10 @@ def check_onnx(path: str | os.PathLike[str], bundle: EnsemblePredictor, signals:
                batch_size: int = 32) -> tuple[float, float]:
     """(max |probability difference|, fraction of equal decisions) of the graph against the
     bundle on ``signals``."""
+    try:
+        bundle.inputs.check(signals)
+    except ValueError as exc:  # e.g. --check-data prepared at another rate or length
+        raise OnnxExportError(f"check records do not fit the bundle: {exc}") from None
     expected = bundle.predict_signals(signals)
     probs, decisions = run_session(open_session(path), signals, batch_size)
     if probs.shape != expected.shape:

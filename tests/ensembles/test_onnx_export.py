@@ -250,6 +250,15 @@ def test_failed_check_writes_nothing(exported: Exported, tmp_path: Path) -> None
     assert not list(tmp_path.glob("m.onnx*"))
 
 
+def test_check_records_of_another_length_are_a_clear_error(exported: Exported) -> None:
+    from ecgtune.ensembles.bundle import load_bundle
+    from ecgtune.ensembles.onnx_export import check_onnx
+
+    with pytest.raises(OnnxExportError, match=r"do not fit the bundle.*\(N, 12, 5000\)"):
+        check_onnx(exported.onnx, load_bundle(exported.bundle),
+                   np.zeros((2, 12, 4000), np.int16))
+
+
 def test_export_command_fails_cleanly_on_a_missing_bundle(tmp_path: Path, capsys) -> None:
     from ecgtune.ensembles.cli import main
 
