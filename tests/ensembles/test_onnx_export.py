@@ -259,6 +259,15 @@ def test_check_records_of_another_length_are_a_clear_error(exported: Exported) -
                    np.zeros((2, 12, 4000), np.int16))
 
 
+def test_export_help_lists_the_options() -> None:
+    proc = subprocess.run([sys.executable, "-m", "ecgtune.ensembles.cli", "export", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    for option in ("--bundle", "models:/NAME@ALIAS", "--format", "--output", "--check-data",
+                   "--check-records", "--tolerance", "--tracking-uri"):
+        assert option in proc.stdout
+
+
 def test_export_command_fails_cleanly_on_a_missing_bundle(tmp_path: Path, capsys) -> None:
     from ecgtune.ensembles.cli import main
 
