@@ -366,6 +366,48 @@ def _gathers_to_slices(model: Any) -> int:
     return count
 
 
+_CONV_2D = {"kernel_shape": lambda v: [1, *v], "strides": lambda v: [1, *v],
+            "dilations": lambda v: [1, *v], "output_padding": lambda v: [0, *v],
+            "pads": lambda v: [0, v[0], 0, v[1]]}
+
+
+def _convs_to_2d(model: Any) -> int:
+    """Run each 1-D (transposed) convolution as a 2-D one of height 1 (Unsqueeze, Conv with
+    a (1, k) kernel, Squeeze): the same sums, but ONNX Runtime's blocked 2-D kernels; measured
+    1.35x faster at batch 1 and 1.18x at batch 16 on `small` members (1 thread)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    axis = "__ecgtune_axis2"
+    graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axis))
+    nodes, count = [], 0
+    for node in graph.node:
+        w = node.input[1] if len(node.input) > 1 else ""
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type not in ("Conv", "ConvTranspose") or w not in inits or uses[w] != 1
+                or len(inits[w].dims) != 3 or "output_shape" in attrs
+                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[w])
+        inits[w].CopyFrom(numpy_helper.from_array(weight[:, :, None, :].copy(), w))
+        attrs = {k: _CONV_2D[k](v) if k in _CONV_2D else v for k, v in attrs.items()}
+        x4, y4 = f"{node.output[0]}__in4d", f"{node.output[0]}__out4d"
+        nodes += [helper.make_node("Unsqueeze", [node.input[0], axis], [x4]),
+                  helper.make_node(node.op_type, [x4, *node.input[1:]], [y4], name=node.name,
+                                   **attrs),
+                  helper.make_node("Squeeze", [y4, axis], [node.output[0]])]
+        count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count
+
+
 def _to_onnx(module: EnsembleGraph, n_samples: int, opset: int) -> Any:
     """torch.onnx (dynamo) export with a dynamic batch dimension -> onnx.ModelProto."""
     import warnings
@@ -475,6 +517,7 @@ def export_onnx(bundle_dir: str | os.PathLike[str], output: str | os.PathLike[st
     spec = bundle.inputs
     model = _to_onnx(module, spec.n_samples, options.opset)
     _gathers_to_slices(model)
+    _convs_to_2d(model)
     model.producer_name = "ecgtune"
     model.producer_version = metadata["ecgtune.version"]
     model.doc_string = (f"ecgtune ensemble of {len(bundle.members)} members: int16 records "
