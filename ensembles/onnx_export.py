@@ -17,7 +17,9 @@ error naming the label and the method; nothing is approximated.
 `export_onnx` writes the graph with the bundle's metadata (labels, thresholds and their
 policy, input contract, bundle and data-manifest sha256, ecgtune version) and checks it against
 the bundle on sample records before it is moved into place: a difference above the tolerance
-raises `OnnxExportError` and leaves no file behind.
+raises `OnnxExportError` and leaves no file behind. Two exact rewrites of the exported graph
+serve ONNX Runtime's CPU kernels: arange gathers become slices, 1-D convolutions 2-D ones of
+height 1 (tests/benchmarks/bench_export.py).
 """
 
 from __future__ import annotations
