@@ -19,7 +19,7 @@ from ecgtune.data_prep.cli import HelpFormatter
 # Package CLI modules in pipeline order.
 _CLI_MODULES = (
     "ecgtune.data_prep.cli", "ecgtune.search.cli", "ecgtune.ensembles.commands",
-    "ecgtune.ensembles.demo",
+    "ecgtune.ensembles.demo", "ecgtune.ensembles.export_cli",
 )
 
 
