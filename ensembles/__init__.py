@@ -28,12 +28,17 @@ from .errors import (
 if TYPE_CHECKING:
     from .build import EnsembleResult, build_ensemble, format_summary
     from .bundle import Bundle, load_bundle, save_bundle, verify_bundle
+    from .evaluate import EvaluationResult, evaluate_bundle, format_evaluation
     from .inference import EnsemblePredictor, InputSpec, MemberSpec, member_probabilities
-    from .options import EnsembleOptions, FitOptions
+    from .options import EnsembleOptions, EvaluateOptions, FitOptions
+    from .policies import PolicySet, ThresholdPolicy
     from .predict import PredictionResult, predict_records, write_predictions_csv
 
 _EXPORTS: dict[str, str] = {
-    "EnsembleOptions": "options", "FitOptions": "options",
+    "EnsembleOptions": "options", "FitOptions": "options", "EvaluateOptions": "options",
+    "PolicySet": "policies", "ThresholdPolicy": "policies",
+    "EvaluationResult": "evaluate", "evaluate_bundle": "evaluate",
+    "format_evaluation": "evaluate",
     "EnsembleResult": "build", "build_ensemble": "build",
     "format_summary": "build",
     "Bundle": "bundle", "load_bundle": "bundle", "save_bundle": "bundle",
@@ -54,13 +59,19 @@ __all__ = [
     "EnsembleOptions",
     "EnsemblePredictor",
     "EnsembleResult",
+    "EvaluateOptions",
+    "EvaluationResult",
     "FitOptions",
     "InputSpec",
     "MemberError",
     "MemberSpec",
+    "PolicySet",
     "PredictionResult",
     "SearchNotFoundError",
+    "ThresholdPolicy",
     "build_ensemble",
+    "evaluate_bundle",
+    "format_evaluation",
     "format_summary",
     "load_bundle",
     "member_probabilities",

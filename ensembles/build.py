@@ -128,6 +128,7 @@ def build_ensemble(options: EnsembleOptions | None = None, **kwargs: Any) -> Ens
             f"{opts.data} is not a prepared data directory (no manifest.json); pass the "
             "--data the search was run on"
         )
+    _check_policy_labels(opts)
     uri = opts.tracking_uri or tracking.default_tracking_uri()
     tracking.check_tracking_uri(uri)
     check_bundle_target(opts.output)
@@ -143,6 +144,18 @@ def build_ensemble(options: EnsembleOptions | None = None, **kwargs: Any) -> Ens
         raise
     finish_run(client, run_id)
     return result
+
+
+def _check_policy_labels(opts: EnsembleOptions) -> None:
+    """--threshold-policy-for labels must be labels of the data, before any work starts."""
+    from ecgtune.data_prep import read_manifest
+    from ecgtune.ensembles.errors import EnsembleOptionError
+
+    names = [str(item["name"]) for item in read_manifest(opts.data)["labels"]]
+    try:
+        opts.fit.policies().check_labels(names)
+    except ValueError as exc:
+        raise EnsembleOptionError(str(exc)) from None
 
 
 def _progress(iterable: Any, desc: str, enabled: bool) -> Any:
@@ -325,7 +338,11 @@ def _member_info(mem: _Members, selector: Any) -> dict[str, dict[str, Any]]:
 
 def _fit_record(opts: EnsembleOptions, search: Any, folds: _Folds,
                 summaries: list[MemberSummary], fitted: Any) -> dict[str, Any]:
-    """bundle.json's ``fit``: what was fitted on which fold, from which candidates."""
+    """bundle.json's ``fit``: what was fitted on which fold, from which candidates.
+    ``thresholds`` holds the threshold policy: ``policy`` (the default) and ``policies``
+    (one per label), the ONNX export's metadata and `ecgtune evaluate` read them there."""
+    from ecgtune.ensembles.policies import policy_record
+
     return {
         "search": opts.name,
         "search_run_id": search.run_id,
@@ -340,6 +357,8 @@ def _fit_record(opts: EnsembleOptions, search: Any, folds: _Folds,
         "selection": fitted.selector.to_dict(),
         "calibration_methods": list(opts.fit.calibration_methods),
         "thresholds": {**opts.fit.threshold_params(),
+                       **policy_record(fitted.calibration.policies, folds.label_names,
+                                       opts.fit.policies().default),
                        "fitted": [bool(x) for x in fitted.calibration.fitted]},
     }
 
@@ -390,7 +409,8 @@ def _mlflow_params(opts: EnsembleOptions, mem: _Members, fitted: Any, weights: d
     return {
         "top_k": opts.top_k, "members_considered": len(mem.members), "metric": fit.metric,
         "init_size": fit.init_size, "bags": fit.bags, "seed": fit.seed,
-        "n_windows": opts.n_windows, "threshold_objective": fit.threshold_objective,
+        "n_windows": opts.n_windows, "threshold_policy": fit.threshold_policy,
+        "threshold_policy_for": ",".join(fit.threshold_policy_for),
         "device": str(mem.device), "precision": opts.precision,
         "selection_chosen": fitted.selector.chosen_,
         "members": ",".join(weights), "weights": json.dumps(weights),
@@ -428,8 +448,10 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
     folds = _load_folds(opts, search)
     mem = _predict_members(opts, trials, folds)
     y_ens, y_test = folds.labels(ENSEMBLE), folds.labels(TEST)
-    fitted = fit_ensemble(mem.probs[ENSEMBLE], y_ens, mem.names, opts.fit, groups=folds.groups)
-    uniform = fit_average(mem.probs[ENSEMBLE], y_ens, opts.fit, groups=folds.groups)
+    fitted = fit_ensemble(mem.probs[ENSEMBLE], y_ens, mem.names, opts.fit, groups=folds.groups,
+                          label_names=folds.label_names)
+    uniform = fit_average(mem.probs[ENSEMBLE], y_ens, opts.fit, groups=folds.groups,
+                          label_names=folds.label_names)
     selector = fitted.selector
     uncal = {role: fitted.predict_uncalibrated(mem.probs[role]) for role in (ENSEMBLE, TEST)}
     test_probs = fitted.calibration.predict(uncal[TEST])
@@ -451,7 +473,7 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
                      "ensemble_run_id": run_id, "folds": folds.numbers,
                      "members": [dataclasses.asdict(s) for s in summaries], "weights": weights,
                      "selection": selector.to_dict()},
-            calibrated_row=ROW_ENSEMBLE,
+            calibrated_row=ROW_ENSEMBLE, policies=fitted.calibration.policies,
         )
         bundle_dir = save_bundle(
             opts.output, predictor, fit=_fit_record(opts, search, folds, summaries, fitted),

@@ -28,6 +28,7 @@ from ecgtune.search import metric_keys as K
 from ecgtune.search import metrics as M
 
 __all__ = [
+    "ASSESSABLE",
     "CI_METRICS",
     "LABEL_METRICS",
     "ReliabilityCurve",
@@ -35,6 +36,7 @@ __all__ = [
     "bootstrap_ci",
     "ece",
     "evaluate",
+    "evaluate_assessable",
     "evaluate_with_ci",
     "flatten_metrics",
     "reliability_curve",
@@ -54,6 +56,8 @@ LABEL_METRICS = (
 )
 # Summary metrics with confidence intervals (macro averages plus the Hamming loss).
 CI_METRICS = (*LABEL_METRICS, K.HAMMING)
+# Per-label key of `evaluate_assessable`: False for a label with too few positives to assess.
+ASSESSABLE = "assessable"
 # Above this many records the acceleration comes from a grouped (delete-a-group) jackknife:
 # its estimate is as good for an interval and costs this many evaluations instead of N.
 _MAX_JACKKNIFE = 500
@@ -406,6 +410,42 @@ def evaluate_with_ci(
     row = evaluate(y, probs, thresholds, label_names)
     row["ci"] = bootstrap_ci(y, probs, thresholds, n_boot, seed, alpha, label_names)
     return row
+
+
+def evaluate_assessable(
+    y: Any,
+    probs: Any,
+    thresholds: Any,
+    label_names: Sequence[str],
+    min_positives: int = 1,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any] | None:
+    """`evaluate_with_ci` of the labels with at least ``min_positives`` positives (and one
+    negative); the others are *not assessable*: their per-label entry holds only support,
+    threshold and ``"assessable": False`` (every metric None), and they are left out of the
+    macro means, the Hamming loss and the CIs rather than counted as 0. ``not_assessable``
+    lists them. None when no label is assessable."""
+    y, p = _inputs(y, probs)
+    n, c = y.shape
+    names = _label_names(label_names, c)
+    t = M.threshold_vector(thresholds, c)
+    support = y.sum(axis=0)
+    ok = (support >= max(int(min_positives), 1)) & (support < n)
+    if not ok.any():
+        return None
+    keep = [names[i] for i in np.flatnonzero(ok)]
+    row = evaluate_with_ci(y[:, ok], p[:, ok], t[ok], keep, n_boot=n_boot, seed=seed,
+                           alpha=alpha)
+    per_label = {}
+    for i, name in enumerate(names):
+        per_label[name] = (row["per_label"][name] if ok[i] else
+                           {**dict.fromkeys(LABEL_METRICS), K.SUPPORT: int(support[i]),
+                            K.THRESHOLD: float(t[i]), ASSESSABLE: False})
+    not_assessable = [names[i] for i in np.flatnonzero(~ok)]
+    return {**row, "n_labels": int(c), "labels": names, "per_label": per_label,
+            "not_assessable": not_assessable, "min_positives": int(min_positives)}
 
 
 def flatten_metrics(result: Mapping[str, Any], split: str = "test") -> dict[str, float]:

@@ -3,7 +3,8 @@
 `fit_ensemble` runs the three steps on the members' ensemble-fold probabilities (its options,
 `FitOptions`, are declared in `ensembles.options`); `fit_average`
 calibrates and thresholds the uniform average of all members the same way (a comparator).
-Thresholds are fitted on *calibrated* probabilities, so the few-positive fallback (0.5 by
+Thresholds are fitted on *calibrated* probabilities, each label by its policy
+(`ensembles.policies`), so the few-positive fallback (0.5 by
 default, `ecgtune.search.thresholds.fit_thresholds`) is the natural cut of a calibrated probability.
 """
 
@@ -17,8 +18,8 @@ import numpy as np
 
 from ecgtune.ensembles.calibration import PerLabelCalibrator
 from ecgtune.ensembles.options import FitOptions
+from ecgtune.ensembles.policies import ThresholdPolicy, fit_policy_thresholds
 from ecgtune.ensembles.selection import EnsembleSelector, uniform_average
-from ecgtune.search import thresholds as T
 
 __all__ = ["FitOptions", "FittedAverage", "FittedEnsemble", "fit_average", "fit_ensemble"]
 
@@ -30,26 +31,27 @@ class Calibrated:
     calibrator: PerLabelCalibrator
     thresholds: np.ndarray
     fitted: np.ndarray  # (C,) bool: threshold fitted (else the few-positive fallback)
+    policies: list[ThresholdPolicy]  # one per label
 
     def predict(self, probs: np.ndarray) -> np.ndarray:
         return self.calibrator.predict(probs)
 
 
 def _calibrate(
-    probs: np.ndarray, y: np.ndarray, opts: FitOptions, groups: Sequence[Any] | None
+    probs: np.ndarray, y: np.ndarray, opts: FitOptions, groups: Sequence[Any] | None,
+    label_names: Sequence[str] | None = None,
 ) -> Calibrated:
     calibrator = PerLabelCalibrator(
         methods=opts.calibration_methods, cv=opts.calibration_cv, seed=opts.seed
     ).fit(probs, y)
     calibrated = calibrator.predict(probs)
-    extra = {"groups": list(groups)} if opts.threshold_objective == "challenge" and groups else {}
-    beta = opts.beta if opts.threshold_objective != "f1" else 1.0
-    thresholds = T.fit_thresholds(
-        y, calibrated, objective=opts.threshold_objective, beta=beta,
-        min_positives=opts.min_positives, fallback=opts.fallback, **extra,
-    )
+    names = list(label_names) if label_names is not None else [str(j) for j in
+                                                               range(y.shape[1])]
+    policies = opts.policies().for_labels(names)
+    thresholds = fit_policy_thresholds(y, calibrated, policies, min_positives=opts.min_positives,
+                                       fallback=opts.fallback, groups=groups)
     fitted = np.count_nonzero(y, axis=0) >= max(opts.min_positives, 1)
-    return Calibrated(calibrator, thresholds, fitted)
+    return Calibrated(calibrator, thresholds, fitted, policies)
 
 
 @dataclass
@@ -90,13 +92,16 @@ def fit_ensemble(
     names: Sequence[str],
     opts: FitOptions | None = None,
     groups: Sequence[Any] | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> FittedEnsemble:
     """Select on (M, N, C) ensemble-fold probabilities, calibrate the selected average per label,
-    fit thresholds on the calibrated probabilities. ``groups``: one group id per label (for
-    the challenge objective's partial credit)."""
+    fit thresholds on the calibrated probabilities, each label by its policy. ``groups``: one
+    group id per label (the challenge policy's partial credit); ``label_names`` are needed
+    when the options name per-label policies."""
     opts = opts or FitOptions()
     selector = EnsembleSelector(opts).fit(member_probs, y, names=list(names))
-    return FittedEnsemble(selector, _calibrate(selector.predict(member_probs), y, opts, groups))
+    return FittedEnsemble(selector, _calibrate(selector.predict(member_probs), y, opts, groups,
+                                               label_names))
 
 
 def fit_average(
@@ -104,7 +109,9 @@ def fit_average(
     y: np.ndarray,
     opts: FitOptions | None = None,
     groups: Sequence[Any] | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> FittedAverage:
     """The uniform average of all members, calibrated and thresholded like the ensemble."""
     opts = opts or FitOptions()
-    return FittedAverage(_calibrate(uniform_average(member_probs), y, opts, groups))
+    return FittedAverage(_calibrate(uniform_average(member_probs), y, opts, groups,
+                                    label_names))

@@ -26,6 +26,7 @@ __all__ = [
     "DEVICES",
     "PRECISIONS",
     "EnsembleOptions",
+    "EvaluateOptions",
     "FitOptions",
     "add_arguments",
     "from_namespace",
@@ -52,14 +53,17 @@ def option(
     metavar: str | None = None,
     noun: str | None = None,
     cli: bool = True,
+    many: str | None = None,
+    item: Callable[[str], Any] = str,
 ) -> Any:
     """A dataclass field that is also a command-line option. ``choices`` may be a callable so
     that registries are read when the parser is built, not when this module is imported;
     ``check`` returns a problem (or None) and runs at validation only (it may import torch);
     ``noun`` names the value in messages ("unknown metric ..."); ``cli=False`` keeps a field
-    out of the command line."""
+    out of the command line; a tuple field takes ``many`` values: ``"append"`` (the flag
+    repeated) or ``"nargs"`` (several after one flag), each parsed by ``item``."""
     meta = {"help": help, "flag": flag, "choices": choices, "minimum": minimum, "check": check,
-            "metavar": metavar, "noun": noun, "cli": cli}
+            "metavar": metavar, "noun": noun, "cli": cli, "many": many, "item": item}
     return field(default=default, metadata={"option": meta})
 
 
@@ -108,10 +112,16 @@ def _selection_metrics() -> Iterable[str]:
     return SELECTION_METRICS
 
 
-def _threshold_objectives() -> Iterable[str]:
-    from ecgtune.search.thresholds import THRESHOLD_OBJECTIVES
+def _policy_problem(value: str) -> str | None:
+    from ecgtune.ensembles.policies import policy_problem
 
-    return THRESHOLD_OBJECTIVES
+    return policy_problem(value)
+
+
+def _override_problem(value: tuple[str, ...]) -> str | None:
+    from ecgtune.ensembles.policies import override_problem
+
+    return override_problem(value)
 
 
 def _bag_fraction_problem(value: float) -> str | None:
@@ -141,20 +151,37 @@ class FitOptions:
                                                   cli=False, help="per-label calibrators tried")
     calibration_cv: int = option(5, minimum=2, cli=False,
                                  help="folds of the cross-fitted calibration choice")
-    threshold_objective: str = option("f1", choices=_threshold_objectives,
-                                      noun="threshold objective",
-                                      help="per-label threshold objective on the calibrated "
-                                      "ensemble fold")
-    beta: float = option(1.0, minimum=0.0, metavar="B", help="beta of --threshold-objective fbeta")
+    threshold_policy: str = option("f1", check=_policy_problem, metavar="POLICY",
+                                   help="how each label's threshold is chosen on the "
+                                   "calibrated ensemble fold: f1, fbeta:B, challenge, "
+                                   "sensitivity:S (the highest threshold reaching sensitivity "
+                                   "S there), specificity:S (the lowest reaching specificity "
+                                   "S)")
+    threshold_policy_for: tuple[str, ...] = option(
+        (), check=_override_problem, metavar="LABEL=POLICY", many="append",
+        help="another policy for one label, e.g. AFIB=sensitivity:0.98 (repeatable)")
     min_positives: int = option(5, minimum=1, metavar="N", help="labels with fewer positives "
                                 "on the ensemble fold keep the fallback threshold (0.5)")
     fallback: float = option(0.5, cli=False, help="threshold of labels with few positives")
 
     def __post_init__(self) -> None:
+        if isinstance(self.threshold_policy_for, str):  # one override given as a string
+            object.__setattr__(self, "threshold_policy_for", (self.threshold_policy_for,))
+        object.__setattr__(self, "threshold_policy_for", tuple(self.threshold_policy_for))
         _validate(self)
 
+    def policies(self) -> Any:
+        """The `PolicySet` of --threshold-policy and --threshold-policy-for."""
+        from ecgtune.ensembles.policies import PolicySet
+
+        return PolicySet.parse(self.threshold_policy, self.threshold_policy_for)
+
     def threshold_params(self) -> dict[str, Any]:
-        return {"objective": self.threshold_objective, "beta": self.beta,
+        """bundle.json ``fit.thresholds`` settings; ``objective`` and ``beta`` (the default
+        policy's) keep readers of bundles from before policies working."""
+        default = self.policies().default
+        return {"objective": default.kind,
+                "beta": float(default.value) if default.kind == "fbeta" else 1.0,
                 "min_positives": self.min_positives, "fallback": self.fallback}
 
 
@@ -241,6 +268,65 @@ class EnsembleOptions:
         _validate(self.fit)
 
 
+def _same_as(cls: type, name: str, default: Any = _MISSING) -> Any:
+    """The declaration of ``cls.name`` (help, flag, checks) for another command's option."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field(default=f.default if default is _MISSING else default, metadata=f.metadata)
+
+
+def _by_problem(value: str | None) -> str | None:
+    return None if value in (None, "source") else f"--by: only 'source' is known, got {value!r}"
+
+
+def _model_problem(value: str | None) -> str | None:
+    if value is None or (value.count("@") == 1 and all(value.split("@"))):
+        return None
+    return f"--model: expected NAME@ALIAS (e.g. ecg-ensemble@champion), got {value!r}"
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """Everything `evaluate_bundle` (the `ecgtune evaluate` command) is told."""
+
+    bundle: str = option(REQUIRED, metavar="BUNDLE_DIR|models:/NAME@ALIAS",
+                         help="bundle directory (from `ecgtune ensemble`), or a registered "
+                         "ensemble model")
+    data: str | Path = option(  # noqa: RUF009
+        REQUIRED, metavar="DIR", help="prepared, labelled data (from `ecgtune prep`), with the "
+        "bundle's label map")
+    folds: tuple[int, ...] = option((), many="nargs", item=int, metavar="F",
+                                    help="folds to evaluate (default: the data's test-role "
+                                    "folds)")
+    all_folds: bool = option(False, flag="--all", help="evaluate every record (external data)")
+    by: str | None = option(None, check=_by_problem, metavar="source",
+                            help="also break the metrics down by source database")
+    output: str | Path = option(  # noqa: RUF009
+        "evaluation", metavar="REPORT_DIR", help="directory for report.{html,md,json}, figures "
+        "and summary.json")
+    min_positives: int = option(5, minimum=1, metavar="N", help="labels with fewer positives "
+                                "(or no negative) in the evaluated records are reported as not "
+                                "assessable")
+    tracking_uri: str | None = _same_as(EnsembleOptions, "tracking_uri")
+    model: str | None = option(None, check=_model_problem, metavar="NAME@ALIAS",
+                               help="log an evaluation run linked to this registered model "
+                               "version (tags: model name, version, data manifest sha256)")
+    n_boot: int = _same_as(EnsembleOptions, "n_boot")
+    seed: int = option(0, metavar="S", help="seed of the bootstrap (the build's --seed "
+                       "reproduces its test-fold intervals)")
+    batch_size: int = _same_as(EnsembleOptions, "batch_size")
+    device: str = _same_as(EnsembleOptions, "device")
+    precision: str = _same_as(EnsembleOptions, "precision")
+    progress: bool = _same_as(EnsembleOptions, "progress")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folds", tuple(int(f) for f in self.folds))
+        problems = _problems(self)
+        if self.folds and self.all_folds:
+            problems.append("--folds and --all exclude each other")
+        if problems:
+            raise EnsembleOptionError("; ".join(problems))
+
+
 # ---------------------------------------------------------------------------------------------
 # The command line, generated from the declarations above.
 
@@ -249,7 +335,7 @@ def _value_type(f: dataclasses.Field, meta: Mapping[str, Any]) -> Callable[[str]
     """str -> value with the field's minimum checked at parse time (a usage error, exit 2)."""
     kind: Any = type(f.default) if f.default not in (_MISSING, None) else str
     if kind is tuple:
-        kind = str
+        kind = meta["item"]
 
     def parse(text: str) -> Any:
         try:
@@ -276,14 +362,21 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type = EnsembleOptions,
         meta = _meta(f)
         if meta is None or not meta["cli"] or (wanted is not None and f.name not in wanted):
             continue
-        if isinstance(f.default, bool):  # a switch that turns a default-on field off
-            parser.add_argument(_flag(f), dest=f.name, action="store_false", help=meta["help"])
+        if isinstance(f.default, bool):  # a switch: a default-on field off, or off on
+            action = "store_false" if f.default else "store_true"
+            parser.add_argument(_flag(f), dest=f.name, action=action, help=meta["help"])
             continue
         kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
         if f.default is _MISSING:
             kwargs["required"] = True
+        elif meta["many"]:
+            kwargs["default"] = None  # argparse would append to a shared default list
         else:
             kwargs["default"] = f.default
+        if meta["many"] == "append":
+            kwargs["action"] = "append"
+        elif meta["many"] == "nargs":
+            kwargs["nargs"] = "+"
         if (choices := _choices(meta)) is not None:
             kwargs["choices"] = choices
         else:
@@ -305,5 +398,8 @@ def from_namespace(args: argparse.Namespace, cls: type = EnsembleOptions) -> Any
         if f.name in _NESTED:
             values[f.name] = from_namespace(args, _NESTED[f.name])
         elif hasattr(args, f.name):
-            values[f.name] = getattr(args, f.name)
+            value = getattr(args, f.name)
+            if (_meta(f) or {}).get("many"):
+                value = f.default if value is None else tuple(value)
+            values[f.name] = value
     return cls(**values)

@@ -146,6 +146,10 @@ def plot_pr_curves(
     return _save(fig, path)
 
 
+def _or_nan(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
 def plot_f1_bars(
     f1_by_row: Mapping[str, Any],
     label_names: Sequence[str],
@@ -156,7 +160,8 @@ def plot_f1_bars(
     rows = {}
     for name, value in f1_by_row.items():
         if isinstance(value, Mapping):
-            rows[name] = [value["per_label"][lab][K.F1] or 0.0 for lab in label_names]
+            # A label without an F1 (not assessable) gets no bar rather than a zero.
+            rows[name] = [_or_nan(value["per_label"][lab].get(K.F1)) for lab in label_names]
         else:
             rows[name] = list(np.asarray(value, dtype=np.float64))
     n = len(label_names)
@@ -164,7 +169,7 @@ def plot_f1_bars(
     fig, ax = plt.subplots(figsize=(float(np.clip(3 + 0.22 * n * len(rows), 8, 16)), 4.5))
     x = np.arange(n)
     for i, (name, values) in enumerate(rows.items()):
-        mean = float(np.mean(values)) if values else float("nan")
+        mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
         ax.bar(x + (i - (len(rows) - 1) / 2) * width, values, width, label=f"{name} ({mean:.3f})")
     ax.set_xticks(x)
     ax.set_xticklabels(label_names, rotation=45, ha="right", fontsize=8)

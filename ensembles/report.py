@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from ecgtune.ensembles.evaluation import CI_METRICS, ece, evaluate_with_ci
+from ecgtune.ensembles.evaluation import (
+    ASSESSABLE,
+    CI_METRICS,
+    ece,
+    evaluate_assessable,
+    evaluate_with_ci,
+)
 from ecgtune.ensembles.plots import save_report_figures
 from ecgtune.ensembles.scores import brier
 from ecgtune.search import metric_keys as K
@@ -30,13 +36,18 @@ __all__ = [
     "ReportRow",
     "Section",
     "calibration_summary",
+    "jsonable",
+    "operating_point_section",
+    "operating_points",
     "render_html",
     "render_markdown",
+    "source_section",
     "write_ensemble_report",
     "write_report",
 ]
 
 REPORT_STEM = "report"
+NOT_ASSESSABLE = "not assessable"  # the cell of a label `evaluate_assessable` left out
 
 _TITLES = {
     K.AUROC: "AUROC",
@@ -128,6 +139,8 @@ def _cell(row: Mapping[str, Any], metric: str, label: str | None = None) -> str:
         value = row["macro"].get(metric)
         ci = row.get("ci", {}).get("macro", {}).get(metric)
     else:
+        if row["per_label"][label].get(ASSESSABLE) is False:
+            return NOT_ASSESSABLE
         value = row["per_label"][label].get(metric)
         ci = row.get("ci", {}).get("per_label", {}).get(label, {}).get(metric)
     if value is None:
@@ -162,13 +175,14 @@ def metric_sections(
     return sections
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+    """``x`` with numpy values as Python ones and non-finite floats as None (JSON-ready)."""
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
+        return jsonable(x.tolist())
     if isinstance(x, bool | np.bool_):
         return bool(x)
     if isinstance(x, int | np.integer):
@@ -207,11 +221,91 @@ def write_report(
         "markdown": stem.with_name(stem.name + ".md"),
         "html": stem.with_name(stem.name + ".html"),
     }
-    payload = {"title": title, "labels": label_names, "rows": _jsonable(dict(rows))}
+    payload = {"title": title, "labels": label_names, "rows": jsonable(dict(rows))}
     paths["json"].write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
     paths["markdown"].write_text(render_markdown(doc))
     paths["html"].write_text(render_html(doc))
     return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Operating points: each label's threshold policy, its target and what was achieved.
+
+MET, UNCERTAIN, BELOW = "met", "CI includes target", "BELOW TARGET"
+
+
+def _point(row: Mapping[str, Any], label: str, policy: Any, min_positives: int
+           ) -> dict[str, Any]:
+    entry = row["per_label"][label]
+    support, n = int(entry[K.SUPPORT]), int(row["n_samples"])
+    metric = policy.target_metric or K.F1
+    target = float(policy.value) if policy.target_metric else None
+    out: dict[str, Any] = {"label": label, "policy": str(policy), "support": support,
+                           "threshold": entry[K.THRESHOLD], "metric": metric, "target": target,
+                           "estimate": None, "low": None, "high": None}
+    if (entry.get(ASSESSABLE) is False or support < max(min_positives, 1)
+            or (metric == K.SPECIFICITY and support >= n)):
+        return {**out, "status": NOT_ASSESSABLE}
+    ci = row.get("ci", {}).get("per_label", {}).get(label, {}).get(metric, {})
+    out.update(estimate=entry.get(metric), low=ci.get("low"), high=ci.get("high"))
+    status = ""
+    if target is not None and out["low"] is not None and out["high"] is not None:
+        status = MET if out["low"] >= target else BELOW if out["high"] < target else UNCERTAIN
+    return {**out, "status": status}
+
+
+def operating_points(row: Mapping[str, Any], policies: Sequence[Any],
+                     label_names: Sequence[str], min_positives: int = 1
+                     ) -> list[dict[str, Any]]:
+    """Per label: its policy (`ensembles.policies.ThresholdPolicy`), the target rate and the
+    achieved value with its CI in ``row`` (an `evaluate_with_ci` result), and a status:
+    met (CI above the target), BELOW TARGET (CI below it), CI includes target, or not
+    assessable (fewer than ``min_positives`` positives). Score policies report F1, no target."""
+    return [_point(row, label, policy, min_positives)
+            for label, policy in zip(label_names, policies, strict=True)]
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def operating_point_section(points: Sequence[Mapping[str, Any]], row_name: str) -> Section:
+    names = {K.RECALL: "sensitivity", K.SPECIFICITY: "specificity", K.F1: "F1"}
+    body = []
+    for p in points:
+        achieved = "–" if p["estimate"] is None else (
+            f"{names[p['metric']]} {p['estimate']:.3f} [{_num(p['low'])}, {_num(p['high'])}]")
+        target = "–" if p["target"] is None else f"{names[p['metric']]} >= {p['target']:g}"
+        body.append((p["label"], str(p["support"]), p["policy"], f"{p['threshold']:.4f}",
+                     target, achieved, p["status"]))
+    below = [p["label"] for p in points if p["status"] == BELOW]
+    bullets = (f"Below target (the whole CI under it): {', '.join(below)}",) if below else ()
+    return Section(
+        f"Operating points of the {row_name} (thresholds by policy)",
+        paragraphs=("Each label's threshold was chosen on the ensemble fold by its policy; "
+                    "'achieved' is on these records with its 95% BCa CI. A label is flagged "
+                    "BELOW TARGET when its whole CI lies under its target.",),
+        header=("label", "support", "policy", "threshold", "target", "achieved [CI]",
+                "status"),
+        body=tuple(body), bullets=bullets)
+
+
+def source_section(by_source: Mapping[str, Mapping[str, Any] | None],
+                   counts: Mapping[str, int]) -> Section:
+    """Macro metrics (with CIs) per source database; each source's own not-assessable labels
+    are left out of its means and counted."""
+    metrics = (K.AUROC, K.AUPRC, K.F1, K.RECALL, K.SPECIFICITY, K.ECE)
+    body = []
+    for source, row in by_source.items():
+        if row is None:
+            body.append((source, str(counts[source]), "0", *(NOT_ASSESSABLE for _ in metrics)))
+            continue
+        assessed = row["n_labels"] - len(row.get("not_assessable", []))
+        body.append((source, str(counts[source]), str(assessed),
+                     *(_cell(row, m) for m in metrics)))
+    return Section("By source database (macro over each source's assessable labels, 95% CI)",
+                   header=("source", "records", "labels assessed",
+                           *(_TITLES[m] for m in metrics)), body=tuple(body))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,8 +327,8 @@ class ReportRow:
 class CalibrationSummary:
     """Macro ECE / Brier of the ensemble before and after calibration on one fold."""
 
-    role: str  # "ensemble" (calibration fitted there) or "test" (held out)
-    fold: int
+    role: str  # "ensemble" (calibration fitted there), "test" (held out) or "evaluation"
+    fold: int | str  # the fold number, or a description of evaluated folds ("all folds")
     ece_before: float
     ece_after: float
     brier_before: float
@@ -247,7 +341,7 @@ class CalibrationSummary:
 
 
 def calibration_summary(
-    role: str, fold: int, y: np.ndarray, before: np.ndarray, after: np.ndarray
+    role: str, fold: int | str, y: np.ndarray, before: np.ndarray, after: np.ndarray
 ) -> CalibrationSummary:
     return CalibrationSummary(role, fold, float(ece(y, before)), float(ece(y, after)),
                               float(brier(y, before)), float(brier(y, after)))
@@ -257,7 +351,8 @@ def calibration_section(summaries: Sequence[CalibrationSummary], methods: Sequen
                         label_names: Sequence[str]) -> Section:
     what = {"ensemble": "fitted", "test": "held out"}
     body = tuple(
-        (f"{s.role} fold ({s.fold}, {what.get(s.role, s.role)})", f"{s.ece_before:.4f}",
+        (f"{s.role} fold ({s.fold}, {what.get(s.role, s.role)})" if isinstance(s.fold, int)
+         else f"{s.role} data ({s.fold})", f"{s.ece_before:.4f}",
          f"{s.ece_after:.4f}", f"{s.brier_before:.4f}", f"{s.brier_after:.4f}")
         for s in summaries
     )
@@ -266,6 +361,19 @@ def calibration_section(summaries: Sequence[CalibrationSummary], methods: Sequen
     return Section("Ensemble calibration (macro over labels)", paragraphs=(methods_line,),
                    header=("fold", "ECE before", "ECE after", "Brier before", "Brier after"),
                    body=body)
+
+
+def _evaluate_row(y: np.ndarray, row: ReportRow, label_names: Sequence[str], n_boot: int,
+                  seed: int, min_positives: int | None) -> dict[str, Any]:
+    if min_positives is None:
+        return evaluate_with_ci(y, row.probs, row.thresholds, label_names, n_boot=n_boot,
+                                seed=seed)
+    result = evaluate_assessable(y, row.probs, row.thresholds, label_names, min_positives,
+                                 n_boot=n_boot, seed=seed)
+    if result is None:
+        raise ValueError(f"no label has {min_positives} or more positives (and a negative) in "
+                         "these records: nothing can be assessed")
+    return result
 
 
 def write_ensemble_report(
@@ -282,19 +390,29 @@ def write_ensemble_report(
     n_boot: int = 1000,
     seed: int = 0,
     calibrated_row: str = "ensemble",
+    policies: Sequence[Any] | None = None,
+    min_positives: int | None = None,
+    extra_sections: Sequence[Section] = (),
 ) -> tuple[dict[str, dict[str, Any]], list[Path]]:
     """Evaluate every row on the test fold (bootstrap CIs), write ``report.{json,md,html}``,
     the figures and ``summary.json`` into ``out_dir``; returns (results by row name, files).
     ``notes`` become the report's closing list (e.g. how the ensemble was chosen). The
-    reliability figure compares ``uncalibrated`` with the ``calibrated_row``."""
+    reliability figure compares ``uncalibrated`` with the ``calibrated_row``; ``policies``
+    (one `ThresholdPolicy` per label) add its operating points (section and summary.json).
+    With ``min_positives`` labels with fewer positives are not assessable
+    (`evaluate_assessable`); without it every label is evaluated (the build's test fold).
+    ``extra_sections`` follow the calibration section."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = {
-        row.name: evaluate_with_ci(y, row.probs, row.thresholds, label_names, n_boot=n_boot,
-                                   seed=seed)
-        for row in rows
-    }
-    extra = [calibration_section(calibration, calibration_methods, label_names)]
+    results = {row.name: _evaluate_row(y, row, label_names, n_boot, seed, min_positives)
+               for row in rows}
+    extra = [calibration_section(calibration, calibration_methods, label_names),
+             *extra_sections]
+    points = None
+    if policies is not None:
+        points = operating_points(results[calibrated_row], policies, label_names,
+                                  min_positives or 1)
+        extra.insert(0, operating_point_section(points, calibrated_row))
     if notes:
         extra.append(Section("Notes", bullets=tuple(notes)))
     paths = write_report(results, out / REPORT_STEM, label_names, title=title,
@@ -310,5 +428,6 @@ def write_ensemble_report(
         "calibration": [s.to_dict() for s in calibration],
         "calibration_methods": dict(zip(label_names, calibration_methods, strict=True)),
         "notes": list(notes),
+        **({"operating_points": points} if points is not None else {}),
     }, indent=2, default=float) + "\n")
     return results, [*paths.values(), *figures, summary_path]

@@ -1,5 +1,6 @@
-"""Per-label decision thresholds fitted on predictions: F1 / F-beta per label, or the
-challenge-style score of all labels jointly (`fit_thresholds`, `THRESHOLD_OBJECTIVES`).
+"""Per-label decision thresholds fitted on predictions: F1 / F-beta per label, the
+challenge-style score of all labels jointly, or a target sensitivity / specificity per label
+(clinical operating points) (`fit_thresholds`, `THRESHOLD_OBJECTIVES`).
 
 Trials fit them on the validation fold, the ensemble on its own fold after calibration. Like
 `search.metrics`, numpy only.
@@ -129,10 +130,61 @@ def _fit_challenge(
     return thresholds
 
 
+def _fit_rate(
+    y: np.ndarray,
+    p: np.ndarray,
+    *,
+    beta: float,
+    min_positives: int,
+    fallback: ArrayLike,
+    rate: str,
+    target: float | None = None,
+) -> np.ndarray:
+    """Per label, the cut that reaches ``target`` sensitivity with the fewest records
+    predicted positive, or ``target`` specificity with the most (see `fit_thresholds`)."""
+    del beta
+    if target is None or not 0.0 < float(target) <= 1.0:
+        raise ValueError(f"objective {rate!r} needs a target in (0, 1], got {target!r}")
+    n, c = y.shape
+    thresholds = _fallback(fallback, c)
+    pos = np.count_nonzero(y, axis=0)
+    fit = pos >= max(int(min_positives), 1)
+    if rate == "specificity":
+        fit &= pos < n  # a specificity needs negatives
+    for col in np.flatnonzero(fit):
+        order = np.argsort(-p[:, col], kind="stable")
+        s = p[order, col]
+        tp = np.cumsum(y[order, col], dtype=np.int64)
+        # Only cuts between distinct scores are realisable by a threshold.
+        is_end = np.r_[s[1:] != s[:-1], True]
+        if rate == "sensitivity":
+            # Counts, not ratios: 0.9 * 10 positives needs 9 (rounded before ceil/floor).
+            ok = np.flatnonzero(is_end & (tp >= np.ceil(np.round(target * pos[col], 9))))
+            thresholds[col] = _threshold_at(s, int(ok[0]))
+        else:
+            fp = np.arange(1, n + 1) - tp
+            allowed = np.floor(np.round((1.0 - target) * (n - pos[col]), 9))
+            ok = np.flatnonzero(is_end & (fp <= allowed))
+            # No cut keeps the specificity: predict nobody positive.
+            thresholds[col] = (_threshold_at(s, int(ok[-1])) if len(ok)
+                               else float(np.nextafter(s[0], np.inf)))
+    return thresholds
+
+
+def _fit_sensitivity(y: np.ndarray, p: np.ndarray, **kwargs: Any) -> np.ndarray:
+    return _fit_rate(y, p, rate="sensitivity", **kwargs)
+
+
+def _fit_specificity(y: np.ndarray, p: np.ndarray, **kwargs: Any) -> np.ndarray:
+    return _fit_rate(y, p, rate="specificity", **kwargs)
+
+
 THRESHOLD_OBJECTIVES: dict[str, Callable[..., np.ndarray]] = {
     "f1": _fit_f1,
     "fbeta": _fit_fbeta,
     "challenge": _fit_challenge,
+    "sensitivity": _fit_sensitivity,
+    "specificity": _fit_specificity,
 }
 
 
@@ -161,6 +213,13 @@ def fit_thresholds(
       reward matrix or ``groups`` (one group id per label, see `challenge_weights`),
       ``max_sweeps`` (default 10); ``normal_index`` is accepted for symmetry with
       `challenge_score` but does not change the fitted thresholds.
+    - ``"sensitivity"`` / ``"specificity"`` with ``target=S`` in (0, 1]: per label, the
+      highest cut whose sensitivity is >= S (fewest records predicted positive), or the
+      lowest cut whose specificity is >= S (most predicted positive; when no cut reaches it,
+      one above every score: nobody positive). Rates are compared as integer counts, so a
+      target met exactly counts as met. The threshold lies halfway to the next lower score
+      as for F1: on the fitted predictions it makes exactly the decisions of that cut. For
+      specificity a label whose records are all positive keeps the fallback.
 
     Fallback: a label with fewer than ``min_positives`` positives (at least 1 is always
     required, so nothing is ever fitted on zero positives) is not fitted and gets ``fallback``

@@ -17,7 +17,7 @@ from ecgtune.search import tracking
 
 ENSEMBLE_OPTIONS = ("--data", "--name", "--top-k", "--output", "--register", "--tracking-uri",
                     "--storage", "--search-run-id", "--metric", "--bags", "--windows",
-                    "--threshold-objective", "--seed", "--n-boot")
+                    "--threshold-policy", "--threshold-policy-for", "--seed", "--n-boot")
 PREDICT_OPTIONS = ("--bundle", "--input", "--output", "--batch-size", "exit status")
 
 

@@ -1,0 +1,210 @@
+"""Threshold policies: how each label's decision threshold is chosen (its operating point).
+
+A policy is written ``KIND`` or ``KIND:VALUE``:
+
+- ``f1`` (the default): maximise F1; ``fbeta:B``: maximise F-beta (B > 0);
+- ``challenge``: the challenge-style score of all labels jointly;
+- ``sensitivity:S``: the highest threshold whose sensitivity on the fitting fold is >= S;
+- ``specificity:S``: the lowest threshold whose specificity there is >= S (S in (0, 1]).
+
+`PolicySet` is one default plus per-label overrides (``AFIB=sensitivity:0.98``). The fitting
+itself is `ecgtune.search.thresholds.fit_thresholds`; this module only parses, checks and
+records. Importing it imports nothing heavy (argument parsing uses it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "POLICY_KINDS",
+    "PolicySet",
+    "ThresholdPolicy",
+    "fit_policy_thresholds",
+    "override_problem",
+    "policy_problem",
+]
+
+# kind -> what its value is (None: the kind takes no value).
+POLICY_KINDS: dict[str, str | None] = {
+    "f1": None,
+    "fbeta": "B > 0",
+    "challenge": None,
+    "sensitivity": "S in (0, 1]",
+    "specificity": "S in (0, 1]",
+}
+# Policies with a target rate, and the report metric (`metric_keys`) that measures it.
+TARGET_METRICS = {"sensitivity": "recall", "specificity": "specificity"}
+
+
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    kind: str = "f1"
+    value: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in POLICY_KINDS:
+            raise ValueError(f"unknown threshold policy {self.kind!r}; valid: "
+                             f"{', '.join(_forms())}")
+        wants = POLICY_KINDS[self.kind]
+        if wants is None and self.value is not None:
+            raise ValueError(f"threshold policy {self.kind!r} takes no value")
+        if wants is not None:
+            v = self.value
+            ok = v is not None and (v > 0 if self.kind == "fbeta" else 0 < v <= 1)
+            if not ok:
+                raise ValueError(f"threshold policy {self.kind!r} needs {self.kind}:{wants}, "
+                                 f"got {self}")
+
+    @classmethod
+    def parse(cls, text: str) -> ThresholdPolicy:
+        """``"sensitivity:0.95"`` -> ThresholdPolicy("sensitivity", 0.95); ValueError naming
+        the text otherwise."""
+        kind, sep, raw = str(text).strip().partition(":")
+        value = None
+        if sep:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ValueError(f"threshold policy {text!r}: {raw!r} is not a number") from None
+        try:
+            return cls(kind.strip().lower(), value)
+        except ValueError as exc:
+            raise ValueError(f"threshold policy {text!r}: {exc}") from None
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
+
+    @property
+    def target_metric(self) -> str | None:
+        """The metric key a target-rate policy is judged by (None for score policies)."""
+        return TARGET_METRICS.get(self.kind)
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        """Keywords of `fit_thresholds` for this policy."""
+        if self.kind == "fbeta":
+            return {"objective": "fbeta", "beta": float(self.value or 1.0)}
+        if self.kind in TARGET_METRICS:
+            return {"objective": self.kind, "target": self.value}
+        return {"objective": self.kind}
+
+
+def _forms() -> list[str]:
+    return [k if v is None else f"{k}:{v.split()[0]}" for k, v in POLICY_KINDS.items()]
+
+
+def policy_problem(text: str) -> str | None:
+    """What is wrong with a policy text (None when it parses): for option validation."""
+    try:
+        ThresholdPolicy.parse(text)
+    except ValueError as exc:
+        return f"--threshold-policy: {exc}"
+    return None
+
+
+def _split_override(text: str) -> tuple[str, ThresholdPolicy]:
+    label, sep, policy = str(text).partition("=")
+    if not sep or not label.strip():
+        raise ValueError(f"--threshold-policy-for {text!r}: expected LABEL=POLICY, e.g. "
+                         "AFIB=sensitivity:0.98")
+    try:
+        return label.strip(), ThresholdPolicy.parse(policy)
+    except ValueError as exc:
+        raise ValueError(f"--threshold-policy-for {text!r}: {exc}") from None
+
+
+def override_problem(items: Sequence[str]) -> str | None:
+    """Syntax problems of ``LABEL=POLICY`` overrides (labels are checked against the data)."""
+    seen: set[str] = set()
+    for item in items:
+        try:
+            label, _ = _split_override(item)
+        except ValueError as exc:
+            return str(exc)
+        if label in seen:
+            return f"--threshold-policy-for names {label} twice"
+        seen.add(label)
+    return None
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """A default policy and per-label overrides (label name -> policy)."""
+
+    default: ThresholdPolicy = ThresholdPolicy()
+    overrides: tuple[tuple[str, ThresholdPolicy], ...] = ()
+
+    @classmethod
+    def parse(cls, default: str = "f1", overrides: Sequence[str] = ()) -> PolicySet:
+        problem = override_problem(overrides)
+        if problem:
+            raise ValueError(problem)
+        return cls(ThresholdPolicy.parse(default),
+                   tuple(_split_override(item) for item in overrides))
+
+    def check_labels(self, label_names: Sequence[str]) -> None:
+        """ValueError naming every override label the label map does not have."""
+        unknown = [label for label, _ in self.overrides if label not in set(label_names)]
+        if unknown:
+            raise ValueError(f"--threshold-policy-for names unknown label(s) "
+                             f"{', '.join(unknown)}; labels: {', '.join(label_names)}")
+
+    def for_labels(self, label_names: Sequence[str]) -> list[ThresholdPolicy]:
+        self.check_labels(label_names)
+        chosen = dict(self.overrides)
+        return [chosen.get(name, self.default) for name in label_names]
+
+
+def fit_policy_thresholds(
+    y: Any,
+    p: Any,
+    policies: Sequence[ThresholdPolicy],
+    *,
+    min_positives: int = 5,
+    fallback: float = 0.5,
+    groups: Sequence[Any] | None = None,
+) -> Any:
+    """(C,) thresholds, each label by its own policy: `fit_thresholds` once per distinct
+    policy, its labels' columns kept. A label under ``challenge`` takes its column of the
+    joint fit of all labels (the other labels' thresholds in that fit are the challenge
+    ones, whatever their own policy)."""
+    import numpy as np
+
+    from ecgtune.search.thresholds import fit_thresholds
+
+    y = np.asarray(y)
+    thresholds = np.full(y.shape[1], float(fallback))
+    for policy in dict.fromkeys(policies):
+        cols = [j for j, q in enumerate(policies) if q == policy]
+        kwargs = policy.fit_kwargs()
+        if policy.kind == "challenge" and groups:
+            kwargs["groups"] = list(groups)
+        fitted = fit_thresholds(y, p, min_positives=min_positives, fallback=fallback, **kwargs)
+        thresholds[cols] = fitted[cols]
+    return thresholds
+
+
+def policy_record(policies: Sequence[ThresholdPolicy], label_names: Sequence[str],
+                  default: ThresholdPolicy) -> dict[str, Any]:
+    """bundle.json ``fit.thresholds`` keys naming the policies (default + one per label)."""
+    return {"policy": str(default),
+            "policies": {name: str(q) for name, q in zip(label_names, policies, strict=True)}}
+
+
+def policies_from_record(record: Mapping[str, Any] | None,
+                         label_names: Sequence[str]) -> list[ThresholdPolicy]:
+    """Each label's policy from a bundle's ``fit.thresholds``; a bundle written before
+    policies existed records ``objective`` (+ ``beta``) for all labels."""
+    record = record or {}
+    per_label = record.get("policies")
+    if isinstance(per_label, Mapping):
+        return [ThresholdPolicy.parse(per_label.get(n, record.get("policy", "f1")))
+                for n in label_names]
+    objective = str(record.get("objective", "f1"))
+    if objective == "fbeta":
+        default = ThresholdPolicy("fbeta", float(record.get("beta", 1.0)))
+    else:
+        default = ThresholdPolicy(objective if objective in POLICY_KINDS else "f1")
+    return [default] * len(label_names)
