@@ -486,6 +486,10 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
               _mlflow_params(opts, mem, fitted, weights, bundle_dir, folds.label_names),
               _mlflow_metrics(rows, results, calibration, selector))
     client.log_artifacts(run_id, str(report_dir), "report")
+    if opts.onnx:  # the portable graph beside the pyfunc, checked against the bundle
+        from ecgtune.ensembles.onnx_export import log_onnx_artifact
+
+        log_onnx_artifact(client, run_id, bundle_dir)
     model = log_pyfunc_model(client, uri, run_id, bundle_dir, folds.label_names,
                              mem.inputs.n_samples, opts.register,
                              tags=_model_tags(opts, search, run_id, folds))

@@ -415,9 +415,12 @@ def _to_onnx(module: EnsembleGraph, n_samples: int, opset: int) -> Any:
     import warnings
 
     example = torch.zeros((2, NUM_LEADS, n_samples), dtype=torch.int16)
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" and the like
+    # "torchvision is not installed", and hundreds of INFO lines from the graph optimiser
+    # when the CLI logs at INFO.
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -430,7 +433,8 @@ def _to_onnx(module: EnsembleGraph, n_samples: int, opset: int) -> Any:
         raise OnnxExportError(f"torch.onnx.export failed: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
     finally:
-        exporter_log.setLevel(level)
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
     return program.model_proto
 
 

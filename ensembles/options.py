@@ -232,6 +232,9 @@ class EnsembleOptions:
                             "CPU's probabilities to ~1e-7 on any device (TF32 off); bf16: "
                             "autocast on a GPU, ~2.3x faster on an H200, probabilities within "
                             "~1e-4")
+    onnx: bool = option(True, flag="--no-onnx", help="do not log the ONNX graph of the "
+                        "ensemble beside the pyfunc (its export takes ~20 s on a laptop CPU; "
+                        "`ecgtune export` makes it later)")
     progress: bool = option(True, flag="--no-progress", help="no progress bars")
 
     def __post_init__(self) -> None:

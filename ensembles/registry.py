@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from ecgtune.ensembles.bundle import BUNDLE_FORMAT
-from ecgtune.ensembles.onnx_export import log_onnx_artifact
 from ecgtune.search import tracking
 
 __all__ = [
@@ -175,7 +174,6 @@ def log_pyfunc_model(
             await_registration_for=60,
             metadata={"ecgtune_bundle_format": BUNDLE_FORMAT},
         )
-    log_onnx_artifact(client, run_id, bundle_dir)  # portable copy beside the pyfunc (issue 15)
     if register is None:
         return RegisteredModel(info.model_uri)
     version = str(info.registered_model_version)
