@@ -43,13 +43,15 @@ exit status:
 
 _EVALUATE_EPILOG = """\
 which records:
-  --folds F..., or --all for external data; by default the data's test-role folds, so that
-  on the data the ensemble was built on it reproduces the build's test-fold report.
+  --folds F..., or --all for external data; by default the data's test-role folds. On the
+  data the ensemble was built on, the default folds with --min-positives 1 and the build's
+  --n-boot and --seed give the build's test-fold numbers (labels without a positive there
+  are not assessable here, 0 or undefined there).
 
 examples:
-  ecgtune prep --input georgia/ --output data/georgia
-  ecgtune evaluate --bundle bundles/full --data data/georgia --all --by source \\
-      --output reports/georgia --model ecg-ensemble@champion
+    ecgtune prep --input WFDB_Ga/ --output data/georgia
+    ecgtune evaluate --bundle bundles/full --data data/georgia --all --by source \\
+        --output reports/georgia --model ecg-ensemble@champion
 """
 
 

@@ -39,7 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
             "(C#, Java, C++, JavaScript), no Python or ecgtune needed."
         ),
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--bundle", required=True, metavar="BUNDLE_DIR|models:/NAME@ALIAS",
                    help="bundle directory, or a registered ensemble model")
