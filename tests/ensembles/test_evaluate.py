@@ -182,3 +182,35 @@ def test_evaluation_run_is_linked_to_the_model_version(tiny_bundle, external_dat
                                "tags.`ecgtune.model_version` = '1' and "
                                "tags.`ecgtune.role` = 'evaluation'")
     assert [r.info.run_id for r in found] == [result.run_id]
+
+
+def test_evaluate_the_real_sample_records(tiny_bundle, sample_dir, tmp_path):
+    from ecgtune.data_prep import prepare
+
+    prepare(sample_dir, tmp_path / "prep", workers=1, progress=False)
+    result = evaluate_bundle(bundle=str(tiny_bundle), data=tmp_path / "prep", all_folds=True,
+                             by="source", output=tmp_path / "report", min_positives=2, **FAST)
+    assert len(result.records) == 20 and list(result.by_source) == ["ecg-arrhythmia"]
+    # Every sample record has atrial premature beats: no negative, so APB is not assessable.
+    assert "APB" in result.not_assessable
+    assert (tmp_path / "report" / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_default_folds_reproduce_the_builds_test_fold_report(built_ensemble, tmp_path):
+    from .conftest import BUILD_OPTIONS
+
+    built = built_ensemble.result
+    result = evaluate_bundle(bundle=str(built.bundle_dir), data=built_ensemble.data,
+                             output=tmp_path, min_positives=1, n_boot=BUILD_OPTIONS["n_boot"],
+                             seed=BUILD_OPTIONS["seed"], progress=False, device="cpu")
+    assert result.folds == [built.folds["test"]]
+    np.testing.assert_array_equal(result.records, built.test_records)
+    np.testing.assert_allclose(result.probabilities, built.test_probabilities, atol=1e-5)
+    build_row = built.rows["ensemble"]
+    for label in result.label_names:
+        if label in result.not_assessable:
+            continue
+        ours, theirs = result.row["per_label"][label], build_row["per_label"][label]
+        for metric in (K.AUROC, K.AUPRC, K.F1, K.RECALL, K.SPECIFICITY):
+            assert ours[metric] == pytest.approx(theirs[metric], abs=1e-9), (label, metric)
