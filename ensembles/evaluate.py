@@ -59,6 +59,7 @@ class EvaluationResult:
     probabilities: np.ndarray = field(repr=False)
     operating_points: list[dict[str, Any]] = field(default_factory=list)
     run_id: str | None = None
+    refit_bundle: Path | None = None  # the new bundle of --refit-thresholds
     model_name: str | None = None
     model_version: str | None = None
     data_manifest_sha256: str = ""
@@ -201,6 +202,7 @@ def evaluate_bundle(options: EvaluateOptions | None = None, **kwargs: Any) -> Ev
     """Evaluate a bundle on prepared data and write the report. Pass an `EvaluateOptions` or
     its fields as keywords: ``evaluate_bundle(bundle="b", data="d", all_folds=True)``."""
     from ecgtune.data_prep import LabelMap, read_manifest
+    from ecgtune.ensembles.policies import policies_from_record
 
     opts = options or EvaluateOptions(**kwargs)
     data = Path(opts.data)
@@ -209,13 +211,28 @@ def evaluate_bundle(options: EvaluateOptions | None = None, **kwargs: Any) -> Ev
                               "run `ecgtune prep` on the records first")
     manifest = read_manifest(data)
     folds = _folds(opts, manifest)
+    if opts.refit_thresholds:
+        from ecgtune.ensembles.refit import check_refit
+
+        check_refit(opts, folds)
     track = _tracking(opts)
     bundle = _load(opts, track)
     _check_labels(bundle, LabelMap.from_manifest(manifest["labels"],
                                                  name=manifest.get("label_map", "manifest")),
                   data)
     sha = hashlib.sha256((data / "manifest.json").read_bytes()).hexdigest()
-    result = _evaluate(opts, bundle, manifest, folds, sha)
+    fit = dict(bundle.metadata.get("fit") or {})
+    policies = policies_from_record(fit.get("thresholds"), bundle.label_names)
+    predictor = bundle
+    if opts.refit_thresholds:
+        from ecgtune.ensembles.refit import refit_thresholds
+
+        predictor, policies, fit = refit_thresholds(opts, bundle, folds, sha)
+    result = _evaluate(opts, predictor, fit, policies, manifest, folds, sha)
+    if opts.refit_thresholds:
+        from ecgtune.ensembles.refit import save_refit
+
+        result.refit_bundle = save_refit(opts, bundle, predictor, fit, result.report_dir)
     if track is not None:
         result.run_id = _log_run(track, opts, result)
         result.model_name, result.model_version = track.name, track.version
@@ -243,10 +260,11 @@ def _folds_text(folds: list[int], n_folds: int) -> str:
     return f"fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}"
 
 
-def _evaluate(opts: EvaluateOptions, bundle: Any, manifest: dict[str, Any], folds: list[int],
-              sha: str) -> EvaluationResult:
+def _evaluate(opts: EvaluateOptions, bundle: Any, fit: dict[str, Any], policies: list[Any],
+              manifest: dict[str, Any], folds: list[int], sha: str) -> EvaluationResult:
+    """The report of ``bundle`` (a loaded or refitted predictor; ``fit``: its bundle.json
+    ``fit`` record) on the records of ``folds``."""
     from ecgtune.data_prep import load_shards
-    from ecgtune.ensembles.policies import policies_from_record
     from ecgtune.ensembles.report import (
         ReportRow,
         calibration_summary,
@@ -265,7 +283,6 @@ def _evaluate(opts: EvaluateOptions, bundle: Any, manifest: dict[str, Any], fold
     sources = record_sources(ds.records, _source_column(data, manifest, ds.records),
                              manifest.get("databases"))
     by_source = _by_source(opts, y, probs, bundle.thresholds, names, sources) if opts.by else {}
-    policies = policies_from_record((bundle.metadata.get("fit") or {}).get("thresholds"), names)
     where = _folds_text(folds, int((manifest.get("folds") or {}).get("n", 10)))
     extra = [_source_section(by_source, sources)] if opts.by else []
     out = Path(opts.output)
@@ -277,7 +294,7 @@ def _evaluate(opts: EvaluateOptions, bundle: Any, manifest: dict[str, Any], fold
             bundle.calibrator.methods_,
             title=f"Evaluation of {opts.bundle} on {data.name} ({where}, {len(ds)} records)",
             notes=_notes(opts, len(ds), y, names),
-            summary=_summary(opts, bundle, folds, sha, sources, by_source),
+            summary=_summary(opts, fit, folds, sha, sources, by_source),
             n_boot=opts.n_boot, seed=opts.seed, calibrated_row=ROW, policies=policies,
             min_positives=opts.min_positives, extra_sections=extra)
     except ValueError as exc:  # nothing assessable
@@ -300,16 +317,15 @@ def _notes(opts: EvaluateOptions, n: int, y: np.ndarray, names: list[str]) -> li
     return notes
 
 
-def _summary(opts: EvaluateOptions, bundle: Any, folds: list[int], sha: str,
+def _summary(opts: EvaluateOptions, fit: dict[str, Any], folds: list[int], sha: str,
              sources: np.ndarray, by_source: dict[str, Any]) -> dict[str, Any]:
-    fit = bundle.metadata.get("fit") or {}
     names, counts = np.unique(sources, return_counts=True)
     return {"bundle": opts.bundle, "data": str(Path(opts.data).resolve()), "folds": folds,
             "data_manifest_sha256": sha, "bundle_data_manifest_sha256":
             fit.get("data_manifest_sha256"), "trained_on": fit.get("trained_on"),
             "min_positives": opts.min_positives,
             "sources": {str(k): int(v) for k, v in zip(names, counts, strict=True)},
-            "by": opts.by}
+            "by": opts.by, "refit": fit.get("refit")}
 
 
 def _by_source(opts: EvaluateOptions, y: np.ndarray, probs: np.ndarray, thresholds: Any,
@@ -405,6 +421,9 @@ def format_evaluation(result: EvaluationResult) -> str:
             lines.append(f"  {source:<20} {n:7d} {_fmt(m.get(K.AUROC))} {_fmt(m.get(K.AUPRC))} "
                          f"{_fmt(m.get(K.F1))}{'' if row else '  (nothing assessable)'}")
     lines.append(f"Report: {result.report_dir / 'report.html'}")
+    if result.refit_bundle:
+        lines.append(f"Refitted bundle (thresholds only; members and calibration unchanged): "
+                     f"{result.refit_bundle}")
     if result.run_id:
         lines.append(f"MLflow: evaluation run {result.run_id} of {result.model_name} version "
                      f"{result.model_version}")

@@ -281,6 +281,12 @@ def _by_problem(value: str | None) -> str | None:
     return None if value in (None, "source") else f"--by: only 'source' is known, got {value!r}"
 
 
+def _refit_problem(value: str | None) -> str | None:
+    from ecgtune.ensembles.policies import policy_problem
+
+    return None if value is None else policy_problem(value, "--refit-thresholds")
+
+
 def _model_problem(value: str | None) -> str | None:
     if value is None or (value.count("@") == 1 and all(value.split("@"))):
         return None
@@ -313,6 +319,16 @@ class EvaluateOptions:
     model: str | None = option(None, check=_model_problem, metavar="NAME@ALIAS",
                                help="log an evaluation run linked to this registered model "
                                "version (tags: model name, version, data manifest sha256)")
+    refit_thresholds: str | None = option(
+        None, check=_refit_problem, metavar="POLICY", help="refit every label's threshold by "
+        "this policy on --on-folds, write the result as a new bundle (--refit-output) and "
+        "evaluate that one")
+    threshold_policy_for: tuple[str, ...] = _same_as(FitOptions, "threshold_policy_for")
+    on_folds: tuple[int, ...] = option((), many="nargs", item=int, metavar="F",
+                                       help="folds the thresholds are refitted on (none of "
+                                       "the evaluated folds)")
+    refit_output: str | None = option(None, metavar="BUNDLE_DIR", help="the refitted bundle: "
+                                      "a new directory, never the evaluated bundle")
     n_boot: int = _same_as(EnsembleOptions, "n_boot")
     seed: int = option(0, metavar="S", help="seed of the bootstrap (the build's --seed "
                        "reproduces its test-fold intervals)")
@@ -322,10 +338,24 @@ class EvaluateOptions:
     progress: bool = _same_as(EnsembleOptions, "progress")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "folds", tuple(int(f) for f in self.folds))
+        for name in ("folds", "on_folds"):
+            object.__setattr__(self, name, tuple(int(f) for f in getattr(self, name)))
+        if isinstance(self.threshold_policy_for, str):
+            object.__setattr__(self, "threshold_policy_for", (self.threshold_policy_for,))
+        object.__setattr__(self, "threshold_policy_for", tuple(self.threshold_policy_for))
         problems = _problems(self)
         if self.folds and self.all_folds:
             problems.append("--folds and --all exclude each other")
+        refit = {"--on-folds": self.on_folds, "--refit-output": self.refit_output,
+                 "--threshold-policy-for": self.threshold_policy_for}
+        if self.refit_thresholds is None:
+            problems += [f"{flag} needs --refit-thresholds" for flag, v in refit.items() if v]
+        else:
+            problems += [f"--refit-thresholds needs {flag}" for flag, v in refit.items()
+                         if not v and flag != "--threshold-policy-for"]
+            if self.all_folds:
+                problems.append("--refit-thresholds cannot evaluate --all: the refit folds "
+                                "would be among the evaluated ones")
         if problems:
             raise EnsembleOptionError("; ".join(problems))
 

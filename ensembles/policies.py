@@ -95,12 +95,12 @@ def _forms() -> list[str]:
     return [k if v is None else f"{k}:{v.split()[0]}" for k, v in POLICY_KINDS.items()]
 
 
-def policy_problem(text: str) -> str | None:
+def policy_problem(text: str, flag: str = "--threshold-policy") -> str | None:
     """What is wrong with a policy text (None when it parses): for option validation."""
     try:
         ThresholdPolicy.parse(text)
     except ValueError as exc:
-        return f"--threshold-policy: {exc}"
+        return f"{flag}: {exc}"
     return None
 
 
@@ -163,19 +163,21 @@ def fit_policy_thresholds(
     policies: Sequence[ThresholdPolicy],
     *,
     min_positives: int = 5,
-    fallback: float = 0.5,
+    fallback: Any = 0.5,
     groups: Sequence[Any] | None = None,
 ) -> Any:
     """(C,) thresholds, each label by its own policy: `fit_thresholds` once per distinct
     policy, its labels' columns kept. A label under ``challenge`` takes its column of the
     joint fit of all labels (the other labels' thresholds in that fit are the challenge
-    ones, whatever their own policy)."""
+    ones, whatever their own policy). Labels with fewer than ``min_positives`` positives
+    keep ``fallback`` (a float or one value per label)."""
     import numpy as np
 
     from ecgtune.search.thresholds import fit_thresholds
 
     y = np.asarray(y)
-    thresholds = np.full(y.shape[1], float(fallback))
+    # ``fallback``: one value, or one per label (a refit keeps a bundle's own thresholds).
+    thresholds = np.array(np.broadcast_to(np.asarray(fallback, np.float64), (y.shape[1],)))
     for policy in dict.fromkeys(policies):
         cols = [j for j, q in enumerate(policies) if q == policy]
         kwargs = policy.fit_kwargs()

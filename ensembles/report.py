@@ -282,9 +282,10 @@ def operating_point_section(points: Sequence[Mapping[str, Any]], row_name: str) 
     bullets = (f"Below target (the whole CI under it): {', '.join(below)}",) if below else ()
     return Section(
         f"Operating points of the {row_name} (thresholds by policy)",
-        paragraphs=("Each label's threshold was chosen on the ensemble fold by its policy; "
-                    "'achieved' is on these records with its 95% BCa CI. A label is flagged "
-                    "BELOW TARGET when its whole CI lies under its target.",),
+        paragraphs=("Each label's threshold was fitted by its policy on the ensemble fold "
+                    "(or the folds of a refit); 'achieved' is on these records with its 95% "
+                    "BCa CI. A label is flagged BELOW TARGET when its whole CI lies under its "
+                    "target.",),
         header=("label", "support", "policy", "threshold", "target", "achieved [CI]",
                 "status"),
         body=tuple(body), bullets=bullets)

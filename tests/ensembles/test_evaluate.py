@@ -214,3 +214,59 @@ def test_default_folds_reproduce_the_builds_test_fold_report(built_ensemble, tmp
         ours, theirs = result.row["per_label"][label], build_row["per_label"][label]
         for metric in (K.AUROC, K.AUPRC, K.F1, K.RECALL, K.SPECIFICITY):
             assert ours[metric] == pytest.approx(theirs[metric], abs=1e-9), (label, metric)
+
+
+def test_refit_thresholds_writes_a_new_bundle(tiny_bundle, external_data, tmp_path):
+    from ecgtune.data_prep import load_shards
+    from ecgtune.ensembles import load_bundle
+
+    before = (tiny_bundle / "manifest.json").read_bytes()
+    on = list(range(8))
+    new = tmp_path / "refit"
+    result = evaluate_bundle(bundle=str(tiny_bundle), data=external_data, output=tmp_path / "r",
+                             refit_thresholds="sensitivity:0.9",
+                             threshold_policy_for=["SB=specificity:0.8"], on_folds=on,
+                             refit_output=new, min_positives=3, **FAST)
+    assert result.refit_bundle == new and result.folds == [9]
+    assert (tiny_bundle / "manifest.json").read_bytes() == before  # never in place
+    refitted = load_bundle(new)
+    meta = refitted.metadata["fit"]
+    assert meta["thresholds"]["policies"]["SB"] == "specificity:0.8"
+    assert meta["thresholds"]["policies"]["AFIB"] == "sensitivity:0.9"
+    assert meta["refit"]["folds"] == on and meta["refit"]["previous_thresholds"] == [0.5] * 20
+    assert (new / "report" / "report.html").is_file()
+    # On the refit folds every label with enough positives reaches its target.
+    ds = load_shards(external_data, folds=on)
+    y, probs = ds.labels.astype(bool), refitted.predict_signals(ds.signals)
+    hits = probs >= refitted.thresholds
+    names = refitted.label_names
+    checked = 0
+    for j, name in enumerate(names):
+        if y[:, j].sum() < 3:
+            assert refitted.thresholds[j] == 0.5  # kept from the bundle
+            continue
+        if name == "SB":
+            assert np.sum(hits[:, j] & ~y[:, j]) <= 0.2 * np.sum(~y[:, j])
+        else:
+            assert np.sum(hits[:, j] & y[:, j]) >= 0.9 * y[:, j].sum()
+        checked += 1
+    assert checked >= 2
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert {p["policy"] for p in summary["operating_points"]} >= {"sensitivity:0.9"}
+
+
+def test_refit_is_refused_in_place_or_on_evaluated_folds(tiny_bundle, external_data, tmp_path):
+    common = {"bundle": str(tiny_bundle), "data": external_data, "output": tmp_path / "r",
+              "refit_thresholds": "sensitivity:0.9", **FAST}
+    with pytest.raises(EvaluationError, match="never in place"):
+        evaluate_bundle(on_folds=(0,), refit_output=tiny_bundle, **common)
+    with pytest.raises(EvaluationError, match=r"--on-folds \[9\] would also be evaluated"):
+        evaluate_bundle(on_folds=(8, 9), refit_output=tmp_path / "n", **common)
+    with pytest.raises(EnsembleOptionError, match="needs --on-folds"):
+        evaluate_bundle(refit_output=tmp_path / "n", **common)
+    with pytest.raises(EnsembleOptionError, match="--on-folds needs --refit-thresholds"):
+        evaluate_bundle(bundle=str(tiny_bundle), data=external_data, on_folds=(1,), **FAST)
+    with pytest.raises(EvaluationError, match="unknown label"):
+        evaluate_bundle(on_folds=(0,), refit_output=tmp_path / "n",
+                        threshold_policy_for=["AFL=f1"], **common)
+    assert not (tmp_path / "n").exists()
