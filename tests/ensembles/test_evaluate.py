@@ -96,16 +96,6 @@ def _labels(data: Path, records: np.ndarray) -> np.ndarray:
     return ds.labels.astype(bool)[[order[r] for r in records.tolist()]]
 
 
-def test_default_folds_are_the_test_role(tiny_bundle, external_data, tmp_path):
-    from ecgtune.data_prep import fold_roles, load_shards, read_manifest
-
-    test_folds = list(fold_roles(read_manifest(external_data))["test"])
-    result = evaluate_bundle(bundle=str(tiny_bundle), data=external_data, output=tmp_path,
-                             min_positives=1, **FAST)
-    assert result.folds == test_folds
-    assert len(result.records) == len(load_shards(external_data, folds=test_folds))
-
-
 def _copy_with_manifest(data: Path, dest: Path, edit) -> Path:
     shutil.copytree(data, dest)
     manifest = json.loads((dest / "manifest.json").read_text())
@@ -152,6 +142,7 @@ def test_bad_options_are_refused_before_any_work(tiny_bundle, external_data, tmp
                         min_positives=90, output=tmp_path / "none", **FAST)
 
 
+@pytest.mark.slow  # no server, but SQLite's schema migrations alone take ~10 s
 def test_evaluation_run_is_linked_to_the_model_version(tiny_bundle, external_data, tmp_path):
     from ecgtune.search import tracking
 
@@ -227,7 +218,12 @@ def test_refit_thresholds_writes_a_new_bundle(tiny_bundle, external_data, tmp_pa
                              refit_thresholds="sensitivity:0.9",
                              threshold_policy_for=["SB=specificity:0.8"], on_folds=on,
                              refit_output=new, min_positives=3, **FAST)
-    assert result.refit_bundle == new and result.folds == [9]
+    from ecgtune.data_prep import fold_roles, read_manifest
+
+    # Default folds: the test role's (refitting on others).
+    test_folds = list(fold_roles(read_manifest(external_data))["test"])
+    assert result.refit_bundle == new and result.folds == test_folds
+    assert len(result.records) == len(load_shards(external_data, folds=test_folds))
     assert (tiny_bundle / "manifest.json").read_bytes() == before  # never in place
     refitted = load_bundle(new)
     meta = refitted.metadata["fit"]
