@@ -85,6 +85,8 @@ class EnsembleResult:
     test_records: np.ndarray
     test_probabilities: np.ndarray  # calibrated ensemble on the test fold, as built in process
     predictor: Any = field(repr=False)  # the in-process EnsemblePredictor
+    # Per label: policy, target, test-fold value with CI, status (`report.operating_points`).
+    operating_points: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def weights(self) -> dict[str, float]:
@@ -475,6 +477,8 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
                      "selection": selector.to_dict()},
             calibrated_row=ROW_ENSEMBLE, policies=fitted.calibration.policies,
         )
+        points = json.loads((Path(tmp) / "report" / "summary.json").read_text()
+                            ).get("operating_points", [])
         bundle_dir = save_bundle(
             opts.output, predictor, fit=_fit_record(opts, search, folds, summaries, fitted),
             member_info=_member_info(mem, selector),
@@ -504,12 +508,29 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
         best_member_ensemble_fold_score=float(selector.member_scores_[selector.best_member_]),
         selection=selector.to_dict(), test_records=folds.data.records[folds.masks[TEST]],
         tracking_uri=uri, experiment_id=search.experiment_id, trained_on=folds.databases,
-        test_probabilities=test_probs, predictor=predictor,
+        test_probabilities=test_probs, predictor=predictor, operating_points=points,
     )
 
 
 def _fmt(x: float | None) -> str:
     return "   -  " if x is None else f"{x:6.3f}"
+
+
+def _policy_lines(points: list[dict[str, Any]]) -> list[str]:
+    """Threshold policies in one line, and the labels whose test-fold CI missed the target."""
+    from ecgtune.ensembles.report import BELOW
+
+    if not points:
+        return []
+    counts: dict[str, int] = {}
+    for p in points:
+        counts[p["policy"]] = counts.get(p["policy"], 0) + 1
+    lines = ["Thresholds by policy: " + ", ".join(f"{k} ({v} labels)" for k, v in
+                                                  counts.items())]
+    below = [p["label"] for p in points if p["status"] == BELOW]
+    if below:
+        lines.append(f"  below target on the test fold (whole CI): {', '.join(below)}")
+    return lines
 
 
 def format_summary(result: EnsembleResult) -> str:
@@ -539,6 +560,7 @@ def format_summary(result: EnsembleResult) -> str:
                      f"{_fmt(macro[K.F1])}")
     if ROW_SEED not in result.rows:
         lines.append(f"  {NO_SEED_STYLE}")
+    lines += _policy_lines(result.operating_points)
     lines.append(f"Calibration (test fold): ECE {result.ece_before:.4f} -> "
                  f"{result.ece_after:.4f}, Brier {result.brier_before:.4f} -> "
                  f"{result.brier_after:.4f}")

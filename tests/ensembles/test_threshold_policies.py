@@ -228,3 +228,15 @@ def test_report_flags_a_label_whose_ci_falls_below_its_target():
     assert points["B"]["status"] == MET and points["B"]["low"] >= 0.9
     assert points["C"]["status"] == NOT_ASSESSABLE and points["C"]["estimate"] is None
     assert points["A"]["estimate"] == row["per_label"]["A"][K.RECALL]
+
+
+def test_build_summary_names_policies_and_labels_below_target():
+    from ecgtune.ensembles.build import _policy_lines
+
+    points = [{"label": "AFIB", "policy": "sensitivity:0.98", "status": BELOW},
+              {"label": "SR", "policy": "f1", "status": ""},
+              {"label": "SB", "policy": "f1", "status": MET}]
+    assert _policy_lines(points) == [
+        "Thresholds by policy: sensitivity:0.98 (1 labels), f1 (2 labels)",
+        "  below target on the test fold (whole CI): AFIB"]
+    assert _policy_lines([]) == []
