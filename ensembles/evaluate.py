@@ -401,6 +401,7 @@ def _fmt(x: Any) -> str:
 
 def format_evaluation(result: EvaluationResult) -> str:
     """What `ecgtune evaluate` prints."""
+    from ecgtune.ensembles.report import BELOW
     from ecgtune.search import metric_keys as K
 
     macro = result.row["macro"]
@@ -410,7 +411,7 @@ def format_evaluation(result: EvaluationResult) -> str:
              f"{_fmt(macro[K.F1]).strip()} over {assessed} assessable labels"]
     if result.not_assessable:
         lines.append(f"  not assessable: {', '.join(result.not_assessable)}")
-    below = [p["label"] for p in result.operating_points if p["status"] == "BELOW TARGET"]
+    below = [p["label"] for p in result.operating_points if p["status"] == BELOW]
     if below:
         lines.append(f"  below their operating-point target (whole CI): {', '.join(below)}")
     if result.by_source:

@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from ecgtune.ensembles import EnsembleOptionError
-from ecgtune.ensembles.evaluate import EvaluationError, evaluate_bundle, record_sources
+from ecgtune.ensembles.evaluate import (
+    EvaluationError,
+    evaluate_bundle,
+    format_evaluation,
+    record_sources,
+)
 from ecgtune.ensembles.evaluation import evaluate_with_ci
 from ecgtune.ensembles.report import NOT_ASSESSABLE
 from ecgtune.search import metric_keys as K
@@ -86,6 +91,10 @@ def test_evaluate_all_by_source_writes_the_report(tiny_bundle, external_data, tm
     assert summary["sources"] == {"georgia": N_GEORGIA, "synthetic": N_SYNTHETIC}
     assert {p["policy"] for p in summary["operating_points"]} == {"f1"}  # a pre-policy bundle
     assert (out / "reliability.png").is_file()
+    text = format_evaluation(result)
+    assert f"Evaluated {N_SYNTHETIC + N_GEORGIA} records" in text
+    assert f"not assessable: {', '.join(few)}" in text
+    assert any(line.split()[:2] == ["georgia", str(N_GEORGIA)] for line in text.splitlines())
 
 
 def _labels(data: Path, records: np.ndarray) -> np.ndarray:
