@@ -135,9 +135,16 @@ def test_report_rows_files_and_figures(built_ensemble):
     assert "ensemble fold (8, fitted)" in md
     assert "on the ensemble fold" in md and "uniform average of all 4 members" in md
     page = (result.report_dir / "report.html").read_text()
-    assert page.count("<table>") == 6 and "uniform average of all 4 members" in page
+    # Summary, 4 per-label tables, operating points, calibration.
+    assert page.count("<table>") == 7 and "uniform average of all 4 members" in page
+    assert "Operating points of the ensemble" in page
     summary = json.loads((result.report_dir / "summary.json").read_text())
     assert summary["weights"] == pytest.approx(result.weights)
+    points = summary["operating_points"]
+    assert [p["label"] for p in points] == result.label_names
+    assert {p["policy"] for p in points} == {"f1"} and points == result.operating_points
+    fit = json.loads((result.bundle_dir / "bundle.json").read_text())["fit"]["thresholds"]
+    assert fit["policy"] == "f1" and set(fit["policies"].values()) == {"f1"}
 
 
 def test_mlflow_ensemble_run_and_registered_champion(built_ensemble):
