@@ -546,32 +546,64 @@ def _prepare(
     shard_size: int, fs: int, seconds: float, gain: float, seed: int, zstd_level: int,
     progress: bool, t0: float,
 ) -> PrepResult:
+    """Pass 1 (scan headers), folds and the shard plan, pass 2 (shards), then the manifest."""
     worker_cpu: list[float] = []
     cpu0 = time.process_time()
     planned, quarantine, records_in = _scan(input_dir, label_map, pool, worker_cpu)
     log.debug("pass 1: %d headers in %.2f s", records_in, time.perf_counter() - t0)
-    label_rows = np.frombuffer(b"".join(p.labels for p in planned), np.uint8).reshape(
-        len(planned), len(label_map)
-    )
-    folds = assign_folds(label_rows, N_FOLDS, seed)
-    planned = [
-        _Planned(p.index, p.name, p.source, p.text, p.labels, int(f), p.digest)
-        for p, f in zip(planned, folds, strict=True)
-    ]
-    spec = preprocessing_spec(fs, seconds, gain)
+    planned = _with_folds(planned, len(label_map), seed)
     settings = {
         "format": _SHARD_FORMAT, "fs": fs, "seconds": seconds, "gain": gain,
         "labels": label_map.to_manifest(), "zstd_level": zstd_level,
     }
     tasks = _plan_shards(planned, shard_size, settings, input_dir, output_dir, zstd_level)
     log.debug("folds and plan: %d shards at %.2f s", len(tasks), time.perf_counter() - t0)
+    sides = _run_shards(tasks, pool, worker_cpu, records_in, len(quarantine), progress)
+    log.debug("pass 2 done at %.2f s", time.perf_counter() - t0)
+    shard_sides = [sides[t.name] for t in tasks]
+    by_name = {p.name: p for p in planned}
+    for side in shard_sides:
+        for name, reason in side["quarantine"]:
+            quarantine[by_name[name].index] = (name, reason)
+    _remove_stale(output_dir, {t.name for t in tasks})
+    rows = [quarantine[i] for i in sorted(quarantine)]
+    _write_csv(output_dir / QUARANTINE_FILE, ("record", "reason"), rows)
+    # Records written with a warning, in scan order like the quarantine.
+    flagged = sorted((by_name[name].index, name, w) for side in shard_sides
+                     for name, w in side["warnings"])
+    warning_rows = [(name, w) for _, name, w in flagged]
+    _write_csv(output_dir / WARNINGS_FILE, ("record", "warning"), warning_rows)
+    written = [p for p in planned if p.index not in quarantine]
+    manifest = _manifest(written, rows, warning_rows, shard_sides, records_in, label_map,
+                         preprocessing_spec(fs, seconds, gain), gain, seed)
+    _write_manifest(output_dir, manifest)
+    kept = sum(1 for s in shard_sides if s.get("kept"))
+    cpu = time.process_time() - cpu0 + sum(worker_cpu)
+    return PrepResult(manifest, output_dir, len(shard_sides) - kept, kept,
+                      time.perf_counter() - t0, cpu, rows, warning_rows)
 
+
+def _with_folds(planned: list[_Planned], n_labels: int, seed: int) -> list[_Planned]:
+    """The planned records with their stratified fold."""
+    label_rows = np.frombuffer(b"".join(p.labels for p in planned), np.uint8).reshape(
+        len(planned), n_labels
+    )
+    folds = assign_folds(label_rows, N_FOLDS, seed)
+    return [
+        _Planned(p.index, p.name, p.source, p.text, p.labels, int(f), p.digest)
+        for p, f in zip(planned, folds, strict=True)
+    ]
+
+
+def _run_shards(tasks: list[_ShardTask], pool: _LazyPool | None, worker_cpu: list[float],
+                records_in: int, quarantined: int, progress: bool) -> dict[str, dict[str, Any]]:
+    """Pass 2: every shard written (or kept), shard name -> its sidecar."""
     from tqdm import tqdm
 
     sides: dict[str, dict[str, Any]] = {}
     exit_after = int(os.environ.get(EXIT_AFTER_SHARDS_ENV) or 0)
     bar = tqdm(total=records_in, unit="rec", desc="prep", disable=not progress, smoothing=0.1)
-    bar.update(len(quarantine))
+    bar.update(quarantined)
     try:
         for side in _iter_results(tasks, pool, worker_cpu):
             sides[side["shard"]] = side
@@ -580,31 +612,21 @@ def _prepare(
                 os._exit(INJECTED_EXIT_STATUS)
     finally:
         bar.close()
-    log.debug("pass 2 done at %.2f s", time.perf_counter() - t0)
-    shard_sides = [sides[t.name] for t in tasks]
-    by_name = {p.name: p for p in planned}
-    for side in shard_sides:
-        for name, reason in side["quarantine"]:
-            quarantine[by_name[name].index] = (name, reason)
-    _remove_stale(output_dir, {t.name for t in tasks})
+    return sides
 
-    written = [p for p in planned if p.index not in quarantine]
+
+def _manifest(written: list[_Planned], rows: list[tuple[str, str]],
+              warning_rows: list[tuple[str, str]], shard_sides: list[dict[str, Any]],
+              records_in: int, label_map: LabelMap, spec: dict[str, Any], gain: float,
+              seed: int) -> dict[str, Any]:
+    """manifest.json: counts, reasons, provenance, folds, shards and the signal layout."""
     w_labels = np.frombuffer(b"".join(p.labels for p in written), np.uint8).reshape(
         len(written), len(label_map)
     )
     w_folds = np.array([p.fold for p in written], dtype=np.int64)
-    rows = [quarantine[i] for i in sorted(quarantine)]
-    _write_csv(output_dir / QUARANTINE_FILE, ("record", "reason"), rows)
     reasons = {code: 0 for code in REASON_CODES}
     for _, reason in rows:
         reasons[reason.split(":", 1)[0]] += 1
-    # Records written with a warning, in scan order like the quarantine.
-    flagged = sorted(
-        ((by_name[name].index, name, w) for side in shard_sides
-         for name, w in side["warnings"]),
-    )
-    warning_rows = [(name, w) for _, name, w in flagged]
-    _write_csv(output_dir / WARNINGS_FILE, ("record", "warning"), warning_rows)
     warning_counts = {code: 0 for code in WARNING_CODES}
     for _, w in warning_rows:
         warning_counts[w.split(":", 1)[0]] += 1
@@ -625,30 +647,16 @@ def _prepare(
         "normalization": _normalization(shard_sides, gain),
         "folds": folds_manifest(w_labels, w_folds, label_map.names, seed),
         "shards": [
-            {
-                "file": s["file"],
-                "rows": s["rows"],
-                "sha256": s["sha256"],
-                "bytes": s["bytes"],
-                "folds": [s["fold"]],
-            }
+            {"file": s["file"], "rows": s["rows"], "sha256": s["sha256"], "bytes": s["bytes"],
+             "folds": [s["fold"]]}
             for s in shard_sides
             if s["rows"]
         ],
-        "signal": {
-            "column": "signal",
-            "dtype": "<i2",
-            "shape": [12, spec["n_samples"]],
-            "layout": "lead-major",
-        },
+        "signal": {"column": "signal", "dtype": "<i2", "shape": [12, spec["n_samples"]],
+                   "layout": "lead-major"},
     }
     assert manifest["records_in"] == manifest["records_written"] + manifest["records_quarantined"]
-    _write_manifest(output_dir, manifest)
-    elapsed = time.perf_counter() - t0
-    kept = sum(1 for s in shard_sides if s.get("kept"))
-    cpu = time.process_time() - cpu0 + sum(worker_cpu)
-    return PrepResult(manifest, output_dir, len(shard_sides) - kept, kept, elapsed, cpu, rows,
-                      warning_rows)
+    return manifest
 
 
 def _write_csv(path: Path, header: tuple[str, str], rows: list[tuple[str, str]]) -> None:

@@ -149,6 +149,10 @@ class _Interp(nn.Module):
     knots <= p, minus one (kept inside the table); value ``slope_j * (p - x_j) + y_j`` with
     numpy's own slope; constant ``y_0`` / ``y_-1`` outside [x_0, x_-1]."""
 
+    x: torch.Tensor
+    y: torch.Tensor
+    slope: torch.Tensor
+
     def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
         super().__init__()
         x = np.asarray(x, np.float64)
@@ -171,22 +175,23 @@ class _Interp(nn.Module):
 
 def _calibrator_module(cal: Calibrator, label: str) -> nn.Module:
     """The exact torch form of one label's calibrator, or `UnsupportedCalibratorError`."""
-    kind = type(cal)
+    kind = type(cal)  # exact types: a subclass may compute something else
+    c: Any = cal
     if kind is IdentityCalibrator:
         return _Identity()
     if kind is TemperatureCalibrator:
-        return _Affine(1.0 / cal.temperature_, 0.0, add_b=False)
+        return _Affine(1.0 / c.temperature_, 0.0, add_b=False)
     if kind is PlattCalibrator:
-        return _Affine(cal.a_, cal.b_, add_b=True)
+        return _Affine(c.a_, c.b_, add_b=True)
     if kind is IsotonicCalibrator:
-        x = np.asarray(cal.x_thresholds_, np.float64)
-        ok = x.ndim == 1 and x.size >= 1 and x.shape == np.shape(cal.y_thresholds_)
+        x = np.asarray(c.x_thresholds_, np.float64)
+        ok = x.ndim == 1 and x.size >= 1 and x.shape == np.shape(c.y_thresholds_)
         if not ok or not np.isfinite(x).all() or (np.diff(x) <= 0).any():
             raise UnsupportedCalibratorError(
                 f"label {label}: isotonic calibrator with repeated or unordered knots has no "
                 "exact piecewise-linear form; refusing to approximate it"
             )
-        return _Interp(x, cal.y_thresholds_)
+        return _Interp(x, c.y_thresholds_)
     raise UnsupportedCalibratorError(
         f"label {label}: calibrator {getattr(cal, 'name', kind.__name__)!r} "
         f"({kind.__name__}) cannot be expressed exactly in ONNX; supported: identity, "
@@ -200,6 +205,9 @@ def _calibrator_module(cal: Calibrator, label: str) -> nn.Module:
 
 class _Inputs(nn.Module):
     """int16 records -> (N * W, 12, L) float32 windows, normalised as `data_prep.normalize`."""
+
+    a: torch.Tensor
+    b: torch.Tensor
 
     def __init__(self, spec: MemberSpec, predictor: EnsemblePredictor) -> None:
         super().__init__()
@@ -233,6 +241,8 @@ class _Inputs(nn.Module):
 
 class EnsembleGraph(nn.Module):
     """`EnsemblePredictor.predict_signals` and its threshold decisions as one module."""
+
+    thresholds: torch.Tensor
 
     def __init__(self, predictor: EnsemblePredictor) -> None:
         super().__init__()
@@ -435,6 +445,7 @@ def _to_onnx(module: EnsembleGraph, n_samples: int, opset: int) -> Any:
     finally:
         for log, level in zip(loggers, levels, strict=True):
             log.setLevel(level)
+    assert program is not None  # dynamo=True always returns the program
     return program.model_proto
 
 
