@@ -43,10 +43,10 @@ exit status:
 
 _EVALUATE_EPILOG = """\
 which records:
-  --folds F..., or --all for external data; by default the data's test-role folds. On the
-  data the ensemble was built on, the default folds with --min-positives 1 and the build's
-  --n-boot and --seed give the build's test-fold numbers (labels without a positive there
-  are not assessable here, 0 or undefined there).
+  By default the data's test-role folds; name others with --folds F..., or take every record
+  of external data with --all. On the data the ensemble was built on, the default folds
+  with the build's --n-boot and --seed and a minimum of 1 positive (--min-positives 1) give
+  the build's test-fold numbers; a label without a positive there is not assessable here.
 
 examples:
     ecgtune prep --input WFDB_Ga/ --output data/georgia
