@@ -23,8 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,10 +250,25 @@ def _load(opts: EvaluateOptions, track: _Tracking | None) -> Any:
         device = resolve_device(opts.device)
     except ValueError as exc:
         raise EvaluationError(str(exc)) from None
-    with tempfile.TemporaryDirectory(prefix="ecgtune-evaluate-") as tmp:
-        uri = track.uri if track else opts.tracking_uri
+    uri = track.uri if track else opts.tracking_uri
+    with tempfile.TemporaryDirectory(prefix="ecgtune-evaluate-") as tmp, _registry(uri):
         return load_bundle(resolve_bundle(opts.bundle, uri, tmp), device=device,
                            precision=opts.precision)
+
+
+@contextmanager
+def _registry(uri: str | None) -> Iterator[None]:
+    """MLflow resolves ``models:/`` against the registry URI, which follows the process-wide
+    tracking URI, not the one a download is given: point it at ``uri`` meanwhile."""
+    key = "MLFLOW_REGISTRY_URI"
+    previous = os.environ.get(key)
+    if uri is not None and previous is None:
+        os.environ[key] = uri
+    try:
+        yield
+    finally:
+        if uri is not None and previous is None:
+            os.environ.pop(key, None)
 
 
 def _folds_text(folds: list[int], n_folds: int) -> str:

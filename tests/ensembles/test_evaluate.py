@@ -182,6 +182,12 @@ def test_evaluation_run_is_linked_to_the_model_version(tiny_bundle, external_dat
                                "tags.`ecgtune.model_version` = '1' and "
                                "tags.`ecgtune.role` = 'evaluation'")
     assert [r.info.run_id for r in found] == [result.run_id]
+    # The registered model itself as --bundle: fetched from the registry and linked alike.
+    again = evaluate_bundle(bundle="models:/tiny-ensemble@champion", data=external_data,
+                            all_folds=True, output=tmp_path / "r2", tracking_uri=uri,
+                            min_positives=3, **FAST)
+    assert again.model_version == str(version.version) and again.run_id != result.run_id
+    np.testing.assert_array_equal(again.probabilities, result.probabilities)
 
 
 def test_evaluate_the_real_sample_records(tiny_bundle, sample_dir, tmp_path):
