@@ -62,6 +62,7 @@ class EvaluationResult:
     operating_points: list[dict[str, Any]] = field(default_factory=list)
     run_id: str | None = None
     refit_bundle: Path | None = None  # the new bundle of --refit-thresholds
+    challenge_score: float | None = None  # None where undefined (no record has a label)
     model_name: str | None = None
     model_version: str | None = None
     data_manifest_sha256: str = ""
@@ -301,6 +302,7 @@ def _evaluate(opts: EvaluateOptions, bundle: Any, fit: dict[str, Any], policies:
                              manifest.get("databases"))
     by_source = _by_source(opts, y, probs, bundle.thresholds, names, sources) if opts.by else {}
     where = _folds_text(folds, int((manifest.get("folds") or {}).get("n", 10)))
+    challenge = _challenge(bundle, y, probs)
     extra = [_source_section(by_source, sources)] if opts.by else []
     out = Path(opts.output)
     try:
@@ -310,8 +312,9 @@ def _evaluate(opts: EvaluateOptions, bundle: Any, fit: dict[str, Any], policies:
             uncal, names, [calibration_summary(ROLE, where, y, uncal, probs)],
             bundle.calibrator.methods_,
             title=f"Evaluation of {opts.bundle} on {data.name} ({where}, {len(ds)} records)",
-            notes=_notes(opts, len(ds), y, names),
-            summary=_summary(opts, fit, folds, sha, sources, by_source),
+            notes=[*_notes(opts, len(ds), y, names), *_challenge_note(challenge)],
+            summary={**_summary(opts, fit, folds, sha, sources, by_source),
+                     "challenge_score": challenge},
             n_boot=opts.n_boot, seed=opts.seed, calibrated_row=ROW, policies=policies,
             min_positives=opts.min_positives, extra_sections=extra)
     except ValueError as exc:  # nothing assessable
@@ -319,7 +322,31 @@ def _evaluate(opts: EvaluateOptions, bundle: Any, fit: dict[str, Any], policies:
     (out / "by_source.json").write_text(json.dumps(jsonable(by_source), indent=2) + "\n")
     points = json.loads((out / "summary.json").read_text()).get("operating_points", [])
     return EvaluationResult(out, results[ROW], by_source, sources, folds, names, ds.records,
-                            probs, points, data_manifest_sha256=sha)
+                            probs, points, data_manifest_sha256=sha, challenge_score=challenge)
+
+
+def _challenge(bundle: Any, y: np.ndarray, probs: np.ndarray) -> float | None:
+    """The challenge-style score (`search.metrics.challenge_score`: partial credit within a
+    label group, SR as the normal class when the map has it) of the bundle's decisions;
+    undefined (None) when no record has a label."""
+    from ecgtune.search.metrics import challenge_score
+
+    names = list(bundle.label_names)
+    if not y.any():
+        return None
+    groups = np.zeros(len(names), dtype=np.int64)
+    for g, members in enumerate(bundle.label_groups):
+        groups[list(members)] = g + 1  # labels outside every group share group 0
+    normal = names.index("SR") if "SR" in names else None
+    return float(challenge_score(y, probs >= bundle.thresholds, groups=groups.tolist(),
+                                 normal_index=normal))
+
+
+def _challenge_note(score: float | None) -> list[str]:
+    if score is None:
+        return []
+    return [f"Challenge-style score at the bundle's thresholds: {score:.3f} (1: every label "
+            "right; 0: predicting only the normal class; partial credit within a label group)"]
 
 
 def _notes(opts: EvaluateOptions, n: int, y: np.ndarray, names: list[str]) -> list[str]:
@@ -394,6 +421,8 @@ def _log_run(track: _Tracking, opts: EvaluateOptions, result: EvaluationResult) 
                 metrics.update({k: v for k, v in flatten_metrics(
                     row, split=f"{ROLE}_{source}").items() if k.count("/") == 1})
         metrics[K.metric_key(ROLE, "records")] = float(len(result.records))
+        if result.challenge_score is not None:
+            metrics[f"{ROLE}/challenge_score"] = result.challenge_score
         params = {"bundle": opts.bundle, "data": str(data.resolve()),
                   "folds": ",".join(map(str, result.folds)), "min_positives": opts.min_positives,
                   "n_boot": opts.n_boot, "seed": opts.seed,

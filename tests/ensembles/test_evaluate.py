@@ -90,6 +90,14 @@ def test_evaluate_all_by_source_writes_the_report(tiny_bundle, external_data, tm
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sources"] == {"georgia": N_GEORGIA, "synthetic": N_SYNTHETIC}
     assert {p["policy"] for p in summary["operating_points"]} == {"f1"}  # a pre-policy bundle
+    from ecgtune.search.metrics import challenge_score
+
+    groups = [g for g, idx in enumerate(json.loads((tiny_bundle / "bundle.json").read_text())[
+        "labels"]["groups"]) for _ in idx["labels"]]
+    expected = challenge_score(y, result.probabilities >= 0.5, groups=groups,
+                               normal_index=result.label_names.index("SR"))
+    assert summary["challenge_score"] == result.challenge_score == pytest.approx(expected)
+    assert "Challenge-style score" in (out / "report.md").read_text()
     assert (out / "reliability.png").is_file()
     text = format_evaluation(result)
     assert f"Evaluated {N_SYNTHETIC + N_GEORGIA} records" in text
@@ -175,6 +183,7 @@ def test_evaluation_run_is_linked_to_the_model_version(tiny_bundle, external_dat
     assert run.data.tags["ecgtune.data_manifest_sha256"] == sha and len(sha) == 64
     assert run.data.tags["ecgtune.role"] == "evaluation"
     assert run.data.metrics["evaluation/macro_auroc"] == result.row["macro"][K.AUROC]
+    assert run.data.metrics["evaluation/challenge_score"] == result.challenge_score
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "report")}
     assert "report/report.html" in artifacts
     # Every evaluation of the version is one search away.
