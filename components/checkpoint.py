@@ -36,6 +36,7 @@ class CheckpointMeta:
     label_groups: list[list[int]]
     extra: dict[str, Any] = field(default_factory=dict)
     format: str = CHECKPOINT_FORMAT
+    group_names: list[str] = field(default_factory=list)  # lower-case; [] when not recorded
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -81,7 +82,10 @@ def checkpoint_state(
         )
     extra = dict(extra or {})
     _check_plain(extra, "extra")
-    return {
+    # The group names pick each branch's own architecture (`branches.<group>.*`) on rebuild.
+    names = list(getattr(model, "group_names", []) or [])
+    validate(config, num_labels, groups, names)
+    state = {
         "format": CHECKPOINT_FORMAT,
         "config": config.to_dict(),
         "num_labels": int(num_labels),
@@ -90,6 +94,9 @@ def checkpoint_state(
         "extra": extra,
         "torch_version": str(torch.__version__),
     }
+    if names:
+        state["group_names"] = [str(n) for n in names]
+    return state
 
 
 def save_checkpoint(
@@ -125,8 +132,9 @@ def model_from_state(
         num_labels=int(state["num_labels"]),
         label_groups=[list(g) for g in state["label_groups"]],
         extra=dict(state.get("extra") or {}),
+        group_names=[str(n) for n in state.get("group_names") or []],
     )
-    model = build_model(config, meta.num_labels, meta.label_groups)
+    model = build_model(config, meta.num_labels, meta.label_groups, meta.group_names)
     model.load_state_dict(state["state_dict"], strict=True)
     return model.to(device).eval(), meta
 
