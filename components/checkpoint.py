@@ -72,7 +72,9 @@ def checkpoint_state(
     `label_groups` as passed to `build_model` (None allowed); the resolved groups are stored.
     """
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
-    groups = validate(config, num_labels, label_groups)  # stored resolved, e.g. for None
+    # The group names pick each branch's own architecture (`branches.<group>.*`) on rebuild.
+    names = list(getattr(model, "group_names", []) or [])
+    groups = validate(config, num_labels, label_groups, names)  # stored resolved (for None)
     if isinstance(model, MultiBranchModel) and (
         model.config != config or model.num_labels != num_labels or model.label_groups != groups
     ):
@@ -82,9 +84,6 @@ def checkpoint_state(
         )
     extra = dict(extra or {})
     _check_plain(extra, "extra")
-    # The group names pick each branch's own architecture (`branches.<group>.*`) on rebuild.
-    names = list(getattr(model, "group_names", []) or [])
-    validate(config, num_labels, groups, names)
     state = {
         "format": CHECKPOINT_FORMAT,
         "config": config.to_dict(),

@@ -254,9 +254,15 @@ class ModelConfig:
                 resolved = override.apply(self.branch)
             except ValueError as exc:  # name the per-branch key, not the shared one
                 raise ValueError(str(exc).replace("branch.", f"branches.{group}.", 1)) from None
-            # stored as the branch config types them (tuples, floats)
-            typed = {name: getattr(resolved, name) for name in override.values()}
-            pairs.append((group, BranchOverride(**typed)))
+            # Stored as the branch config types them (tuples, floats), and only where they
+            # differ from the shared branch: equal configs then describe equal models.
+            typed = {
+                name: getattr(resolved, name)
+                for name in override.values()
+                if getattr(resolved, name) != getattr(self.branch, name)
+            }
+            if typed:
+                pairs.append((group, BranchOverride(**typed)))
         if len({g for g, _ in pairs}) != len(pairs):
             _fail("branches", "a group is listed twice")
         object.__setattr__(self, "branches", tuple(sorted(pairs, key=lambda p: p[0])))
