@@ -154,7 +154,7 @@ def build_searcher(space: SearchSpace, kind: str, seed: int,
     inner = OptunaSearch(
         space=space.define_by_run(),
         metric=metrics if len(metrics) > 1 else metrics[0],
-        mode=modes if len(modes) > 1 else modes[0],  # type: ignore[arg-type]
+        mode=modes if len(modes) > 1 else modes[0],
         sampler=sampler,
         points_to_evaluate=points or None,
     )

@@ -57,7 +57,7 @@ def test_an_unlimited_budget_changes_nothing(members):
 
 def test_no_member_fits(members):
     probs, y = members(n_members=6, seed=3)
-    with pytest.raises(EnsembleError, match="cheapest, m3, costs 0.8 GFLOP"):
+    with pytest.raises(EnsembleError, match=r"cheapest, m3, costs 0\.8 GFLOP"):
         select_within_budget(probs, y, NAMES, COSTS, Budget(max_gflops=0.5), FitOptions())
 
 

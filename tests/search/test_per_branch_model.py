@@ -111,7 +111,7 @@ def test_set_per_branch_key_is_checked_before_anything_starts(prepared_data, tmp
     with pytest.raises(SearchOptionError, match="unknown branch field 'deep'"):
         validate_options(opts(**{"branches.rhythm.deep": "3"}))
     nope = validate_options(opts(**{"branches.nope.depths": "3"}))
-    with pytest.raises(SearchOptionError, match="unknown label group 'nope'.*rhythm"):
+    with pytest.raises(SearchOptionError, match=r"unknown label group 'nope'.*rhythm"):
         _point_validator(nope, data)
     with pytest.raises(SearchOptionError, match="--objective"):
         validate_options(SearchOptions(data=prepared_data, space="tiny", num_cpus=1,
