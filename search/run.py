@@ -300,6 +300,7 @@ class _Recorded:
     storage: str
     experiment_path: str
     num_samples: int
+    objective: str = "auprc"  # a resumed search keeps the one it was started with
 
 
 def run_search(opts: SearchOptions) -> SearchResult:
@@ -320,6 +321,7 @@ def run_search(opts: SearchOptions) -> SearchResult:
         client = tracking.client(tracking_uri)
         recorded = _open_parent_run(client, opts, validated, data, gpus, tracking_uri,
                                     experiment_path)
+        opts = replace(opts, objective=recorded.objective)
         if opts.verbose >= 1:
             print(startup_line(opts, validated, recorded.num_samples), flush=True)
         try:
@@ -411,10 +413,11 @@ def _open_parent_run(client: Any, opts: SearchOptions, validated: ValidatedSearc
     experiment_id = tracking.get_or_create_experiment(client, opts.name, tracking_uri)
     parent = (tracking.find_search_run(client, experiment_id, experiment_path)
               if opts.resume else None)
-    num_samples = opts.num_samples
+    num_samples, objective = opts.num_samples, opts.objective
     if parent is not None:
         parent_id = parent.info.run_id
         num_samples = int(parent.data.params.get("num_samples", num_samples))
+        objective = parent.data.params.get("objective", objective)
         client.update_run(parent_id, status="RUNNING")
     else:
         parent_id = _start_parent_run(client, experiment_id, experiment_path,
@@ -422,7 +425,7 @@ def _open_parent_run(client: Any, opts: SearchOptions, validated: ValidatedSearc
                                       data.manifest_path)
         _record_pins(client, parent_id, validated)
     return _Recorded(tracking_uri, experiment_id, parent_id, validated.storage, experiment_path,
-                     num_samples)
+                     num_samples, objective)
 
 
 def _fit(opts: SearchOptions, space: SearchSpace, check: PointValidator, handle: DataHandle,

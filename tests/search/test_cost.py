@@ -101,3 +101,19 @@ def test_front_table_and_plot(tmp_path):
                         "gflops": "2", "pareto": "1"}
     png = plot_pareto_front(rows, "gflops", tmp_path / "front.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_search_summary_names_the_pareto_front(capsys):
+    from ecgtune.search.report import print_search_summary
+    from ecgtune.search.run import SearchResult, TrialSummary
+
+    trials = [TrialSummary(i, f"id{i}", "TERMINATED", 2, q, False, {"fusion": "concat"},
+                           cost={K.COST_GFLOPS: g})
+              for i, (q, g) in enumerate([(0.5, 1.0), (0.6, 2.0), (0.55, 3.0)])]
+    result = SearchResult("s", "/tmp/x", "sqlite:///m.db", "1", "p", trials, True,
+                          ("auprc", "gflops"))
+    print_search_summary(result)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("Pareto"))
+    assert "t001 (0.6000; 2 gflops)" in line and "t000" in line and "t002" not in line
+    print_search_summary(SearchResult("s", "/tmp/x", "sqlite:///m.db", "1", "p", trials, True))
+    assert "Pareto" not in capsys.readouterr().out
