@@ -19,6 +19,9 @@ _EXPORTS = {
     "load_checkpoint": "checkpoint",
     "model_from_state": "checkpoint",
     "save_checkpoint": "checkpoint",
+    "BRANCH_FIELDS": "config",
+    "BranchOverride": "config",
+    "parse_branch_key": "config",
     "FLAT_KEYS": "config",
     "FUSION_NAMES": "config",
     "MIN_LENGTH": "config",
@@ -40,6 +43,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "BRANCH_FIELDS",
     "FLAT_KEYS",
     "FUSIONS",
     "FUSION_NAMES",
@@ -47,6 +51,7 @@ __all__ = [
     "NUM_LEADS",
     "PRESETS",
     "BranchConfig",
+    "BranchOverride",
     "CheckpointMeta",
     "Fusion",
     "ModelConfig",
@@ -59,6 +64,7 @@ __all__ = [
     "get_preset",
     "load_checkpoint",
     "model_from_state",
+    "parse_branch_key",
     "register_fusion",
     "save_checkpoint",
     "split_label_groups",
@@ -74,13 +80,16 @@ if TYPE_CHECKING:
         save_checkpoint,
     )
     from .config import (
+        BRANCH_FIELDS,
         FLAT_KEYS,
         FUSION_NAMES,
         MIN_LENGTH,
         NUM_LEADS,
         BranchConfig,
+        BranchOverride,
         ModelConfig,
         StemConfig,
+        parse_branch_key,
         split_label_groups,
     )
     from .fusion import FUSIONS, Fusion, register_fusion

@@ -36,6 +36,7 @@ class CheckpointMeta:
     label_groups: list[list[int]]
     extra: dict[str, Any] = field(default_factory=dict)
     format: str = CHECKPOINT_FORMAT
+    group_names: list[str] = field(default_factory=list)  # lower-case; [] when not recorded
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -71,7 +72,9 @@ def checkpoint_state(
     `label_groups` as passed to `build_model` (None allowed); the resolved groups are stored.
     """
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
-    groups = validate(config, num_labels, label_groups)  # stored resolved, e.g. for None
+    # The group names pick each branch's own architecture (`branches.<group>.*`) on rebuild.
+    names = list(getattr(model, "group_names", []) or [])
+    groups = validate(config, num_labels, label_groups, names)  # stored resolved (for None)
     if isinstance(model, MultiBranchModel) and (
         model.config != config or model.num_labels != num_labels or model.label_groups != groups
     ):
@@ -81,7 +84,7 @@ def checkpoint_state(
         )
     extra = dict(extra or {})
     _check_plain(extra, "extra")
-    return {
+    state = {
         "format": CHECKPOINT_FORMAT,
         "config": config.to_dict(),
         "num_labels": int(num_labels),
@@ -90,6 +93,9 @@ def checkpoint_state(
         "extra": extra,
         "torch_version": str(torch.__version__),
     }
+    if names:
+        state["group_names"] = [str(n) for n in names]
+    return state
 
 
 def save_checkpoint(
@@ -125,8 +131,9 @@ def model_from_state(
         num_labels=int(state["num_labels"]),
         label_groups=[list(g) for g in state["label_groups"]],
         extra=dict(state.get("extra") or {}),
+        group_names=[str(n) for n in state.get("group_names") or []],
     )
-    model = build_model(config, meta.num_labels, meta.label_groups)
+    model = build_model(config, meta.num_labels, meta.label_groups, meta.group_names)
     model.load_state_dict(state["state_dict"], strict=True)
     return model.to(device).eval(), meta
 

@@ -17,13 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 __all__ = [
+    "BRANCH_FIELDS",
     "FLAT_KEYS",
     "FUSION_NAMES",
     "MIN_LENGTH",
     "NUM_LEADS",
     "BranchConfig",
+    "BranchOverride",
     "ModelConfig",
     "StemConfig",
+    "parse_branch_key",
     "split_label_groups",
 ]
 
@@ -150,6 +153,53 @@ class BranchConfig:
         return channels
 
 
+BRANCH_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(BranchConfig))
+# A label group's name as it appears in `branches.<group>.<field>` (the label map's, lower-cased).
+_GROUP_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class BranchOverride:
+    """The `BranchConfig` fields one label group's branch sets for itself; None inherits the
+    shared `branch` value, so a later change of `branch.*` still reaches unset fields."""
+
+    depths: tuple[int, ...] | None = None
+    width: int | None = None
+    mid: int | None = None
+    kernel: int | None = None
+    dense_layers: tuple[int, ...] | None = None
+    growth: int | None = None
+    bottleneck: int | None = None
+    compression: float | None = None
+    out_channels: int | None = None
+    attention: bool | None = None
+    heads: int | None = None
+    dropout: float | None = None
+
+    def values(self) -> dict[str, Any]:
+        """The fields set, by name."""
+        return {
+            name: getattr(self, name) for name in BRANCH_FIELDS if getattr(self, name) is not None
+        }
+
+    def apply(self, base: BranchConfig) -> BranchConfig:
+        return dataclasses.replace(base, **self.values())
+
+
+def parse_branch_key(key: str) -> tuple[str, str] | None:
+    """`branches.<group>.<field>` -> (group, field); None for any other key. Raises a
+    `ValueError` naming the key for a malformed group or an unknown field."""
+    if not key.startswith("branches."):
+        return None
+    parts = key.split(".")
+    if len(parts) != 3 or not _GROUP_NAME.fullmatch(parts[1]):
+        _fail(key, "expected branches.<group>.<field> with a lower-case group name, e.g. "
+                   "branches.rhythm.depths")
+    if parts[2] not in BRANCH_FIELDS:
+        _fail(key, f"unknown branch field {parts[2]!r}; valid: {', '.join(BRANCH_FIELDS)}")
+    return parts[1], parts[2]
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The whole multi-branch model. Label-dependent checks live in `validate`."""
@@ -160,6 +210,8 @@ class ModelConfig:
     fusion: str = "independent"
     fusion_hidden: int = 256  # concat: MLP hidden size; attention: key size
     fusion_dropout: float = 0.2  # concat / attention / late; unused by independent
+    # Per-group branch overrides (group name, fields), sorted by name; see `branch_for`.
+    branches: tuple[tuple[str, BranchOverride], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.stem, StemConfig):
@@ -175,19 +227,64 @@ class ModelConfig:
             "fusion_dropout",
             _check_float("fusion.dropout", self.fusion_dropout, 0.0, 1.0, False),
         )
+        self._check_branches()
         length = self.sequence_length(MIN_LENGTH)
         if length < 1:
+            deepest = max(self.branch_configs(), key=lambda b: len(b.depths))
             _fail(
                 "branch.depths",
-                f"stem.stride={self.stem.stride} and {len(self.branch.depths)} U-blocks "
+                f"stem.stride={self.stem.stride} and {len(deepest.depths)} U-blocks "
                 f"(each halving the length) leave nothing of a {MIN_LENGTH}-sample input",
             )
 
+    def _check_branches(self) -> None:
+        items = self.branches.items() if isinstance(self.branches, Mapping) else self.branches
+        pairs = []
+        for item in items:
+            if not (isinstance(item, tuple) and len(item) == 2):
+                _fail("branches", f"expected (group, BranchOverride) pairs, got {item!r}")
+            group, override = item
+            if not isinstance(group, str) or not _GROUP_NAME.fullmatch(group):
+                _fail("branches", f"group names are lower-case identifiers, got {group!r}")
+            if not isinstance(override, BranchOverride):
+                _fail(f"branches.{group}", f"expected a BranchOverride, got {override!r}")
+            if not override.values():
+                continue  # an override that sets nothing is no override
+            try:
+                resolved = override.apply(self.branch)
+            except ValueError as exc:  # name the per-branch key, not the shared one
+                raise ValueError(str(exc).replace("branch.", f"branches.{group}.", 1)) from None
+            # Stored as the branch config types them (tuples, floats), and only where they
+            # differ from the shared branch: equal configs then describe equal models.
+            typed = {
+                name: getattr(resolved, name)
+                for name in override.values()
+                if getattr(resolved, name) != getattr(self.branch, name)
+            }
+            if typed:
+                pairs.append((group, BranchOverride(**typed)))
+        if len({g for g, _ in pairs}) != len(pairs):
+            _fail("branches", "a group is listed twice")
+        object.__setattr__(self, "branches", tuple(sorted(pairs, key=lambda p: p[0])))
+
+    def branch_for(self, group: str) -> BranchConfig:
+        """The branch of label group `group` (lower-case name): the shared `branch` with that
+        group's overrides applied."""
+        for name, override in self.branches:
+            if name == group:
+                return override.apply(self.branch)
+        return self.branch
+
+    def branch_configs(self) -> list[BranchConfig]:
+        """The shared branch and every overridden one (what length checks must cover)."""
+        return [self.branch, *(o.apply(self.branch) for _, o in self.branches)]
+
     def sequence_length(self, length: int) -> int:
-        """Time steps reaching attention/pooling for `length` input samples (0: too short)."""
+        """Time steps reaching attention/pooling for `length` input samples in the deepest
+        branch (0: too short)."""
         k, s = self.stem.kernel, self.stem.stride
         t = (length + 2 * (k // 2) - k) // s + 1
-        for _ in self.branch.depths:
+        for _ in range(max(len(b.depths) for b in self.branch_configs())):
             if t < 2:  # AvgPool1d(2) needs two samples
                 return 0
             t //= 2
@@ -201,26 +298,40 @@ class ModelConfig:
         for key, (section, name) in _FLAT.items():
             value = getattr(getattr(self, section) if section else self, name)
             out[key] = list(value) if isinstance(value, tuple) else value
+        for group, override in self.branches:
+            for name, value in override.values().items():
+                out[f"branches.{group}.{name}"] = list(value) if isinstance(value, tuple) else value
         return out
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, Any], *, base: ModelConfig | None = None) -> ModelConfig:
         """Build from dotted keys; keys absent from `flat` come from `base` (default config)."""
         base = cls() if base is None else base
-        unknown = sorted(set(flat) - set(_FLAT))
+        per_branch = {k: parse_branch_key(k) for k in flat if k.startswith("branches.")}
+        unknown = sorted(set(flat) - set(_FLAT) - set(per_branch))
         if unknown:
             raise ValueError(
                 f"unknown config key(s) {', '.join(map(repr, unknown))}; "
-                f"valid keys: {', '.join(FLAT_KEYS)}"
+                f"valid keys: {', '.join(FLAT_KEYS)}, branches.<group>.<field>"
             )
         sections: dict[str, dict[str, Any]] = {"stem": {}, "branch": {}, "": {}}
+        overrides = {group: o.values() for group, o in base.branches}
         for key, value in flat.items():
+            where = per_branch.get(key)
+            if where is not None:
+                group, name = where
+                parsed = _parse(key, value, getattr(base.branch, name))
+                overrides.setdefault(group, {})[name] = parsed
+                continue
             section, name = _FLAT[key]
             default = getattr(getattr(base, section) if section else base, name)
             sections[section][name] = _parse(key, value, default)
         stem = dataclasses.replace(base.stem, **sections["stem"])
         branch = dataclasses.replace(base.branch, **sections["branch"])
-        return dataclasses.replace(base, stem=stem, branch=branch, **sections[""])
+        branches = tuple((g, _override(g, v)) for g, v in overrides.items())
+        return dataclasses.replace(
+            base, stem=stem, branch=branch, branches=branches, **sections[""]
+        )
 
     # --- JSON ---------------------------------------------------------------------------
 
@@ -230,6 +341,14 @@ class ModelConfig:
         for section in ("stem", "branch"):
             out[section] = {
                 k: list(v) if isinstance(v, tuple) else v for k, v in out[section].items()
+            }
+        # Only a heterogeneous model writes the key: every other config's JSON (checkpoints,
+        # bundles, their checksums) stays as it was.
+        del out["branches"]
+        if self.branches:
+            out["branches"] = {
+                group: {k: list(v) if isinstance(v, tuple) else v for k, v in o.values().items()}
+                for group, o in self.branches
             }
         return out
 
@@ -241,10 +360,19 @@ class ModelConfig:
         flat: dict[str, Any] = {}
         top = {name: key for key, (section, name) in _FLAT.items() if not section}
         expected = {"stem", "branch", *top}
-        if set(data) != expected:
+        if set(data) - {"branches"} != expected:
             raise ValueError(
-                f"config keys {sorted(data)} do not match the expected {sorted(expected)}"
+                f"config keys {sorted(data)} do not match the expected {sorted(expected)} "
+                "(and optionally 'branches')"
             )
+        branches = data.get("branches") or {}
+        if not isinstance(branches, Mapping):
+            raise ValueError(f"branches: expected a mapping of groups, got {branches!r}")
+        for group, part in branches.items():
+            if not isinstance(part, Mapping):
+                raise ValueError(f"branches.{group}: expected a mapping, got {part!r}")
+            for name, value in part.items():
+                flat[f"branches.{group}.{name}"] = value
         for section in ("stem", "branch"):
             part = data[section]
             if not isinstance(part, Mapping):
@@ -270,13 +398,20 @@ class ModelConfig:
         return cls.from_dict(data)
 
 
+def _override(group: str, values: Mapping[str, Any]) -> BranchOverride:
+    try:
+        return BranchOverride(**values)
+    except TypeError as exc:  # an unknown field; parse_branch_key names it for flat keys
+        raise ValueError(f"branches.{group}: {exc}") from None
+
+
 def _flat_table() -> dict[str, tuple[str, str]]:
     table: dict[str, tuple[str, str]] = {}
     for section, klass in (("stem", StemConfig), ("branch", BranchConfig)):
         for f in dataclasses.fields(klass):
             table[f"{section}.{f.name}"] = (section, f.name)
     for f in dataclasses.fields(ModelConfig):
-        if f.name not in ("stem", "branch"):
+        if f.name not in ("stem", "branch", "branches"):
             # fusion_hidden -> fusion.hidden; the search space nests fusion options
             key = f.name.replace("fusion_", "fusion.", 1)
             table[key] = ("", f.name)

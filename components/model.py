@@ -98,25 +98,38 @@ class Branch(nn.Module):
 class MultiBranchModel(nn.Module):
     """(B, 12, L) -> logits (B, num_labels) in label order, for any L >= MIN_LENGTH."""
 
-    def __init__(self, config: ModelConfig, num_labels: int, label_groups: list[list[int]]) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        num_labels: int,
+        label_groups: list[list[int]],
+        group_names: Sequence[str] = (),
+    ) -> None:
         super().__init__()
         n_branches = config.n_branches or len(label_groups)
         shared = config.stem.shared
+        # Branch i serves group i when there is one branch per group (then it may have its
+        # own architecture, `branches.<group>.*`); otherwise every branch is the shared one.
+        names = [n.lower() for n in group_names] if len(group_names) == n_branches else []
+        branch_configs = (
+            [config.branch_for(n) for n in names] if names else [config.branch] * n_branches
+        )
         self.stem = Stem(config.stem) if shared else nn.Identity()
         self.branches = nn.ModuleList(
             Branch(
                 nn.Identity() if shared else Stem(config.stem),
-                ResUDenseTrunk(config.stem.channels, config.branch),
+                ResUDenseTrunk(config.stem.channels, branch),
             )
-            for _ in range(n_branches)
+            for branch in branch_configs
         )
         self.fusion = FUSIONS[config.fusion](
-            [config.branch.out_channels] * n_branches, num_labels, label_groups, config
+            [b.out_channels for b in branch_configs], num_labels, label_groups, config
         )
         # plain attributes (not state): what a checkpoint needs to rebuild this model
         self.config = config
         self.num_labels = num_labels
         self.label_groups = [list(g) for g in label_groups]
+        self.group_names = [n.lower() for n in group_names]
 
     def embed(self, x: Tensor) -> list[Tensor]:
         """Pooled embedding (B, D) of every branch."""
@@ -131,7 +144,10 @@ class MultiBranchModel(nn.Module):
 
 
 def validate(
-    config: ModelConfig, num_labels: int, label_groups: Sequence[Sequence[int]] | None = None
+    config: ModelConfig,
+    num_labels: int,
+    label_groups: Sequence[Sequence[int]] | None = None,
+    group_names: Sequence[str] = (),
 ) -> list[list[int]]:
     """Check `config` against the label layout; return the groups the model will use.
 
@@ -140,7 +156,8 @@ def validate(
     a single-branch model and a near-even contiguous split into `n_branches` groups otherwise.
     The number of branches is `config.n_branches`, or the number of groups when it is 0.
     `independent` fusion needs one branch per group, except that a single branch predicts
-    every label whatever the grouping (the plain seed network).
+    every label whatever the grouping (the plain seed network). `group_names` (the label
+    map's, any case) name the groups for per-branch settings (`branches.<group>.*`).
     """
     if not isinstance(config, ModelConfig):
         raise ValueError(f"expected a ModelConfig, got {type(config).__name__}")
@@ -167,21 +184,47 @@ def validate(
             )
     n_branches = config.n_branches or len(groups)
     FUSIONS[config.fusion].check_layout(n_branches, num_labels, groups)
+    _check_branch_groups(config, groups, n_branches, group_names)
     return groups
+
+
+def _check_branch_groups(
+    config: ModelConfig, groups: list[list[int]], n_branches: int, group_names: Sequence[str]
+) -> None:
+    """Per-branch overrides need named groups, one branch each, and known names."""
+    if not config.branches:
+        return
+    key = f"branches.{config.branches[0][0]}"
+    if not group_names:
+        _fail(key, "per-branch settings need the label map's group names (group_names)")
+    names = [n.lower() for n in group_names]
+    if len(names) != len(groups):
+        _fail("group_names", f"{len(names)} names for {len(groups)} label groups")
+    if n_branches != len(groups):
+        _fail(
+            key,
+            f"per-branch settings need one branch per label group (n_branches=0 or "
+            f"{len(groups)}), got n_branches={config.n_branches}",
+        )
+    for group, _ in config.branches:
+        if group not in names:
+            _fail(f"branches.{group}", f"unknown label group {group!r}; valid: {', '.join(names)}")
 
 
 def build_model(
     config: ModelConfig,
     num_labels: int = 20,
     label_groups: Sequence[Sequence[int]] | None = None,
+    group_names: Sequence[str] = (),
 ) -> MultiBranchModel:
     """Build the model `config` describes; raises ValueError for an incompatible layout.
 
-    `label_groups` lists label indices per group (from the label map); see `validate` for
-    what None means and how the number of branches follows from it.
+    `label_groups` lists label indices per group (from the label map), `group_names` their
+    names (needed by per-branch settings); see `validate` for what None means and how the
+    number of branches follows from it.
     """
-    groups = validate(config, num_labels, label_groups)
-    return MultiBranchModel(config, num_labels, groups)
+    groups = validate(config, num_labels, label_groups, group_names)
+    return MultiBranchModel(config, num_labels, groups, group_names)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

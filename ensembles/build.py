@@ -254,6 +254,49 @@ def _predict_members(opts: EnsembleOptions, trials: list, folds: _Folds) -> _Mem
                     inputs, device)
 
 
+def _budget(opts: EnsembleOptions) -> Any:
+    from ecgtune.ensembles.budget import Budget
+
+    return Budget(max_gflops=opts.max_gflops, max_ms=opts.max_ms)
+
+
+def _within_budget(opts: EnsembleOptions, client: Any, mem: _Members,
+                   y_ens: np.ndarray) -> tuple[_Members, list[Any]]:
+    """Under --max-gflops/--max-ms: the candidates narrowed to the pool whose selected
+    ensemble fits the budget (ensembles.budget), and every candidate tried for the report."""
+    from ecgtune.ensembles.budget import member_costs, select_within_budget
+
+    budget = _budget(opts)
+    if not budget.active:
+        return mem, []
+    costs = member_costs(client, mem.members, need_ms=opts.max_ms > 0)
+    pool, candidates = select_within_budget(mem.probs[ENSEMBLE], y_ens, mem.names, costs,
+                                            budget, opts.fit)
+    chosen = next(c for c in candidates if c.chosen)
+    log.info("budget %s: %d of %d members usable, ensemble of %d at %.3g GFLOP, %.3g ms",
+             budget.describe(), len(pool), len(mem.members), len(chosen.members),
+             chosen.cost.gflops, chosen.cost.cpu_ms)
+    narrowed = _Members([mem.members[i] for i in pool],
+                        {role: p[pool] for role, p in mem.probs.items()}, mem.inputs, mem.device)
+    return narrowed, candidates
+
+
+def _log_budget(client: Any, run_id: str, opts: EnsembleOptions, candidates: list[Any]) -> None:
+    """The budget and what the chosen ensemble costs, on the ensemble's run."""
+    if not candidates:
+        return
+    from mlflow.entities import Metric, Param
+
+    from ecgtune.search import metric_keys as K
+
+    chosen = next(c for c in candidates if c.chosen)
+    now = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+    client.log_batch(run_id, metrics=[Metric(K.COST_GFLOPS, chosen.cost.gflops, now, 0),
+                                      Metric(K.COST_CPU_MS, chosen.cost.cpu_ms, now, 0)],
+                     params=[Param("max_gflops", str(opts.max_gflops)),
+                             Param("max_ms", str(opts.max_ms))])
+
+
 def _predictor(fitted: Any, mem: _Members, folds: _Folds, opts: EnsembleOptions) -> Any:
     """The in-process predictor: the selected members with their weights, calibrated."""
     from ecgtune.ensembles.inference import EnsemblePredictor
@@ -450,6 +493,7 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
     folds = _load_folds(opts, search)
     mem = _predict_members(opts, trials, folds)
     y_ens, y_test = folds.labels(ENSEMBLE), folds.labels(TEST)
+    mem, candidates = _within_budget(opts, client, mem, y_ens)
     fitted = fit_ensemble(mem.probs[ENSEMBLE], y_ens, mem.names, opts.fit, groups=folds.groups,
                           label_names=folds.label_names)
     uniform = fit_average(mem.probs[ENSEMBLE], y_ens, opts.fit, groups=folds.groups,
@@ -479,6 +523,11 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
         )
         points = json.loads((Path(tmp) / "report" / "summary.json").read_text()
                             ).get("operating_points", [])
+        if candidates:
+            from ecgtune.ensembles.budget import CANDIDATES_CSV, write_candidates_csv
+
+            write_candidates_csv(candidates, _budget(opts), opts.fit.metric,
+                                 Path(tmp) / "report" / CANDIDATES_CSV)
         bundle_dir = save_bundle(
             opts.output, predictor, fit=_fit_record(opts, search, folds, summaries, fitted),
             member_info=_member_info(mem, selector),
@@ -490,6 +539,7 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
               _mlflow_params(opts, mem, fitted, weights, bundle_dir, folds.label_names),
               _mlflow_metrics(rows, results, calibration, selector))
     client.log_artifacts(run_id, str(report_dir), "report")
+    _log_budget(client, run_id, opts, candidates)
     if opts.onnx:  # the portable graph beside the pyfunc, checked against the bundle
         from ecgtune.ensembles.onnx_export import log_onnx_artifact
 

@@ -291,7 +291,8 @@ def load_bundle(
             if rel not in files:
                 raise BundleFormatError(f"bundle file {BUNDLE_FILE}: member file {rel} is not "
                                         f"covered by {MANIFEST_FILE}")
-            model = build_model(spec.config, spec.num_labels, [list(g) for g in spec.label_groups])
+            model = build_model(spec.config, spec.num_labels, [list(g) for g in spec.label_groups],
+                                spec.group_names)
             current = rel
             try:
                 state = load_safetensors(files[rel])

@@ -158,6 +158,7 @@ class MemberSpec:
     label_groups: tuple[tuple[int, ...], ...]
     crop_len: int
     normalization: str
+    group_names: tuple[str, ...] = ()  # lower-case; pick per-branch architectures
 
     def __post_init__(self) -> None:
         if self.normalization not in ("dataset", "record"):
@@ -181,6 +182,8 @@ class MemberSpec:
             "label_groups": [list(g) for g in self.label_groups],
             "crop_len": self.crop_len,
             "normalization": self.normalization,
+            # only where a branch has its own architecture: other bundles stay byte-identical
+            **({"group_names": list(self.group_names)} if self.config.branches else {}),
         }
 
     @classmethod
@@ -192,6 +195,7 @@ class MemberSpec:
             label_groups=tuple(tuple(int(i) for i in g) for g in data["label_groups"]),
             crop_len=int(data["crop_len"]),
             normalization=str(data["normalization"]),
+            group_names=tuple(str(n) for n in data.get("group_names") or ()),
         )
 
 

@@ -188,6 +188,7 @@ def load_member(
             label_groups=tuple(tuple(g) for g in meta.label_groups),
             crop_len=int(flat["train.crop_len"]),
             normalization=str(flat["train.normalization"]),
+            group_names=tuple(meta.group_names),
         )
     except KeyError as exc:
         raise MemberError(

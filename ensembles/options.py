@@ -236,6 +236,12 @@ class EnsembleOptions:
                         "ensemble beside the pyfunc (its export takes ~20 s on a laptop CPU; "
                         "`ecgtune export` makes it later)")
     progress: bool = option(True, flag="--no-progress", help="no progress bars")
+    # Compute budgets (ensembles.budget); 0 = none. A float default makes the flag a float.
+    max_gflops: float = option(0.0, minimum=0.0, metavar="G", help="the best ensemble whose "
+                               "members' summed forward GFLOP per 10 s record (from their "
+                               "trials) is at most G; 0: no limit")
+    max_ms: float = option(0.0, minimum=0.0, metavar="MS", help="the same with the members' "
+                           "summed CPU inference ms per record, as measured in their trials")
 
     def __post_init__(self) -> None:
         _validate(self)

@@ -70,8 +70,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", type=_parse_override,
                    default=[], metavar="KEY=VALUE",
                    help="fix a config key for every trial, e.g. --set train.steps_per_epoch=50; a "
-                   "key the space samples is pinned (no longer searched); checked before "
-                   "anything starts")
+                   "key the space samples is pinned (no longer searched); one branch's own "
+                   "architecture: --set branches.rhythm.depths=6-5-4-3 (group names from the "
+                   "label map, lower-cased); checked before anything starts")
+    p.add_argument("--objective", default="auprc", metavar="auprc[,gflops]",
+                   help="what the searcher optimises: auprc (validation macro AUPRC), or "
+                   "auprc plus cost terms (gflops, cpu_ms, params) for a multi-objective "
+                   "search whose Pareto front the search run logs; ASHA stops trials on "
+                   "auprc either way")
     p.set_defaults(func=_run)
 
 
@@ -107,6 +113,7 @@ def _search(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus, max_concurrent=args.max_concurrent, seed=args.seed,
         searcher=args.searcher, scheduler=args.scheduler, data_sharing=args.data_sharing,
         max_failures=args.max_failures, overrides=_overrides(args.overrides), verbose=args.verbose,
+        objective=args.objective,
     )
     result = run_search(opts)
     print_search_summary(result)

@@ -179,7 +179,7 @@ class MemoryEstimate:
 @functools.lru_cache(maxsize=256)
 def activation_bytes(model: ModelConfig, num_labels: int,
                      label_groups: tuple[tuple[int, ...], ...] | None,
-                     crop_len: int) -> tuple[int, int, int]:
+                     crop_len: int, group_names: tuple[str, ...] = ()) -> tuple[int, int, int]:
     """(per-sample, per-batch constant, parameters) fp32 bytes saved for backward.
 
     Measured by running the model on the meta device (shapes only: no memory, no FLOPs) at
@@ -188,7 +188,7 @@ def activation_bytes(model: ModelConfig, num_labels: int,
     """
     groups = [list(g) for g in label_groups] if label_groups else None
     with torch.device("meta"):
-        net = build_model(model, num_labels, groups)
+        net = build_model(model, num_labels, groups, group_names)
     net.train()
     totals = []
     for batch in (1, 2):
@@ -212,9 +212,11 @@ def activation_bytes(model: ModelConfig, num_labels: int,
 
 def estimate_training_memory(model: ModelConfig, num_labels: int,
                              label_groups: Sequence[Sequence[int]] | None, batch_size: int,
-                             crop_len: int, precision: str) -> MemoryEstimate:
+                             crop_len: int, precision: str,
+                             group_names: Sequence[str] = ()) -> MemoryEstimate:
     groups = tuple(tuple(g) for g in label_groups) if label_groups else None
-    per_sample, constant, params = activation_bytes(model, num_labels, groups, crop_len)
+    per_sample, constant, params = activation_bytes(model, num_labels, groups, crop_len,
+                                                    tuple(group_names))
     scale = 1.0 if precision == "fp32" else 0.5
     activations = int(scale * (per_sample * batch_size + constant))
     state = 16 * params  # fp32 weights, gradients, AdamW exp_avg and exp_avg_sq
@@ -224,11 +226,12 @@ def estimate_training_memory(model: ModelConfig, num_labels: int,
 
 def require_fit(model: ModelConfig, num_labels: int,
                 label_groups: Sequence[Sequence[int]] | None, batch_size: int, crop_len: int,
-                precision: str, budget_bytes: int, whose: str, share: str = "") -> MemoryEstimate:
+                precision: str, budget_bytes: int, whose: str, share: str = "",
+                group_names: Sequence[str] = ()) -> MemoryEstimate:
     """The config's estimate, or TrialDoesNotFitError when it exceeds `budget_bytes`; `whose`
     and `share` (e.g. "0.5 x NVIDIA A10G") word the budget in the message."""
     estimate = estimate_training_memory(model, num_labels, label_groups, batch_size, crop_len,
-                                        precision)
+                                        precision, group_names)
     if estimate.total_bytes > budget_bytes:
         raise TrialDoesNotFitError(
             f"batch {batch_size} x crop {crop_len} needs {estimate.describe()}, more than "

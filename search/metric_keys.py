@@ -12,6 +12,9 @@ __all__ = [
     "AUROC",
     "BEST_OBJECTIVE",
     "BRIER",
+    "COST_CPU_MS",
+    "COST_GFLOPS",
+    "COST_PARAMS",
     "ECE",
     "ENV_DEVICE",
     "ENV_NODE",
@@ -47,6 +50,10 @@ THROUGHPUT = "train/samples_per_s"
 EPOCH = "epoch"
 BEST_OBJECTIVE = "val/best_macro_auprc"  # best objective so far in the trial
 RESTORED_FROM_EPOCH = "train/restored_from_epoch"  # epoch of the checkpoint a retry resumed
+# What the trial's model costs (search.cost): measured once, reported with every epoch.
+COST_PARAMS = "cost/params"
+COST_GFLOPS = "cost/gflops"  # forward GFLOP per 10 s record
+COST_CPU_MS = "cost/cpu_ms"  # measured CPU inference ms per record
 # Where a trial ran (strings in its results; the tracker makes them tags of the trial's run).
 ENV_DEVICE = "env/device"
 ENV_PRECISION = "env/precision"

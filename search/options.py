@@ -18,21 +18,29 @@ import math
 import os
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ecgtune.components import parse_branch_key
 from ecgtune.search.config import DebugConfig, TrialConfig
 from ecgtune.search.data import DATA_SHARING
 from ecgtune.search.errors import SearchOptionError
-from ecgtune.search.searcher import SEARCHERS
+from ecgtune.search.searcher import SEARCHERS, parse_objective
 from ecgtune.search.space import Param, SearchSpace, load_space
 
 if TYPE_CHECKING:
     from ecgtune.search.run import SearchOptions
 
-__all__ = ["ValidatedSearch", "pin_space", "probe_storage", "typed_pins", "validate_options"]
+__all__ = [
+    "ValidatedSearch",
+    "check_branch_groups",
+    "pin_space",
+    "probe_storage",
+    "typed_pins",
+    "validate_options",
+]
 
 # Random points tried when a `--set` value only fails next to the base preset: a value that
 # fits no sampled point either is rejected, one that fits some is the space's business.
@@ -115,6 +123,10 @@ def _check_ranges(opts: SearchOptions) -> None:
     # The name becomes a folder under --storage: a path in it would write outside it.
     if not name.strip() or name in (".", "..") or "/" in name or os.sep in name:
         problems.append(f"--name must be a plain folder name (no '/'), got {name!r}")
+    try:
+        parse_objective(opts.objective)
+    except ValueError as exc:
+        problems.append(f"--objective: {exc}")
     if problems:
         raise SearchOptionError("; ".join(problems))
     if opts.address is not None:
@@ -184,7 +196,11 @@ def typed_pins(space: SearchSpace, overrides: Mapping[str, Any],
     if epochs is not None:
         requested.append((f"--epochs {epochs}", "train.epochs", epochs))
     for flag, key, value in requested:
-        if key not in valid:
+        try:  # branches.<group>.<field>: the field here, the group against the data's labels
+            per_branch = parse_branch_key(key) is not None
+        except ValueError as exc:
+            raise SearchOptionError(f"{flag}: {exc}") from None
+        if key not in valid and not per_branch:
             raise _unknown_key(flag, key, valid)
         try:
             typed = _typed_value(key, value, [base])
@@ -203,6 +219,21 @@ def typed_pins(space: SearchSpace, overrides: Mapping[str, Any],
             )
         pins[key] = typed
     return pins
+
+
+def check_branch_groups(validated: ValidatedSearch, group_names: Sequence[str]) -> None:
+    """Every `--set branches.<group>.*` (and per-branch key of the space) names a group of
+    the data's label map; called once the manifest is read, before Ray starts."""
+    names = [n.lower() for n in group_names]
+    keys = [*validated.pins, *validated.space.fixed, *validated.space.param_names]
+    for key in keys:
+        where = parse_branch_key(key)
+        if where is not None and where[0] not in names:
+            flag = f"--set {key}" if key in validated.pins else f"{validated.space.name}: {key}"
+            raise SearchOptionError(
+                f"{flag}: unknown label group {where[0]!r}; this data's groups are "
+                f"{', '.join(names)}"
+            )
 
 
 def _as_choice(value: Any) -> Any:

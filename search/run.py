@@ -24,8 +24,8 @@ from ecgtune.search.data import DataHandle, make_data_handle
 from ecgtune.search.devices import gpu_memory_from_resources
 from ecgtune.search.errors import SearchError, SearchOptionError
 from ecgtune.search.faults import install_no_retry_policy
-from ecgtune.search.options import ValidatedSearch, validate_options
-from ecgtune.search.searcher import PointValidator, build_searcher
+from ecgtune.search.options import ValidatedSearch, check_branch_groups, validate_options
+from ecgtune.search.searcher import PointValidator, build_searcher, parse_objective
 from ecgtune.search.space import SearchSpace
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ class SearchOptions:
     max_failures: int = 2
     overrides: dict[str, Any] = field(default_factory=dict)
     verbose: int = 1  # 0 silent, 1 one line per trial event, 2 also Ray's own tables
+    objective: str = "auprc"  # or "auprc,gflops" (...): multi-objective, see searcher.OBJECTIVES
 
 
 @dataclass
@@ -70,6 +71,7 @@ class TrialSummary:
     early_stopped: bool
     config: dict[str, Any]
     error: str | None = None
+    cost: dict[str, float] = field(default_factory=dict)  # metric_keys.COST_* of its model
 
 
 @dataclass
@@ -81,6 +83,7 @@ class SearchResult:
     parent_run_id: str
     trials: list[TrialSummary]
     complete: bool
+    objective: tuple[str, ...] = ("auprc",)
 
     @property
     def best(self) -> TrialSummary | None:
@@ -276,6 +279,7 @@ class SearchData:
     val_folds: tuple[int, ...]
     label_names: tuple[str, ...]
     label_groups: tuple[tuple[int, ...], ...]
+    group_names: tuple[str, ...] = ()
 
     @property
     def manifest_path(self) -> Path:
@@ -296,6 +300,7 @@ class _Recorded:
     storage: str
     experiment_path: str
     num_samples: int
+    objective: str = "auprc"  # a resumed search keeps the one it was started with
 
 
 def run_search(opts: SearchOptions) -> SearchResult:
@@ -316,6 +321,7 @@ def run_search(opts: SearchOptions) -> SearchResult:
         client = tracking.client(tracking_uri)
         recorded = _open_parent_run(client, opts, validated, data, gpus, tracking_uri,
                                     experiment_path)
+        opts = replace(opts, objective=recorded.objective)
         if opts.verbose >= 1:
             print(startup_line(opts, validated, recorded.num_samples), flush=True)
         try:
@@ -360,6 +366,7 @@ def load_search_data(data_dir: Path) -> tuple[SearchData, ECGDataset]:
         train_folds=roles["train"], val_folds=roles["val"],
         label_names=tuple(dataset.label_map.names),
         label_groups=tuple(tuple(g) for g in dataset.label_map.group_indices()),
+        group_names=tuple(n.lower() for n in dataset.label_map.group_names),
     )
     return data, dataset
 
@@ -368,7 +375,9 @@ def _point_validator(validated: ValidatedSearch, data: SearchData) -> PointValid
     """The model-layout check of a sampled point; refuses an invalid warm-start point or a
     space none of whose points is valid, before Ray starts."""
     space = validated.space
-    check = PointValidator(space, len(data.label_names), data.label_groups)
+    check_branch_groups(validated, data.group_names)
+    check = PointValidator(space, len(data.label_names), data.label_groups,
+                           group_names=data.group_names)
     for point in space.points_to_evaluate:
         try:
             check(space.trial_flat(point))
@@ -404,10 +413,11 @@ def _open_parent_run(client: Any, opts: SearchOptions, validated: ValidatedSearc
     experiment_id = tracking.get_or_create_experiment(client, opts.name, tracking_uri)
     parent = (tracking.find_search_run(client, experiment_id, experiment_path)
               if opts.resume else None)
-    num_samples = opts.num_samples
+    num_samples, objective = opts.num_samples, opts.objective
     if parent is not None:
         parent_id = parent.info.run_id
         num_samples = int(parent.data.params.get("num_samples", num_samples))
+        objective = parent.data.params.get("objective", objective)
         client.update_run(parent_id, status="RUNNING")
     else:
         parent_id = _start_parent_run(client, experiment_id, experiment_path,
@@ -415,7 +425,7 @@ def _open_parent_run(client: Any, opts: SearchOptions, validated: ValidatedSearc
                                       data.manifest_path)
         _record_pins(client, parent_id, validated)
     return _Recorded(tracking_uri, experiment_id, parent_id, validated.storage, experiment_path,
-                     num_samples)
+                     num_samples, objective)
 
 
 def _fit(opts: SearchOptions, space: SearchSpace, check: PointValidator, handle: DataHandle,
@@ -428,7 +438,8 @@ def _fit(opts: SearchOptions, space: SearchSpace, check: PointValidator, handle:
 
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, trial_data=TrialData(
-            handle, data.train_folds, data.val_folds, data.label_names, data.label_groups)),
+            handle, data.train_folds, data.val_folds, data.label_names, data.label_groups,
+            data.group_names)),
         {"cpu": opts.cpus_per_trial, "gpu": gpus},
     )
     callbacks: list[Any] = [tracking.MlflowTrialTracker(
@@ -456,7 +467,8 @@ def _tuner(opts: SearchOptions, trainable: Any, space: SearchSpace, check: Point
         trainable,
         tune_config=tune.TuneConfig(
             num_samples=num_samples,
-            search_alg=build_searcher(space, opts.searcher, opts.seed, check),
+            search_alg=build_searcher(space, opts.searcher, opts.seed, check,
+                                      parse_objective(opts.objective)),
             scheduler=_scheduler(opts, space),
             max_concurrent_trials=opts.max_concurrent,
             # A new trial takes over a finished trial's worker process: no second torch
@@ -589,6 +601,7 @@ def _start_parent_run(client: Any, experiment_id: str, experiment_path: str,
         "gpus_per_trial": opts.gpus_per_trial if opts.gpus_per_trial is not None else "auto",
         "max_failures": opts.max_failures, "data_sharing": opts.data_sharing,
         "epochs": space.base_flat().get("train.epochs"),
+        "objective": opts.objective,
     }
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     with tempfile.TemporaryDirectory() as tmp:
@@ -620,10 +633,12 @@ def _summarise(num_samples: int, opts: SearchOptions, tracking_uri: str, experim
             epochs=epochs, best_score=float(best) if best is not None else None,
             early_stopped=trial.status == "TERMINATED" and epochs < budget, config=config,
             error=error,
+            cost={k: float(v) for k, v in last.items() if k.startswith("cost/")},
         ))
     complete = finished == len(trials) == num_samples
     return SearchResult(opts.name, experiment_path, tracking_uri, experiment_id, parent_id,
-                        sorted(trials, key=lambda t: t.index), complete)
+                        sorted(trials, key=lambda t: t.index), complete,
+                        parse_objective(opts.objective))
 
 
 def _close_runs(client: Any, experiment_id: str, parent_id: str, complete: bool,
@@ -643,4 +658,8 @@ def _close_runs(client: Any, experiment_id: str, parent_id: str, complete: bool,
             client.set_tag(parent_id, "ecgtune.best_trial_id", best.trial_id)
         client.log_metric(parent_id, "search/trial_epochs", result.trial_epochs)
         client.log_metric(parent_id, "search/trials", len(result.trials))
+        if len(result.objective) > 1:
+            from ecgtune.search.pareto import log_pareto_front
+
+            log_pareto_front(client, parent_id, result.trials, result.objective[1:])
     client.set_terminated(parent_id, status=status)

@@ -18,6 +18,27 @@ from ecgtune.search.space import SearchSpace, validate_point
 
 log = logging.getLogger(__name__)
 SEARCHERS = ("tpe", "random")
+# `--objective` names -> (reported metric, direction). Quality comes first; any further
+# name makes the search multi-objective (a Pareto front of quality against cost).
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "auprc": (K.OBJECTIVE, "max"),
+    "gflops": (K.COST_GFLOPS, "min"),
+    "cpu_ms": (K.COST_CPU_MS, "min"),
+    "params": (K.COST_PARAMS, "min"),
+}
+
+
+def parse_objective(text: str) -> tuple[str, ...]:
+    """`auprc` or `auprc,gflops` (...) -> the names; raises ValueError naming the problem."""
+    names = tuple(n.strip() for n in str(text).split(",") if n.strip())
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown or not names:
+        raise ValueError(f"unknown objective {', '.join(unknown) or repr(text)}; valid: "
+                         f"{', '.join(OBJECTIVES)} (quality first, e.g. auprc,gflops)")
+    if names[0] != "auprc" or len(set(names)) != len(names):
+        raise ValueError(f"objective {text!r}: start with auprc and name each cost once, "
+                         "e.g. auprc,gflops")
+    return names
 
 
 class ValidatingSearcher(Searcher):
@@ -86,10 +107,11 @@ class PointValidator:
     num_labels: int
     label_groups: tuple[tuple[int, ...], ...]
     gpu_memory_bytes: int | None = None  # one trial's share; None: not checked here
+    group_names: tuple[str, ...] = ()  # the label map's, for per-branch settings
 
     def __call__(self, config: dict[str, Any]) -> None:
         trial = validate_point(self.space, config, self.num_labels,
-                               [list(g) for g in self.label_groups])
+                               [list(g) for g in self.label_groups], self.group_names)
         if self.gpu_memory_bytes is None:
             return
         from ecgtune.search.devices import require_fit
@@ -98,11 +120,15 @@ class PointValidator:
         precision = "fp32" if trial.train.precision == "fp32" else "bf16"
         require_fit(trial.model, self.num_labels, self.label_groups, trial.train.batch_size,
                     trial.train.crop_len, precision, self.gpu_memory_bytes,
-                    "a trial's GPU share")
+                    "a trial's GPU share", group_names=self.group_names)
 
 
 def build_searcher(space: SearchSpace, kind: str, seed: int,
-                   check: Callable[[dict[str, Any]], None]) -> ValidatingSearcher:
+                   check: Callable[[dict[str, Any]], None],
+                   objective: tuple[str, ...] = ("auprc",)) -> ValidatingSearcher:
+    """Optuna's sampler behind Ray's OptunaSearch; with more than one `objective` the study
+    is multi-objective (TPE then models the Pareto front, Optuna's MOTPE), told each trial's
+    final values. ASHA, separately, stops trials on quality alone."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -123,10 +149,12 @@ def build_searcher(space: SearchSpace, kind: str, seed: int,
         points = []
     else:
         raise ValueError(f"unknown searcher {kind!r}; valid: {', '.join(SEARCHERS)}")
+    metrics = [OBJECTIVES[name][0] for name in objective]
+    modes = [OBJECTIVES[name][1] for name in objective]
     inner = OptunaSearch(
         space=space.define_by_run(),
-        metric=K.OBJECTIVE,
-        mode="max",
+        metric=metrics if len(metrics) > 1 else metrics[0],
+        mode=modes if len(modes) > 1 else modes[0],
         sampler=sampler,
         points_to_evaluate=points or None,
     )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from ecgtune.components import get_preset
+from ecgtune.components import get_preset, parse_branch_key
 from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
 from ecgtune.search.errors import SpaceError
 
@@ -255,6 +255,11 @@ def _normalise(flat: Mapping[str, Any]) -> dict[str, Any]:
 def _check_keys(space: SearchSpace) -> None:
     valid = set(space.base_flat()) | {f"debug.{f.name}" for f in fields(DebugConfig)}
     for key in [*space.fixed, *space.param_names]:
+        try:  # per-branch keys name label groups, which the data's label map checks later
+            if parse_branch_key(key) is not None:
+                continue
+        except ValueError as exc:
+            raise SpaceError(f"{space.name}: {exc}") from None
         if key not in valid:
             raise SpaceError(
                 f"{space.name}: unknown config key {key!r}; valid keys: {', '.join(sorted(valid))}"
@@ -290,12 +295,13 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
 
 
 def validate_point(space: SearchSpace, sampled: Mapping[str, Any], num_labels: int,
-                   label_groups: list[list[int]]) -> TrialConfig:
+                   label_groups: list[list[int]],
+                   group_names: Sequence[str] = ()) -> TrialConfig:
     """Build and check a trial's config; raises ValueError naming what is wrong."""
     from ecgtune.components import validate
 
     trial = space.trial_config(sampled)
-    validate(trial.model, num_labels, label_groups)
+    validate(trial.model, num_labels, label_groups, group_names)
     if not math.isfinite(trial.train.lr):
         raise ValueError("train.lr must be finite")
     return trial

@@ -52,6 +52,7 @@ class TrialData:
     val_folds: tuple[int, ...]
     label_names: tuple[str, ...]
     label_groups: tuple[tuple[int, ...], ...]
+    group_names: tuple[str, ...] = ()  # the label map's, for per-branch settings
 
 
 def _gpu_share() -> float:
@@ -68,7 +69,8 @@ def _trial_threads() -> int:
 
 
 def prepare_device(trial: TrialConfig, num_labels: int, label_groups: list[list[int]] | None,
-                   gpu_ids: list[Any], share: float) -> torch.device:
+                   gpu_ids: list[Any], share: float,
+                   group_names: tuple[str, ...] = ()) -> torch.device:
     """The trial's device, refused loudly when unusable; on a GPU, the trial's memory capped
     at its share (so an overrun fails this trial, not its neighbour) and checked up front."""
     device = trial_device(gpu_ids)
@@ -79,7 +81,8 @@ def prepare_device(trial: TrialConfig, num_labels: int, label_groups: list[list[
     budget = int(torch.cuda.get_device_properties(device).total_memory * share)
     require_fit(trial.model, num_labels, label_groups, trial.train.batch_size,
                 trial.train.crop_len, select_precision(trial.train.precision, device), budget,
-                "this trial's GPU share", f"{share:g} x {torch.cuda.get_device_name(device)}")
+                "this trial's GPU share", f"{share:g} x {torch.cuda.get_device_name(device)}",
+                group_names)
     return device
 
 
@@ -100,7 +103,7 @@ def train_trial(config: dict[str, Any], trial_data: TrialData) -> None:
     try:
         with oom_as_fatal(trial.train.batch_size, trial.train.crop_len):
             device = prepare_device(trial, len(trial_data.label_names), groups,
-                                    ray.get_gpu_ids(), _gpu_share())
+                                    ray.get_gpu_ids(), _gpu_share(), trial_data.group_names)
             dataset: ECGDataset = trial_data.data.get()
             trainer = Trainer(
                 trial,
@@ -140,6 +143,16 @@ def _environment(trainer: Trainer) -> dict[str, str]:
     }
 
 
+def _trial_cost(trainer: Trainer) -> dict[str, float]:
+    """The model's cost (search.cost), once per trial: reported with every epoch so that a
+    multi-objective searcher and the tracker find it in any result."""
+    from ecgtune.search.cost import model_cost
+
+    model = trainer.model
+    return model_cost(trainer.trial.model, trainer.num_labels, trainer.label_groups,
+                      getattr(model, "group_names", ()), threads=trainer.threads).metrics()
+
+
 def _run_trial(trainer: Trainer, trial: TrialConfig, trial_dir: Path) -> None:
     restored_from = -1
     checkpoint = tune.get_checkpoint()
@@ -148,6 +161,7 @@ def _run_trial(trainer: Trainer, trial: TrialConfig, trial_dir: Path) -> None:
             trainer.restore(directory)
         restored_from = trainer.epoch
     environment = _environment(trainer)
+    cost = _trial_cost(trainer)
     while trainer.epoch < trial.train.epochs:
         _maybe_crash(trial, trainer.epoch, trial_dir)
         if trial.debug.oom_at_epoch == trainer.epoch:
@@ -155,7 +169,8 @@ def _run_trial(trainer: Trainer, trial: TrialConfig, trial_dir: Path) -> None:
                 f"injected: CUDA out of memory at epoch {trainer.epoch} (debug.oom_at_epoch)")
         nan_step = 0 if trial.debug.nan_at_epoch == trainer.epoch else None
         result = trainer.run_epoch(nan_at_step=nan_step)
-        metrics = {**result.metrics, K.RESTORED_FROM_EPOCH: restored_from, **environment}
+        metrics = {**result.metrics, K.RESTORED_FROM_EPOCH: restored_from, **environment,
+                   **cost}
         with tempfile.TemporaryDirectory(prefix="ecgtune-ckpt-") as directory:
             trainer.save(directory, result)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))

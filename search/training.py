@@ -83,7 +83,12 @@ class Trainer:
         self.label_groups = label_groups
         self.label_names = label_names or [f"label{i}" for i in range(self.num_labels)]
         torch.manual_seed(self.cfg.seed)
-        self.model = build_model(trial.model, self.num_labels, label_groups).to(self.device)
+        # The label map names the groups: per-branch settings pick their branch by name.
+        names = train_data.label_map.group_names
+        group_names = names if label_groups is not None and len(names) == len(label_groups) \
+            else ()
+        self.model = build_model(trial.model, self.num_labels, label_groups,
+                                 group_names).to(self.device)
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.lr
         )

@@ -12,6 +12,7 @@ from ecgtune.search.searcher import ValidatingSearcher, build_searcher
 from ecgtune.search.space import builtin_spaces, load_space, parse_space
 
 GROUPS = [list(range(0, 5)), list(range(5, 10)), list(range(10, 16)), list(range(16, 20))]
+NAMES = ["Rhythm", "Duration", "Amplitude", "Morphology"]
 
 
 def test_shipped_spaces_load():
@@ -29,12 +30,16 @@ def test_default_space_50_seeded_samples_map_onto_model_config():
         sampled = space.sample(seed)
         flat = space.trial_flat(sampled)
         trial = TrialConfig.from_flat(flat)
-        validate(trial.model, 20, GROUPS)
+        validate(trial.model, 20, GROUPS, NAMES)
         # The flat dict round-trips: the same keys rebuild the same config.
         assert ModelConfig.from_flat(trial.model.to_flat()) == trial.model
         assert TrialConfig.from_flat(trial.to_flat()) == trial
         for key, value in sampled.items():
-            if not key.startswith("train."):
+            if key.startswith("branches."):  # one group's trunk; equal to shared: no override
+                _, group, name = key.split(".")
+                expected = ModelConfig.from_flat({f"branch.{name}": value}).branch
+                assert getattr(trial.model.branch_for(group), name) == getattr(expected, name)
+            elif not key.startswith("train."):
                 expected = ModelConfig.from_flat({key: value}).to_flat()[key]
                 assert trial.model.to_flat()[key] == expected
         seen_fusions.add(trial.model.fusion)
@@ -53,6 +58,27 @@ def test_conditional_params_only_when_their_condition_holds():
         sampled = space.sample(seed)
         assert ("fusion.hidden" in sampled) == (sampled["fusion"] in ("concat", "attention"))
         assert ("train.focal_gamma" in sampled) == (sampled["train.loss"] == "focal")
+        assert ("branches.rhythm.depths" in sampled) == (sampled["n_branches"] == 4)
+
+
+def test_shipped_spaces_search_a_per_branch_key():
+    # Not `demo`: its four-branch models would double its trials' cost, and the demo has a
+    # three-minute budget; `tiny` carries the key through the test suite's searches instead.
+    for name in ("default", "tiny"):
+        space = load_space(name)
+        keys = [k for k in space.param_names if k.startswith("branches.")]
+        assert keys, name
+        hits = [s for s in map(space.sample, range(30)) if set(keys) & set(s)]
+        assert hits, f"{name}: no sampled point used its per-branch keys"
+        for point in hits:  # sampled only where each group has its own branch
+            trial = space.trial_config(point)
+            validate(trial.model, 20, GROUPS, NAMES)
+            assert trial.model.n_branches in (0, 4)
+
+
+def test_space_rejects_a_malformed_per_branch_key():
+    with pytest.raises(SpaceError, match="unknown branch field 'deep'"):
+        parse_space("base: tiny-multi\nparams: {branches.rhythm.deep: {choice: [1]}}")
 
 
 def test_define_by_run_returns_a_complete_config_without_overriding_samples():
