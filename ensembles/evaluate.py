@@ -23,10 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,24 +250,9 @@ def _load(opts: EvaluateOptions, track: _Tracking | None) -> Any:
     except ValueError as exc:
         raise EvaluationError(str(exc)) from None
     uri = track.uri if track else opts.tracking_uri
-    with tempfile.TemporaryDirectory(prefix="ecgtune-evaluate-") as tmp, _registry(uri):
+    with tempfile.TemporaryDirectory(prefix="ecgtune-evaluate-") as tmp:
         return load_bundle(resolve_bundle(opts.bundle, uri, tmp), device=device,
                            precision=opts.precision)
-
-
-@contextmanager
-def _registry(uri: str | None) -> Iterator[None]:
-    """MLflow resolves ``models:/`` against the registry URI, which follows the process-wide
-    tracking URI, not the one a download is given: point it at ``uri`` meanwhile."""
-    key = "MLFLOW_REGISTRY_URI"
-    previous = os.environ.get(key)
-    if uri is not None and previous is None:
-        os.environ[key] = uri
-    try:
-        yield
-    finally:
-        if uri is not None and previous is None:
-            os.environ.pop(key, None)
 
 
 def _folds_text(folds: list[int], n_folds: int) -> str:

@@ -30,6 +30,8 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -572,8 +574,9 @@ def resolve_bundle(source: str, tracking_uri: str | None, workdir: str | os.Path
 
     uri = tracking_uri or default_tracking_uri()
     try:
-        local = Path(download_artifacts(artifact_uri=source, dst_path=str(workdir),
-                                        tracking_uri=uri))
+        with _registry_uri(uri):
+            local = Path(download_artifacts(artifact_uri=source, dst_path=str(workdir),
+                                            tracking_uri=uri))
     except Exception as exc:  # MLflow raises its own exception types
         raise OnnxExportError(f"cannot fetch {source} from {uri}: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
@@ -583,6 +586,21 @@ def resolve_bundle(source: str, tracking_uri: str | None, workdir: str | os.Path
         raise OnnxExportError(f"{source} holds no ecgtune bundle (an ensemble pyfunc model "
                               "logged by `ecgtune ensemble` is expected)")
     return found[0]
+
+
+@contextmanager
+def _registry_uri(uri: str | None) -> Iterator[None]:
+    """MLflow resolves ``models:/`` against the registry URI, which follows the process-wide
+    tracking URI, not the one a download is given: point it at ``uri`` meanwhile."""
+    key = "MLFLOW_REGISTRY_URI"
+    previous = os.environ.get(key)
+    if uri is not None and previous is None:
+        os.environ[key] = uri
+    try:
+        yield
+    finally:
+        if uri is not None and previous is None:
+            os.environ.pop(key, None)
 
 
 def log_onnx_artifact(client: Any, run_id: str, bundle_dir: str | os.PathLike[str],

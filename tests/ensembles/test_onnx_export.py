@@ -105,6 +105,20 @@ def exported(tmp_path_factory) -> Exported:
     return Exported(bundle, out, buf.getvalue())
 
 
+@pytest.fixture
+def traced_once(exported: Exported, monkeypatch) -> None:
+    """`export_onnx` reuses the fixture's graph, already rewritten, instead of tracing the
+    bundle again (~15 s each): the tests using it are about the check, the writing and the
+    logging after it."""
+    import onnx
+
+    from ecgtune.ensembles import onnx_export
+
+    monkeypatch.setattr(onnx_export, "_to_onnx", lambda *a, **k: onnx.load(exported.onnx))
+    monkeypatch.setattr(onnx_export, "_gathers_to_slices", lambda model: 0)
+    monkeypatch.setattr(onnx_export, "_convs_to_2d", lambda model: 0)
+
+
 def _real_signals(sample_dir: Path) -> np.ndarray:
     from ecgtune.data_prep import validate_record
 
@@ -242,7 +256,7 @@ def _one_label_predictor(cal: PerLabelCalibrator):
     return EnsemblePredictor([(spec, model)], [1.0], cal, [0.5], ["X"], inputs, 1)
 
 
-def test_failed_check_writes_nothing(exported: Exported, tmp_path: Path) -> None:
+def test_failed_check_writes_nothing(exported: Exported, traced_once, tmp_path: Path) -> None:
     # The graph's float32 members differ from the bundle's by ~1e-9, so 1e-12 cannot pass.
     with pytest.raises(OnnxExportError, match=r"differs from the bundle by up to .* not written"):
         export_onnx(exported.bundle, tmp_path / "m.onnx",
@@ -295,7 +309,8 @@ class _Client:
         self.calls.append(("tag", run_id, key, value))
 
 
-def test_ensemble_run_logs_the_checked_graph(exported: Exported, tmp_path: Path) -> None:
+def test_ensemble_run_logs_the_checked_graph(exported: Exported, traced_once,
+                                              tmp_path: Path) -> None:
     from ecgtune.ensembles.onnx_export import log_onnx_artifact
 
     client = _Client(tmp_path)
