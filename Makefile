@@ -23,10 +23,15 @@ $(VENV)/.installed: pyproject.toml
 	@# The four folders install as ecgtune.* (pyproject's package-dir); setuptools warns
 	@# about that mapping in editable mode, which is what we want.
 	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[dev]'
+	@# The editable install runs from .venv's own metadata; setuptools' build leftover in the
+	@# repository is not needed and would be the one file a run leaves outside .venv.
+	rm -rf ecgtune.egg-info
 	touch $@
 
+# Bytecode of the repository's packages goes into .venv, not beside the sources: everything
+# the demo writes lives in $(WORKDIR) (and .venv).
 demo: $(VENV)/.installed
-	$(VENV)/bin/ecgtune demo --workdir $(WORKDIR)
+	PYTHONPYCACHEPREFIX=$(abspath $(VENV))/pycache $(VENV)/bin/ecgtune demo --workdir $(WORKDIR)
 
 test: $(VENV)/.installed browser-deps postgres-deps
 	PYTHONSAFEPATH=1 $(PY) -m pytest -m "not benchmark" $(PYTEST_ARGS)
@@ -77,4 +82,5 @@ gpu-check: $(if $(filter $(PY),$(GPU_CHECK_PY)),$(VENV)/.installed)
 	$(GPU_CHECK_PY) -m ecgtune.ensembles.gpu_check --json gpu-check.json $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(WORKDIR) .pytest_cache gpu-check.json
+	rm -rf $(VENV) $(WORKDIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis build \
+	  test-artifacts ecgtune.egg-info gpu-check.json
