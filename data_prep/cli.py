@@ -100,6 +100,7 @@ def positive_float(text: str) -> float:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    # Long but flat: one add_argument per flag, read top to bottom like the --help it makes.
     default_workers = min(os.cpu_count() or 1, 8)
     synth = subparsers.add_parser(
         "synth",

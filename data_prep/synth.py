@@ -127,6 +127,8 @@ def _pick_code(rng: np.random.Generator, label: str) -> str:
 
 def draw_spec(seed: int, index: int) -> RecordSpec:
     """Labels, codes and demographics of record `index` (cheap: no signal)."""
+    # Reads better whole: one draw after another from one seeded stream, whose order fixes
+    # the bytes of every synthetic record (splitting it would hide that order).
     rng = np.random.default_rng([seed, index, 0])
     names = [r for r, _ in _RHYTHMS]
     rhythm_label = names[rng.choice(len(names), p=[p for _, p in _RHYTHMS])]
@@ -239,6 +241,8 @@ def _place(dst: np.ndarray, tmpl: np.ndarray, i0: int, centre: float, fs: float,
 
 def _beats(rng: np.random.Generator, spec: RecordSpec, duration: float):
     """Beat series: QRS onsets, their kinds ('N', 'A', 'V'), P centres and kinds, mean RR."""
+    # Reads better whole: one draw after another from one seeded stream, whose order fixes
+    # the bytes of every synthetic record (splitting it would hide that order).
     r = spec.rhythm
     t0, t1 = -1.2, duration + 0.3
     rr_mean = {
@@ -319,6 +323,8 @@ def _beats(rng: np.random.Generator, spec: RecordSpec, duration: float):
 
 def render_mv(spec: RecordSpec, seed: int, fs: float = 500, seconds: float = 10) -> np.ndarray:
     """The record's 12 leads in mV, float64 (12, round(fs*seconds)), standard lead order."""
+    # Reads better whole: one draw after another from one seeded stream, whose order fixes
+    # the bytes of every synthetic record (splitting it would hide that order).
     rng = np.random.default_rng([seed, spec.index, 1])
     n = round(fs * seconds)
     labels = spec.labels

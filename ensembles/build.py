@@ -481,13 +481,30 @@ def databases_text(databases: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in databases.items()) or "unknown"
 
 
+def _log_artifacts(opts: EnsembleOptions, uri: str, client: Any, search: Any, run_id: str,
+                   folds: _Folds, mem: _Members, bundle_dir: Path, candidates: list) -> Any:
+    """The run's files: the report, the budget's candidates, the ONNX graph and the pyfunc
+    model (registered when asked)."""
+    from ecgtune.ensembles.registry import log_pyfunc_model
+
+    client.log_artifacts(run_id, str(bundle_dir / "report"), "report")
+    _log_budget(client, run_id, opts, candidates)
+    if opts.onnx:  # the portable graph beside the pyfunc, checked against the bundle
+        from ecgtune.ensembles.onnx_export import log_onnx_artifact
+
+        log_onnx_artifact(client, run_id, bundle_dir)
+    return log_pyfunc_model(client, uri, run_id, bundle_dir, folds.label_names,
+                            mem.inputs.n_samples, opts.register,
+                            tags=_model_tags(opts, search, run_id, folds))
+
+
 def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: list,
            run_id: str) -> EnsembleResult:
     """Predict, fit, report, export and log: the list of steps (the functions above) and the
     values they hand each other."""
     from ecgtune.ensembles.bundle import save_bundle
     from ecgtune.ensembles.fitting import fit_average, fit_ensemble
-    from ecgtune.ensembles.registry import log_batch, log_pyfunc_model
+    from ecgtune.ensembles.registry import log_batch
     from ecgtune.ensembles.report import calibration_summary, write_ensemble_report
 
     folds = _load_folds(opts, search)
@@ -538,15 +555,8 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
     log_batch(client, run_id,
               _mlflow_params(opts, mem, fitted, weights, bundle_dir, folds.label_names),
               _mlflow_metrics(rows, results, calibration, selector))
-    client.log_artifacts(run_id, str(report_dir), "report")
-    _log_budget(client, run_id, opts, candidates)
-    if opts.onnx:  # the portable graph beside the pyfunc, checked against the bundle
-        from ecgtune.ensembles.onnx_export import log_onnx_artifact
-
-        log_onnx_artifact(client, run_id, bundle_dir)
-    model = log_pyfunc_model(client, uri, run_id, bundle_dir, folds.label_names,
-                             mem.inputs.n_samples, opts.register,
-                             tags=_model_tags(opts, search, run_id, folds))
+    model = _log_artifacts(opts, uri, client, search, run_id, folds, mem, bundle_dir,
+                           candidates)
     return EnsembleResult(
         search_name=opts.name, search_run_id=search.run_id, run_id=run_id, members=summaries,
         rows=results, row_keys={r.name: r.key for r in rows}, calibration=calibration,

@@ -56,6 +56,7 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # Long but flat: one add_argument per flag, read top to bottom like the --help it makes.
     e = sub.add_parser(
         "ensemble",
         help="build, report, export and register a calibrated ensemble of a search's best trials",

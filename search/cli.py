@@ -17,6 +17,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # Long but flat: one add_argument per flag, read top to bottom like the --help it makes.
     p = sub.add_parser(
         "search",
         help="run a Ray Tune search (Optuna TPE + ASHA) tracked in MLflow",

@@ -81,6 +81,7 @@ def validate_options(opts: SearchOptions) -> ValidatedSearch:
 
 
 def _check_ranges(opts: SearchOptions) -> None:
+    # One check per option, each independent, all collected into one message: kept as a list.
     from ecgtune.search.run import SCHEDULERS
 
     def number(value: Any) -> bool:
