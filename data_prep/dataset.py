@@ -31,7 +31,9 @@ __all__ = [
     "ECGDataset",
     "NormStats",
     "fixed_windows",
+    "fold_counts",
     "load_shards",
+    "manifest_label_map",
     "normalize",
     "to_millivolts",
     "window_starts",
@@ -229,8 +231,12 @@ class ECGDataset:
         )
 
 
-def _label_map(manifest: dict[str, Any]) -> LabelMap:
+def manifest_label_map(manifest: dict[str, Any]) -> LabelMap:
+    """The label map a dataset's manifest records."""
     return LabelMap.from_manifest(manifest["labels"], name=manifest.get("label_map", "manifest"))
+
+
+_label_map = manifest_label_map
 
 
 def _rebuild(arrays: tuple[np.ndarray, ...], manifest: dict[str, Any]) -> ECGDataset:
@@ -328,6 +334,38 @@ def load_shards(
         signals = signals[order]
         cols = {k: v[order] for k, v in cols.items()}
     return ECGDataset(signals=signals, manifest=manifest, label_map=_label_map(manifest), **cols)
+
+
+def fold_counts(
+    data_dir: str | os.PathLike[str], folds: Sequence[int], verify: bool = True,
+    threads: int | None = None,
+) -> dict[int, int]:
+    """Rows per fold of the shards holding `folds`, without decoding a signal: what a search
+    driver checks before the data goes to the trials. With `verify`, each of those shards'
+    sha256 is checked as `load_shards` does (ShardChecksumError naming the file), streamed
+    in 1 MiB chunks so the check holds no shard in memory."""
+    import pyarrow.parquet as pq
+
+    from .errors import ShardChecksumError
+    from .shards import read_manifest, sha256_file
+
+    data_dir = Path(data_dir)
+    wanted = {int(f) for f in folds}
+    shards = [s for s in read_manifest(data_dir)["shards"] if wanted & set(s["folds"])]
+
+    def count_one(s: dict[str, Any]) -> np.ndarray:
+        path = data_dir / s["file"]
+        if not path.is_file():
+            raise ShardChecksumError(s["file"], "file is missing")
+        if verify and sha256_file(path) != s["sha256"]:
+            raise ShardChecksumError(s["file"], "sha256 does not match the manifest")
+        return pq.read_table(path, columns=["fold"]).column("fold").to_numpy()
+
+    n_threads = threads or min(4, os.cpu_count() or 1, max(len(shards), 1))
+    with ThreadPoolExecutor(n_threads) as pool:  # hashing and reading release the GIL
+        parts = list(pool.map(count_one, shards))
+    every = np.concatenate(parts) if parts else np.zeros(0, np.int8)
+    return {f: int(np.count_nonzero(every == f)) for f in sorted(wanted)}
 
 
 def _columns(table: Any, n_labels: int) -> dict[str, np.ndarray]:

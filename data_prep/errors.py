@@ -51,6 +51,11 @@ class ShardChecksumError(PrepError):
     def __init__(self, path: str, detail: str) -> None:
         super().__init__(f"shard {path}: {detail}")
         self.path = path
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Raised in a Ray worker (the object-store load), it must unpickle on the driver.
+        return type(self), (self.path, self.detail)
 
 
 class RecordError(PrepError):

@@ -1,8 +1,9 @@
 """How trials get the training data: one copy per node, never one per trial.
 
-`object_store`: the driver loads the folds once and `tune.with_parameters` puts them in Ray's
-object store; trials on a node map the same shared-memory buffers (numpy arrays come back
-zero-copy and read-only).
+`object_store`: a task on the driver's node loads the folds once and returns them, so they
+land in that node's object store while the driver holds only the reference (a driver-side
+`ray.put` would map the object-store copy beside its own: twice the data); trials on a node
+map the same shared-memory buffers (numpy arrays come back zero-copy and read-only).
 `memmap`: the first trial on a node materialises the folds into a node-local `.npy` cache
 (under a file lock); every trial memory-maps it, so the page cache holds the one copy. Useful
 when the object store is too small for the data or the driver is far from the workers.
@@ -15,7 +16,7 @@ import multiprocessing
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from filelock import FileLock
 
@@ -34,6 +35,40 @@ class ObjectStoreData:
 
     def get(self) -> ECGDataset:
         return self.dataset
+
+
+@dataclass(frozen=True)
+class ObjectStoreRef:
+    """The folds as one object in the object store, loaded there by `put_shards`."""
+
+    ref: Any  # ray.ObjectRef to an ECGDataset
+    rows: int
+
+    def get(self) -> ECGDataset:
+        import ray
+
+        return ray.get(self.ref)
+
+
+def put_shards(shard_dir: str | Path, folds: tuple[int, ...]) -> ObjectStoreRef:
+    """Load `folds` into the object store of this (the driver's) node without the driver
+    holding them: the shards are on the driver's disk, so the task is pinned here, takes no
+    CPU (a cluster's head may have none), and its worker exits afterwards, returning its
+    transient heap copy to the OS. Needs Ray initialised; waits until the data is stored."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    # num_returns=2: two refs, not one (what the type stubs expect).
+    load: Any = ray.remote(num_cpus=0, num_returns=2, max_calls=1)(_load_for_store)
+    load = load.options(scheduling_strategy=here)
+    rows_ref, data_ref = load.remote(str(Path(shard_dir).resolve()), folds)
+    return ObjectStoreRef(data_ref, int(ray.get(rows_ref)))  # raises the task's error
+
+
+def _load_for_store(shard_dir: str, folds: tuple[int, ...]) -> tuple[int, ECGDataset]:
+    dataset = load_shards(shard_dir, folds=list(folds), verify=True)
+    return len(dataset), dataset
 
 
 @dataclass(frozen=True)
@@ -77,11 +112,14 @@ def _materialise(shard_dir: str, folds: tuple[int, ...], cache: Path) -> None:
 
 
 def make_data_handle(
-    strategy: str, dataset: ECGDataset, shard_dir: str | Path, folds: tuple[int, ...],
+    strategy: str, dataset: ECGDataset | None, shard_dir: str | Path, folds: tuple[int, ...],
     manifest_sha256: str,
 ) -> DataHandle:
+    """A handle the trials `get()` the folds from. `object_store` with a `dataset` ships that
+    dataset inside the handle; without one the shards go straight into the object store
+    (`put_shards`, Ray must be running). `memmap` never needs the dataset."""
     if strategy == "object_store":
-        return ObjectStoreData(dataset)
+        return ObjectStoreData(dataset) if dataset is not None else put_shards(shard_dir, folds)
     if strategy == "memmap":
         return MemmapData(str(Path(shard_dir).resolve()), folds, manifest_sha256)
     raise ValueError(f"unknown data sharing {strategy!r}; valid: {', '.join(DATA_SHARING)}")

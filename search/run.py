@@ -308,7 +308,7 @@ def run_search(opts: SearchOptions) -> SearchResult:
 
     # Options, --set values and --storage first: a bad invocation creates nothing.
     validated = validate_options(opts)
-    data, dataset = load_search_data(Path(opts.data))
+    data = check_search_data(Path(opts.data))
     check = _point_validator(validated, data)
     tracking_uri = opts.tracking_uri or tracking.default_tracking_uri()
     tracking.check_tracking_uri(tracking_uri)
@@ -325,10 +325,10 @@ def run_search(opts: SearchOptions) -> SearchResult:
         if opts.verbose >= 1:
             print(startup_line(opts, validated, recorded.num_samples), flush=True)
         try:
-            handle = make_data_handle(opts.data_sharing, dataset, data.directory, data.folds,
+            # The driver loads no signals: the trials get them from the object store (loaded
+            # there by a task on this node) or from a node-local memory map.
+            handle = make_data_handle(opts.data_sharing, None, data.directory, data.folds,
                                       data.manifest_sha256)
-            # With memmap the trials read the memory map: the driver keeps no copy.
-            del dataset
             _fit(opts, validated.space, check, handle, data, gpus, recorded)
             result = _summarise(recorded.num_samples, opts, tracking_uri,
                                 recorded.experiment_id, recorded.parent_id, experiment_path)
@@ -343,10 +343,12 @@ def run_search(opts: SearchOptions) -> SearchResult:
     return result
 
 
-def load_search_data(data_dir: Path) -> tuple[SearchData, ECGDataset]:
-    """The train and val folds, by the roles the dataset's manifest records, loaded once on
-    the driver (checksums verified); a fold without records is refused."""
-    from ecgtune.data_prep import fold_roles, load_shards, read_manifest
+def check_search_data(data_dir: Path) -> SearchData:
+    """The train and val folds, by the roles the dataset's manifest records, checked without
+    loading a signal (checksums verified, a fold without records refused): the driver of a
+    search never holds the data, the trials get it through their data handle."""
+    from ecgtune.data_prep import fold_roles, read_manifest
+    from ecgtune.data_prep.dataset import fold_counts, manifest_label_map
 
     manifest_path = data_dir / "manifest.json"
     if not manifest_path.is_file():
@@ -354,21 +356,30 @@ def load_search_data(data_dir: Path) -> tuple[SearchData, ECGDataset]:
             f"{data_dir} is not a prepared data directory (no manifest.json); run "
             "`ecgtune prep --input RECORDS --output DIR` first"
         )
-    roles = fold_roles(read_manifest(data_dir))
-    dataset = load_shards(data_dir, folds=[*roles["train"], *roles["val"]], verify=True)
+    manifest = read_manifest(data_dir)
+    roles = fold_roles(manifest)
+    counts = fold_counts(data_dir, [*roles["train"], *roles["val"]], verify=True)
     for role in ("train", "val"):
         for fold in roles[role]:
-            if not (dataset.folds == fold).any():
+            if counts[fold] == 0:
                 raise SearchError(f"{data_dir}: fold {fold} ({role}) has no records; prepare "
                                   "more records")
-    data = SearchData(
+    label_map = manifest_label_map(manifest)
+    return SearchData(
         directory=data_dir, manifest_sha256=_sha256(manifest_path),
         train_folds=roles["train"], val_folds=roles["val"],
-        label_names=tuple(dataset.label_map.names),
-        label_groups=tuple(tuple(g) for g in dataset.label_map.group_indices()),
-        group_names=tuple(n.lower() for n in dataset.label_map.group_names),
+        label_names=tuple(label_map.names),
+        label_groups=tuple(tuple(g) for g in label_map.group_indices()),
+        group_names=tuple(n.lower() for n in label_map.group_names),
     )
-    return data, dataset
+
+
+def load_search_data(data_dir: Path) -> tuple[SearchData, ECGDataset]:
+    """`check_search_data`, then the train and val folds themselves, loaded in this process."""
+    from ecgtune.data_prep import load_shards
+
+    data = check_search_data(data_dir)
+    return data, load_shards(data_dir, folds=list(data.folds), verify=True)
 
 
 def _point_validator(validated: ValidatedSearch, data: SearchData) -> PointValidator:
