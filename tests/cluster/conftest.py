@@ -4,8 +4,8 @@ a head with no CPUs (the driver, the object store copy of the data, the dashboar
 
 Each node is a `ray start --block` in its own session, with its own ports (two raylets on one
 host must not share a node-manager, object-manager, agent or worker port) and one CPU, so two
-concurrent trials land on different nodes. Only the head gets `--temp-dir`: the workers read
-it from the head, and the head's single log monitor forwards every node's worker logs once.
+concurrent trials land on different nodes. Each node has its own temp dir under one short
+root (a session folder per node, as on separate machines).
 Teardown stops exactly the processes started here (their sessions, then anything still
 running from our temp dir), never `ray stop`, which would stop every Ray on the host.
 
@@ -124,7 +124,7 @@ def stop_session(process: subprocess.Popen, wait: float = 10) -> None:
 
 @dataclass
 class LocalCluster:
-    root: Path  # the head's --temp-dir: short, Ray's socket paths must stay under 108 bytes
+    root: Path  # holds each node's --temp-dir: short, Ray's socket paths stay under 108 bytes
     token: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
     port: int = field(default_factory=lambda: free_ports(1)[0])
     dashboard_port: int = field(default_factory=lambda: free_ports(1)[0])
@@ -175,8 +175,9 @@ class LocalCluster:
     def start_head(self) -> None:
         dashboard = [f"--include-dashboard={self.dashboard}", "--dashboard-host=127.0.0.1",
                      f"--dashboard-port={self.dashboard_port}"]
+        (self.root / "head").mkdir()
         self.head = self._start("head", [
-            "--head", f"--port={self.port}", "--num-cpus=0", f"--temp-dir={self.root}",
+            "--head", f"--port={self.port}", "--num-cpus=0", f"--temp-dir={self.root / 'head'}",
             *dashboard, *self._client_server(),
         ])
 
@@ -191,10 +192,14 @@ class LocalCluster:
 
     def add_worker(self) -> Node:
         self._count += 1
-        node = self._start(f"worker{self._count}", [
+        name = f"worker{self._count}"
+        (self.root / name).mkdir()
+        node = self._start(name, [
             f"--address={self.address}", f"--num-cpus={WORKER_CPUS}",
-            # One log monitor per host (the head's): it already reads every node's logs.
-            "--include-log-monitor=False",
+            # Its own session folder, as on its own machine: nodes sharing one would share
+            # runtime_resources/, where each node's runtime-env agent deletes the job's
+            # working_dir once it no longer needs it, under the feet of the others.
+            f"--temp-dir={self.root / name}",
         ])
         self.workers.append(node)
         return node

@@ -237,7 +237,8 @@ def test_job_submission_as_readme_documents(cluster, cluster_data, tmp_path):
     assert submit.returncode == 0, out
     status = subprocess.run([RAY, "job", "status", "--address", cluster.dashboard_url, job_id],
                             env=cluster.env(), capture_output=True, text=True, timeout=120)
-    assert "SUCCEEDED" in status.stdout + status.stderr, (status.stdout, status.stderr, out)
+    # The CLI's words for JobStatus.SUCCEEDED ("failed" / "was stopped" otherwise).
+    assert f"Job '{job_id}' succeeded" in status.stdout + status.stderr, (status.stdout, out)
     runs = _assert_one_finished_run_per_trial(uri, "job", 2, out)
     assert {r.data.tags["ecgtune.node_id"] for r in runs.values()} <= {
         w.node_id for w in cluster.live_workers()}
