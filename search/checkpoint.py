@@ -157,6 +157,58 @@ def checkpoint_config() -> Any:
                                  checkpoint_score_order="max")
 
 
+def repair_latest_checkpoint(trial: Any) -> str | None:
+    """Point a resumed trial at its newest checkpoint still on storage; returns its path.
+
+    Ray deletes a checkpoint that falls out of the kept ones as soon as a newer one arrives,
+    but saves the experiment state only every few seconds. A driver killed in between leaves a
+    state whose "latest checkpoint" is gone, and Ray then fails that trial on every retry of
+    `--resume` ("does not exist on storage anymore"). The checkpoints it did keep are all
+    there, and the newest of them is where the trial really got to. None: nothing to repair.
+    """
+    import pyarrow.fs
+    from ray.train._internal.session import _TrainingResult
+
+    manager: Any = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
+    latest = getattr(manager, "latest_checkpoint_result", None)
+    if manager is None or latest is None or latest.checkpoint is None:
+        return None
+    fs, missing = latest.checkpoint.filesystem, latest.checkpoint.path
+    if fs.get_file_info(missing).type != pyarrow.fs.FileType.NotFound:
+        return None
+    trial_dir = missing.rstrip("/").rsplit("/", 1)[0]
+    names = sorted(info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(trial_dir))
+                   if info.type == pyarrow.fs.FileType.Directory
+                   and info.base_name.startswith("checkpoint_"))
+    if not names:
+        return None
+    path = f"{trial_dir}/{names[-1]}"
+    kept = [r for r in manager._checkpoint_results
+            if fs.get_file_info(r.checkpoint.path).type != pyarrow.fs.FileType.NotFound]
+    newest = next((r for r in kept if r.checkpoint.path == path), None)
+    if newest is None:
+        from ray import tune
+
+        newest = _TrainingResult(tune.Checkpoint(path, filesystem=fs),
+                                 _result_of(fs, trial_dir, names[-1]))
+        kept.append(newest)
+    manager._checkpoint_results = sorted(kept, key=manager._get_checkpoint_score)
+    manager._latest_checkpoint_result = newest
+    return path
+
+
+def _result_of(fs: Any, trial_dir: str, checkpoint_name: str) -> dict[str, Any]:
+    """The metrics Ray reported with a checkpoint (result.json), for its ranking."""
+    with contextlib.suppress(OSError, ValueError), \
+            fs.open_input_stream(f"{trial_dir}/result.json") as stream:
+        for line in stream.read().decode().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                result = json.loads(line)
+                if result.get("checkpoint_dir_name") == checkpoint_name:
+                    return result
+    return {}
+
+
 def best_checkpoint(trial: Any) -> Any | None:
     """A Ray trial's best checkpoint by the objective (kept by `checkpoint_config`), else its
     latest."""

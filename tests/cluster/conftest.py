@@ -5,9 +5,9 @@ a head with no CPUs (the driver, the object store copy of the data, the dashboar
 Each node is a `ray start --block` in its own session, with its own ports (two raylets on one
 host must not share a node-manager, object-manager, agent or worker port) and one CPU, so two
 concurrent trials land on different nodes. Each node has its own temp dir under one short
-root (a session folder per node, as on separate machines).
-Teardown stops exactly the processes started here (their sessions, then anything still
-running from our temp dir), never `ray stop`, which would stop every Ray on the host.
+root (a session folder per node, as on separate machines). Teardown stops exactly the
+processes started here (their sessions, then anything still running from our temp dirs),
+never `ray stop`, which would stop every Ray on the host.
 
 Token auth is on as on the real cluster, with a throw-away token passed in the environment
 (RAY_AUTH_TOKEN), so nothing is written to ~/.ray.
@@ -16,7 +16,6 @@ Token auth is on as on the real cluster, with a throw-away token passed in the e
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import random
 import secrets
@@ -38,8 +37,13 @@ RAY = str(Path(sys.executable).with_name("ray"))
 WORKER_CPUS = 1
 WORKER_PORTS = 40  # worker processes per node (trial actors, the driver, job supervisors)
 OBJECT_STORE_BYTES = 150 * 2**20
-HAS_DASHBOARD = all(importlib.util.find_spec(m) is not None
-                    for m in ("aiohttp_cors", "opencensus", "prometheus_client"))
+
+
+def _has_dashboard() -> bool:
+    """Ray's own test for `ray[default]` (the dashboard and job server)."""
+    from ray._private.utils import get_dashboard_dependency_error
+
+    return get_dashboard_dependency_error() is None
 
 
 def _port_free(port: int) -> bool:
@@ -128,7 +132,7 @@ class LocalCluster:
     token: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
     port: int = field(default_factory=lambda: free_ports(1)[0])
     dashboard_port: int = field(default_factory=lambda: free_ports(1)[0])
-    dashboard: bool = HAS_DASHBOARD  # job submission needs it (the `cluster` extra)
+    dashboard: bool = field(default_factory=_has_dashboard)  # for `ray job submit`
     head: Node | None = None
     workers: list[Node] = field(default_factory=list)
     _count: int = 0

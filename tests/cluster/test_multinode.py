@@ -190,19 +190,20 @@ def _assert_quiet_console(out: str) -> None:
         assert noise not in out, f"{noise!r} on the console:\n{out}"
 
 
-def _experiment_state_saved_after_checkpoint(storage: Path, name: str) -> bool:
-    checkpoints = list(storage.glob(f"{name}/*/checkpoint_*"))
+def _experiment_state_saved_after(storage: Path, name: str, moment: float) -> bool:
     states = list(storage.glob(f"{name}/experiment_state-*.json"))
-    return bool(checkpoints and states) and (
-        max(s.stat().st_mtime for s in states) > min(c.stat().st_mtime for c in checkpoints))
+    return any(s.stat().st_mtime > moment for s in states)
 
 
 def test_killed_driver_resumes_against_the_same_cluster(cluster, start_search):
     search = start_search("driver-loss", "--num-samples", "3", "--epochs", "4")
-    # Killed once a trial has a checkpoint that Tune's saved experiment state knows about.
-    _wait_for(search, "a saved checkpoint", lambda: _experiment_state_saved_after_checkpoint(
-        search.storage, search.name))
+    # Killed once Tune's saved experiment state knows a trial's checkpoint: the driver writes
+    # a result (and has its checkpoint) before result.json shows it, so any later save has it.
+    _wait_for(search, "a trial result", lambda: _trial_results(search.storage))
+    seen = time.time()
     started = set(_trial_results(search.storage))
+    _wait_for(search, "an experiment state saved after it",
+              lambda: _experiment_state_saved_after(search.storage, search.name, seen + 0.01))
     search.kill()  # SIGKILL: no cleanup at all, runs left RUNNING
 
     resumed = start_search("driver-loss", resume=True)  # the size it was started with
