@@ -20,7 +20,8 @@ def _printed(data: dict) -> str:
 
 
 def test_only_ray_system_lines_are_dropped_and_verbose_2_restores_them():
-    original = ray_worker.print_worker_logs
+    installed = ray_worker.print_worker_logs  # an in-process search may have wrapped it
+    original = getattr(installed, "__wrapped__", installed)
     try:
         quiet_ray_system_logs(1)
         quiet_ray_system_logs(1)  # idempotent: wraps Ray's printer once
@@ -37,4 +38,4 @@ def test_only_ray_system_lines_are_dropped_and_verbose_2_restores_them():
         assert "state-dump" in _printed({"pid": "raylet", "lines": [STATE_DUMP],
                                          "is_err": False})
     finally:
-        ray_worker.print_worker_logs = original
+        ray_worker.print_worker_logs = installed
