@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ class Search:
 
 
 @pytest.fixture
-def start_search(cluster, cluster_data, tmp_path) -> Iterator:
+def start_search(cluster, cluster_data, tmp_path) -> Iterator[Callable[..., Search]]:
     """Starts drivers (`ecgtune search --address ...`); kills any still running at the end."""
     started: list[Search] = []
 
@@ -102,7 +102,8 @@ def _trial_results(storage: Path) -> dict[str, list[dict]]:
     return out
 
 
-def _wait_for(search: Search, what: str, condition, timeout: float = HANG_LIMIT):
+def _wait_for(search: Search, what: str, condition: Callable[[], Any],
+              timeout: float = HANG_LIMIT) -> Any:
     deadline = time.monotonic() + timeout
     while not (value := condition()):
         if search.process.poll() is not None:
