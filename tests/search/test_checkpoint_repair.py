@@ -18,11 +18,15 @@ from ecgtune.search import metric_keys as K
 from ecgtune.search.checkpoint import checkpoint_config, repair_latest_checkpoint
 
 
-def _report(manager: _CheckpointManager, trial_dir: Path, epoch: int, score: float) -> None:
-    """What Ray does with one reported epoch: the folder, result.json, the bookkeeping."""
+def _report(manager: _CheckpointManager | None, trial_dir: Path, epoch: int,
+            score: float) -> None:
+    """What Ray does with one reported epoch: the trial writes the folder, the driver records
+    its result in result.json and its checkpoint manager (None: a driver that is gone)."""
     folder = trial_dir / f"checkpoint_{epoch:06d}"
     folder.mkdir()
     (folder / "epoch").write_text(str(epoch))
+    if manager is None:
+        return
     result = {K.OBJECTIVE: score, K.EPOCH: epoch + 1, "checkpoint_dir_name": folder.name}
     with open(trial_dir / "result.json", "a") as out:
         out.write(json.dumps(result) + "\n")
@@ -37,7 +41,9 @@ def test_resumed_trial_moves_to_its_newest_checkpoint_on_storage(tmp_path):
     saved = pickle.loads(pickle.dumps(live))  # the experiment state, saved now
     _report(live, tmp_path, 3, 0.2)  # ... then the driver deletes checkpoint 2, and dies
     assert not (tmp_path / "checkpoint_000002").exists()
-    trial = SimpleNamespace(run_metadata=SimpleNamespace(checkpoint_manager=saved))
+    _report(None, tmp_path, 4, 0.1)  # the trial, alive a little longer: never recorded
+    trial = SimpleNamespace(run_metadata=SimpleNamespace(checkpoint_manager=saved),
+                            config={"train.epochs": 8})
     assert saved.latest_checkpoint_result.checkpoint.path.endswith("checkpoint_000002")
 
     assert repair_latest_checkpoint(trial) == str(tmp_path / "checkpoint_000003")
@@ -50,3 +56,17 @@ def test_resumed_trial_moves_to_its_newest_checkpoint_on_storage(tmp_path):
     # Nothing to repair when the latest checkpoint is there.
     assert repair_latest_checkpoint(trial) is None
     assert repair_latest_checkpoint(SimpleNamespace(run_metadata=None)) is None
+
+
+def test_a_checkpoint_at_the_epoch_budget_is_not_resumed_from(tmp_path):
+    """Restored at its budget a trial would train nothing and end without a result."""
+    live = _CheckpointManager(checkpoint_config())
+    for epoch, score in enumerate([0.5, 0.1]):
+        _report(live, tmp_path, epoch, score)
+    saved = pickle.loads(pickle.dumps(live))
+    _report(live, tmp_path, 2, 0.3)  # the last epoch of a 3-epoch budget; 1 is deleted
+    assert not (tmp_path / "checkpoint_000001").exists()
+    trial = SimpleNamespace(run_metadata=SimpleNamespace(checkpoint_manager=saved),
+                            config={"train.epochs": 3})
+    assert repair_latest_checkpoint(trial) == str(tmp_path / "checkpoint_000000")
+    assert saved.latest_checkpoint_result.metrics[K.EPOCH] == 1
