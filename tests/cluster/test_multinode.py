@@ -9,6 +9,7 @@ cluster from hanging the suite.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -196,15 +197,26 @@ def _experiment_state_saved_after(storage: Path, name: str, moment: float) -> bo
     return any(s.stat().st_mtime > moment for s in states)
 
 
+def _mid_trials_in_saved_state(search: Search, budget: int) -> set[str]:
+    """Waits for trials with epochs to go whose checkpoint a saved experiment state knows: the
+    driver writes a result (and has its checkpoint) before result.json shows it, so any state
+    saved later has it. Returns those trials."""
+    while True:
+        results = _wait_for(search, "a trial result", lambda: _trial_results(search.storage))
+        saved = functools.partial(_experiment_state_saved_after, search.storage, search.name,
+                                  time.time() + 0.01)
+        _wait_for(search, "an experiment state saved after it", saved)
+        mid = {t for t, r in _trial_results(search.storage).items()
+               if t in results and r[-1][K.EPOCH] < budget}
+        if mid:
+            return mid
+
+
 def test_killed_driver_resumes_against_the_same_cluster(cluster, start_search):
-    search = start_search("driver-loss", "--num-samples", "3", "--epochs", "4")
-    # Killed once Tune's saved experiment state knows a trial's checkpoint: the driver writes
-    # a result (and has its checkpoint) before result.json shows it, so any later save has it.
-    _wait_for(search, "a trial result", lambda: _trial_results(search.storage))
-    seen = time.time()
-    started = set(_trial_results(search.storage))
-    _wait_for(search, "an experiment state saved after it",
-              lambda: _experiment_state_saved_after(search.storage, search.name, seen + 0.01))
+    # Enough epochs that trials are still running when a state save follows their results.
+    epochs = 20
+    search = start_search("driver-loss", "--num-samples", "3", "--epochs", str(epochs))
+    mid = _mid_trials_in_saved_state(search, epochs)
     search.kill()  # SIGKILL: no cleanup at all, runs left RUNNING
 
     resumed = start_search("driver-loss", resume=True)  # the size it was started with
@@ -212,7 +224,7 @@ def test_killed_driver_resumes_against_the_same_cluster(cluster, start_search):
     runs = _assert_one_finished_run_per_trial(resumed.uri, resumed.name, 3,
                                               resumed.output())
     restored = [max(_metric_history(resumed.uri, runs[t].info.run_id, K.RESTORED_FROM_EPOCH))
-                for t in started]
+                for t in mid]
     assert max(restored) >= 1, (restored, resumed.output())
     assert {r.data.tags["ecgtune.node_id"] for r in runs.values()} <= {
         w.node_id for w in cluster.live_workers()}
