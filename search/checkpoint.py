@@ -157,6 +157,63 @@ def checkpoint_config() -> Any:
                                  checkpoint_score_order="max")
 
 
+def repair_latest_checkpoint(trial: Any) -> str | None:
+    """Point a resumed trial at its newest usable checkpoint on storage; returns its path.
+
+    Ray deletes a checkpoint that falls out of the kept ones as soon as a newer one arrives,
+    but saves the experiment state only every few seconds. A driver killed in between leaves a
+    state whose "latest checkpoint" is gone, and Ray then fails that trial on every retry of
+    `--resume` ("does not exist on storage anymore"). Usable instead: the newest checkpoint
+    still on storage that the driver recorded (its line in result.json: a trial that outlived
+    its driver may have written more) and that leaves an epoch to train (a trial restored at
+    its budget would end without a result). None: nothing to repair, or nothing usable.
+    """
+    import pyarrow.fs
+    from ray.train._internal.session import _TrainingResult
+
+    manager: Any = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
+    latest = getattr(manager, "latest_checkpoint_result", None)
+    if manager is None or latest is None or latest.checkpoint is None:
+        return None
+    fs, missing = latest.checkpoint.filesystem, latest.checkpoint.path
+    if fs.get_file_info(missing).type != pyarrow.fs.FileType.NotFound:
+        return None
+    trial_dir = missing.rstrip("/").rsplit("/", 1)[0]
+    recorded = _results_by_checkpoint(fs, trial_dir)
+    budget = int((getattr(trial, "config", None) or {}).get("train.epochs", 10**9))
+    usable = sorted(info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(trial_dir))
+                    if info.type == pyarrow.fs.FileType.Directory
+                    and info.base_name in recorded
+                    and int(recorded[info.base_name].get(K.EPOCH, 0)) < budget)
+    if not usable:
+        return None
+    path = f"{trial_dir}/{usable[-1]}"
+    kept = [r for r in manager._checkpoint_results
+            if fs.get_file_info(r.checkpoint.path).type != pyarrow.fs.FileType.NotFound]
+    newest = next((r for r in kept if r.checkpoint.path == path), None)
+    if newest is None:
+        from ray import tune
+
+        newest = _TrainingResult(tune.Checkpoint(path, filesystem=fs), recorded[usable[-1]])
+        kept.append(newest)
+    manager._checkpoint_results = sorted(kept, key=manager._get_checkpoint_score)
+    manager._latest_checkpoint_result = newest
+    return path
+
+
+def _results_by_checkpoint(fs: Any, trial_dir: str) -> dict[str, dict[str, Any]]:
+    """The results the driver recorded with each checkpoint (result.json), by folder name."""
+    out: dict[str, dict[str, Any]] = {}
+    with contextlib.suppress(OSError, ValueError), \
+            fs.open_input_stream(f"{trial_dir}/result.json") as stream:
+        for line in stream.read().decode().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                result = json.loads(line)
+                if result.get("checkpoint_dir_name"):
+                    out[result["checkpoint_dir_name"]] = result
+    return out
+
+
 def best_checkpoint(trial: Any) -> Any | None:
     """A Ray trial's best checkpoint by the objective (kept by `checkpoint_config`), else its
     latest."""

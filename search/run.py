@@ -7,6 +7,7 @@ invocation fails in seconds with one clear message.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import logging
@@ -262,6 +263,40 @@ def quiet_tune_console(verbose: int) -> None:
     level = logging.CRITICAL if verbose < 2 else logging.NOTSET
     for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
         logging.getLogger(name).setLevel(level)
+    quiet_ray_system_logs(verbose)
+
+
+def quiet_ray_system_logs(verbose: int) -> None:
+    """Below --verbose 2 the driver prints what the trials print, not Ray's own processes.
+
+    On a cluster the driver also receives the raylet's and the GCS's log lines: a lost node
+    arrives as "Raylet is terminated ..." followed by its last 20 lines of state dumps, then
+    placement-group retries and metrics-agent warnings. Our line ("... failed; retrying from
+    its last checkpoint") says what matters. Ray prints every forwarded batch through one
+    function, whose batches name their source: a worker's pid, else the component's name
+    (`raylet`, `gcs_server`, ...). Autoscaler events ("Adding 2 nodes ...") stay.
+    """
+    from ray._private import worker as ray_worker
+
+    printer = getattr(ray_worker, "print_worker_logs", None)
+    if printer is None:  # another Ray version: its output is left as it is
+        return
+    original = getattr(printer, "__wrapped__", printer)
+    if verbose >= 2:
+        ray_worker.print_worker_logs = original
+        return
+
+    @functools.wraps(original)
+    def workers_only(data: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        if _from_ray_system(data.get("pid")):
+            return
+        original(data, *args, **kwargs)
+
+    ray_worker.print_worker_logs = workers_only
+
+
+def _from_ray_system(pid: object) -> bool:
+    return isinstance(pid, str) and not pid.isdigit() and pid != "autoscaler"
 
 
 def _drop_token_auth_banner(record: logging.LogRecord) -> bool:

@@ -244,10 +244,28 @@ class MlflowTrialTracker(Callback):
         self._client: Any = None
         self._runs: dict[str, str] = {}
         self._env: dict[str, dict[str, str]] = {}
+        self._checked: set[str] = set()  # trials whose checkpoint this driver has checked
 
     # Ray pickles callbacks into the experiment state; clients and caches are rebuilt.
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_runs": {}, "_env": {}}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_env": {}, "_checked": set()}
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        # A `--resume` after a killed driver: each unfinished trial's latest checkpoint must
+        # still exist before Ray restores from it (checkpoint.repair_latest_checkpoint).
+        checked = self.__dict__.setdefault("_checked", set())
+        for trial in trials:
+            if trial.trial_id in checked or trial.status in ("TERMINATED", "RUNNING"):
+                continue
+            checked.add(trial.trial_id)
+            try:
+                path = checkpoint.repair_latest_checkpoint(trial)
+            except Exception as exc:  # best effort: Ray's own error follows if it matters
+                log.warning("could not check trial %s's checkpoint: %s", trial.trial_id, exc)
+                continue
+            if path is not None:
+                log.warning("trial %s: its last recorded checkpoint was deleted after the "
+                            "search state was saved; resuming from %s", trial.trial_id, path)
 
     @property
     def client(self) -> Any:

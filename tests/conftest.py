@@ -28,9 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = (REPO.parent / "shared" / "data" / "ecg-arrhythmia-sample").resolve()
 N_RECORDS = 1500
 
-# Fixtures that start Ray (a search) or an MLflow server; `built_ensemble` needs `tiny_search`,
-# so it is covered through the closure. Tests that call ray.init themselves carry the marker.
-SLOW_FIXTURES = frozenset({"tiny_search", "mlflow_server"})
+# Fixtures that start Ray (a search, a local multi-node cluster) or an MLflow server;
+# `built_ensemble` needs `tiny_search`, so it is covered through the closure. Tests that call
+# ray.init themselves carry the marker.
+SLOW_FIXTURES = frozenset({"tiny_search", "mlflow_server", "ray_cluster"})
 # Argument sequences that start a server from the MLflow CLI.
 _MLFLOW_SERVERS = (("server",), ("ui",), ("models", "serve"))
 

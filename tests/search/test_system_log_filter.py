@@ -1,0 +1,41 @@
+"""Below --verbose 2 the driver's console carries what trials print, not the log lines of Ray's
+own processes (a lost node's raylet state dump); --verbose 2 restores Ray's printer."""
+
+from __future__ import annotations
+
+import io
+
+from ray._private import worker as ray_worker
+
+from ecgtune.search.run import quiet_ray_system_logs
+
+STATE_DUMP = ("Raylet is terminated. Termination is unexpected. ...\n"
+              "    [state-dump] NodeManager.deadline_timer.flush_free_objects - 1 total")
+
+
+def _printed(data: dict) -> str:
+    sink = io.StringIO()
+    ray_worker.print_worker_logs(data, sink)
+    return sink.getvalue()
+
+
+def test_only_ray_system_lines_are_dropped_and_verbose_2_restores_them():
+    installed = ray_worker.print_worker_logs  # an in-process search may have wrapped it
+    original = getattr(installed, "__wrapped__", installed)
+    try:
+        quiet_ray_system_logs(1)
+        quiet_ray_system_logs(1)  # idempotent: wraps Ray's printer once
+        assert ray_worker.print_worker_logs.__wrapped__ is original
+        assert _printed({"pid": "raylet", "lines": [STATE_DUMP], "is_err": False}) == ""
+        assert _printed({"pid": "gcs_server", "lines": ["Failed to remove 1 bundle(s)"],
+                         "is_err": True}) == ""
+        trial = _printed({"pid": 4242, "lines": ["loss went up"], "is_err": False,
+                          "task_name": "train_trial"})
+        assert "loss went up" in trial and "pid=4242" in trial
+
+        quiet_ray_system_logs(2)
+        assert ray_worker.print_worker_logs is original
+        assert "state-dump" in _printed({"pid": "raylet", "lines": [STATE_DUMP],
+                                         "is_err": False})
+    finally:
+        ray_worker.print_worker_logs = installed
