@@ -204,7 +204,7 @@ def _print_summary(search: Any, result: Any, predicted: dict[str, Any], uri: str
     for name, row in result.rows.items():
         macro = row["macro"]
         print(f"  {name:<28} {macro[K.AUROC]:6.3f} {macro[K.AUPRC]:6.3f} {macro[K.F1]:6.3f}")
-    print(f"calibration ({test_fold}): ECE {result.ece_before:.4f} -> {result.ece_after:.4f}")
+    print(f"calibration on the {test_fold}: ECE {result.ece_before:.4f} -> {result.ece_after:.4f}")
     print(f"bundle:            {result.bundle_dir}")
     print(f"ONNX graph:        {_venv_command('ecgtune')} export --bundle {result.bundle_dir} "
           f"--format onnx --output {result.bundle_dir.parent / 'model.onnx'}")
@@ -228,7 +228,7 @@ def _print_summary(search: Any, result: Any, predicted: dict[str, Any], uri: str
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the whole pipeline on synthetic records (embedded defaults, CPU, ~10 min)",
+        help="run the whole pipeline on synthetic records (embedded defaults, CPU, ~3 min)",
         description=(
             "Synthesise records, prepare shards, run a small local search (Ray + SQLite "
             "MLflow), build, calibrate, export and register an ensemble, and predict "
