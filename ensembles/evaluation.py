@@ -50,6 +50,7 @@ LABEL_METRICS = (
     K.PRECISION,
     K.RECALL,
     K.SPECIFICITY,
+    K.NPV,
     K.KAPPA,
     K.ECE,
     K.BRIER,

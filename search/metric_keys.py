@@ -23,6 +23,7 @@ __all__ = [
     "F1",
     "HAMMING",
     "KAPPA",
+    "NPV",
     "OBJECTIVE",
     "PRECISION",
     "RECALL",
@@ -66,6 +67,7 @@ F1 = "f1"
 PRECISION = "precision"
 RECALL = "recall"
 SPECIFICITY = "specificity"
+NPV = "npv"  # negative predictive value: what a clinician asks of a negative call
 KAPPA = "kappa"
 HAMMING = "hamming_loss"
 ECE = "ece"

@@ -34,6 +34,7 @@ from ecgtune.search.metric_keys import (
     AUROC,
     F1,
     KAPPA,
+    NPV,
     PRECISION,
     RECALL,
     SPECIFICITY,
@@ -439,13 +440,14 @@ def _kappa_from_counts(cc: ConfusionCounts) -> np.ndarray:
 
 
 def metrics_from_counts(cc: ConfusionCounts, zero_division: float = 0.0) -> dict[str, np.ndarray]:
-    """F1, precision, recall, specificity (``zero_division`` where undefined) and kappa (NaN
-    where undefined) from confusion counts, keyed by the shared metric names."""
+    """F1, precision (PPV), recall, specificity, NPV (``zero_division`` where undefined) and
+    kappa (NaN where undefined) from confusion counts, keyed by the shared metric names."""
     return {
         F1: _fbeta_from_counts(cc, 1.0, zero_division),
         PRECISION: _ratio(cc.tp, cc.tp + cc.fp, zero_division),
         RECALL: _ratio(cc.tp, cc.tp + cc.fn, zero_division),
         SPECIFICITY: _ratio(cc.tn, cc.tn + cc.fp, zero_division),
+        NPV: _ratio(cc.tn, cc.tn + cc.fn, zero_division),
         KAPPA: _kappa_from_counts(cc),
     }
 

@@ -143,6 +143,11 @@ def test_thresholded_metrics_equal_sklearn():
         )
         spec = [skm.recall_score(~y[:, c], ~pred[:, c]) for c in range(y.shape[1])]
         np.testing.assert_allclose(M.specificity_per_label(y, p, t), spec)
+        # NPV: the precision of the negative calls.
+        npv = [skm.precision_score(~y[:, c], ~pred[:, c], zero_division=0)
+               for c in range(y.shape[1])]
+        counts = M.metrics_from_counts(M.confusion_counts(y, p, t))
+        np.testing.assert_allclose(counts["npv"], npv)
         kappa = M.cohen_kappa_per_label(y, p, t)
         for c in range(y.shape[1]):
             ref = skm.cohen_kappa_score(y[:, c], pred[:, c])
