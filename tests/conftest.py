@@ -77,6 +77,19 @@ def _no_ray_or_mlflow_server_in_the_fast_tier(
     assert not sessions, f"a test outside `slow` started Ray ({sessions}): mark it slow"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_written_into_the_working_directory() -> Iterator[None]:
+    """Tests write under tmp paths only: MLflow's default `./mlruns`, a stray `mlflow.db` or
+    `ray_results/` in the folder pytest ran from fails the run, naming what appeared."""
+    cwd = Path.cwd()
+    watched = ("mlruns", "mlartifacts", "mlflow.db", "ray_results")
+    before = {name for name in watched if (cwd / name).exists()}
+    yield
+    appeared = sorted(name for name in watched if (cwd / name).exists())
+    new = [name for name in appeared if name not in before]
+    assert not new, f"tests wrote {new} into {cwd}; write under tmp_path instead"
+
+
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     """The 20 real records; tests that need them skip cleanly when the folder is absent."""

@@ -165,7 +165,7 @@ def test_evaluation_run_is_linked_to_the_model_version(tiny_bundle, external_dat
 
     uri = tracking.default_tracking_uri(tmp_path)
     client = tracking.client(uri)
-    experiment = client.create_experiment("tiny")
+    experiment = tracking.get_or_create_experiment(client, "tiny", uri)  # artifacts beside it
     model_run = client.create_run(experiment).info.run_id
     client.set_terminated(model_run)
     client.create_registered_model("tiny-ensemble")
