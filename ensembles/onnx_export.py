@@ -590,16 +590,18 @@ def resolve_bundle(source: str, tracking_uri: str | None, workdir: str | os.Path
 
 @contextmanager
 def _registry_uri(uri: str | None) -> Iterator[None]:
-    """MLflow resolves ``models:/`` against the registry URI, which follows the process-wide
-    tracking URI, not the one a download is given: point it at ``uri`` meanwhile."""
-    key = "MLFLOW_REGISTRY_URI"
-    previous = os.environ.get(key)
-    if uri is not None and previous is None:
-        os.environ[key] = uri
+    """MLflow resolves ``models:/`` with clients of its own, built from the process-wide
+    registry and tracking URIs, not from the URI a download is given (and MLflow 3's default
+    tracking URI is a `mlflow.db` in the working directory): point both at ``uri`` meanwhile,
+    unless the environment already names them."""
+    keys = [k for k in ("MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_URI")
+            if uri is not None and os.environ.get(k) is None]
+    for key in keys:
+        os.environ[key] = str(uri)
     try:
         yield
     finally:
-        if uri is not None and previous is None:
+        for key in keys:
             os.environ.pop(key, None)
 
 
