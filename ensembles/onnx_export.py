@@ -574,7 +574,7 @@ def resolve_bundle(source: str, tracking_uri: str | None, workdir: str | os.Path
 
     uri = tracking_uri or default_tracking_uri()
     try:
-        with _registry_uri(uri):
+        with _mlflow_uris(uri):
             local = Path(download_artifacts(artifact_uri=source, dst_path=str(workdir),
                                             tracking_uri=uri))
     except Exception as exc:  # MLflow raises its own exception types
@@ -589,7 +589,7 @@ def resolve_bundle(source: str, tracking_uri: str | None, workdir: str | os.Path
 
 
 @contextmanager
-def _registry_uri(uri: str | None) -> Iterator[None]:
+def _mlflow_uris(uri: str | None) -> Iterator[None]:
     """MLflow resolves ``models:/`` with clients of its own, built from the process-wide
     registry and tracking URIs, not from the URI a download is given (and MLflow 3's default
     tracking URI is a `mlflow.db` in the working directory): point both at ``uri`` meanwhile,
