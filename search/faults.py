@@ -1,4 +1,4 @@
-"""Which trial failures Ray Tune retries.
+"""Which trial failures Ray Tune retries (and a worker told to exit stays quiet about it).
 
 `FailureConfig(max_failures=N)` retries every failed trial from its last checkpoint, which is
 right for a crashed worker or a lost node and pointless for a failure that the same weights
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from typing import Any
 
 from ecgtune.search.errors import NonRetryableTrialError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["install_no_retry_policy", "is_non_retryable"]
+__all__ = ["install_no_retry_policy", "is_non_retryable", "quiet_shutdown_in_finalizers"]
 
 # Kept on the trial's temporary (never checkpointed) state: a trial restarted by `--resume`
 # starts with a clean slate, like Tune's own restore-failure counter kept there.
@@ -73,3 +74,20 @@ def install_no_retry_policy(trial_cls: type | None = None) -> bool:
     Trial.handle_error = _handle_error
     Trial.should_recover = _should_recover
     return True
+
+
+def quiet_shutdown_in_finalizers() -> None:
+    """A worker whose node dies gets SIGTERM; Ray's handler raises SystemExit, and when that
+    lands inside a finalizer Python prints "Exception ignored in ..." with a traceback, which
+    the driver forwards. The exit is the point, not an error: drop that one report and keep
+    every other unraisable exception."""
+    if getattr(sys.unraisablehook, "_ecgtune", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, SystemExit):
+            previous(unraisable)
+
+    hook._ecgtune = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook

@@ -26,6 +26,7 @@ from ecgtune.search.devices import (
     trial_device,
 )
 from ecgtune.search.errors import NonRetryableTrialError
+from ecgtune.search.faults import quiet_shutdown_in_finalizers
 from ecgtune.search.training import Trainer
 
 # Written into the trial directory when a trial fails for good (NaN loss). FailureConfig does
@@ -89,6 +90,7 @@ def prepare_device(trial: TrialConfig, num_labels: int, label_groups: list[list[
 def train_trial(config: dict[str, Any], trial_data: TrialData) -> None:
     # Ray logs every persisted checkpoint at INFO, which buries the progress table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    quiet_shutdown_in_finalizers()
     import ray
 
     trial = TrialConfig.from_flat(config)
