@@ -74,7 +74,7 @@ lint: $(VENV)/.installed
 	$(PY) -m mypy
 
 bench: $(VENV)/.installed
-	PYTHONSAFEPATH=1 $(PY) -m pytest -m benchmark -s tests/benchmarks
+	ECGTUNE_BENCH_OUT=bench-results PYTHONSAFEPATH=1 $(PY) -m pytest -m benchmark -s tests/benchmarks
 
 # One table of what trials meet on this machine's GPU (README "GPU check"); on a CPU it runs
 # the same checks with the tiny preset (the test suite does that too).

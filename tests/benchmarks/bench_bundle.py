@@ -19,8 +19,6 @@ measurement runs in a subprocess with torch's default thread count), or directly
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -153,13 +151,10 @@ def run() -> str:
 
 @pytest.mark.benchmark
 def test_bundle_inference_throughput():
-    # A fresh interpreter: the test session pins torch to one thread (tests/conftest.py),
-    # while inference is measured with torch's default threads on this machine.
-    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True,
-                          timeout=1200)
-    print()
-    print(proc.stdout)
-    assert proc.returncode == 0, proc.stderr
+    from testkit import run_fresh  # not at the top: this file also runs as a script
+
+    # Inference is measured with torch's default threads on this machine.
+    run_fresh(__file__, timeout=1200)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ directly: ``python tests/benchmarks/bench_export.py``.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -151,13 +149,10 @@ def run() -> str:
 
 @pytest.mark.benchmark
 def test_onnx_runtime_beats_the_bundle_on_cpu():
-    # A fresh interpreter: the test session pins torch to one thread (tests/conftest.py).
-    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True,
-                          timeout=1800)
-    print()
-    print(proc.stdout)
-    assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if x.startswith(_RATIOS))
+    from testkit import run_fresh  # not at the top: this file also runs as a script
+
+    stdout = run_fresh(__file__, timeout=1800)
+    line = next(x for x in stdout.splitlines() if x.startswith(_RATIOS))
     ratios = [float(part.split("=")[1].rstrip("x")) for part in line.split(":")[1].split(",")]
     assert min(ratios) >= TARGET, f"target {TARGET}x at batch 1 and 64 not met: {line}"
 

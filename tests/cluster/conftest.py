@@ -20,7 +20,6 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from testkit import stop_group
 
 RAY = str(Path(sys.executable).with_name("ray"))
 WORKER_CPUS = 1
@@ -109,21 +109,7 @@ class Node:
         return self.process.poll() is None and self.raylet() is not None
 
     def stop(self) -> None:
-        stop_session(self.process)
-
-
-def stop_session(process: subprocess.Popen, wait: float = 10) -> None:
-    """SIGTERM the process's group (`ray start --block` then stops its node gracefully),
-    then SIGKILL whatever is left of it."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=wait)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=10)
+        stop_group(self.process, wait=10)  # `ray start --block` stops its node
 
 
 @dataclass

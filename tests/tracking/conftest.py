@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from testkit import stop_group
 
 PG_ROOT = Path("/usr/lib/postgresql")
 PG_USER = "mlflow"
@@ -63,23 +64,6 @@ def _run_as() -> tuple[list[str], pwd.struct_passwd | None]:
             account = pwd.getpwnam(name)
             return ["runuser", "-u", name, "--"], account
     pytest.skip("running as root and no unprivileged account (postgres, nobody) for PostgreSQL")
-
-
-def stop_group(process: subprocess.Popen, first: int = signal.SIGTERM, wait: float = 30) -> None:
-    """Signal a process's whole session (it was started with start_new_session), then kill
-    what is left of it."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, first)
-        try:
-            process.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            pass
-    # Children (backends, server workers) may outlive their leader: sweep the group.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=10)
 
 
 @dataclass
