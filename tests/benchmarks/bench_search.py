@@ -49,9 +49,12 @@ params:
   train.lr: {loguniform: [3.0e-4, 3.0e-2]}
   train.weight_decay: {loguniform: [1.0e-6, 1.0e-2]}
   train.loss: {choice: [bce, focal]}
-scheduler: {grace_period: 1, reduction_factor: 3}
+scheduler: {grace_period: 2, reduction_factor: 3}
 searcher: {n_startup_trials: 4}
 """
+# ASHA's first rung at epoch 2: over 72 full-budget trials (3 seeds) the rank correlation of a
+# trial's val AUPRC with its final best is 0.35 after epoch 1 (none of the final top 8 in the
+# epoch-1 top 8) and 0.79 after epoch 2; a rung at epoch 1 stops trials at random.
 
 FIXED_SPACE = """
 base: tiny

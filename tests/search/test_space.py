@@ -171,3 +171,36 @@ def test_validating_searcher_gives_up_on_a_space_with_no_valid_point():
     searcher.set_search_properties("val/macro_auprc", "max", {})
     with pytest.raises(SpaceError, match="nothing is valid"):
         searcher.suggest("trial_00000")
+
+
+def _optuna_states(objective: tuple[str, ...]) -> dict[str, str]:
+    """Three trials through a TPE searcher with a 9-epoch budget: one runs it, one is stopped
+    at epoch 3 (as ASHA would), one fails; returns each one's Optuna state."""
+    from ecgtune.search import metric_keys as K
+
+    space = parse_space("base: tiny\nparams:\n  train.lr: {loguniform: [1.0e-3, 1.0e-2]}\n",
+                        name="t.yaml")
+    searcher = build_searcher(space, "tpe", seed=0, check=lambda c: None,
+                              objective=objective, budget=9)
+    for trial, last in (("full", 9), ("stopped", 3), ("failed", 2)):
+        searcher.suggest(trial)
+        for epoch in range(1, last + 1):
+            result = {K.EPOCH: epoch, "training_iteration": epoch,
+                      K.OBJECTIVE: 0.1 * epoch, K.COST_GFLOPS: 0.5}
+            searcher.on_trial_result(trial, result)
+        if trial == "failed":  # as Tune tells an errored trial: no result
+            searcher.on_trial_complete(trial, error=True)
+        else:
+            searcher.on_trial_complete(trial, result)
+    study = searcher.searcher._ot_study
+    return {t: ot.state.name for t, ot in zip(("full", "stopped", "failed"), study.trials,
+                                              strict=True)}
+
+
+def test_tpe_hears_a_trial_stopped_before_its_budget_as_pruned():
+    # TPE then ranks it by the epoch it reached, not its early value as if it were final.
+    assert _optuna_states(("auprc",)) == {"full": "COMPLETE", "stopped": "PRUNED",
+                                          "failed": "FAIL"}
+    # Multi-objective studies take no per-epoch values (Optuna): every ended trial counts.
+    assert _optuna_states(("auprc", "gflops")) == {"full": "COMPLETE", "stopped": "COMPLETE",
+                                                   "failed": "FAIL"}
