@@ -17,9 +17,9 @@ error naming the label and the method; nothing is approximated.
 `export_onnx` writes the graph with the bundle's metadata (labels, thresholds and their
 policy, input contract, bundle and data-manifest sha256, ecgtune version) and checks it against
 the bundle on sample records before it is moved into place: a difference above the tolerance
-raises `OnnxExportError` and leaves no file behind. Two exact rewrites of the exported graph
-serve ONNX Runtime's CPU kernels: arange gathers become slices, 1-D convolutions 2-D ones of
-height 1 (tests/benchmarks/bench_export.py).
+raises `OnnxExportError` and leaves no file behind. The members are traced from an
+export-ready copy, and the graph rewritten for ONNX Runtime's CPU kernels, without changing
+what it computes (`onnx_rewrites`; tests/benchmarks/bench_export.py).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from ecgtune.ensembles.calibration import (
 )
 from ecgtune.ensembles.errors import EnsembleError
 from ecgtune.ensembles.inference import NUM_LEADS, EnsemblePredictor, MemberSpec
+from ecgtune.ensembles.onnx_rewrites import for_export, rewrite_graph
 
 __all__ = [
     "INPUT_NAME",
@@ -349,79 +350,6 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def _gathers_to_slices(model: Any) -> int:
-    """Rewrite ``Gather(x, arange(k))`` as ``Slice(x, 0, k)``: the same values. The components
-    crop decoder outputs with index_select so that torch.export keeps lengths symbolic; with
-    static lengths that is a full indexed copy, ~9% of ORT's CPU time on `small` members."""
-    from onnx import helper, numpy_helper
-
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    count = 0
-    for node in graph.node:
-        if node.op_type != "Gather" or len(node.input) != 2 or node.input[1] not in inits:
-            continue
-        idx = numpy_helper.to_array(inits[node.input[1]])
-        if idx.ndim != 1 or idx.size == 0 or not np.array_equal(idx, np.arange(idx.size)):
-            continue
-        axis = next((helper.get_attribute_value(a) for a in node.attribute
-                     if a.name == "axis"), 0)
-        names = [f"{node.output[0]}__slice_{k}" for k in ("starts", "ends", "axes")]
-        for name, value in zip(names, (0, idx.size, axis), strict=True):
-            graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), name))
-        node.op_type = "Slice"
-        del node.attribute[:]
-        node.input[:] = [node.input[0], *names]
-        count += 1
-    used = {name for n in graph.node for name in n.input}
-    kept = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    return count
-
-
-_CONV_2D = {"kernel_shape": lambda v: [1, *v], "strides": lambda v: [1, *v],
-            "dilations": lambda v: [1, *v], "output_padding": lambda v: [0, *v],
-            "pads": lambda v: [0, v[0], 0, v[1]]}
-
-
-def _convs_to_2d(model: Any) -> int:
-    """Run each 1-D (transposed) convolution as a 2-D one of height 1 (Unsqueeze, Conv with
-    a (1, k) kernel, Squeeze): the same sums, but ONNX Runtime's blocked 2-D kernels; measured
-    1.35x faster at batch 1 and 1.18x at batch 16 on `small` members (1 thread)."""
-    from onnx import helper, numpy_helper
-
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    axis = "__ecgtune_axis2"
-    graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axis))
-    nodes, count = [], 0
-    for node in graph.node:
-        w = node.input[1] if len(node.input) > 1 else ""
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type not in ("Conv", "ConvTranspose") or w not in inits or uses[w] != 1
-                or len(inits[w].dims) != 3 or "output_shape" in attrs
-                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
-            nodes.append(node)
-            continue
-        weight = numpy_helper.to_array(inits[w])
-        inits[w].CopyFrom(numpy_helper.from_array(weight[:, :, None, :].copy(), w))
-        attrs = {k: _CONV_2D[k](v) if k in _CONV_2D else v for k, v in attrs.items()}
-        x4, y4 = f"{node.output[0]}__in4d", f"{node.output[0]}__out4d"
-        nodes += [helper.make_node("Unsqueeze", [node.input[0], axis], [x4]),
-                  helper.make_node(node.op_type, [x4, *node.input[1:]], [y4], name=node.name,
-                                   **attrs),
-                  helper.make_node("Squeeze", [y4, axis], [node.output[0]])]
-        count += 1
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return count
-
-
 def _to_onnx(module: EnsembleGraph, n_samples: int, opset: int) -> Any:
     """torch.onnx (dynamo) export with a dynamic batch dimension -> onnx.ModelProto."""
     import warnings
@@ -534,9 +462,8 @@ def export_onnx(bundle_dir: str | os.PathLike[str], output: str | os.PathLike[st
     module = build_graph_module(bundle)  # refuses inexpressible calibrators before exporting
     metadata = onnx_metadata(bundle)
     spec = bundle.inputs
-    model = _to_onnx(module, spec.n_samples, options.opset)
-    _gathers_to_slices(model)
-    _convs_to_2d(model)
+    model = _to_onnx(for_export(module), spec.n_samples, options.opset)
+    log.debug("graph rewrites: %s", rewrite_graph(model))
     model.producer_name = "ecgtune"
     model.producer_version = metadata["ecgtune.version"]
     model.doc_string = (f"ecgtune ensemble of {len(bundle.members)} members: int16 records "
@@ -547,7 +474,7 @@ def export_onnx(bundle_dir: str | os.PathLike[str], output: str | os.PathLike[st
     tmp = output.with_name(output.name + ".tmp")
     try:
         onnx.save_model(model, str(tmp))
-        onnx.checker.check_model(str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
         signals = check_signals if check_signals is not None else sample_signals(
             options.check_records, spec.n_samples, spec.fs, spec.seconds, options.seed)
         diff, agree = check_onnx(tmp, bundle, signals, options.batch_size)

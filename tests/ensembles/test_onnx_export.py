@@ -115,8 +115,7 @@ def traced_once(exported: Exported, monkeypatch) -> None:
     from ecgtune.ensembles import onnx_export
 
     monkeypatch.setattr(onnx_export, "_to_onnx", lambda *a, **k: onnx.load(exported.onnx))
-    monkeypatch.setattr(onnx_export, "_gathers_to_slices", lambda model: 0)
-    monkeypatch.setattr(onnx_export, "_convs_to_2d", lambda model: 0)
+    monkeypatch.setattr(onnx_export, "rewrite_graph", lambda model: {})
 
 
 def _real_signals(sample_dir: Path) -> np.ndarray:

@@ -1,0 +1,85 @@
+"""The export's graph rewrites change how ONNX Runtime computes, never what: each is checked
+here on a small graph against the unrewritten one (the export's own check covers whole
+ensembles, tests/ensembles/test_onnx_export.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ecgtune.components.blocks import HalveLength
+from ecgtune.ensembles.onnx_rewrites import _drop_whole_axis_slices, for_export, rewrite_graph
+
+
+def _run(model, x: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+def test_for_export_swaps_halve_length_for_the_pool_it_equals_on_a_copy():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(3, 4, 5, padding=2), HalveLength(),
+                        nn.Sequential(nn.ReLU(), HalveLength()))
+    ready = for_export(net)
+    assert isinstance(net[1], HalveLength) and isinstance(net[2][1], HalveLength)  # untouched
+    assert isinstance(ready[1], nn.AvgPool1d) and isinstance(ready[2][1], nn.AvgPool1d)
+    for length in (64, 67):  # odd: both drop the trailing sample
+        x = torch.randn(2, 3, length)
+        with torch.no_grad():
+            assert torch.equal(ready(x), net(x))
+
+
+def _slices_graph():
+    """y = Slice(x, 0, 8, axis 2) (the whole axis) + 1; z = Slice(x, 0, 6, axis 2)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name, value):
+        return numpy_helper.from_array(np.array([value], np.int64), name)
+
+    nodes = [helper.make_node("Slice", ["x", "zero", "eight", "two"], ["whole"]),
+             helper.make_node("Add", ["whole", "one"], ["y"]),
+             helper.make_node("Slice", ["x", "zero", "six", "two"], ["z"])]
+    graph = helper.make_graph(
+        nodes, "slices",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 4, 6])],
+        [const("zero", 0), const("eight", 8), const("six", 6), const("two", 2),
+         numpy_helper.from_array(np.ones(1, np.float32), "one")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_a_slice_keeping_the_whole_axis_is_dropped_and_the_rest_stay():
+    import onnx
+
+    model = _slices_graph()
+    x = np.random.default_rng(0).standard_normal((3, 4, 8)).astype(np.float32)
+    before = _run(model, x)
+    assert _drop_whole_axis_slices(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Add", "Slice"]
+    assert model.graph.node[0].input[0] == "x"
+    assert "eight" not in {i.name for i in model.graph.initializer}  # unused, removed
+    onnx.checker.check_model(model, full_check=True)
+    for got, want in zip(_run(model, x), before, strict=True):
+        assert np.array_equal(got, want)
+
+
+def test_convolutions_run_2d_with_the_same_sums_and_the_graph_passes_a_strict_check():
+    import onnx
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(3, 8, 5, padding=2), nn.LeakyReLU(),
+                        nn.ConvTranspose1d(8, 4, 5, stride=2, padding=2, output_padding=1))
+    x = torch.randn(2, 3, 32)
+    program = torch.onnx.export(net.eval(), (x,), dynamo=True, input_names=["x"],
+                                dynamic_shapes=({0: torch.export.Dim("batch")},))
+    model = program.model_proto
+    counts = rewrite_graph(model)
+    assert counts["convolutions to 2-D"] == 2
+    onnx.checker.check_model(model, full_check=True)  # no stale 3-D shapes recorded
+    (got,) = _run(model, x.numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(x).numpy(), rtol=0, atol=1e-5)
