@@ -18,7 +18,7 @@ On the traced graph (`rewrite_graph`):
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from torch import nn
@@ -27,8 +27,10 @@ from ecgtune.components.blocks import HalveLength
 
 __all__ = ["for_export", "rewrite_graph"]
 
+M = TypeVar("M", bound=nn.Module)
 
-def for_export(module: nn.Module) -> nn.Module:
+
+def for_export(module: M) -> M:
     """An eval-mode copy of `module` with `HalveLength` as AvgPool1d(2); `module` itself is
     left as it is (the export checks the graph against it)."""
     module = copy.deepcopy(module).eval()
