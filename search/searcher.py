@@ -46,6 +46,8 @@ class ValidatingSearcher(Searcher):
     `check`; Tune only ever sees valid configs. With an epoch `budget`, a single-objective
     trial that ends before it (ASHA stopped it) is told as pruned, not complete."""
 
+    budget: int | None = None  # also for a searcher pickled, by `--resume`, before it existed
+
     def __init__(self, searcher: Searcher, check: Callable[[dict[str, Any]], None],
                  max_tries: int = 50, budget: int | None = None) -> None:
         super().__init__(metric=searcher.metric, mode=searcher.mode)
