@@ -514,7 +514,7 @@ def _tuner(opts: SearchOptions, trainable: Any, space: SearchSpace, check: Point
         tune_config=tune.TuneConfig(
             num_samples=num_samples,
             search_alg=build_searcher(space, opts.searcher, opts.seed, check,
-                                      parse_objective(opts.objective), _epoch_budget(space)),
+                                      parse_objective(opts.objective)),
             scheduler=_scheduler(opts, space),
             max_concurrent_trials=opts.max_concurrent,
             # A new trial takes over a finished trial's worker process: no second torch
@@ -606,14 +606,10 @@ def startup_line(opts: SearchOptions, validated: ValidatedSearch, num_samples: i
     return text
 
 
-def _epoch_budget(space: SearchSpace) -> int:
-    return int(space.base_flat().get("train.epochs", 1))
-
-
 def _scheduler(opts: SearchOptions, space: SearchSpace) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    epochs = _epoch_budget(space)
+    epochs = int(space.base_flat().get("train.epochs", 1))
     if opts.scheduler == "fifo":
         return FIFOScheduler()
     return ASHAScheduler(

@@ -43,19 +43,17 @@ def parse_objective(text: str) -> tuple[str, ...]:
 
 class ValidatingSearcher(Searcher):
     """Asks the wrapped searcher again (telling it the point failed) until a point passes
-    `check`; Tune only ever sees valid configs. With an epoch `budget`, a single-objective
-    trial that ends before it (ASHA stopped it) is told as pruned, not complete."""
-
-    budget: int | None = None  # also for a searcher pickled, by `--resume`, before it existed
+    `check`; Tune only ever sees valid configs. A single-objective trial that ends before
+    its `train.epochs` (ASHA stopped it) is told as pruned, not complete."""
 
     def __init__(self, searcher: Searcher, check: Callable[[dict[str, Any]], None],
-                 max_tries: int = 50, budget: int | None = None) -> None:
+                 max_tries: int = 50) -> None:
         super().__init__(metric=searcher.metric, mode=searcher.mode)
         self.searcher = searcher
         self.check = check
         self.max_tries = max_tries
-        self.budget = budget
         self.inner_ids: dict[str, str] = {}
+        self.budgets: dict[str, int] = {}  # each trial's train.epochs
         self.rejected: list[dict[str, Any]] = []
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
@@ -76,6 +74,8 @@ class ValidatingSearcher(Searcher):
                 self.searcher.on_trial_complete(inner_id, result=None, error=True)
                 continue
             self.inner_ids[trial_id] = inner_id
+            if "train.epochs" in config:
+                self.budgets[trial_id] = int(config["train.epochs"])
             return config
         raise SpaceError(
             f"{self.max_tries} consecutive sampled points were invalid; last reason: "
@@ -87,8 +87,10 @@ class ValidatingSearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        if (result and not error and self.budget and isinstance(self.metric, str)
-                and int(result.get(K.EPOCH, self.budget)) < self.budget):
+        # getattr: a searcher pickled (for --resume) before budgets were kept has none.
+        budget = getattr(self, "budgets", {}).get(trial_id)
+        if (result and not error and budget and isinstance(self.metric, str)
+                and int(result.get(K.EPOCH, budget)) < budget):
             # Told without a result, Optuna records the trial as PRUNED (its per-epoch values
             # were reported as they came), and TPE ranks pruned trials by the epoch they
             # reached, then value, below every trial that ran its budget. Told as complete,
@@ -101,10 +103,12 @@ class ValidatingSearcher(Searcher):
     # Ray checkpoints wrappers through get_state/set_state and the wrapped searcher itself
     # through save_to_dir, so only this wrapper's own bookkeeping goes here.
     def get_state(self) -> dict[str, Any]:
-        return {"inner_ids": dict(self.inner_ids), "rejected": list(self.rejected)}
+        return {"inner_ids": dict(self.inner_ids), "budgets": dict(self.budgets),
+                "rejected": list(self.rejected)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.inner_ids = dict(state.get("inner_ids", {}))
+        self.budgets = dict(state.get("budgets", {}))
         self.rejected = list(state.get("rejected", []))
 
 
@@ -137,12 +141,11 @@ class PointValidator:
 
 def build_searcher(space: SearchSpace, kind: str, seed: int,
                    check: Callable[[dict[str, Any]], None],
-                   objective: tuple[str, ...] = ("auprc",),
-                   budget: int | None = None) -> ValidatingSearcher:
+                   objective: tuple[str, ...] = ("auprc",)) -> ValidatingSearcher:
     """Optuna's sampler behind Ray's OptunaSearch; with more than one `objective` the study
     is multi-objective (TPE then models the Pareto front, Optuna's MOTPE), told each trial's
-    final values. ASHA, separately, stops trials on quality alone; a trial it stops before
-    the epoch `budget` is pruned for a single-objective study (see ValidatingSearcher)."""
+    final values. ASHA, separately, stops trials on quality alone; a trial it stops early is
+    pruned for a single-objective study (see ValidatingSearcher)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -172,4 +175,4 @@ def build_searcher(space: SearchSpace, kind: str, seed: int,
         sampler=sampler,
         points_to_evaluate=points or None,
     )
-    return ValidatingSearcher(inner, check, budget=budget)
+    return ValidatingSearcher(inner, check)

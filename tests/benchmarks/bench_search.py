@@ -148,8 +148,8 @@ def _plot_efficiency(curves: dict[str, list[np.ndarray]], path: Path) -> None:
 
 
 def _median_curve(runs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Median over seeds of best-so-far, up to the shortest run (a stopped search spends no
-    more: its last value holds)."""
+    """Median over seeds of best-so-far, up to the longest run (a search that ended spends
+    no more: its last value holds)."""
     length = max(len(r) for r in runs)
     padded = np.array([np.concatenate([r, np.full(length - len(r), r[-1])]) for r in runs])
     return np.arange(1, length + 1), np.median(padded, axis=0)

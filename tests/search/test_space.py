@@ -178,10 +178,9 @@ def _optuna_states(objective: tuple[str, ...]) -> dict[str, str]:
     at epoch 3 (as ASHA would), one fails; returns each one's Optuna state."""
     from ecgtune.search import metric_keys as K
 
-    space = parse_space("base: tiny\nparams:\n  train.lr: {loguniform: [1.0e-3, 1.0e-2]}\n",
-                        name="t.yaml")
-    searcher = build_searcher(space, "tpe", seed=0, check=lambda c: None,
-                              objective=objective, budget=9)
+    space = parse_space("base: tiny\nfixed: {train.epochs: 9}\n"
+                        "params:\n  train.lr: {loguniform: [1.0e-3, 1.0e-2]}\n", name="t.yaml")
+    searcher = build_searcher(space, "tpe", seed=0, check=lambda c: None, objective=objective)
     for trial, last in (("full", 9), ("stopped", 3), ("failed", 2)):
         searcher.suggest(trial)
         for epoch in range(1, last + 1):
@@ -204,3 +203,17 @@ def test_tpe_hears_a_trial_stopped_before_its_budget_as_pruned():
     # Multi-objective studies take no per-epoch values (Optuna): every ended trial counts.
     assert _optuna_states(("auprc", "gflops")) == {"full": "COMPLETE", "stopped": "COMPLETE",
                                                    "failed": "FAIL"}
+
+
+def test_a_trial_that_ran_its_own_searched_epoch_budget_is_complete():
+    # The space's base has 20 epochs; this trial's budget is the 3 it was given.
+    from ecgtune.search import metric_keys as K
+
+    space = parse_space("base: tiny\nparams:\n  train.epochs: {choice: [3]}\n", name="t.yaml")
+    searcher = build_searcher(space, "tpe", seed=0, check=lambda c: None)
+    assert searcher.suggest("t")["train.epochs"] == 3
+    searcher.on_trial_complete("t", {K.EPOCH: 3, K.OBJECTIVE: 0.5})
+    restored = build_searcher(space, "tpe", seed=0, check=lambda c: None)
+    restored.set_state(searcher.get_state())
+    assert restored.budgets == {"t": 3}
+    assert searcher.searcher._ot_study.trials[0].state.name == "COMPLETE"
