@@ -10,7 +10,10 @@ On the traced graph (`rewrite_graph`):
   is dropped: the components crop decoder outputs with index_select so that torch.export
   keeps lengths symbolic; at the export's static lengths most crops keep everything, and a
   kept slice is still a copy in ORT;
-- 1-D (transposed) convolutions run as 2-D ones of height 1, on ORT's blocked kernels;
+- 1-D (transposed) convolutions run as 2-D ones of height 1, on ORT's blocked kernels, and
+  the activations, normalisations, adds, concatenations and pools between them run on the
+  same height-1 tensors: ORT then fuses activations into convolutions and keeps its blocked
+  layout across the chain instead of reordering around every convolution;
 - shapes recorded at tracing time for tensors whose rank changed are dropped (a strict ONNX
   checker re-infers them).
 """
@@ -45,7 +48,8 @@ def rewrite_graph(model: Any) -> dict[str, int]:
     """Applies the graph rewrites in place; returns how many nodes each changed."""
     counts = {"gathers to slices": _gathers_to_slices(model),
               "whole-axis slices dropped": _drop_whole_axis_slices(model),
-              "convolutions to 2-D": _convs_to_2d(model)}
+              "convolutions to 2-D": _convs_to_2d(model),
+              "operations kept 2-D between convolutions": _lift_squeezes(model)}
     _drop_inferred_shapes(model)
     return counts
 
@@ -127,6 +131,7 @@ def _drop_whole_axis_slices(model: Any) -> int:
     return len(alias)
 
 
+_AXIS2 = "__ecgtune_axis2"  # the height axis the 2-D rewrite adds
 _CONV_2D = {"kernel_shape": lambda v: [1, *v], "strides": lambda v: [1, *v],
             "dilations": lambda v: [1, *v], "output_padding": lambda v: [0, *v],
             "pads": lambda v: [0, v[0], 0, v[1]]}
@@ -144,7 +149,7 @@ def _convs_to_2d(model: Any) -> int:
     for node in graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    axis = "__ecgtune_axis2"
+    axis = _AXIS2
     graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axis))
     nodes, count = [], 0
     for node in graph.node:
@@ -167,6 +172,78 @@ def _convs_to_2d(model: Any) -> int:
     del graph.node[:]
     graph.node.extend(nodes)
     return count
+
+
+_UNARY = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Identity"}
+_BINARY = {"Add", "Sub", "Mul", "Div"}
+_POOL_2D = {"kernel_shape": _CONV_2D["kernel_shape"], "strides": _CONV_2D["strides"],
+            "dilations": _CONV_2D["dilations"], "pads": _CONV_2D["pads"]}
+
+
+def _lift_squeezes(model: Any) -> int:
+    """After `_convs_to_2d`: runs the operations between height-1 convolutions on the 4-D
+    tensors themselves (an activation of ``Squeeze(y)`` is ``Squeeze`` of the activation of
+    ``y``), and drops ``Unsqueeze(Squeeze(y))`` pairs. Returns how many operations moved."""
+    from onnx import helper
+
+    graph = model.graph
+    scalars = {i.name for i in graph.initializer if int(np.prod(i.dims)) == 1}
+    four: dict[str, str] = {}  # a 3-D tensor -> the 4-D (height-1) tensor it squeezes
+    alias: dict[str, str] = {}  # a dropped Unsqueeze's output -> the 4-D tensor it equals
+    nodes, moved = [], 0
+    for node in graph.node:
+        node.input[:] = [alias.get(name, name) for name in node.input]
+        op, ins = node.op_type, list(node.input)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if op == "Squeeze" and ins[1:] == [_AXIS2]:
+            four[node.output[0]] = ins[0]
+            nodes.append(node)
+            continue
+        if op == "Unsqueeze" and ins[1:] == [_AXIS2] and ins[0] in four:
+            alias[node.output[0]] = four[ins[0]]
+            continue
+        lifted: dict[str, Any] | None = None
+        if op in _UNARY and ins[0] in four:
+            lifted = attrs
+        elif (op in _BINARY and all(i in four or i in scalars for i in ins)
+              and any(i in four for i in ins)):
+            lifted = attrs
+        elif (op == "BatchNormalization" and ins[0] in four
+              and not attrs.get("training_mode", 0)):
+            lifted = attrs
+        elif op == "Concat" and all(i in four for i in ins):
+            axis = int(attrs["axis"]) % 3
+            lifted = {**attrs, "axis": axis if axis < 2 else 3}
+        elif (op in ("AveragePool", "MaxPool") and ins[0] in four and len(node.output) == 1
+              and len(attrs.get("kernel_shape", ())) == 1 and "auto_pad" not in attrs):
+            lifted = {k: _POOL_2D[k](v) if k in _POOL_2D else v for k, v in attrs.items()}
+        if lifted is None:
+            nodes.append(node)
+            continue
+        out4 = f"{node.output[0]}__4d"
+        nodes += [helper.make_node(op, [four.get(i, i) for i in ins], [out4], name=node.name,
+                                   **lifted),
+                  helper.make_node("Squeeze", [out4, _AXIS2], [node.output[0]])]
+        four[node.output[0]] = out4
+        moved += 1
+    del graph.node[:]
+    graph.node.extend(_live(nodes, {o.name for o in graph.output}))
+    names = {name for n in graph.node for name in (*n.input, *n.output)}
+    kept = [v for v in graph.value_info if v.name in names]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    _drop_unused_initializers(graph)
+    return moved
+
+
+def _live(nodes: list[Any], outputs: set[str]) -> list[Any]:
+    """The nodes (in order) whose outputs something still reads."""
+    needed, kept = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    return kept[::-1]
 
 
 def _drop_inferred_shapes(model: Any) -> None:

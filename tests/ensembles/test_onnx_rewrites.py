@@ -83,3 +83,49 @@ def test_convolutions_run_2d_with_the_same_sums_and_the_graph_passes_a_strict_ch
     (got,) = _run(model, x.numpy())
     with torch.no_grad():
         np.testing.assert_allclose(got, net(x).numpy(), rtol=0, atol=1e-5)
+
+
+class _Chain(nn.Module):
+    """Convolutions with what sits between them in the components: activations, a
+    normalisation, a residual add, a skip concatenation, a pool, a scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_in = nn.Sequential(nn.Conv1d(3, 8, 5, padding=2), nn.BatchNorm1d(8),
+                                     nn.LeakyReLU(0.1))
+        self.down = nn.Conv1d(8, 8, 5, stride=2, padding=2)
+        self.up = nn.ConvTranspose1d(8, 8, 5, stride=2, padding=2, output_padding=1)
+        self.norm = nn.BatchNorm1d(16)
+        self.out = nn.Conv1d(16, 4, 1)
+        self.pool = nn.AvgPool1d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.conv_in(x)
+        b = self.up(torch.relu(self.down(a)))
+        y = torch.relu(self.norm(torch.cat([a + b, b], dim=1)))
+        return self.pool(torch.sigmoid(self.out(y)) * 0.5)
+
+
+def test_operations_between_convolutions_run_on_the_2d_tensors_with_the_same_result():
+    import onnx
+
+    torch.manual_seed(0)
+    net = _Chain().eval()
+    for bn in (net.conv_in[1], net.norm):  # non-trivial running statistics
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 32)
+    program = torch.onnx.export(net, (x,), dynamo=True, input_names=["x"],
+                                dynamic_shapes=({0: torch.export.Dim("batch")},))
+    model = program.model_proto
+    counts = rewrite_graph(model)
+    assert counts["operations kept 2-D between convolutions"] >= 6, counts
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    # One Unsqueeze at the input, one Squeeze at the output: nothing goes back to 3-D between.
+    assert ops.count("Unsqueeze") == 1 and ops.count("Squeeze") == 1, ops
+    (got,) = _run(model, np.random.default_rng(1).standard_normal((5, 3, 32)).astype(np.float32))
+    with torch.no_grad():
+        want = net(torch.from_numpy(np.random.default_rng(1).standard_normal((5, 3, 32))
+                                    .astype(np.float32))).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
