@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -271,8 +272,9 @@ def quiet_ray_system_logs(verbose: int) -> None:
 
     On a cluster the driver also receives the raylet's and the GCS's log lines: a lost node
     arrives as "Raylet is terminated ..." followed by its last 20 lines of state dumps, then
-    placement-group retries and metrics-agent warnings. Our line ("... failed; retrying from
-    its last checkpoint") says what matters. Ray prints every forwarded batch through one
+    placement-group retries and metrics-agent warnings, and the retried trial's process adds
+    Ray's "Restored on ... from checkpoint" line. Our line ("... failed; retrying from its
+    last checkpoint") says what matters. Ray prints every forwarded batch through one
     function, whose batches name their source: a worker's pid, else the component's name
     (`raylet`, `gcs_server`, ...). Autoscaler events ("Adding 2 nodes ...") stay.
     """
@@ -290,9 +292,16 @@ def quiet_ray_system_logs(verbose: int) -> None:
     def workers_only(data: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         if _from_ray_system(data.get("pid")):
             return
-        original(data, *args, **kwargs)
+        lines = [line for line in data.get("lines", []) if not _RAY_RESTORE.search(line)]
+        if lines:
+            original({**data, "lines": lines}, *args, **kwargs)
 
     ray_worker.print_worker_logs = workers_only
+
+
+# Logged by Ray's Trainable in the trial's process when a retry resumes, before any of our
+# code runs there; our "... failed; retrying from its last checkpoint" line already says it.
+_RAY_RESTORE = re.compile(r"\bRestored on \S+ from checkpoint: ")
 
 
 def _from_ray_system(pid: object) -> bool:

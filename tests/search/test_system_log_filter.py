@@ -32,10 +32,17 @@ def test_only_ray_system_lines_are_dropped_and_verbose_2_restores_them():
         trial = _printed({"pid": 4242, "lines": ["loss went up"], "is_err": False,
                           "task_name": "train_trial"})
         assert "loss went up" in trial and "pid=4242" in trial
+        restore = ("Restored on 192.0.2.2 from checkpoint: Checkpoint(filesystem=local, "
+                   "path=/tmp/ray_results/s/trial_001/checkpoint_000001)")
+        resumed = _printed({"pid": 4243, "lines": [restore, "epoch 3"], "is_err": False,
+                            "task_name": "train_trial"})
+        assert "Restored on" not in resumed and "epoch 3" in resumed
+        assert _printed({"pid": 4243, "lines": [restore], "is_err": False}) == ""
 
         quiet_ray_system_logs(2)
         assert ray_worker.print_worker_logs is original
         assert "state-dump" in _printed({"pid": "raylet", "lines": [STATE_DUMP],
                                          "is_err": False})
+        assert "Restored on" in _printed({"pid": 4243, "lines": [restore], "is_err": False})
     finally:
         ray_worker.print_worker_logs = installed
