@@ -188,7 +188,7 @@ def test_lost_worker_node_costs_only_the_current_epoch(cluster, start_search):
 def _assert_quiet_console(out: str) -> None:
     """A lost node is one line of ours at the default verbosity, not Ray's state dumps."""
     for noise in ("Traceback", "(raylet)", "has been marked dead", "NodeDiedError",
-                  "RayActorError"):
+                  "RayActorError", "Restored on"):
         assert noise not in out, f"{noise!r} on the console:\n{out}"
 
 
