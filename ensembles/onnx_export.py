@@ -463,7 +463,8 @@ def export_onnx(bundle_dir: str | os.PathLike[str], output: str | os.PathLike[st
     metadata = onnx_metadata(bundle)
     spec = bundle.inputs
     model = _to_onnx(for_export(module), spec.n_samples, options.opset)
-    log.debug("graph rewrites: %s", rewrite_graph(model))
+    rewrites = rewrite_graph(model)
+    log.debug("graph rewrites: %s", rewrites)
     model.producer_name = "ecgtune"
     model.producer_version = metadata["ecgtune.version"]
     model.doc_string = (f"ecgtune ensemble of {len(bundle.members)} members: int16 records "

@@ -215,7 +215,8 @@ def _lift_squeezes(model: Any) -> int:
             axis = int(attrs["axis"]) % 3
             lifted = {**attrs, "axis": axis if axis < 2 else 3}
         elif (op in ("AveragePool", "MaxPool") and ins[0] in four and len(node.output) == 1
-              and len(attrs.get("kernel_shape", ())) == 1 and "auto_pad" not in attrs):
+              and len(attrs.get("kernel_shape", ())) == 1
+              and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")):
             lifted = {k: _POOL_2D[k](v) if k in _POOL_2D else v for k, v in attrs.items()}
         if lifted is None:
             nodes.append(node)
