@@ -1,5 +1,6 @@
-"""Rewrites that serve ONNX Runtime's CPU kernels, each one giving the same numbers (the
-export's check against the bundle verifies the whole graph afterwards).
+"""Rewrites that serve ONNX Runtime's CPU kernels, each computing the same function (up to the
+float rounding of other kernels; the export's check against the bundle verifies the whole
+graph afterwards).
 
 Before tracing, on a copy of the members (`for_export`): `HalveLength` (the mean of even and
 odd samples, cheap to train through) becomes the AvgPool1d(2) it equals: one pooling kernel
