@@ -56,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest accepted |probability difference| (default: 1e-4)")
     p.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (default: 18)")
+    p.add_argument("--standard-ops", action="store_true",
+                   help="only standard ONNX operators, for runtimes other than ONNX Runtime; "
+                   "without it the attention runs as ONNX Runtime's fused "
+                   "com.microsoft.MultiHeadAttention (in its standard packages)")
     p.set_defaults(func=_run_export)
 
 
@@ -68,14 +72,16 @@ def _run_export(args: argparse.Namespace) -> int:
     )
 
     n_check = args.check_records or (64 if args.check_data else 8)
-    options = ExportOptions(opset=args.opset, check_records=n_check, tolerance=args.tolerance)
+    options = ExportOptions(opset=args.opset, check_records=n_check, tolerance=args.tolerance,
+                            standard_ops=args.standard_ops)
     signals = shard_signals(args.check_data, n_check) if args.check_data else None
     with tempfile.TemporaryDirectory(prefix="ecgtune-export-") as tmp:
         bundle_dir = resolve_bundle(args.bundle, args.tracking_uri, tmp)
         result = export_onnx(bundle_dir, args.output, options, check_signals=signals)
     size = result.path.stat().st_size / 2**20
     where = args.check_data or "synthetic"
-    print(f"exported {args.bundle} -> {result.path} ({size:.1f} MiB)")
+    print(f"exported {args.bundle} -> {result.path} ({size:.1f} MiB; operators: "
+          f"{result.metadata['operators']})")
     print(f"checked on {result.n_checked} records ({where}): max |probability difference| "
           f"{result.max_abs_diff:.3g} (tolerance {args.tolerance:g}); decisions agree "
           f"{100 * result.decisions_agree:.2f}%")

@@ -53,7 +53,7 @@ from ecgtune.ensembles.calibration import (
 )
 from ecgtune.ensembles.errors import EnsembleError
 from ecgtune.ensembles.inference import NUM_LEADS, EnsemblePredictor, MemberSpec
-from ecgtune.ensembles.onnx_rewrites import for_export, rewrite_graph
+from ecgtune.ensembles.onnx_rewrites import attention_heads, for_export, rewrite_graph
 
 __all__ = [
     "INPUT_NAME",
@@ -97,13 +97,16 @@ class UnsupportedCalibratorError(OnnxExportError):
 class ExportOptions:
     """``opset``: ONNX opset of the graph; ``check_records``: synthetic records the graph is
     checked on when no data is given; ``tolerance``: largest accepted |probability
-    difference| against the bundle; ``seed``: of the synthetic records."""
+    difference| against the bundle; ``seed``: of the synthetic records; ``standard_ops``: keep
+    to standard ONNX operators (the attention then unfused) for runtimes other than ONNX
+    Runtime, instead of its fused ``com.microsoft.MultiHeadAttention``."""
 
     opset: int = 18
     check_records: int = 8
     tolerance: float = 1e-4
     seed: int = 0
     batch_size: int = 32  # records per ONNX Runtime call during the check
+    standard_ops: bool = False
 
 
 @dataclass(frozen=True)
@@ -462,9 +465,12 @@ def export_onnx(bundle_dir: str | os.PathLike[str], output: str | os.PathLike[st
     module = build_graph_module(bundle)  # refuses inexpressible calibrators before exporting
     metadata = onnx_metadata(bundle)
     spec = bundle.inputs
-    model = _to_onnx(for_export(module), spec.n_samples, options.opset)
-    rewrites = rewrite_graph(model)
+    exported = for_export(module)
+    model = _to_onnx(exported, spec.n_samples, options.opset)
+    rewrites = rewrite_graph(model, None if options.standard_ops else attention_heads(exported))
     log.debug("graph rewrites: %s", rewrites)
+    metadata["operators"] = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}"
+                                      for o in sorted(model.opset_import, key=lambda o: o.domain))
     model.producer_name = "ecgtune"
     model.producer_version = metadata["ecgtune.version"]
     model.doc_string = (f"ecgtune ensemble of {len(bundle.members)} members: int16 records "

@@ -15,6 +15,10 @@ On the traced graph (`rewrite_graph`):
   the activations, normalisations, adds, concatenations and pools between them run on the
   same height-1 tensors: ORT then fuses activations into convolutions and keeps its blocked
   layout across the chain instead of reordering around every convolution;
+- each branch's temporal self-attention (the exporter's unfused MatMul, Softmax, MatMul with
+  the reshapes around them) becomes ONNX Runtime's ``com.microsoft.MultiHeadAttention``,
+  which never materialises the T x T scores (optional: ``fuse_attention=False`` keeps the
+  graph to standard ONNX operators, for runtimes other than ONNX Runtime);
 - shapes recorded at tracing time for tensors whose rank changed are dropped (a strict ONNX
   checker re-infers them).
 """
@@ -22,14 +26,17 @@ On the traced graph (`rewrite_graph`):
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import numpy as np
 from torch import nn
 
-from ecgtune.components.blocks import HalveLength
+from ecgtune.components.blocks import HalveLength, TemporalSelfAttention
 
-__all__ = ["for_export", "rewrite_graph"]
+__all__ = ["ORT_DOMAIN", "attention_heads", "for_export", "rewrite_graph"]
+
+ORT_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib operators
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -45,9 +52,19 @@ def for_export(module: M) -> M:
     return module
 
 
-def rewrite_graph(model: Any) -> dict[str, int]:
-    """Applies the graph rewrites in place; returns how many nodes each changed."""
-    counts = {"gathers to slices": _gathers_to_slices(model),
+def attention_heads(module: nn.Module) -> dict[str, int]:
+    """Module path -> head count of every temporal self-attention in `module` (the paths
+    name the attention's parameters in the exported graph)."""
+    return {name: m.heads for name, m in module.named_modules()
+            if isinstance(m, TemporalSelfAttention)}
+
+
+def rewrite_graph(model: Any, heads: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Applies the graph rewrites in place; returns how many nodes each changed. `heads`
+    (`attention_heads` of the exported module) fuses those attentions; None keeps the graph
+    to standard ONNX operators."""
+    counts = {"attentions fused": _fuse_attention(model, heads or {}),
+              "gathers to slices": _gathers_to_slices(model),
               "whole-axis slices dropped": _drop_whole_axis_slices(model),
               "convolutions to 2-D": _convs_to_2d(model),
               "operations kept 2-D between convolutions": _lift_squeezes(model)}
@@ -85,6 +102,79 @@ def _gathers_to_slices(model: Any) -> int:
         count += 1
     _drop_unused_initializers(graph)
     return count
+
+
+def _fuse_attention(model: Any, heads: Mapping[str, int]) -> int:
+    """Replaces, for each attention module path P, the nodes between its packed projection
+    (``Add(.., P.qkv.bias)``: q | k | v, each heads x head size) and the input of its output
+    projection (``MatMul`` -> ``Add(.., P.out.bias)``) by a Split and ORT's fused
+    ``MultiHeadAttention`` (same default scale, 1/sqrt(head size), as torch's
+    scaled_dot_product_attention). A region read from outside, or reading anything but the
+    projection and constants, is left alone."""
+    from onnx import helper
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    constants = {i.name for i in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+
+    def bias_add(name: str) -> Any:
+        return next((n for n in readers.get(name, ()) if n.op_type == "Add"), None)
+
+    replaced: dict[int, list[Any]] = {}  # id(the node computing the attention's output) -> new
+    removed: set[int] = set()
+    for path, n_heads in heads.items():
+        qkv, out = bias_add(f"{path}.qkv.bias"), bias_add(f"{path}.out.bias")
+        if qkv is None or out is None:
+            continue
+        matmul = next((producer[i] for i in out.input if i in producer), None)
+        if matmul is None or matmul.op_type != "MatMul":
+            continue
+        start, end = qkv.output[0], matmul.input[0]
+        region, stack, reached = {}, [end], False
+        while stack:
+            name = stack.pop()
+            if name == start:
+                reached = True
+            elif name in producer and id(producer[name]) not in region:
+                region[id(producer[name])] = producer[name]
+                stack.extend(producer[name].input)
+        inner = {o for n in region.values() for o in n.output}
+        closed = all(i in inner or i in constants or i in ("", start)
+                     for n in region.values() for i in n.input)
+        private = all(o == end or (o not in graph_outputs
+                                   and all(id(r) in region for r in readers.get(o, ())))
+                      for o in inner)
+        if not (reached and closed and private) or any(id(n) in removed for n in region.values()):
+            continue
+        q, k, v = (f"{end}__{part}" for part in "qkv")
+        replaced[id(producer[end])] = [
+            helper.make_node("Split", [start], [q, k, v], axis=-1, num_outputs=3),
+            helper.make_node("MultiHeadAttention", [q, k, v], [end], domain=ORT_DOMAIN,
+                             num_heads=int(n_heads), name=f"{path}.fused_attention")]
+        removed.update(region)
+    if not replaced:
+        return 0
+    nodes = []
+    for node in graph.node:
+        if id(node) in replaced:
+            nodes += replaced[id(node)]
+        elif id(node) not in removed:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if all(o.domain != ORT_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(ORT_DOMAIN, 1))
+    names = {name for n in graph.node for name in (*n.input, *n.output)}
+    kept = [v for v in graph.value_info if v.name in names]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    _drop_unused_initializers(graph)
+    return len(replaced)
 
 
 def _static_dims(model: Any) -> dict[str, list[int | None]]:

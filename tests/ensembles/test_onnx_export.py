@@ -115,7 +115,7 @@ def traced_once(exported: Exported, monkeypatch) -> None:
     from ecgtune.ensembles import onnx_export
 
     monkeypatch.setattr(onnx_export, "_to_onnx", lambda *a, **k: onnx.load(exported.onnx))
-    monkeypatch.setattr(onnx_export, "rewrite_graph", lambda model: {})
+    monkeypatch.setattr(onnx_export, "rewrite_graph", lambda model, heads: {})
 
 
 def _real_signals(sample_dir: Path) -> np.ndarray:
@@ -140,6 +140,7 @@ def _assert_equal_to_bundle(onnx_path: Path, bundle_dir: Path, signals: np.ndarr
 
 def test_export_prints_the_check_and_matches_the_bundle(exported: Exported) -> None:
     assert "checked on 8 records (synthetic): max |probability difference|" in exported.stdout
+    assert "operators: ai.onnx 18, com.microsoft 1)" in exported.stdout
     diff = float(exported.stdout.split("difference| ")[1].split()[0])
     assert diff <= 1e-4
     # Records the command's own check did not see, batch sizes 1 to 7 (dynamic batch).
@@ -158,7 +159,10 @@ def test_metadata_round_trip(exported: Exported) -> None:
 
     bundle = load_bundle(exported.bundle)
     meta = open_session(exported.onnx).get_modelmeta().custom_metadata_map
-    assert meta == read_metadata(exported.onnx) == onnx_metadata(bundle)
+    # The tiny-multi member's branch attention runs fused, ONNX Runtime's contrib operator.
+    assert meta["operators"] == "ai.onnx 18, com.microsoft 1"
+    assert meta == read_metadata(exported.onnx) == {**onnx_metadata(bundle),
+                                                    "operators": meta["operators"]}
     assert json.loads(meta["labels"]) == bundle.label_names
     assert json.loads(meta["thresholds"]) == bundle.thresholds.tolist()
     assert json.loads(meta["threshold_policy"]) == {"objective": "f1", "beta": 1.0}
@@ -261,6 +265,24 @@ def test_failed_check_writes_nothing(exported: Exported, traced_once, tmp_path: 
         export_onnx(exported.bundle, tmp_path / "m.onnx",
                     ExportOptions(check_records=2, tolerance=1e-12))
     assert not list(tmp_path.glob("m.onnx*"))
+
+
+def test_standard_ops_export_fuses_no_attention(exported: Exported, monkeypatch,
+                                                tmp_path: Path) -> None:
+    import onnx
+
+    from ecgtune.ensembles import onnx_export
+
+    asked: list[object] = []
+    monkeypatch.setattr(onnx_export, "_to_onnx", lambda *a, **k: onnx.load(exported.onnx))
+    monkeypatch.setattr(onnx_export, "rewrite_graph",
+                        lambda model, heads: asked.append(heads) or {})
+    export_onnx(exported.bundle, tmp_path / "a.onnx", ExportOptions(check_records=2))
+    export_onnx(exported.bundle, tmp_path / "b.onnx",
+                ExportOptions(check_records=2, standard_ops=True))
+    fused, standard = asked
+    assert fused and all(n == 2 for n in fused.values())  # tiny-multi: 2 heads per branch
+    assert standard is None
 
 
 def test_check_records_of_another_length_are_a_clear_error(exported: Exported) -> None:

@@ -8,8 +8,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ecgtune.components.blocks import HalveLength
-from ecgtune.ensembles.onnx_rewrites import _drop_whole_axis_slices, for_export, rewrite_graph
+from ecgtune.components.blocks import HalveLength, TemporalSelfAttention
+from ecgtune.ensembles.onnx_rewrites import (
+    ORT_DOMAIN,
+    _drop_whole_axis_slices,
+    attention_heads,
+    for_export,
+    rewrite_graph,
+)
 
 
 def _run(model, x: np.ndarray) -> list[np.ndarray]:
@@ -129,3 +135,45 @@ def test_operations_between_convolutions_run_on_the_2d_tensors_with_the_same_res
         want = net(torch.from_numpy(np.random.default_rng(1).standard_normal((5, 3, 32))
                                     .astype(np.float32))).numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def _export(net: nn.Module, x: torch.Tensor):
+    program = torch.onnx.export(net.eval(), (x,), dynamo=True, input_names=["x"],
+                                dynamic_shapes=({0: torch.export.Dim("batch")},))
+    return program.model_proto
+
+
+def test_attention_runs_as_ort_fused_multi_head_attention_with_the_same_result():
+    import onnx
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(3, 8, 5, padding=2),
+                        nn.Sequential(TemporalSelfAttention(8, 2))).eval()
+    assert attention_heads(net) == {"1.0": 2}
+    x = torch.randn(3, 3, 40)
+    with torch.no_grad():
+        want = net(x).numpy()
+    fused, standard = _export(net, x), _export(net, x)
+    assert rewrite_graph(fused, attention_heads(net))["attentions fused"] == 1
+    ops = [(n.domain, n.op_type) for n in fused.graph.node]
+    assert (ORT_DOMAIN, "MultiHeadAttention") in ops
+    names = [op for _, op in ops]
+    assert "Softmax" not in names and names.count("MatMul") == 2  # the two projections only
+    assert {o.domain for o in fused.opset_import} == {"", ORT_DOMAIN}
+    onnx.checker.check_model(fused, full_check=True)
+    (got,) = _run(fused, x.numpy())
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    # Without heads (--standard-ops) the graph keeps to the standard domain, same numbers.
+    assert rewrite_graph(standard, None)["attentions fused"] == 0
+    assert {n.domain for n in standard.graph.node} == {""}
+    assert "Softmax" in {n.op_type for n in standard.graph.node}
+    (got,) = _run(standard, x.numpy())
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_an_attention_path_the_graph_does_not_name_is_left_alone():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(3, 8, 5, padding=2), TemporalSelfAttention(8, 2)).eval()
+    model = _export(net, torch.randn(2, 3, 16))
+    assert rewrite_graph(model, {"elsewhere": 2})["attentions fused"] == 0
+    assert "Softmax" in {n.op_type for n in model.graph.node}
