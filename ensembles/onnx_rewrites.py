@@ -17,8 +17,8 @@ On the traced graph (`rewrite_graph`):
   layout across the chain instead of reordering around every convolution;
 - each branch's temporal self-attention (the exporter's unfused MatMul, Softmax, MatMul with
   the reshapes around them) becomes ONNX Runtime's ``com.microsoft.MultiHeadAttention``,
-  which never materialises the T x T scores (optional: ``fuse_attention=False`` keeps the
-  graph to standard ONNX operators, for runtimes other than ONNX Runtime);
+  which never materialises the T x T scores (without `heads`, as ``ecgtune export
+  --standard-ops`` asks, the graph keeps to standard ONNX operators for other runtimes);
 - shapes recorded at tracing time for tensors whose rank changed are dropped (a strict ONNX
   checker re-infers them).
 """
