@@ -57,8 +57,9 @@ searcher: {n_startup_trials: 4}
 # trial's val AUPRC with its final best is 0.35 after epoch 1 (none of the final top 8 in the
 # epoch-1 top 8) and 0.79 after epoch 2; a rung at epoch 1 stops trials at random.
 
-# 3,000 records with 33 steps of 32 per epoch: a trial trains on as much per epoch as on
-# 1,500 records' train folds, while the validation fold doubles to ~300 records. With ~150,
+# 3,000 records with 33 steps of 32 per epoch: a trial trains about as much per epoch as on
+# 1,500 records (1,050 in the train folds: 32 full steps), while the validation fold doubles
+# to ~300 records. With ~150,
 # 13 of the 20 labels had 3-8 positives there, so a search's best val AUPRC was partly the
 # luckiest of its evaluations, and full-budget random makes the most of them (216).
 EFFICIENCY_RECORDS = 3000
