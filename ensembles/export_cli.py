@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--standard-ops", action="store_true",
                    help="only standard ONNX operators, for runtimes other than ONNX Runtime; "
                    "without it the attention runs as ONNX Runtime's fused "
-                   "com.microsoft.MultiHeadAttention (in its standard packages)")
+                   "com.microsoft.MultiHeadAttention, a contrib operator")
     p.set_defaults(func=_run_export)
 
 

@@ -14,12 +14,12 @@ lookup by comparison count, then the same slope formula). Anything else, or an i
 with repeated knots (where ``np.interp``'s result is not a single formula), is refused with an
 error naming the label and the method; nothing is approximated.
 
-`export_onnx` writes the graph with the bundle's metadata (labels, thresholds and their
-policy, input contract, bundle and data-manifest sha256, ecgtune version) and checks it against
-the bundle on sample records before it is moved into place: a difference above the tolerance
-raises `OnnxExportError` and leaves no file behind. The members are traced from an
-export-ready copy, and the graph rewritten for ONNX Runtime's CPU kernels, without changing
-what it computes (`onnx_rewrites`; tests/benchmarks/bench_export.py).
+`export_onnx` writes the graph with the bundle's metadata (labels, thresholds and their policy,
+input contract, bundle and data-manifest sha256, ecgtune version, the operator sets it uses)
+and checks it against the bundle on sample records before it is moved into place: a difference
+above the tolerance raises `OnnxExportError` and leaves no file behind. The members are traced
+from an export-ready copy, and the graph rewritten for ONNX Runtime's CPU kernels, without
+changing what it computes (`onnx_rewrites`; tests/benchmarks/bench_export.py).
 """
 
 from __future__ import annotations

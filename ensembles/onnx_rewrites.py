@@ -126,7 +126,6 @@ def _fuse_attention(model: Any, heads: Mapping[str, int]) -> int:
         return next((n for n in readers.get(name, ()) if n.op_type == "Add"), None)
 
     replaced: dict[int, list[Any]] = {}  # id(the node computing the attention's output) -> new
-    removed: set[int] = set()
     for path, n_heads in heads.items():
         qkv, out = bias_add(f"{path}.qkv.bias"), bias_add(f"{path}.out.bias")
         if qkv is None or out is None:
@@ -149,30 +148,21 @@ def _fuse_attention(model: Any, heads: Mapping[str, int]) -> int:
         private = all(o == end or (o not in graph_outputs
                                    and all(id(r) in region for r in readers.get(o, ())))
                       for o in inner)
-        if not (reached and closed and private) or any(id(n) in removed for n in region.values()):
+        if not (reached and closed and private):
             continue
         q, k, v = (f"{end}__{part}" for part in "qkv")
         replaced[id(producer[end])] = [
             helper.make_node("Split", [start], [q, k, v], axis=-1, num_outputs=3),
             helper.make_node("MultiHeadAttention", [q, k, v], [end], domain=ORT_DOMAIN,
                              num_heads=int(n_heads), name=f"{path}.fused_attention")]
-        removed.update(region)
     if not replaced:
         return 0
-    nodes = []
-    for node in graph.node:
-        if id(node) in replaced:
-            nodes += replaced[id(node)]
-        elif id(node) not in removed:
-            nodes.append(node)
+    # The rest of each region is read by nothing now: `_live` drops it.
+    nodes = [new for node in graph.node for new in replaced.get(id(node), [node])]
     del graph.node[:]
-    graph.node.extend(nodes)
+    graph.node.extend(_live(nodes, graph_outputs))
     if all(o.domain != ORT_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(ORT_DOMAIN, 1))
-    names = {name for n in graph.node for name in (*n.input, *n.output)}
-    kept = [v for v in graph.value_info if v.name in names]
-    del graph.value_info[:]
-    graph.value_info.extend(kept)
     _drop_unused_initializers(graph)
     return len(replaced)
 
@@ -320,10 +310,6 @@ def _lift_squeezes(model: Any) -> int:
         moved += 1
     del graph.node[:]
     graph.node.extend(_live(nodes, {o.name for o in graph.output}))
-    names = {name for n in graph.node for name in (*n.input, *n.output)}
-    kept = [v for v in graph.value_info if v.name in names]
-    del graph.value_info[:]
-    graph.value_info.extend(kept)
     _drop_unused_initializers(graph)
     return moved
 
@@ -339,10 +325,12 @@ def _live(nodes: list[Any], outputs: set[str]) -> list[Any]:
 
 
 def _drop_inferred_shapes(model: Any) -> None:
-    """Keeps the exporter's recorded shapes only for tensors a rewrite did not reshape (the
-    2-D weights): a strict checker (``full_check``) compares them with what it infers."""
+    """Keeps the exporter's recorded shapes only for tensors the rewritten graph still has and
+    a rewrite did not reshape (the 2-D weights): a strict checker (``full_check``) compares
+    them with what it infers."""
     graph = model.graph
     inits = {i.name for i in graph.initializer}
-    kept = [v for v in graph.value_info if v.name not in inits]
+    names = {name for n in graph.node for name in (*n.input, *n.output)}
+    kept = [v for v in graph.value_info if v.name in names and v.name not in inits]
     del graph.value_info[:]
     graph.value_info.extend(kept)
