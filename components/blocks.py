@@ -114,6 +114,13 @@ class ResUBlock(nn.Module):
         self.proj = nn.Conv1d(width, width, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        x_in, last = self.stages(x)
+        h = _crop_to(self.decoder[-1](last), x_in.size(-1))
+        return self.proj(self.pool(h + x_in))
+
+    def stages(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x_in and the input of the last decoder stage (its concatenation with the first
+        encoder output): the export replaces only what follows (`onnx_rewrites`)."""
         x_in = self.conv_in(x)
         h = x_in
         inputs: list[Tensor] = []  # what each decoder output must match: x_in, e_1 .. e_{d-1}
@@ -122,11 +129,11 @@ class ResUBlock(nn.Module):
             h = enc(h)
         skip = h
         h = self.bottleneck(h)
-        for i, dec in enumerate(self.decoder):
+        for i in range(self.depth - 1):
             target = inputs[self.depth - 1 - i]
-            h = _crop_to(dec(torch.cat([h, skip], dim=1)), target.size(-1))
+            h = _crop_to(self.decoder[i](torch.cat([h, skip], dim=1)), target.size(-1))
             skip = target
-        return self.proj(self.pool(h + x_in))
+        return x_in, torch.cat([h, skip], dim=1)
 
 
 class DenseLayer(nn.Module):

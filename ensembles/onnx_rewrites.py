@@ -2,9 +2,15 @@
 float rounding of other kernels; the export's check against the bundle verifies the whole
 graph afterwards).
 
-Before tracing, on a copy of the members (`for_export`): `HalveLength` (the mean of even and
-odd samples, cheap to train through) becomes the AvgPool1d(2) it equals: one pooling kernel
-instead of two strided copies, an add and a scale.
+Before tracing, on a copy of the members (`for_export`):
+- `HalveLength` (the mean of even and odd samples, cheap to train through) becomes the
+  AvgPool1d(2) it equals: one pooling kernel instead of two strided copies, an add and a scale;
+- each residual U-block's tail (last transposed convolution, BN, LeakyReLU, + x_in, halve
+  the length, 1x1 projection) becomes `PolyphaseTail`: the even and odd output samples of the
+  stride-2 transposed convolution are two channel groups of one ordinary convolution, and
+  the halving that follows averages exactly those pairs, so the full-length tensor is never
+  formed. ORT runs transposed convolutions outside its blocked layout (reordering around
+  each); the tail then stays in it.
 
 On the traced graph (`rewrite_graph`):
 - ``Gather(x, arange(k))`` becomes ``Slice(x, 0, k)``, and a slice that keeps the whole axis
@@ -30,11 +36,13 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import numpy as np
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from ecgtune.components.blocks import HalveLength, TemporalSelfAttention
+from ecgtune.components.blocks import HalveLength, ResUBlock, TemporalSelfAttention, _crop_to
 
-__all__ = ["ORT_DOMAIN", "attention_heads", "for_export", "rewrite_graph"]
+__all__ = ["ORT_DOMAIN", "PolyphaseTail", "attention_heads", "for_export", "polyphase_weight",
+           "rewrite_graph"]
 
 ORT_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib operators
 
@@ -42,14 +50,76 @@ M = TypeVar("M", bound=nn.Module)
 
 
 def for_export(module: M) -> M:
-    """An eval-mode copy of `module` with `HalveLength` as AvgPool1d(2); `module` itself is
-    left as it is (the export checks the graph against it)."""
+    """An eval-mode copy of `module` with `HalveLength` as AvgPool1d(2) and every `ResUBlock`
+    with a `PolyphaseTail`; `module` itself is left as it is (the export checks the graph
+    against it)."""
     module = copy.deepcopy(module).eval()
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, HalveLength):
                 setattr(parent, name, nn.AvgPool1d(2))
+            elif isinstance(child, ResUBlock):
+                setattr(parent, name, PolyphaseTail(child))
     return module
+
+
+def polyphase_weight(weight: Tensor, padding: int) -> tuple[Tensor, int]:
+    """A stride-2 ConvTranspose1d's weight (in, out, K) -> the weight (2 * out, in, 2S + 1)
+    and padding S of the stride-1 Conv1d whose channels [0, out) are its even output samples
+    y[2t] and [out, 2 * out) its odd ones y[2t + 1], t = 0 .. input length - 1, for a
+    transposed convolution with output_padding 1 and K = 2 * padding + 1 (the output then
+    has exactly twice the input's length; others raise ValueError).
+
+    y[2t + phase] = sum over s of x[t + s] W[phase + padding - 2s], for the s where that tap
+    exists; as a correlation over x[t - S .. t + S] the other taps are zero."""
+    n_in, n_out, k = weight.shape
+    if k != 2 * padding + 1:
+        raise ValueError(f"no polyphase form for kernel {k} with padding {padding}: the "
+                         "output is not exactly twice the input's length")
+    taps = {(phase, s): phase + padding - 2 * s
+            for phase in (0, 1) for s in range(-k, k + 1) if 0 <= phase + padding - 2 * s < k}
+    half = max(abs(s) for _, s in taps)
+    out = weight.new_zeros(2 * n_out, n_in, 2 * half + 1)
+    for (phase, s), tap in taps.items():
+        out[phase * n_out:(phase + 1) * n_out, :, s + half] = weight[:, :, tap].T
+    return out, half
+
+
+class PolyphaseTail(nn.Module):
+    """A `ResUBlock` computing the same function, for export: its last decoder stage and
+    what follows, proj(pool(crop(stage(z)) + x_in)), as
+    tail(crop'(act(bn(conv(z))))) + proj(AvgPool1d(2)(x_in)), where `conv` gives the
+    stage's even and odd output samples as two channel groups (`polyphase_weight`, BN and
+    activation per channel, repeated for both) and `tail` is the 1x1 conv 0.5 * [P | P]:
+    the halving averages each (even, odd) pair and P is linear. crop' keeps
+    floor(len(x_in) / 2) pairs: the crop to len(x_in) then the pool's dropped odd sample."""
+
+    def __init__(self, block: ResUBlock) -> None:
+        super().__init__()
+        stage = block.decoder[-1]
+        up, bn, act = list(stage.children())
+        if not (isinstance(up, nn.ConvTranspose1d) and isinstance(bn, nn.BatchNorm1d)
+                and (up.stride, up.output_padding, up.dilation, up.groups)
+                == ((2,), (1,), (1,), 1)):
+            raise ValueError(f"no polyphase form for {stage}")
+        self.block = block  # conv_in .. the last stage's input (`ResUBlock.stages`)
+        weight, half = polyphase_weight(up.weight.detach(), int(up.padding[0]))
+        conv = nn.Conv1d(up.in_channels, 2 * up.out_channels, weight.shape[-1], padding=half,
+                         bias=False)
+        conv.weight.data.copy_(weight)
+        bn2 = nn.BatchNorm1d(2 * bn.num_features, eps=bn.eps)
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            getattr(bn2, key).data.copy_(getattr(bn, key).detach().repeat(2))
+        self.up = nn.Sequential(conv, bn2, copy.deepcopy(act)).eval()
+        proj = block.proj.weight.detach()  # (width, width, 1)
+        self.tail = nn.Conv1d(2 * proj.shape[1], proj.shape[0], 1, bias=False)
+        self.tail.weight.data.copy_(0.5 * torch.cat([proj, proj], dim=1))
+        self.pool = nn.AvgPool1d(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x_in, last = self.block.stages(x)
+        pairs = _crop_to(self.up(last), x_in.size(-1) // 2)
+        return self.tail(pairs) + self.block.proj(self.pool(x_in))
 
 
 def attention_heads(module: nn.Module) -> dict[str, int]:

@@ -98,6 +98,17 @@ def _table(title: str, rates: dict[tuple[str, int], float]) -> list[str]:
     return lines
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or "unknown"
+
+
 def run() -> str:
     import os
 
@@ -131,8 +142,12 @@ def run() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
         f"ONNX export: {N_MEMBERS} x `small` members, {WINDOWS} windows of {CROP} samples per "
-        f"record, CPU ({os.cpu_count()} cores, load average {load}); ONNX Runtime "
-        f"{ort.__version__}; best of {ROUNDS} alternating rounds",
+        f"record; ONNX Runtime {ort.__version__}, torch {torch.__version__}; best of {ROUNDS} "
+        "alternating rounds",
+        # The ratio depends on the CPU: between two machines of this project's kind the
+        # bundle's speed halved while ORT's held (BENCHMARKS.md), so the CPU is printed.
+        f"CPU: {_cpu_model()}, {os.cpu_count()} cores, torch kernels "
+        f"{torch.backends.cpu.get_cpu_capability()}, load average {load}",
         f"export + check {t_export:.1f} s; export's check max |diff| = "
         f"{exported.max_abs_diff:.1e}; timed records max |diff| = {diff:.1e}",
     ]

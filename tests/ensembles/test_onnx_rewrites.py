@@ -5,15 +5,18 @@ ensembles, tests/ensembles/test_onnx_export.py)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
-from ecgtune.components.blocks import HalveLength, TemporalSelfAttention
+from ecgtune.components.blocks import HalveLength, ResUBlock, TemporalSelfAttention
 from ecgtune.ensembles.onnx_rewrites import (
     ORT_DOMAIN,
+    PolyphaseTail,
     _drop_whole_axis_slices,
     attention_heads,
     for_export,
+    polyphase_weight,
     rewrite_graph,
 )
 
@@ -37,6 +40,79 @@ def test_for_export_swaps_halve_length_for_the_pool_it_equals_on_a_copy():
         with torch.no_grad():
             assert torch.equal(ready(x), net(x))
 
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5, 9, 15])
+def test_polyphase_weight_gives_the_even_and_odd_samples_of_the_transposed_conv(kernel):
+    torch.manual_seed(kernel)
+    up = nn.ConvTranspose1d(5, 3, kernel, stride=2, padding=kernel // 2, output_padding=1,
+                            bias=False)
+    x = torch.randn(2, 5, 23)
+    weight, half = polyphase_weight(up.weight.detach(), kernel // 2)
+    with torch.no_grad():
+        y = up(x)
+        phases = nn.functional.conv1d(x, weight, padding=half)
+    assert y.shape[-1] == 2 * 23 and phases.shape[-1] == 23
+    torch.testing.assert_close(phases[:, :3], y[..., 0::2], rtol=0, atol=1e-5)
+    torch.testing.assert_close(phases[:, 3:], y[..., 1::2], rtol=0, atol=1e-5)
+
+
+def _resu_block(depth: int) -> ResUBlock:
+    """Random weights and BN statistics (fresh BN in eval mode is nearly the identity)."""
+    torch.manual_seed(depth)
+    block = ResUBlock(6, 8, 4, depth, 9)
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_()
+            m.bias.data.normal_()
+    return block.eval()
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_polyphase_tail_computes_the_resu_block_at_even_and_odd_lengths(depth):
+    block = _resu_block(depth)
+    ready = for_export(nn.Sequential(block))
+    assert isinstance(ready[0], PolyphaseTail) and isinstance(block, ResUBlock)  # on a copy
+    assert not any(isinstance(m, nn.ConvTranspose1d) for m in ready[0].up.modules())
+    for length in (64, 63, 50, 37):  # odd lengths: the crop and the pool's dropped sample
+        x = torch.randn(3, 6, length)
+        with torch.no_grad():
+            expected = block(x)
+            got = ready(x)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(9, 3, 4), (4, 2, 2), (9, 2, 3)])
+def test_polyphase_tail_refuses_a_stage_it_has_no_form_for(kernel, stride, padding):
+    block = _resu_block(1)
+    block.decoder[-1][0] = nn.ConvTranspose1d(8, 8, kernel, stride=stride, padding=padding,
+                                              output_padding=1, bias=False)
+    with pytest.raises(ValueError, match="no polyphase form"):
+        PolyphaseTail(block)
+
+
+def test_exported_resu_block_runs_its_tail_as_an_ordinary_convolution():
+    """What the form is for: one transposed convolution fewer per block in the graph."""
+    import onnx
+
+    block = nn.Sequential(_resu_block(2))
+    x = torch.randn(2, 6, 64)
+    counts = {}
+    for name, module in (("plain", block), ("polyphase", for_export(block))):
+        program = torch.onnx.export(module, (x,), dynamo=True, input_names=["x"],
+                                    verbose=False)
+        model = program.model_proto
+        counts[name] = sum(n.op_type == "ConvTranspose" for n in model.graph.node)
+        if name == "polyphase":
+            rewrite_graph(model)
+            onnx.checker.check_model(model, full_check=True)
+            with torch.no_grad():
+                np.testing.assert_allclose(_run(model, x.numpy())[0], block(x).numpy(),
+                                           rtol=0, atol=1e-5)
+    assert counts == {"plain": 2, "polyphase": 1}
 
 def _slices_graph():
     """y = Slice(x, 0, 8, axis 2) (the whole axis) + 1; z = Slice(x, 0, 6, axis 2)."""
