@@ -53,14 +53,14 @@ def for_export(module: M) -> M:
     """An eval-mode copy of `module` with `HalveLength` as AvgPool1d(2) and every `ResUBlock`
     with a `PolyphaseTail`; `module` itself is left as it is (the export checks the graph
     against it)."""
-    module = copy.deepcopy(module).eval()
+    module = copy.deepcopy(module)
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, HalveLength):
                 setattr(parent, name, nn.AvgPool1d(2))
             elif isinstance(child, ResUBlock):
                 setattr(parent, name, PolyphaseTail(child))
-    return module
+    return module.eval()  # after the swaps: the new BatchNorms too
 
 
 def polyphase_weight(weight: Tensor, padding: int) -> tuple[Tensor, int]:
@@ -110,7 +110,7 @@ class PolyphaseTail(nn.Module):
         bn2 = nn.BatchNorm1d(2 * bn.num_features, eps=bn.eps)
         for key in ("weight", "bias", "running_mean", "running_var"):
             getattr(bn2, key).data.copy_(getattr(bn, key).detach().repeat(2))
-        self.up = nn.Sequential(conv, bn2, copy.deepcopy(act)).eval()
+        self.up = nn.Sequential(conv, bn2, copy.deepcopy(act))
         proj = block.proj.weight.detach()  # (width, width, 1)
         self.tail = nn.Conv1d(2 * proj.shape[1], proj.shape[0], 1, bias=False)
         self.tail.weight.data.copy_(0.5 * torch.cat([proj, proj], dim=1))

@@ -75,6 +75,7 @@ def test_polyphase_tail_computes_the_resu_block_at_even_and_odd_lengths(depth):
     block = _resu_block(depth)
     ready = for_export(nn.Sequential(block))
     assert isinstance(ready[0], PolyphaseTail) and isinstance(block, ResUBlock)  # on a copy
+    assert not any(m.training for m in ready.modules())  # its new BatchNorm included
     assert not any(isinstance(m, nn.ConvTranspose1d) for m in ready[0].up.modules())
     for length in (64, 63, 50, 37):  # odd lengths: the crop and the pool's dropped sample
         x = torch.randn(3, 6, length)
