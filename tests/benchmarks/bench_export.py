@@ -145,7 +145,7 @@ def run() -> str:
         f"record; ONNX Runtime {ort.__version__}, torch {torch.__version__}; best of {ROUNDS} "
         "alternating rounds",
         # The ratio depends on the CPU: between two machines of this project's kind the
-        # bundle's speed halved while ORT's held (BENCHMARKS.md), so the CPU is printed.
+        # bundle's speed halved and ORT's fell by a fifth (BENCHMARKS.md).
         f"CPU: {_cpu_model()}, {os.cpu_count()} cores, torch kernels "
         f"{torch.backends.cpu.get_cpu_capability()}, load average {load}",
         f"export + check {t_export:.1f} s; export's check max |diff| = "
