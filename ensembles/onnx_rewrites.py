@@ -51,15 +51,18 @@ M = TypeVar("M", bound=nn.Module)
 
 def for_export(module: M) -> M:
     """An eval-mode copy of `module` with `HalveLength` as AvgPool1d(2) and every `ResUBlock`
-    with a `PolyphaseTail`; `module` itself is left as it is (the export checks the graph
-    against it)."""
+    that has one with a `PolyphaseTail`; `module` itself is left as it is (the export checks
+    the graph against it)."""
     module = copy.deepcopy(module)
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, HalveLength):
                 setattr(parent, name, nn.AvgPool1d(2))
             elif isinstance(child, ResUBlock):
-                setattr(parent, name, PolyphaseTail(child))
+                try:
+                    setattr(parent, name, PolyphaseTail(child))
+                except ValueError:  # no exact polyphase form: the block stays as it is
+                    continue
     return module.eval()  # after the swaps: the new BatchNorms too
 
 

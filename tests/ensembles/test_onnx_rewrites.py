@@ -95,6 +95,17 @@ def test_polyphase_tail_refuses_a_stage_it_has_no_form_for(kernel, stride, paddi
         PolyphaseTail(block)
 
 
+def test_for_export_keeps_a_block_with_no_polyphase_form_as_it_is():
+    block = _resu_block(1)  # kernel 9 with padding 3: 2 samples too many, cropped
+    block.decoder[-1][0] = nn.ConvTranspose1d(8, 8, 9, stride=2, padding=3, output_padding=1,
+                                              bias=False)
+    ready = for_export(nn.Sequential(block))
+    assert isinstance(ready[0], ResUBlock)
+    x = torch.randn(2, 6, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ready(x), block(x), rtol=0, atol=1e-6)
+
+
 def test_exported_resu_block_runs_its_tail_as_an_ordinary_convolution():
     """What the form is for: one transposed convolution fewer per block in the graph."""
     import onnx
