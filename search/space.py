@@ -37,6 +37,12 @@ DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "logint")
 _TOP_KEYS = {
     "description", "base", "fixed", "params", "points_to_evaluate", "scheduler", "searcher"
 }
+# The settings a space may give ASHA and the searcher: (type, lowest value, lowest allowed).
+# A misspelt key would otherwise be ignored and the default used without a word.
+_SETTINGS: dict[str, dict[str, tuple[type, float, bool]]] = {
+    "scheduler": {"grace_period": (int, 1, True), "reduction_factor": (float, 1, False)},
+    "searcher": {"n_startup_trials": (int, 0, True)},
+}
 
 
 @dataclass(frozen=True)
@@ -204,8 +210,8 @@ def parse_space(text: str, name: str = "<string>") -> SearchSpace:
         base=base,
         fixed=dict(doc.get("fixed") or {}),
         params=params,
-        scheduler=dict(doc.get("scheduler") or {}),
-        searcher=dict(doc.get("searcher") or {}),
+        scheduler=_settings(doc, "scheduler", name),
+        searcher=_settings(doc, "searcher", name),
         description=str(doc.get("description", "")),
         source=text,
     )
@@ -213,6 +219,27 @@ def parse_space(text: str, name: str = "<string>") -> SearchSpace:
     space = SearchSpace(**{**space.__dict__, "points_to_evaluate": points})
     _check_keys(space)
     return space
+
+
+def _settings(doc: Mapping[str, Any], section: str, where: str) -> dict[str, Any]:
+    """The `scheduler:` or `searcher:` mapping, every key known and every value in range."""
+    values = doc.get(section) or {}
+    if not isinstance(values, Mapping):
+        raise SpaceError(f"{where}: {section} must be a mapping, e.g. "
+                         f"{{{next(iter(_SETTINGS[section]))}: 2}}")
+    rules = _SETTINGS[section]
+    unknown = sorted(set(values) - set(rules))
+    if unknown:
+        raise SpaceError(f"{where}: unknown {section} keys {unknown}; valid: {sorted(rules)}")
+    for key, value in values.items():
+        kind, low, inclusive = rules[key]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if (not number or (kind is int and value != int(value))
+                or not (value >= low if inclusive else value > low)):
+            what = "an integer" if kind is int else "a number"
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise SpaceError(f"{where}: {section}.{key} must be {what} {bound}, got {value!r}")
+    return {key: rules[key][0](value) for key, value in values.items()}
 
 
 def _resolve_point(space: SearchSpace, point: Any, where: str) -> dict[str, Any]:

@@ -128,11 +128,30 @@ def test_warm_start_presets_expand_in_the_default_space():
             "points_to_evaluate: [{preset: seed}]",
             "preset 'seed' sets",
         ),
+        ("params: {}\nsearcher: {n_startup_trial: 5}",
+         "unknown searcher keys ['n_startup_trial']; valid: ['n_startup_trials']"),
+        ("params: {}\nscheduler: {grace: 2}", "unknown scheduler keys ['grace']"),
+        ("params: {}\nscheduler: {reduction_factor: 1}",
+         "scheduler.reduction_factor must be a number > 1, got 1"),
+        ("params: {}\nscheduler: {grace_period: 1.5}",
+         "scheduler.grace_period must be an integer >= 1, got 1.5"),
+        ("params: {}\nsearcher: {n_startup_trials: -1}", "must be an integer >= 0, got -1"),
+        ("params: {}\nsearcher: {n_startup_trials: yes}", "got True"),
+        ("params: {}\nsearcher: [n_startup_trials]", "searcher must be a mapping"),
     ],
 )
 def test_bad_spaces_are_rejected_with_the_key_named(text, message):
     with pytest.raises(SpaceError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_space(text, name="bad.yaml")
+
+
+def test_scheduler_and_searcher_settings_parse_to_their_types():
+    space = parse_space("params: {}\nscheduler: {grace_period: 2.0, reduction_factor: 3}\n"
+                        "searcher: {n_startup_trials: 4}")
+    assert space.scheduler == {"grace_period": 2, "reduction_factor": 3.0}
+    assert type(space.scheduler["grace_period"]) is int
+    assert type(space.scheduler["reduction_factor"]) is float
+    assert space.searcher == {"n_startup_trials": 4}
 
 
 def test_unknown_space_name_lists_the_shipped_ones(tmp_path):
