@@ -95,8 +95,8 @@ class ValidatingSearcher(Searcher):
             # were reported as they came), and TPE ranks pruned trials by the epoch they
             # reached, then value, below every trial that ran its budget. Told as complete,
             # its epoch-1 value would count as final, and that value ranks trials poorly
-            # (Spearman 0.35 with the final best over bench_search's 72 full-budget trials,
-            # computed from their results; BENCHMARKS.md).
+            # (Spearman 0.35 with the final best over the 72 full-budget trials of
+            # bench_search at 24 trials, computed from their results; BENCHMARKS.md).
             result = None
         self.searcher.on_trial_complete(self.inner_ids.get(trial_id, trial_id), result=result,
                                         error=error)

@@ -55,9 +55,9 @@ params:
 scheduler: {grace_period: 2, reduction_factor: 3}
 searcher: {n_startup_trials: 4}
 """
-# ASHA's first rung at epoch 2: over this test's 72 full-budget trials (3 seeds; computed once
-# from their result.json files, not printed here) the rank correlation of a
-# trial's val AUPRC with its final best is 0.35 after epoch 1 (none of the final top 8 in the
+# ASHA's first rung at epoch 2: over the 72 full-budget trials of this test at 24 trials
+# (3 seeds; computed once from their result.json files, not printed here) the rank correlation
+# of a trial's val AUPRC with its final best is 0.35 after epoch 1 (none of the final top 8 in the
 # epoch-1 top 8) and 0.79 after epoch 2; a rung at epoch 1 stops trials at random.
 
 # 3,000 records with 33 steps of 32 per epoch: a trial trains about as much per epoch as on
