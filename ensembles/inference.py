@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from ecgtune.components import ModelConfig
-from ecgtune.data_prep import NormStats, fixed_windows, normalize
+from ecgtune.data_prep import fixed_windows, normalize
 from ecgtune.ensembles.calibration import PerLabelCalibrator
+from ecgtune.ensembles.input_spec import NUM_LEADS, InputSpec
 from ecgtune.ensembles.options import DEFAULT_BATCH_SIZE, DEFAULT_WINDOWS, PRECISIONS
 from ecgtune.search.devices import resolve_device
 
@@ -43,7 +44,6 @@ __all__ = [
 # (activations outgrow the caches); a GPU takes many more (`forward_windows`).
 MAX_FORWARD = 96
 GPU_MAX_FORWARD = 1024
-NUM_LEADS = 12
 
 
 def forward_windows(device: torch.device, crop_len: int) -> int:
@@ -81,70 +81,6 @@ def _numerics(device: torch.device, precision: str) -> Iterator[None]:
             yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the ensemble expects: int16 (N, 12, n_samples) at ``gain`` units per mV and ``fs``
-    Hz, as `prep` stores it (``preprocessing`` is the manifest block, kept verbatim), plus the
-    per-lead train-fold statistics used by "dataset" normalisation."""
-
-    fs: int
-    seconds: float
-    n_samples: int
-    gain: float
-    norm_mean: tuple[float, ...]
-    norm_std: tuple[float, ...]
-    preprocessing: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> InputSpec:
-        prep = dict(manifest["preprocessing"])
-        stats = NormStats.from_manifest(manifest)
-        return cls(
-            fs=int(prep["fs"]),
-            seconds=float(prep["seconds"]),
-            n_samples=int(prep["n_samples"]),
-            gain=float(prep["gain"]),
-            norm_mean=tuple(float(x) for x in stats.mean),
-            norm_std=tuple(float(x) for x in stats.std),
-            preprocessing=prep,
-        )
-
-    @property
-    def norm_stats(self) -> NormStats:
-        return NormStats(
-            np.asarray(self.norm_mean, np.float32), np.asarray(self.norm_std, np.float32)
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "preprocessing": {
-                **self.preprocessing,
-                "fs": self.fs,
-                "seconds": self.seconds,
-                "n_samples": self.n_samples,
-                "gain": self.gain,
-            },
-            "normalization": {"units": "mV", "mean": list(self.norm_mean),
-                              "std": list(self.norm_std)},
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> InputSpec:
-        return cls.from_manifest(data)
-
-    def check(self, signals: np.ndarray) -> None:
-        if signals.ndim != 3 or signals.shape[1:] != (NUM_LEADS, self.n_samples):
-            raise ValueError(
-                f"expected signals of shape (N, {NUM_LEADS}, {self.n_samples}), "
-                f"got {signals.shape}"
-            )
-        if signals.dtype != np.int16:
-            raise ValueError(
-                f"expected int16 signals at {self.gain:g} units/mV (as `prep` stores them), "
-                f"got {signals.dtype}"
-            )
 
 
 @dataclass(frozen=True)
