@@ -19,7 +19,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +34,10 @@ if TYPE_CHECKING:
     from ecgtune.search.run import SearchOptions
 
 __all__ = [
+    "Implied",
     "ValidatedSearch",
     "check_branch_groups",
+    "condition_pins",
     "pin_space",
     "probe_storage",
     "typed_pins",
@@ -56,6 +58,26 @@ class ValidatedSearch:
     # Keys the space sampled that a pin took out, with their distributions (start-up line).
     unsearched: Mapping[str, Param]
     storage: str  # resolved `--storage`: an absolute path or a URI
+    # Conditions the pins brought with them (`condition_pins`): pinned or limited keys.
+    implied: tuple[Implied, ...] = ()
+    # Pinned keys whose condition another pin rules out, with that condition in words.
+    unused: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Implied:
+    """A condition that a pinned conditional key brought with it: the space samples
+    `needed_by` only when `key` takes one of `values`, so `key` is pinned (one value) or
+    searched over those values only."""
+
+    key: str
+    values: tuple[Any, ...]  # in the space's form ('3-2', 0, 'concat')
+    needed_by: tuple[str, ...]
+    pinned: Any = None  # the typed flat value when `values` has one element
+
+    @property
+    def is_pin(self) -> bool:
+        return len(self.values) == 1
 
 
 def validate_options(opts: SearchOptions) -> ValidatedSearch:
@@ -73,11 +95,13 @@ def validate_options(opts: SearchOptions) -> ValidatedSearch:
         )
     space = load_space(opts.space)
     pins = typed_pins(space, opts.overrides, opts.epochs)
-    pinned, unsearched = pin_space(space, pins)
-    _check_pins_fit(pinned, pins)
+    limited, implied, unused = condition_pins(space, pins)
+    every_pin = {**pins, **{i.key: i.pinned for i in implied if i.is_pin}}
+    pinned, unsearched = pin_space(limited, every_pin)
+    _check_pins_fit(pinned, every_pin)
     storage = resolve_storage(opts.storage)
     probe_storage(storage)
-    return ValidatedSearch(pinned, pins, unsearched, storage)
+    return ValidatedSearch(pinned, pins, unsearched, storage, implied, unused)
 
 
 def _check_ranges(opts: SearchOptions) -> None:
@@ -177,7 +201,11 @@ def _typed_value(key: str, value: Any, candidates: list[dict[str, Any]]) -> Any:
         except ValueError as exc:
             first = first or exc
             continue
-        typed = flat[key]
+        typed = flat.get(key)
+        if typed is None and (where := parse_branch_key(key)) is not None:
+            # A per-branch value equal to the shared branch's is no override, so the flat
+            # config leaves it out: the pinned value is then the shared one.
+            typed = flat[f"branch.{where[1]}"]
         if isinstance(typed, float) and not math.isfinite(typed):
             raise ValueError(f"{key} must be a finite number, got {value!r}")
         return typed
@@ -275,6 +303,80 @@ def pin_space(space: SearchSpace, pins: Mapping[str, Any]) -> tuple[SearchSpace,
     pinned = replace(space, fixed={**space.fixed, **pins}, params=tuple(params),
                      points_to_evaluate=tuple(points))
     return pinned, unsearched
+
+
+def condition_pins(space: SearchSpace, pins: Mapping[str, Any]
+                   ) -> tuple[SearchSpace, tuple[Implied, ...], dict[str, str]]:
+    """Make the condition of every pinned conditional key hold.
+
+    The space samples a conditional key only under its `when`; a pin puts the key in every
+    trial, where outside that condition it would be meaningless (`fusion.hidden` with
+    independent fusion) or invalid (`branches.rhythm.depths` with one branch). So a condition
+    that no pin settles is made to hold: its key is pinned when one of its values qualifies,
+    searched over the qualifying values only when several do, refused when none does; and
+    that key's own condition in turn. Returns the space with the limited keys, what was
+    implied (`Implied`, for the start-up line) and the pinned keys whose condition another
+    pin rules out (kept: the model's checks decide; the start-up line says it is unused).
+    """
+    params = {p.name: p for p in space.params}
+    base = space.base_flat()
+    limits: dict[str, tuple[tuple[Any, ...], tuple[str, ...]]] = {}
+    unused: dict[str, str] = {}
+    todo = [key for key in pins if key in params]
+    seen: set[str] = set()
+    while todo:
+        key = todo.pop(0)
+        if key in seen:
+            continue
+        seen.add(key)
+        for cond, allowed in params[key].when:
+            if cond in pins:
+                if _as_choice(pins[cond]) not in allowed:
+                    unused[key] = f"{cond} is {_choices_text(allowed)}"
+                continue
+            current, needed_by = limits.get(cond, (params[cond].args, ()))
+            if cond not in limits and params[cond].kind != "choice":
+                values = tuple(v for v in allowed if params[cond].contains(v))
+            else:
+                values = tuple(v for v in current if v in allowed)
+            if not values:
+                what = (_choices_text(current) if cond in limits or params[cond].kind == "choice"
+                        else f"from {params[cond].kind} {list(current)}")
+                origin = (f"--set {key}={_as_choice(pins[key])}" if key in pins
+                          else f"{key} (needed by --set {limits[key][1][0]})")
+                raise SearchOptionError(
+                    f"{origin}: the space samples {key} "
+                    f"only when {cond} is {_choices_text(allowed)}, and "
+                    f"{'the other pins leave' if cond in limits else 'it samples'} {cond} "
+                    f"{what}; pin {cond} too"
+                )
+            limits[cond] = (values, (*needed_by, key))
+            todo.append(cond)  # the condition's own condition must hold as well
+    implied = []
+    for cond, (values, needed_by) in limits.items():
+        typed = None
+        if len(values) == 1:
+            try:
+                typed = _typed_value(cond, values[0], [base])
+            except ValueError as exc:
+                raise SearchOptionError(f"{cond}={values[0]} (implied by --set "
+                                        f"{needed_by[0]}): {exc}") from None
+        implied.append(Implied(cond, values, needed_by, typed))
+    limited = tuple(
+        replace(p, kind="choice", args=limits[p.name][0])
+        if p.name in limits and len(limits[p.name][0]) > 1 else p
+        for p in space.params
+    )
+    points = tuple(
+        point for point in space.points_to_evaluate
+        if all(point[k] in limits[k][0] for k in limits if k in point)
+    )
+    return replace(space, params=limited, points_to_evaluate=points), tuple(implied), unused
+
+
+def _choices_text(values: Sequence[Any]) -> str:
+    text = [str(_as_choice(v)) for v in values]
+    return text[0] if len(text) == 1 else f"one of {', '.join(text)}"
 
 
 def _check_pins_fit(space: SearchSpace, pins: Mapping[str, Any]) -> None:

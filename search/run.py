@@ -593,10 +593,16 @@ def _record_pins(client: Any, parent_id: str, validated: ValidatedSearch) -> Non
 
     if not validated.pins:
         return
-    params = [Param(f"pinned.{k}", _pin_text(v)[:500]) for k, v in validated.pins.items()]
+    implied = {i.key: i.pinned for i in validated.implied if i.is_pin}
+    params = [Param(f"pinned.{k}", _pin_text(v)[:500])
+              for k, v in {**validated.pins, **implied}.items()]
     client.log_batch(parent_id, params=params)
     if validated.unsearched:
         client.set_tag(parent_id, "ecgtune.unsearched", ",".join(validated.unsearched))
+    if validated.implied:
+        client.set_tag(parent_id, "ecgtune.implied", "; ".join(
+            f"{i.key}={'|'.join(map(str, i.values))} for {','.join(i.needed_by)}"
+            for i in validated.implied)[:5000])
 
 
 def startup_line(opts: SearchOptions, validated: ValidatedSearch, num_samples: int) -> str:
@@ -609,7 +615,18 @@ def startup_line(opts: SearchOptions, validated: ValidatedSearch, num_samples: i
         param = validated.unsearched.get(key)
         note = f" (not searched; the space samples {param.kind} {list(param.args)})" if param \
             else ""
+        if key in validated.unused:
+            note += f" (unused: the space samples {key} only when {validated.unused[key]})"
         pins.append(f"{key}={_pin_text(value)}{note}")
+    for implied in validated.implied:
+        needed = ", ".join(implied.needed_by)
+        if implied.is_pin:
+            pins.append(f"{implied.key}={_pin_text(implied.pinned)} (implied: the space samples "
+                        f"{needed} only then)")
+        else:
+            values = ", ".join(map(str, implied.values))
+            pins.append(f"{implied.key} limited to {values} (implied: the space samples {needed} "
+                        "only then)")
     if pins:
         text += "; pinned: " + ", ".join(pins)
     return text
