@@ -164,6 +164,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seconds", type=positive_float, default=10.0,
         help="output length in seconds: centred crop or zero padding at the end",
     )
+    prep.add_argument(
+        "--unlabelled", choices=("keep", "drop"), default="keep",
+        help="records with no Dx code in the label map: keep them as all-negative rows "
+        "(warning no_scored_label in warnings.csv) or drop them to quarantine.csv",
+    )
     prep.add_argument("--seed", type=int, default=0, help="fold assignment seed")
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.add_argument(
@@ -201,7 +206,7 @@ def _run_prep(args: argparse.Namespace) -> int:
     result = prepare(
         args.input, args.output, labels=args.labels, workers=args.workers,
         shard_size=args.shard_size, fs=args.fs, seconds=args.seconds, seed=args.seed,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        unlabelled=args.unlabelled, progress=not args.no_progress and sys.stderr.isatty(),
     )
     print(format_summary(result.manifest))
     print(

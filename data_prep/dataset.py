@@ -35,6 +35,7 @@ __all__ = [
     "load_shards",
     "manifest_label_map",
     "normalize",
+    "record_window_starts",
     "to_millivolts",
     "window_starts",
 ]
@@ -42,7 +43,7 @@ __all__ = [
 # Per-record z-scoring divides by at least this (mV): a near-flat crop must not turn noise
 # into unit-variance signal.
 RECORD_STD_FLOOR_MV = 0.01
-_ARRAYS = ("signals", "labels", "records", "folds", "age", "sex")
+_ARRAYS = ("signals", "labels", "records", "folds", "age", "sex", "lengths")
 
 
 @dataclass(frozen=True)
@@ -110,23 +111,66 @@ def normalize(
     raise ValueError(f"unknown normalization {mode!r}; valid: 'dataset', 'record'")
 
 
+def spread_starts(span: np.ndarray | int, n_windows: int) -> np.ndarray:
+    """Starts of `n_windows` windows spread evenly over 0..span (one window: span // 2), per
+    span, shape (..., n_windows) int64.
+
+    Integer arithmetic with ties to even, the exact rounding of k * span / (n_windows - 1):
+    the ONNX graph computes the same integers in-graph, so both pick identical windows."""
+    span = np.asarray(span, np.int64)[..., None]
+    if n_windows == 1:
+        return span // 2
+    k = np.arange(n_windows, dtype=np.int64)
+    d = n_windows - 1
+    q, r = np.divmod(span * k, d)
+    return q + ((2 * r > d) | ((2 * r == d) & (q % 2 == 1)))
+
+
 def window_starts(n_samples: int, length: int, n_windows: int = 1) -> np.ndarray:
     """Evenly spaced window starts; one window is centred."""
     if length > n_samples:
         raise ValueError(f"window length {length} exceeds the signal length {n_samples}")
     if n_windows < 1:
         raise ValueError("n_windows must be >= 1")
-    if n_windows == 1:
-        return np.array([(n_samples - length) // 2])
-    return np.round(np.linspace(0, n_samples - length, n_windows)).astype(np.int64)
+    return spread_starts(n_samples - length, n_windows)
 
 
-def fixed_windows(signals: np.ndarray, length: int, n_windows: int = 1) -> np.ndarray:
-    """(..., 12, L) -> (..., n_windows, 12, length): evenly spaced windows (n=1: centred)."""
-    starts = window_starts(signals.shape[-1], length, n_windows)
+def record_window_starts(
+    lengths: np.ndarray, n_samples: int, length: int, n_windows: int = 1
+) -> np.ndarray:
+    """(N, n_windows) starts of windows that cover each record's real signal only.
+
+    `lengths`: samples of real signal per record (the rest of the `n_samples` row is padding).
+    The windows are spread over the real part as `window_starts` spreads them over a full row
+    (a full-length record gets exactly its starts); a record shorter than one window gets every
+    window at its start, i.e. one window of its real signal followed by padding."""
+    if length > n_samples:
+        raise ValueError(f"window length {length} exceeds the signal length {n_samples}")
+    if n_windows < 1:
+        raise ValueError("n_windows must be >= 1")
+    span = np.clip(np.asarray(lengths, np.int64), length, n_samples) - length
+    return spread_starts(span, n_windows)
+
+
+def fixed_windows(
+    signals: np.ndarray, length: int, n_windows: int = 1, lengths: np.ndarray | None = None
+) -> np.ndarray:
+    """(..., 12, L) -> (..., n_windows, 12, length): evenly spaced windows (n=1: centred).
+
+    With `lengths` (one per record of a (N, 12, L) batch), each record's windows cover its
+    real signal only (`record_window_starts`)."""
+    n_samples = signals.shape[-1]
     views = np.lib.stride_tricks.sliding_window_view(signals, length, axis=-1)
-    # views: (..., 12, L-length+1, length); pick the starts and move windows before leads.
-    return np.moveaxis(views[..., starts, :], -2, -3).copy()
+    # views: (..., 12, L-length+1, length)
+    if lengths is None or bool(np.all(np.asarray(lengths) >= n_samples)):
+        starts = window_starts(n_samples, length, n_windows)
+        return np.moveaxis(views[..., starts, :], -2, -3).copy()
+    if signals.ndim != 3 or len(lengths) != signals.shape[0]:
+        raise ValueError("per-record lengths need (N, 12, L) signals and N lengths")
+    starts = record_window_starts(lengths, n_samples, length, n_windows)  # (N, W)
+    rows = np.arange(signals.shape[0])[:, None]
+    # Advanced indices on axes 0 and 2 around a slice put their (N, W) shape first.
+    return views[rows, :, starts]
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,8 +185,16 @@ class ECGDataset:
     sex: np.ndarray  # (N,) str, "" when unknown
     manifest: dict[str, Any]
     label_map: LabelMap
+    # (N,) int32: samples of real signal at the start of each row, the rest being prep's zero
+    # padding (records shorter than the stored window); None means every row is full length.
+    lengths: np.ndarray = None  # type: ignore[assignment]  # set in __post_init__
     # (directory, first row, end row) when the arrays are rows of an open_memmap() directory.
     memmap_origin: tuple[str, int, int] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.lengths is None:
+            full = np.full(self.signals.shape[0], self.signals.shape[-1], dtype=np.int32)
+            object.__setattr__(self, "lengths", full)
 
     def __len__(self) -> int:
         return int(self.signals.shape[0])
@@ -222,7 +274,7 @@ class ECGDataset:
         meta = json.loads(meta_path.read_text("utf-8"))
         arrays: dict[str, Any] = {
             name: np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-            for name in _ARRAYS
+            for name in _ARRAYS if (directory / f"{name}.npy").exists() or name != "lengths"
         }
         manifest = meta["manifest"]
         return cls(
@@ -315,7 +367,7 @@ def load_shards(
         if table.num_rows != counts[k]:
             raise ShardChecksumError(s["file"], f"{table.num_rows} rows, manifest says {counts[k]}")
         signals_from_table(table, out=signals[offsets[k] : offsets[k + 1]])
-        return _columns(table, n_labels)
+        return _columns(table, n_labels, n_samples)
 
     n_threads = threads or min(4, os.cpu_count() or 1, max(len(shards), 1))
     with ThreadPoolExecutor(n_threads) as pool:  # decompression and hashing release the GIL
@@ -327,7 +379,7 @@ def load_shards(
         cols = {
             "labels": np.zeros((0, n_labels), np.uint8), "records": np.array([], dtype=str),
             "folds": np.zeros(0, np.int8), "age": np.zeros(0, np.float32),
-            "sex": np.array([], dtype=str),
+            "sex": np.array([], dtype=str), "lengths": np.zeros(0, np.int32),
         }
     if np.any(np.diff(cols["folds"]) < 0):  # only multi-fold shards can leave rows unsorted
         order = np.argsort(cols["folds"], kind="stable")
@@ -368,8 +420,13 @@ def fold_counts(
     return {f: int(np.count_nonzero(every == f)) for f in sorted(wanted)}
 
 
-def _columns(table: Any, n_labels: int) -> dict[str, np.ndarray]:
+def _columns(table: Any, n_labels: int, n_samples: int) -> dict[str, np.ndarray]:
     labels = table.column("labels").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    # Shards written before prep stored real lengths hold full-length rows only as far as
+    # anyone can tell: read them as full.
+    lengths = (table.column("length").to_numpy().astype(np.int32)
+               if "length" in table.column_names
+               else np.full(table.num_rows, n_samples, np.int32))
     age = table.column("age").to_numpy(zero_copy_only=False).astype(np.float32)  # nulls -> NaN
     sex = [s or "" for s in table.column("sex").to_pylist()]
     return {
@@ -378,4 +435,5 @@ def _columns(table: Any, n_labels: int) -> dict[str, np.ndarray]:
         "folds": table.column("fold").to_numpy().astype(np.int8),
         "age": age,
         "sex": np.array(sex, dtype=str),
+        "lengths": lengths,
     }

@@ -14,7 +14,10 @@ REASON_CODES: tuple[str, ...] = (
     "missing_signal",
     "truncated_signal",
     "unparsable_header",
+    "missing_fs",
+    "bad_dx",
     "wrong_lead_set",
+    "bad_units",
     "bad_mat_header",
     "shape_mismatch",
     "sample_count_mismatch",
@@ -27,12 +30,13 @@ REASON_CODES: tuple[str, ...] = (
     "all_flat",
     "saturated_lead",
     "duplicate_record",
+    "dropped_unlabelled",
     "unreadable",
 )
 
 # Warnings: the record is used (written by `prep`, predicted by `predict`) and the warning is
 # reported beside it (prep's warnings.csv, predict's `quality` column).
-WARNING_CODES: tuple[str, ...] = ("flat_lead",)
+WARNING_CODES: tuple[str, ...] = ("flat_lead", "short", "no_scored_label")
 
 class PrepError(Exception):
     """Base class of the expected failures of data_prep (bad input, corrupt output)."""

@@ -100,6 +100,11 @@ class BatchLoader:
         self._windows = np.lib.stride_tricks.sliding_window_view(
             dataset.signals, crop_len, axis=-1
         )
+        # Records shorter than the stored window (zero-padded by prep) are cropped within their
+        # real signal; when every record is full length the crops are drawn as they always were.
+        lengths = np.asarray(dataset.lengths)
+        self._short = bool((lengths < n_samples).any())
+        self._span = np.clip(lengths.astype(np.int64), crop_len, n_samples) - crop_len
         self._center = int(window_starts(n_samples, crop_len)[0])
         self._noise_bank: np.ndarray | None = None
         self._noise_lock = threading.Lock()
@@ -118,7 +123,12 @@ class BatchLoader:
         if self.train:  # the epoch's shuffle and every crop start, drawn up front
             rng = np.random.default_rng([self.seed, epoch])
             order = rng.permutation(n)
-            starts = rng.integers(0, self.dataset.signals.shape[-1] - self.crop_len + 1, n)
+            if self._short:
+                starts = rng.integers(0, self._span[order] + 1)  # by position, as `order`
+            else:
+                starts = rng.integers(0, self.dataset.signals.shape[-1] - self.crop_len + 1, n)
+        elif self._short:
+            order, starts = np.arange(n), self._span // 2
         else:
             order, starts = np.arange(n), np.full(n, self._center)
         if self.threads == 1 and self.prefetch == 0:

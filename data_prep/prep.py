@@ -37,6 +37,7 @@ from .folds import FOLD_ROLES, N_FOLDS, assign_folds, folds_manifest
 from .labels import LabelMap, get_label_map
 from .preprocess import preprocessing_spec
 from .provenance import count_databases, is_synthetic, record_database
+from .quality import no_scored_label_warning
 from .reader import (
     STANDARD_LEADS,
     header_comments,
@@ -54,14 +55,13 @@ from .shards import (
 )
 from .validation import CheckedRecord, validate_record
 
-__all__ = ["MANIFEST_VERSION", "PrepResult", "format_summary", "prepare"]
+__all__ = ["MANIFEST_VERSION", "UNLABELLED_POLICIES", "PrepResult", "format_summary", "prepare"]
 
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
 # Bump when pass 2's output for the same plan changes, so old sidecars are not trusted.
-# 2: issue 9's quality rules (flat leads warn, new refusals) and the sidecar's "warnings".
-_SHARD_FORMAT = 2
+_SHARD_FORMAT = 3
 _SIDECAR_DIR = ".prep"
 # Fault injection for the resume test (like search's `debug.*_at_epoch`): with this set to N,
 # prep dies as a crash would (no cleanup, no manifest) once N shards are written, so the test
@@ -70,6 +70,7 @@ EXIT_AFTER_SHARDS_ENV = "ECGTUNE_DEBUG_PREP_EXIT_AFTER_SHARDS"
 INJECTED_EXIT_STATUS = 86
 QUARANTINE_FILE = "quarantine.csv"  # record,reason: every record not written
 WARNINGS_FILE = "warnings.csv"  # record,warning: records written with a quality warning
+UNLABELLED_POLICIES = ("keep", "drop")
 _TRAIN_FOLDS = frozenset(FOLD_ROLES["train"])
 
 
@@ -134,7 +135,11 @@ def _read_headers(args: tuple[str, list[tuple[int, str]]]) -> list[tuple[Any, ..
             out.append((index, None, "unparsable_header: binary data in header"))
             continue
         text = data.decode("utf-8", errors="replace")
-        _, _, dx_codes = parse_comments(header_comments(text))
+        try:
+            _, _, dx_codes = parse_comments(header_comments(text))
+        except RecordError as exc:
+            out.append((index, None, exc.reason))
+            continue
         out.append((index, text, dx_codes, hashlib.blake2b(data, digest_size=12).hexdigest()))
     return out
 
@@ -190,9 +195,11 @@ def _share_work(
 
 
 def _scan(
-    input_dir: Path, label_map: LabelMap, pool: _LazyPool | None, worker_cpu: list[float]
-) -> tuple[list[_Planned], dict[int, tuple[str, str]], int]:
-    """Pass 1: (planned records without folds, quarantine by scan index, records_in)."""
+    input_dir: Path, label_map: LabelMap, pool: _LazyPool | None, worker_cpu: list[float],
+    unlabelled: str = "keep",
+) -> tuple[list[_Planned], dict[int, tuple[str, str]], dict[int, str], int]:
+    """Pass 1: (planned records without folds, quarantine by scan index, pass-1 warnings by
+    scan index, records_in)."""
     sources = scan_relative(input_dir)
     if not sources:
         raise PrepError(f"no WFDB headers (*.hea) found under {input_dir}")
@@ -209,17 +216,27 @@ def _scan(
     chunks = [(str(input_dir), todo[i : i + 250]) for i in range(0, len(todo), 250)]
     parsed = _share_work(_read_headers, chunks, pool, worker_cpu)
     planned: list[_Planned] = []
+    warnings: dict[int, str] = {}
     for index, text, *info in (item for chunk in parsed for item in chunk):
         source = sources[index]
         if text is None:
             quarantine[index] = (_stem(source), info[0])
             continue
         dx_codes, digest = info
+        labels = label_map.encode(dx_codes)
+        if not labels.any():
+            warning = no_scored_label_warning(dx_codes)
+            if unlabelled == "drop":
+                detail = warning.partition(":")[2] or "no Dx codes"
+                quarantine[index] = (_stem(source),
+                                     f"dropped_unlabelled: {detail} (--unlabelled drop)")
+                continue
+            warnings[index] = warning
         planned.append(_Planned(
             index=index, name=_stem(source), source=source, text=text,
-            labels=label_map.encode(dx_codes).tobytes(), fold=-1, digest=digest,
+            labels=labels.tobytes(), fold=-1, digest=digest,
         ))
-    return planned, quarantine, len(sources)
+    return planned, quarantine, warnings, len(sources)
 
 
 def _plan_shards(
@@ -326,6 +343,7 @@ def _run_shard(task: _ShardTask) -> dict[str, Any]:
         sexes=[c.sex for _, c in kept],
         dx_codes=[c.dx_codes for _, c in kept],
         sources=[r.source for r, _ in kept],
+        lengths=[c.length for _, c in kept],
     )
 
     def write_sidecar(sha: str, size: int) -> None:
@@ -488,8 +506,12 @@ def prepare(
     seed: int = 0,
     zstd_level: int = ZSTD_LEVEL,
     progress: bool = True,
+    unlabelled: str = "keep",
 ) -> PrepResult:
-    """Prepare WFDB records under `input_dir` into shards under `output_dir` (resumable)."""
+    """Prepare WFDB records under `input_dir` into shards under `output_dir` (resumable).
+
+    `unlabelled`: "keep" writes records without a scored label (an all-negative row, warned
+    `no_scored_label`), "drop" quarantines them with that reason."""
     t0 = time.perf_counter()
     # One spelling per setting (10 and 10.0 alike), so plans and manifests compare equal.
     fs, seconds, gain = int(fs), float(seconds), float(gain)
@@ -498,6 +520,9 @@ def prepare(
         raise PrepError(f"input directory {input_dir} does not exist")
     if shard_size < 1:
         raise PrepError("--shard-size must be at least 1")
+    if unlabelled not in UNLABELLED_POLICIES:
+        raise PrepError(f"--unlabelled must be one of {', '.join(UNLABELLED_POLICIES)}, "
+                        f"got {unlabelled!r}")
     if fs <= 0 or seconds <= 0 or round(fs * seconds) < 1:
         raise PrepError("--fs and --seconds must be positive")
     label_map = get_label_map(labels) if isinstance(labels, str) else labels
@@ -511,7 +536,7 @@ def prepare(
     try:
         result = _prepare(
             input_dir, output_dir, label_map, pool, shard_size, fs, seconds, gain, seed,
-            zstd_level, progress, t0,
+            zstd_level, progress, t0, unlabelled,
         )
     finally:
         if pool is not None:
@@ -544,12 +569,13 @@ def _write_manifest(output_dir: Path, manifest: dict[str, Any]) -> None:
 def _prepare(
     input_dir: Path, output_dir: Path, label_map: LabelMap, pool: _LazyPool | None,
     shard_size: int, fs: int, seconds: float, gain: float, seed: int, zstd_level: int,
-    progress: bool, t0: float,
+    progress: bool, t0: float, unlabelled: str,
 ) -> PrepResult:
     """Pass 1 (scan headers), folds and the shard plan, pass 2 (shards), then the manifest."""
     worker_cpu: list[float] = []
     cpu0 = time.process_time()
-    planned, quarantine, records_in = _scan(input_dir, label_map, pool, worker_cpu)
+    planned, quarantine, label_warnings, records_in = _scan(
+        input_dir, label_map, pool, worker_cpu, unlabelled)
     log.debug("pass 1: %d headers in %.2f s", records_in, time.perf_counter() - t0)
     planned = _with_folds(planned, len(label_map), seed)
     settings = {
@@ -562,6 +588,7 @@ def _prepare(
     log.debug("pass 2 done at %.2f s", time.perf_counter() - t0)
     shard_sides = [sides[t.name] for t in tasks]
     by_name = {p.name: p for p in planned}
+    sources_by_index = {p.index: p.name for p in planned}
     for side in shard_sides:
         for name, reason in side["quarantine"]:
             quarantine[by_name[name].index] = (name, reason)
@@ -569,8 +596,10 @@ def _prepare(
     rows = [quarantine[i] for i in sorted(quarantine)]
     _write_csv(output_dir / QUARANTINE_FILE, ("record", "reason"), rows)
     # Records written with a warning, in scan order like the quarantine.
-    flagged = sorted((by_name[name].index, name, w) for side in shard_sides
-                     for name, w in side["warnings"])
+    flagged = sorted([(by_name[name].index, name, w) for side in shard_sides
+                      for name, w in side["warnings"]]
+                     + [(i, sources_by_index[i], w) for i, w in label_warnings.items()
+                        if i not in quarantine])
     warning_rows = [(name, w) for _, name, w in flagged]
     _write_csv(output_dir / WARNINGS_FILE, ("record", "warning"), warning_rows)
     written = [p for p in planned if p.index not in quarantine]

@@ -16,14 +16,13 @@ import numpy as np
 from .errors import RecordError
 from .quality import MIN_SECONDS, check_output, check_raw
 from .reader import STANDARD_LEADS, RawRecord
+from .record_contract import mv_per_unit
 
 __all__ = ["PreprocessInfo", "preprocess_record", "preprocessing_spec", "resample_ratio"]
 
 RESAMPLE_METHOD = "scipy.signal.resample_poly (polyphase FIR, Kaiser window 5.0), rational up/down"
 INT16_MAX = 32767  # -32768 is WFDB's missing-sample marker, never stored
 
-_UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "microvolt": 1e-3,
-               "microvolts": 1e-3, "v": 1e3, "volt": 1e3, "volts": 1e3}
 
 
 @dataclass(frozen=True)
@@ -60,10 +59,6 @@ def resample_ratio(fs_in: float, fs_out: float) -> tuple[int, int]:
     return ratio.numerator, ratio.denominator
 
 
-def _mv_per_unit(units: str) -> float:
-    return _UNIT_TO_MV.get(units.strip().lower(), 1.0)  # unknown units: WFDB's default, mV
-
-
 def _center(x: np.ndarray, n: int) -> tuple[np.ndarray, int, int]:
     """Centre-crop or end-pad the last axis to n; returns (array, cropped, padded)."""
     length = x.shape[-1]
@@ -98,7 +93,7 @@ def preprocess_record(
     n_out = round(fs * seconds)
     d = raw.digital
     n_in = d.shape[1]
-    gains_mv = raw.gains / np.array([_mv_per_unit(u) for u in raw.units])
+    gains_mv = raw.gains / np.array([mv_per_unit(u) for u in raw.units])
     if raw.fs == fs and np.all(gains_mv == gain):
         # Integer path: no rounding anywhere, so unchanged records stay bit-identical.
         ints = d if not raw.baselines.any() else d.astype(np.int32) - raw.baselines[:, None]

@@ -18,6 +18,7 @@ no real record.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -34,6 +35,8 @@ __all__ = [
     "check_output",
     "check_raw",
     "flat_lead_warning",
+    "no_scored_label_warning",
+    "short_warning",
 ]
 
 FLAT_P2P_MV = 0.01
@@ -52,7 +55,12 @@ QUALITY_RULES: tuple[QualityRule, ...] = (
     QualityRule("missing_signal", "refuse", "the header's signal file does not exist"),
     QualityRule("truncated_signal", "refuse", "the signal file holds fewer samples than declared"),
     QualityRule("unparsable_header", "refuse", "the .hea file is not a valid WFDB header"),
+    QualityRule("missing_fs", "refuse",
+                "the record line gives no sampling frequency (never assumed to be 250 Hz)"),
+    QualityRule("bad_dx", "refuse",
+                "the Dx line is not comma-separated SNOMED CT codes (the token is named)"),
     QualityRule("wrong_lead_set", "refuse", "a standard lead is missing or duplicated"),
+    QualityRule("bad_units", "refuse", "a lead's units are not mV, uV or V"),
     QualityRule("bad_mat_header", "refuse",
                 "the .mat is not a real numeric MAT v4 matrix (MAT v5, text, sparse, complex)"),
     QualityRule("shape_mismatch", "refuse",
@@ -74,10 +82,18 @@ QUALITY_RULES: tuple[QualityRule, ...] = (
                 f"a lead at the ADC rail for >= {SATURATION_SHARE:.0%} of samples, or beyond "
                 "the int16 range at the stored gain"),
     QualityRule("duplicate_record", "refuse", "a second record with the same name"),
+    QualityRule("dropped_unlabelled", "refuse",
+                "no Dx code in the label map, with `prep --unlabelled drop` (kept by default)"),
     QualityRule("unreadable", "refuse", "any other read failure (named in the reason)"),
     QualityRule("flat_lead", "warn",
                 f"some leads flat (peak-to-peak < {FLAT_P2P_MV * 1000:g} µV), e.g. "
                 "disconnected electrodes: the other leads are still read"),
+    QualityRule("short", "warn",
+                "shorter than the stored window (e.g. 6 s of 10 s): zero-padded, and the "
+                "model's windows cover the real signal only"),
+    QualityRule("no_scored_label", "warn",
+                "no Dx code in the label map (none given, or only unmapped codes): an "
+                "all-negative label row"),
 )
 assert [r.code for r in QUALITY_RULES if r.action == "refuse"] == list(REASON_CODES)
 assert [r.code for r in QUALITY_RULES if r.action == "warn"] == list(WARNING_CODES)
@@ -91,6 +107,18 @@ def flat_lead_warning(leads: tuple[str, ...]) -> str:
     """The warning for these flat leads, as `predict`'s quality column and prep's warnings.csv
     write it: ``flat_lead:V2,V4,V6``."""
     return f"flat_lead:{','.join(leads)}"
+
+
+def no_scored_label_warning(dx_codes: tuple[str, ...]) -> str:
+    """The warning for a record none of whose Dx codes is a target label: ``no_scored_label``
+    (no codes given) or ``no_scored_label:unmapped=251146004,164917005``."""
+    return "no_scored_label" + (f":unmapped={','.join(dx_codes)}" if dx_codes else "")
+
+
+def short_warning(real_samples: int, fs: float) -> str:
+    """The warning for a record with only `real_samples` of signal before its padding:
+    ``short:6.0s`` (seconds rounded down, so it never reads as the full window)."""
+    return f"short:{math.floor(real_samples / fs * 10) / 10:.1f}s"
 
 
 def check_raw(raw: RawRecord, min_seconds: float = MIN_SECONDS) -> np.ndarray:

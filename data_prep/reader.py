@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import RecordError
+from .record_contract import STANDARD_LEADS, lead_index, mv_per_unit, parse_dx, parse_fs
 
 __all__ = [
     "STANDARD_LEADS",
@@ -42,10 +43,6 @@ __all__ = [
     "scan_relative",
 ]
 
-STANDARD_LEADS: tuple[str, ...] = (
-    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
-)
-_LEAD_KEYS = {name.lower(): i for i, name in enumerate(STANDARD_LEADS)}
 _IDENTITY = list(range(12))
 
 # Bits per sample of the WFDB storage formats (for rails / invalid-value sentinels) and bytes
@@ -109,7 +106,7 @@ class Header:
         found: dict[int, int] = {}
         duplicates: list[str] = []
         for i, sig in enumerate(self.signals):
-            k = _LEAD_KEYS.get(sig.description.strip().lower())
+            k = lead_index(sig.description)
             if k is None:
                 continue
             if k in found:
@@ -284,14 +281,7 @@ def _parse_header(text: str, name: str | None) -> Header:
     n_sig = _parse_int(fields[1], "signal count")
     if n_sig < 0:
         raise _bad(f"negative signal count {n_sig}")
-    fs = 250.0  # WFDB default
-    if len(fields) > 2:
-        try:
-            fs = float(fields[2].split("/")[0])
-        except ValueError:
-            raise _bad(f"line {lineno}: bad sampling frequency {fields[2]!r}") from None
-        if not math.isfinite(fs) or fs <= 0:
-            raise _bad(f"line {lineno}: sampling frequency must be positive, got {fields[2]!r}")
+    fs = parse_fs(fields[2] if len(fields) > 2 else None, lineno)
     n_samples = _parse_int(fields[3], "sample count") if len(fields) > 3 else None
     if n_samples is not None and n_samples < 0:
         raise _bad(f"negative sample count {n_samples}")
@@ -315,11 +305,12 @@ def _parse_header(text: str, name: str | None) -> Header:
 
 
 def parse_comments(comments: list[str]) -> tuple[int | None, str | None, tuple[str, ...]]:
-    """(age, sex, Dx codes) from header comment lines (without '#'); tolerant of spacing,
-    case and missing or unknown values."""
+    """(age, sex, Dx codes) from header comment lines (without '#'). Age and sex are tolerant
+    of spacing, case and unknown values; Dx follows the record contract (`parse_dx`), and a
+    second Dx line is refused rather than merged."""
     age: int | None = None
     sex: str | None = None
-    dx: list[str] = []
+    dx: tuple[str, ...] | None = None
     for comment in comments:
         key, sep, value = comment.partition(":")
         if not sep:
@@ -330,8 +321,10 @@ def parse_comments(comments: list[str]) -> tuple[int | None, str | None, tuple[s
         elif key == "sex":
             sex = _parse_sex(value)
         elif key == "dx":
-            dx.extend(c.strip() for c in value.split(",") if c.strip())
-    return age, sex, tuple(dict.fromkeys(dx))
+            if dx is not None:
+                raise RecordError("bad_dx", "two Dx lines")
+            dx = parse_dx(value)
+    return age, sex, dx or ()
 
 
 def header_comments(text: str) -> list[str]:
@@ -585,6 +578,8 @@ def read_record(
         header = read_header(header_path)
     digital, bits, reader = read_signal(header, header_path, method)
     sigs = [header.signals[i] for i in header._lead_order]
+    for s in sigs:
+        mv_per_unit(s.units)  # units outside the contract are refused before any arithmetic
     if source is None:
         rel = os.path.relpath(header_path, root) if root is not None else header_path
         source = rel.replace(os.sep, "/")
@@ -611,10 +606,23 @@ def scan_records(root: str | os.PathLike[str]) -> list[Path]:
 
 
 def scan_relative(root: str | os.PathLike[str]) -> list[str]:
-    """Like scan_records, as sorted POSIX paths relative to root."""
+    """Like scan_records, as sorted POSIX paths relative to root.
+
+    Symlinked folders are followed, each real folder once (a link back to a folder already
+    visited, a loop included, is not entered again), so a database assembled from links is
+    read whole and nothing is read twice."""
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    seen: set[str] = {os.path.realpath(root)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         rel = os.path.relpath(dirpath, root)
         prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
         found.extend(prefix + f for f in filenames if f.endswith(".hea") and not f.startswith("."))

@@ -58,13 +58,15 @@ def shard_schema(n_labels: int, n_samples: int) -> pa.Schema:
         pa.field("sex", pa.string()),
         pa.field("dx_codes", pa.list_(pa.string())),
         pa.field("source", pa.string()),
+        # Samples of real signal at the start of `signal`; the rest is zero padding.
+        pa.field("length", pa.int32(), nullable=False),
     ])
 
 
 def build_table(
     records: Sequence[str], signals: np.ndarray, labels: np.ndarray, folds: Sequence[int],
     ages: Sequence[int | None], sexes: Sequence[str | None], dx_codes: Sequence[Sequence[str]],
-    sources: Sequence[str],
+    sources: Sequence[str], lengths: Sequence[int] | None = None,
 ) -> pa.Table:
     """A shard table; `signals` is a C-contiguous int16 (n, 12, n_samples) array (not copied)."""
     n, n_leads, n_samples = signals.shape
@@ -87,6 +89,8 @@ def build_table(
         pa.array(list(sexes), pa.string()),
         pa.array([list(c) for c in dx_codes], pa.list_(pa.string())),
         pa.array(list(sources), pa.string()),
+        pa.array(np.full(n, n_samples, np.int32) if lengths is None
+                 else np.asarray(lengths, np.int32)),
     ]
     return pa.Table.from_arrays(columns, schema=schema)
 

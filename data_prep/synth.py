@@ -601,9 +601,14 @@ def write_faulty_record(root: str | os.PathLike[str], kind: str, index: int) -> 
         digital[5, 100:110] = -32768
     elif kind == "too_short":
         digital = digital[:, :1]
+    elif kind == "short":  # 6 s of a 10 s window: kept, padded, windows on real signal only
+        digital = digital[:, :3000]
+    dx_codes = spec.dx_codes
+    if kind in ("no_scored_label", "dropped_unlabelled"):  # only codes outside the label map
+        dx_codes = ("698252002", "61721007") if kind == "dropped_unlabelled" else ()
     elif kind == "no_samples":
         digital = digital[:, :0]
-    hea = write_record(folder, name, digital, dx_codes=spec.dx_codes, age=spec.age,
+    hea = write_record(folder, name, digital, dx_codes=dx_codes, age=spec.age,
                        sex=spec.sex, lead_names=leads, gain=gain)
     mat = hea.with_suffix(".mat")
     if kind == "missing_signal":
@@ -612,6 +617,16 @@ def write_faulty_record(root: str | os.PathLike[str], kind: str, index: int) -> 
         mat.write_bytes(mat.read_bytes()[: 24 + 12 * 2 * 2500])
     elif kind == "unparsable_header":
         hea.write_text("this is not\na WFDB header\n")
+    elif kind == "missing_fs":  # `NAME 12` and nothing else on the record line
+        text = hea.read_text()
+        first, rest = text.split("\n", 1)
+        hea.write_text(" ".join(first.split()[:2]) + "\n" + rest)
+    elif kind == "bad_dx":  # codes separated by spaces, not commas
+        lines = hea.read_text().splitlines()
+        hea.write_text("\n".join("#Dx: 164889003 59118001" if line.startswith("#Dx:") else line
+                                 for line in lines) + "\n")
+    elif kind == "bad_units":
+        hea.write_text(hea.read_text().replace("/mV 16 0", "/mmHg 16 0", 1))
     elif kind == "bad_mat_header":  # saved by MATLAB without -v4
         text = b"MATLAB 5.0 MAT-file, Platform: GLNXA64"
         mat.write_bytes(text + mat.read_bytes()[len(text):])

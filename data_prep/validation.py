@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import RecordError
 from .preprocess import PreprocessInfo, preprocess_record
-from .quality import flat_lead_warning
+from .quality import flat_lead_warning, short_warning
 from .reader import Header, read_record
 
 __all__ = ["CheckedRecord", "validate_record"]
@@ -29,11 +29,12 @@ class CheckedRecord:
     name: str
     source: str
     signal: np.ndarray  # int16 (12, round(fs * seconds)) at `gain` units per mV
+    length: int  # samples of real signal at the start of `signal`; the rest is zero padding
     info: PreprocessInfo
     age: int | None
     sex: str | None
     dx_codes: tuple[str, ...]
-    warnings: tuple[str, ...]  # e.g. ("flat_lead:V2,V4,V6",); empty when clean
+    warnings: tuple[str, ...]  # e.g. ("flat_lead:V2,V4,V6", "short:6.0s"); empty when clean
 
 
 def validate_record(
@@ -60,6 +61,9 @@ def validate_record(
     except Exception as exc:
         detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise RecordError("unreadable", detail) from None
+    length = signal.shape[1] - info.padded
     warnings = (flat_lead_warning(info.flat_leads),) if info.flat_leads else ()
-    return CheckedRecord(raw.name, raw.source, signal, info, raw.age, raw.sex, raw.dx_codes,
-                         warnings)
+    if info.padded:
+        warnings += (short_warning(length, fs),)
+    return CheckedRecord(raw.name, raw.source, signal, length, info, raw.age, raw.sex,
+                         raw.dx_codes, warnings)

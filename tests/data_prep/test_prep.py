@@ -72,8 +72,9 @@ def test_shard_columns_and_values_round_trip(prepared: Path, synth_dir: Path) ->
     m = read_manifest(prepared)
     table = pq.read_table(prepared / m["shards"][0]["file"])
     assert table.column_names == ["record", "signal", "labels", "fold", "age", "sex",
-                                  "dx_codes", "source"]
+                                  "dx_codes", "source", "length"]
     row = table.slice(0, 1).to_pylist()[0]
+    assert row["length"] == 5000  # synthetic records are 10 s: no padding
     rec = read_record(synth_dir / row["source"])
     assert row["record"] == rec.name and row["dx_codes"] == list(rec.dx_codes)
     assert row["age"] == rec.age and row["sex"] == rec.sex
@@ -106,7 +107,8 @@ def test_real_records(real_dir: Path, tmp_path: Path) -> None:
     # leads are fine, so they are written (and predicted) with a warning, not dropped.
     assert _warnings(tmp_path / "out") == {"JS20004": "flat_lead:V2,V4,V6",
                                            "JS20008": "flat_lead:V2,V4,V6"}
-    assert m["records_written"] == 20 and m["quality_warnings"] == {"flat_lead": 2}
+    assert m["records_written"] == 20
+    assert m["quality_warnings"] == {"flat_lead": 2, "short": 0, "no_scored_label": 0}
     assert "flat_lead 2" in format_summary(m)
     ds = load_shards(tmp_path / "out")
     for i, name in enumerate(ds.records):
@@ -126,19 +128,63 @@ def test_every_quarantine_reason(synth_dir: Path, tmp_path: Path, copy_tree, mak
     result = prepare(root, tmp_path / "out", workers=2, shard_size=40, progress=False)
     m = result.manifest
     got = _quarantine(tmp_path / "out")
-    refused = {name: kind for name, kind in expected.items() if kind in REASON_CODES}
+    # Unlabelled records are kept unless `--unlabelled drop` (tested below).
+    refused = {name: kind for name, kind in expected.items()
+               if kind in REASON_CODES and kind != "dropped_unlabelled"}
     assert {name: reason.split(":")[0] for name, reason in got.items()} == refused
     assert all(": " in reason and reason.split(": ", 1)[1] for reason in got.values())
     by_kind = {kind: got.get(name, "") for name, kind in expected.items()}
     assert "aVR" in by_kind["saturated_lead"] and "lead II" in by_kind["bad_gain"]  # named
     assert "transposed" not in by_kind["sample_count_mismatch"]
-    flat = next(name for name, kind in expected.items() if kind == "flat_lead")
-    assert _warnings(tmp_path / "out") == {flat: "flat_lead:V2"}
+    name_of = {kind: name for name, kind in expected.items()}
+    warned = _warnings(tmp_path / "out")
+    assert {k: warned.get(k) for k in (name_of["flat_lead"], name_of["short"],
+                                        name_of["no_scored_label"],
+                                        name_of["dropped_unlabelled"])} == {
+        name_of["flat_lead"]: "flat_lead:V2",
+        name_of["short"]: "short:6.0s",
+        name_of["no_scored_label"]: "no_scored_label",
+        name_of["dropped_unlabelled"]: "no_scored_label:unmapped=698252002,61721007",
+    }
+    assert "'164889003 59118001' is not a SNOMED CT code" in by_kind["bad_dx"]
+    assert "'mmHg'" in by_kind["bad_units"]
     assert m["records_in"] == 200 + len(FAULT_KINDS) + 1  # the duplicate's twin counts too
     assert m["records_in"] == m["records_written"] + m["records_quarantined"]
-    assert m["quarantine_reasons"] == {code: 1 for code in REASON_CODES}
-    # the first copy of the duplicated name and the flat-lead record are kept
-    assert m["records_written"] == 202
+    assert m["quarantine_reasons"] == {code: int(code != "dropped_unlabelled")
+                                       for code in REASON_CODES}
+    # Some synthetic records carry only unmapped codes (junctional rhythm and the like).
+    unlabelled = [k for k, v in warned.items() if v.startswith("no_scored_label")]
+    assert m["quality_warnings"] == {"flat_lead": 1, "short": 1,
+                                     "no_scored_label": len(unlabelled)}
+    # kept: the first copy of the duplicated name, the flat-lead, short and unlabelled records
+    assert m["records_written"] == 205
+    ds = load_shards(tmp_path / "out")
+    rows = {name: i for i, name in enumerate(ds.records)}
+    assert all(not ds.labels[rows[k]].any() for k in unlabelled)
+    assert int((ds.labels.sum(axis=1) == 0).sum()) == len(unlabelled)
+    lengths = dict(zip(ds.records, ds.lengths, strict=True))
+    assert lengths[name_of["short"]] == 3000 and lengths[name_of["flat_lead"]] == 5000
+    row = list(ds.records).index(name_of["no_scored_label"])
+    assert not ds.labels[row].any()
+
+
+def test_unlabelled_drop_quarantines_records_without_a_scored_label(
+        synth_dir: Path, tmp_path: Path, copy_tree, make_faulty) -> None:
+    root = copy_tree(synth_dir, tmp_path / "in")
+    none = make_faulty(root, "no_scored_label", 0).stem
+    unmapped = make_faulty(root, "dropped_unlabelled", 1).stem
+    m = prepare(root, tmp_path / "out", workers=1, unlabelled="drop", progress=False).manifest
+    got = _quarantine(tmp_path / "out")
+    assert got[none] == "dropped_unlabelled: no Dx codes (--unlabelled drop)"
+    assert got[unmapped] == ("dropped_unlabelled: unmapped=698252002,61721007 "
+                             "(--unlabelled drop)")
+    assert all(reason.startswith("dropped_unlabelled: ") for reason in got.values())
+    assert m["records_in"] == m["records_written"] + len(got)
+    assert m["quarantine_reasons"]["dropped_unlabelled"] == len(got)
+    assert m["quality_warnings"]["no_scored_label"] == 0
+    assert (load_shards(tmp_path / "out").labels.sum(axis=1) > 0).all()
+    with pytest.raises(PrepError, match="--unlabelled"):
+        prepare(root, tmp_path / "x", unlabelled="maybe", progress=False)
 
 
 def test_interrupted_prep_resumes_to_the_same_manifest(synth_dir: Path, tmp_path: Path) -> None:
