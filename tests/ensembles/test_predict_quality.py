@@ -159,9 +159,12 @@ def test_prep_and_predict_agree_on_a_mixed_folder(tiny_bundle, tmp_path):
     expected: dict[str, str] = {}
     for i, kind in enumerate(FAULT_KINDS):
         hea = write_faulty_record(root, kind, i)
-        if kind in REASON_CODES:
+        # Dropping unlabelled records is prep's label policy (off by default), not a quality
+        # gate: predict reads no labels.
+        if kind in REASON_CODES and kind != "dropped_unlabelled":
             expected[hea.stem] = kind
-    assert set(expected.values()) == set(REASON_CODES)  # every refusal reason is exercised
+    # every refusal reason is exercised
+    assert set(expected.values()) == set(REASON_CODES) - {"dropped_unlabelled"}
 
     result = prepare(root, tmp_path / "out", workers=1, shard_size=4, progress=False)
     m = result.manifest
@@ -177,11 +180,14 @@ def test_prep_and_predict_agree_on_a_mixed_folder(tiny_bundle, tmp_path):
     assert set(predicted.records) == written
     assert {i.record: i.reason.split(":")[0] for i in predicted.rejected} == expected
     assert predicted.exit_status == 3
-    # Warnings agree too: the flat-lead record is written by prep and flagged by both.
-    flagged = dict(zip(predicted.records, predicted.quality, strict=True))
-    flat = next(n for n, q in flagged.items() if q)
-    assert flagged[flat].startswith("flat_lead:")
-    assert m["quality_warnings"] == {"flat_lead": 1}
+    # Signal warnings agree too: the flat-lead and short records are written by prep and
+    # flagged by both, with the same words.
+    flagged = {n: q for n, q in zip(predicted.records, predicted.quality, strict=True) if q}
+    with open(tmp_path / "out" / "warnings.csv", newline="") as fh:
+        warned = {r["record"]: r["warning"] for r in csv.DictReader(fh)
+                  if not r["warning"].startswith("no_scored_label")}
+    assert flagged == warned and sorted(flagged.values()) == ["flat_lead:V2", "short:6.0s"]
+    assert m["quality_warnings"]["flat_lead"] == m["quality_warnings"]["short"] == 1
     # The transposed record was stored exactly as the original matrix.
     ds = load_shards(tmp_path / "out")
     i = list(ds.records).index("BAD090")
