@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._torch_compat import uncompiled
 from .config import ModelConfig
 from .model import MultiBranchModel, build_model, validate
 
@@ -71,7 +72,7 @@ def checkpoint_state(
 
     `label_groups` as passed to `build_model` (None allowed); the resolved groups are stored.
     """
-    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    model = uncompiled(model)
     # The group names pick each branch's own architecture (`branches.<group>.*`) on rebuild.
     names = list(getattr(model, "group_names", []) or [])
     groups = validate(config, num_labels, label_groups, names)  # stored resolved (for None)

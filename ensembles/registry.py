@@ -119,9 +119,8 @@ def _active_run(tracking_uri: str, run_id: str) -> Iterator[None]:
     """Make ``run_id`` the fluent API's active run (log_model needs one). Leaving the block
     ends it FINISHED (FAILED on an exception); `finish_run` sets the final status after."""
     import mlflow
-    from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
 
-    previous = mlflow.get_tracking_uri() if is_tracking_uri_set() else None
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(tracking_uri)
     try:
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):

@@ -169,7 +169,8 @@ def repair_latest_checkpoint(trial: Any) -> str | None:
     its budget would end without a result). None: nothing to repair, or nothing usable.
     """
     import pyarrow.fs
-    from ray.train._internal.session import _TrainingResult
+
+    from ecgtune.search import _ray_compat
 
     manager: Any = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
     latest = getattr(manager, "latest_checkpoint_result", None)
@@ -188,16 +189,16 @@ def repair_latest_checkpoint(trial: Any) -> str | None:
     if not usable:
         return None
     path = f"{trial_dir}/{usable[-1]}"
-    kept = [r for r in manager._checkpoint_results
+    kept = [r for r in _ray_compat.kept_checkpoint_results(manager)
             if fs.get_file_info(r.checkpoint.path).type != pyarrow.fs.FileType.NotFound]
     newest = next((r for r in kept if r.checkpoint.path == path), None)
     if newest is None:
         from ray import tune
 
-        newest = _TrainingResult(tune.Checkpoint(path, filesystem=fs), recorded[usable[-1]])
+        newest = _ray_compat.training_result(tune.Checkpoint(path, filesystem=fs),
+                                             recorded[usable[-1]])
         kept.append(newest)
-    manager._checkpoint_results = sorted(kept, key=manager._get_checkpoint_score)
-    manager._latest_checkpoint_result = newest
+    _ray_compat.set_checkpoint_results(manager, kept, latest=newest)
     return path
 
 

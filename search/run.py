@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ecgtune.search import checkpoint, tracking
+from ecgtune.search import _ray_compat, checkpoint, tracking
 from ecgtune.search import metric_keys as K
 from ecgtune.search.data import DataHandle, make_data_handle
 from ecgtune.search.devices import gpu_memory_from_resources
@@ -208,9 +208,7 @@ def _init_ray(opts: SearchOptions) -> bool:
     # start. We keep that default on purpose (a local Ray listens on 127.0.0.1, which every
     # user of a shared host can reach), so the banner is expected noise; clusters set
     # RAY_AUTH_MODE themselves (ray_cluster.yaml).
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-        _drop_token_auth_banner
-    )
+    logging.getLogger(_ray_compat.TOKEN_AUTH_LOGGER).addFilter(_drop_token_auth_banner)
     # Short CPU epochs checkpoint every few seconds; the experiment-state snapshots that this
     # forces are cheap here, and Ray's warning about them reads like a failure.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -235,21 +233,14 @@ def _loopback_only(local: bool) -> Iterator[None]:
     machine's routable IP; only its "no multi-node clusters" switch (on by default on macOS
     and Windows, read by `get_node_ip_address`) keeps the loopback address. It is turned on
     just for the start of this instance: processes started later (`ray start` for a cluster)
-    are unaffected, and a cluster joined with --address never gets here.
+    are unaffected, and a cluster joined with --address never gets here. A Ray without that
+    switch fails the command (`RayCompatError`) rather than start an exposed instance.
     """
-    from ray._private import ray_constants
-
-    if not local or not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
-        if local:
-            log.warning("cannot restrict the local Ray instance to 127.0.0.1 in this Ray version")
+    if not local:
         yield
         return
-    saved = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
+    with _ray_compat.loopback_only():
         yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def quiet_tune_console(verbose: int) -> None:
@@ -278,14 +269,12 @@ def quiet_ray_system_logs(verbose: int) -> None:
     function, whose batches name their source: a worker's pid, else the component's name
     (`raylet`, `gcs_server`, ...). Autoscaler events ("Adding 2 nodes ...") stay.
     """
-    from ray._private import worker as ray_worker
-
-    printer = getattr(ray_worker, "print_worker_logs", None)
+    printer = _ray_compat.worker_log_printer()
     if printer is None:  # another Ray version: its output is left as it is
         return
     original = getattr(printer, "__wrapped__", printer)
     if verbose >= 2:
-        ray_worker.print_worker_logs = original
+        _ray_compat.set_worker_log_printer(original)
         return
 
     @functools.wraps(original)
@@ -296,7 +285,7 @@ def quiet_ray_system_logs(verbose: int) -> None:
         if lines:
             original({**data, "lines": lines}, *args, **kwargs)
 
-    ray_worker.print_worker_logs = workers_only
+    _ray_compat.set_worker_log_printer(workers_only)
 
 
 # Logged by Ray's Trainable in the trial's process when a retry resumes, before any of our

@@ -15,6 +15,7 @@ import torch
 from ray import tune
 
 from ecgtune.data_prep import ECGDataset
+from ecgtune.search import _ray_compat
 from ecgtune.search import metric_keys as K
 from ecgtune.search.config import TrialConfig
 from ecgtune.search.data import DataHandle
@@ -89,7 +90,7 @@ def prepare_device(trial: TrialConfig, num_labels: int, label_groups: list[list[
 
 def train_trial(config: dict[str, Any], trial_data: TrialData) -> None:
     # Ray logs every persisted checkpoint at INFO, which buries the progress table.
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    logging.getLogger(_ray_compat.STORAGE_LOGGER).setLevel(logging.WARNING)
     quiet_shutdown_in_finalizers()
     import ray
 
