@@ -22,6 +22,7 @@ from .errors import (
     EnsembleError,
     EnsembleOptionError,
     MemberError,
+    ModelInputError,
     SearchNotFoundError,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "InputSpec",
     "MemberError",
     "MemberSpec",
+    "ModelInputError",
     "PolicySet",
     "PredictionResult",
     "SearchNotFoundError",

@@ -15,9 +15,11 @@ Layout::
 
 `bundle.json` and the weights are deterministic for a given search, data and seed, so two
 builds give identical checksums for them. `load_bundle` verifies every checksum before it
-parses anything (a missing or modified file raises `BundleChecksumError` naming it) and loads
-the weights from the verified bytes. Writing goes to ``DIR.tmp`` and is renamed into place;
-an existing bundle is replaced, anything else at ``DIR`` is left alone.
+parses anything (a missing or modified file raises `BundleChecksumError` naming it), then holds
+bundle.json and each member's weights file to the bundle contract (`ensembles.bundle_schema`:
+a `BundleFormatError` names the field), and loads the weights from the verified bytes. Writing
+goes to ``DIR.tmp``, is held to the same contract and only then renamed into place; an existing
+bundle is replaced, anything else at ``DIR`` is left alone.
 """
 
 from __future__ import annotations
@@ -27,13 +29,20 @@ import importlib.metadata
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import torch
 
+from ecgtune.ensembles.bundle_schema import (
+    BUNDLE_FILE,
+    BUNDLE_FORMAT,
+    check_bundle,
+    check_bundle_json,
+    member_metadata,
+)
 from ecgtune.ensembles.calibration import Calibrator, PerLabelCalibrator
 from ecgtune.ensembles.errors import BundleChecksumError, BundleError, BundleFormatError
 from ecgtune.ensembles.inference import EnsemblePredictor, InputSpec, MemberSpec
@@ -51,9 +60,7 @@ __all__ = [
     "verify_bundle",
 ]
 
-BUNDLE_FORMAT = "ecgtune.bundle/1"
 MANIFEST_FORMAT = "ecgtune.bundle-manifest/1"
-BUNDLE_FILE = "bundle.json"
 SOURCE_FILE = "source.json"
 MANIFEST_FILE = "manifest.json"
 MEMBERS_DIR = "members"
@@ -134,13 +141,13 @@ def save_bundle(
     members = []
     for (spec, model), weight in zip(predictor.members, predictor.weights, strict=True):
         rel = f"{MEMBERS_DIR}/{spec.name}.safetensors"
-        # One metadata key: safetensors writes its metadata map in hash order, so several
-        # keys would make the bytes (and the checksum) differ from build to build.
-        info = json.dumps({"format": BUNDLE_FORMAT, "member": spec.name}, sort_keys=True)
-        data = save_safetensors(_member_state(model), metadata={"ecgtune": info})
-        (tmp / rel).write_bytes(data)
-        members.append({**spec.to_dict(), "file": rel, "weight": float(weight),
-                        **dict(member_info.get(spec.name, {}))})
+        entry = {**spec.to_dict(), "file": rel, "weight": float(weight),
+                 **dict(member_info.get(spec.name, {}))}
+        # The identity is hashed from the entry as bundle.json will hold it (tuples become
+        # lists), which is what `load_bundle` hashes again.
+        metadata = member_metadata(json.loads(json.dumps(entry)))
+        (tmp / rel).write_bytes(save_safetensors(_member_state(model), metadata=metadata))
+        members.append(entry)
     bundle = {
         "format": BUNDLE_FORMAT,
         "labels": {
@@ -164,7 +171,13 @@ def save_bundle(
         "thresholds": [float(t) for t in predictor.thresholds],
         "fit": dict(fit or {}),
     }
-    (tmp / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2, allow_nan=False) + "\n")
+    try:
+        text = json.dumps(bundle, indent=2, allow_nan=False)
+    except ValueError:  # NaN or infinity: named by the contract where it covers the field
+        _refuse(path, tmp, lambda: check_bundle_json(json.loads(json.dumps(bundle))))
+        _refuse(path, tmp, _fail_non_finite)
+        raise  # not reached: _fail_non_finite always raises
+    (tmp / BUNDLE_FILE).write_text(text + "\n")
     (tmp / SOURCE_FILE).write_text(
         json.dumps({**dict(source or {}), "versions": _versions()}, indent=2, default=str) + "\n"
     )
@@ -172,13 +185,32 @@ def save_bundle(
         shutil.copytree(directory, tmp / name)
     (tmp / _PARTIAL_MARKER).unlink()
     files = {}
+    written: dict[str, bytes] = {}
     for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
-        data = file.read_bytes()
-        files[file.relative_to(tmp).as_posix()] = {"sha256": _sha256(data), "bytes": len(data)}
+        rel = file.relative_to(tmp).as_posix()
+        written[rel] = file.read_bytes()
+        files[rel] = {"sha256": _sha256(written[rel]), "bytes": len(written[rel])}
+    # What was written, read back: a bug in code that builds bundles fails here, at build
+    # time, instead of in whoever loads the bundle.
+    _refuse(path, tmp, lambda: check_bundle(_json_file(written, BUNDLE_FILE), written))
     manifest = {"format": MANIFEST_FORMAT, "bundle_format": BUNDLE_FORMAT, "files": files}
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     _replace(tmp, path)
     return path
+
+
+def _fail_non_finite() -> None:
+    raise BundleFormatError(f"bundle file {BUNDLE_FILE}: a NaN or infinite number outside "
+                            "the checked fields (fit, members' provenance)")
+
+
+def _refuse(path: Path, tmp: Path, check: Callable[[], None]) -> None:
+    """Run ``check``; on a `BundleFormatError` remove the partial bundle and refuse to write."""
+    try:
+        check()
+    except BundleFormatError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BundleFormatError(f"not writing {path}: {exc}") from None
 
 
 def _replace(tmp: Path, path: Path) -> None:
@@ -275,22 +307,15 @@ def load_bundle(
     path = Path(path)
     files = verify_bundle(path)
     meta = _json_file(files, BUNDLE_FILE)
+    check_bundle(meta, files)
     current = BUNDLE_FILE  # the file being interpreted, for the error message
     try:
-        if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
-            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-            raise BundleFormatError(
-                f"bundle file {BUNDLE_FILE}: format {found!r}, expected {BUNDLE_FORMAT!r}"
-            )
         members = []
         weights = []
         for entry in meta["members"]:
             current = BUNDLE_FILE
             spec = MemberSpec.from_dict(entry)
             rel = entry["file"]
-            if rel not in files:
-                raise BundleFormatError(f"bundle file {BUNDLE_FILE}: member file {rel} is not "
-                                        f"covered by {MANIFEST_FILE}")
             model = build_model(spec.config, spec.num_labels, [list(g) for g in spec.label_groups],
                                 spec.group_names)
             current = rel

@@ -17,6 +17,7 @@ __all__ = [
     "EnsembleError",
     "EnsembleOptionError",
     "MemberError",
+    "ModelInputError",
     "SearchNotFoundError",
 ]
 
@@ -28,6 +29,12 @@ class EnsembleError(RuntimeError):
 class EnsembleOptionError(EnsembleError, ValueError):
     """Option values that break a declared constraint (`ensembles.options`); one message
     names every bad flag. A ValueError too, for library callers that pass bad values."""
+
+
+class ModelInputError(EnsembleError, ValueError):
+    """Data or signals that do not fit a bundle's model input (`ensembles.input_spec`): a
+    data manifest prepared at another rate, length, gain or label map, or an array of the
+    wrong shape or dtype. A ValueError too, for library callers of `InputSpec.check`."""
 
 
 class SearchNotFoundError(EnsembleError):
