@@ -118,28 +118,6 @@ def _source_column(data_dir: Path, manifest: dict[str, Any], records: np.ndarray
 # Checks before any work
 
 
-def _check_labels(bundle: Any, label_map: Any, data: Path) -> None:
-    """The data must carry the bundle's labels, in its order, from the same label map (e.g.
-    seed20-rbbb names the same labels as seed20 but maps another code to CRBBB)."""
-    names = list(label_map.names)
-    maps = {str(label_map.name), str(bundle.label_map)}
-    if names == list(bundle.label_names) and len(maps - {"manifest"}) > 1:
-        raise EvaluationError(
-            f"{data}: its label map {label_map.name} differs from the bundle's "
-            f"({bundle.label_map}): same label names, other SNOMED codes; prepare the data "
-            f"with `ecgtune prep --labels {bundle.label_map}`")
-    if names != list(bundle.label_names):
-        missing = [n for n in bundle.label_names if n not in names]
-        extra = [n for n in names if n not in bundle.label_names]
-        detail = (f"missing {', '.join(missing)}" if missing else "") + (
-            f"{'; ' if missing else ''}extra {', '.join(extra)}" if extra else "")
-        raise EvaluationError(
-            f"{data}: its label map ({label_map.name}, {len(names)} labels) differs from the "
-            f"bundle's ({bundle.label_map}, {len(bundle.label_names)} labels)"
-            f"{': ' + detail if detail else ': same labels, another order'}; prepare the data "
-            f"with the bundle's label map (`ecgtune prep --labels {bundle.label_map}`)")
-
-
 def _folds(opts: EvaluateOptions, manifest: dict[str, Any]) -> list[int]:
     from ecgtune.data_prep import fold_roles
 
@@ -202,7 +180,7 @@ def _tracking(opts: EvaluateOptions) -> _Tracking | None:
 def evaluate_bundle(options: EvaluateOptions | None = None, **kwargs: Any) -> EvaluationResult:
     """Evaluate a bundle on prepared data and write the report. Pass an `EvaluateOptions` or
     its fields as keywords: ``evaluate_bundle(bundle="b", data="d", all_folds=True)``."""
-    from ecgtune.data_prep import LabelMap, read_manifest
+    from ecgtune.data_prep import read_manifest
     from ecgtune.ensembles.policies import policies_from_record
 
     opts = options or EvaluateOptions(**kwargs)
@@ -218,9 +196,10 @@ def evaluate_bundle(options: EvaluateOptions | None = None, **kwargs: Any) -> Ev
         check_refit(opts, folds)
     track = _tracking(opts)
     bundle = _load(opts, track)
-    _check_labels(bundle, LabelMap.from_manifest(manifest["labels"],
-                                                 name=manifest.get("label_map", "manifest")),
-                  data)
+    # Rate, length, gain, leads and label map of the data against the bundle's, before any
+    # record is read: data prepared for another input is refused in one line.
+    bundle.inputs.check_data(manifest, data=str(data), model=opts.bundle,
+                             label_names=bundle.label_names, label_map=bundle.label_map)
     sha = hashlib.sha256((data / "manifest.json").read_bytes()).hexdigest()
     fit = dict(bundle.metadata.get("fit") or {})
     policies = policies_from_record(fit.get("thresholds"), bundle.label_names)

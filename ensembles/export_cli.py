@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "sqlite:///$PWD/mlflow.db")
     p.add_argument("--check-data", default=None, metavar="DIR",
                    help="prepared data directory (from `ecgtune prep`) whose first records "
-                   "check the graph; default: synthetic records")
+                   "check the graph; data prepared at another rate, length or gain than the "
+                   "bundle's is refused; default: synthetic records")
     p.add_argument("--check-records", type=positive_int, default=None,
                    help="records the check uses (default: 8 synthetic, 64 from --check-data)")
     p.add_argument("--tolerance", type=float, default=1e-4,
@@ -64,20 +65,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from ecgtune.ensembles.onnx_export import (
-        ExportOptions,
-        export_onnx,
-        resolve_bundle,
-        shard_signals,
-    )
+    from ecgtune.ensembles.onnx_export import ExportOptions, export_onnx, resolve_bundle
 
     n_check = args.check_records or (64 if args.check_data else 8)
     options = ExportOptions(opset=args.opset, check_records=n_check, tolerance=args.tolerance,
                             standard_ops=args.standard_ops)
-    signals = shard_signals(args.check_data, n_check) if args.check_data else None
     with tempfile.TemporaryDirectory(prefix="ecgtune-export-") as tmp:
         bundle_dir = resolve_bundle(args.bundle, args.tracking_uri, tmp)
-        result = export_onnx(bundle_dir, args.output, options, check_signals=signals)
+        result = export_onnx(bundle_dir, args.output, options, check_data=args.check_data)
     size = result.path.stat().st_size / 2**20
     where = args.check_data or "synthetic"
     print(f"exported {args.bundle} -> {result.path} ({size:.1f} MiB; operators: "

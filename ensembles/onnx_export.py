@@ -455,13 +455,23 @@ def check_onnx(path: str | os.PathLike[str], bundle: EnsemblePredictor, signals:
 
 def export_onnx(bundle_dir: str | os.PathLike[str], output: str | os.PathLike[str],
                 options: ExportOptions = ExportOptions(),
-                check_signals: np.ndarray | None = None) -> ExportResult:
+                check_signals: np.ndarray | None = None,
+                check_data: str | os.PathLike[str] | None = None) -> ExportResult:
     """Export a bundle directory as one ONNX graph at ``output`` and check it against the
-    bundle (on ``check_signals``, else ``options.check_records`` synthetic records). The file
-    appears only when the check passes; otherwise `OnnxExportError` says by how much."""
+    bundle (on ``check_signals``, else the first ``options.check_records`` records of the
+    prepared data ``check_data``, else as many synthetic records). The file appears only when
+    the check passes; otherwise `OnnxExportError` says by how much. Data prepared for another
+    input than the bundle's is refused first (`ModelInputError`, one line)."""
     import onnx
 
+    from ecgtune.data_prep.shards import read_manifest
+
     bundle = load_bundle(bundle_dir, device="cpu")
+    if check_data is not None:  # before the trace, which takes a while
+        bundle.inputs.check_data(read_manifest(Path(check_data)), data=str(check_data),
+                                 model=str(bundle_dir))
+        if check_signals is None:
+            check_signals = shard_signals(check_data, options.check_records)
     module = build_graph_module(bundle)  # refuses inexpressible calibrators before exporting
     metadata = onnx_metadata(bundle)
     spec = bundle.inputs

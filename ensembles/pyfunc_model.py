@@ -5,7 +5,9 @@ source file next to the bundle; loading the model executes it, and `load_context
 ensemble with `ensembles.bundle.load_bundle` (checksums verified). No Python object is pickled.
 
 Input: int16 array (N, 12, n_samples), records preprocessed as `ecgtune prep` stores them
-(500 Hz, 10 s, gain 1000/mV for the default manifest). Output: a DataFrame with one calibrated
+(500 Hz, 10 s, gain 1000/mV for the default manifest), or one record (12, n_samples); other
+integer dtypes within int16's range are taken, floats and other shapes are refused with one
+message (`InputSpec.signals_from`; HTTP 400 over REST). Output: a DataFrame with one calibrated
 probability column per label, in label-map order. Over REST (``mlflow models serve``)::
 
     POST /invocations  {"inputs": [[[...n_samples ints...] x 12 leads] x N records]}
@@ -29,15 +31,23 @@ class EnsembleBundleModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defin
 
         self.bundle = load_bundle(context.artifacts["bundle"], device="auto")
 
-    # np.ndarray is a hint MLflow does not turn into its own schema: the logged tensor
-    # signature is what validates shape and dtype.
+    # np.ndarray is a hint MLflow does not turn into its own schema, and the logged signature
+    # has no input schema (`registry.model_signature`): the bundle's `InputSpec` checks shape
+    # and dtype here, in one message, instead of MLflow casting JSON floats to int16.
     def predict(
         self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        signals = np.asarray(model_input)
-        if signals.ndim == 2:  # one record
-            signals = signals[None]
-        probs = self.bundle.predict_signals(signals)  # checks shape and dtype (int16)
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from ecgtune.ensembles.errors import ModelInputError
+
+        try:
+            signals = self.bundle.inputs.signals_from(model_input)  # (12, n) is one record
+        except ModelInputError as exc:
+            # The scoring server answers an MlflowException with HTTP 400 and its message.
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+        probs = self.bundle.predict_signals(signals)
         return pd.DataFrame(probs, columns=self.bundle.label_names)
 
 

@@ -45,12 +45,16 @@ def check_refit(opts: EvaluateOptions, folds: list[int]) -> None:
 def refit_thresholds(opts: EvaluateOptions, bundle: Any, folds: list[int], sha: str
                      ) -> tuple[Any, list[Any], dict[str, Any]]:
     """(predictor with the new thresholds, one policy per label, its bundle.json ``fit``)."""
-    from ecgtune.data_prep import load_shards
+    from ecgtune.data_prep import load_shards, read_manifest
     from ecgtune.ensembles.inference import EnsemblePredictor
     from ecgtune.ensembles.policies import PolicySet, fit_policy_thresholds, policy_record
 
     del folds  # checked disjoint by `check_refit`
     names = list(bundle.label_names)
+    # The thresholds are fitted on these records: they must be the bundle's input and labels
+    # (`evaluate_bundle` has checked the same data; a library caller may not have).
+    bundle.inputs.check_data(read_manifest(opts.data), data=str(opts.data), model=opts.bundle,
+                             label_names=names, label_map=bundle.label_map)
     try:
         policy_set = PolicySet.parse(str(opts.refit_thresholds), opts.threshold_policy_for)
         policies = policy_set.for_labels(names)

@@ -26,6 +26,7 @@ __all__ = [
     "TAG_SEARCH_RUN_ID",
     "RegisteredModel",
     "finish_run",
+    "input_metadata",
     "log_batch",
     "log_pyfunc_model",
     "model_signature",
@@ -87,16 +88,29 @@ def log_batch(
 
 
 def model_signature(label_names: Sequence[str], n_samples: int) -> Any:
-    """Input: one int16 tensor (-1, 12, n_samples) (records as `prep` stores them); output:
-    one float64 probability column per label, label-map order."""
-    import numpy as np
+    """Input: int16 records (-1, 12, n_samples) (as `prep` stores them); output: one float64
+    probability column per label, label-map order.
+
+    The input is not declared as a schema: MLflow would cast a JSON request's floats to int16
+    without a word (mV values become a record of zeros) and refuse other shapes with a message
+    that dumps the data. The pyfunc model checks the input itself (`InputSpec.signals_from`);
+    the model's metadata (`input_metadata`) states the contract."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types import ColSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.int16), (-1, 12, int(n_samples)))]),
+        inputs=None,
         outputs=Schema([ColSpec("double", name) for name in label_names]),
     )
+
+
+def input_metadata(n_samples: int) -> dict[str, Any]:
+    """The pyfunc model's input contract, stored in its MLmodel metadata (the signature
+    declares no input schema, see `model_signature`)."""
+    return {"dtype": "int16", "shape": [-1, 12, int(n_samples)],
+            "one_record": [12, int(n_samples)],
+            "values": "integers at the bundle's gain, as `ecgtune prep` stores records; floats "
+                      "are refused"}
 
 
 def _requirement(dist: str, name: str | None = None) -> str:
@@ -171,7 +185,8 @@ def log_pyfunc_model(
             pip_requirements=pip_requirements(),
             registered_model_name=register,
             await_registration_for=60,
-            metadata={"ecgtune_bundle_format": BUNDLE_FORMAT},
+            metadata={"ecgtune_bundle_format": BUNDLE_FORMAT,
+                      "ecgtune_input": input_metadata(n_samples)},
         )
     if register is None:
         return RegisteredModel(info.model_uri)

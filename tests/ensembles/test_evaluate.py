@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecgtune.ensembles import EnsembleOptionError
+from ecgtune.ensembles import EnsembleOptionError, ModelInputError
 from ecgtune.ensembles.evaluate import (
     EvaluationError,
     evaluate_bundle,
@@ -139,7 +139,7 @@ def test_another_label_map_is_refused_with_one_line(tiny_bundle, external_data, 
         manifest["label_map"] = "seed20-rbbb"
 
     other = _copy_with_manifest(external_data, tmp_path / "rbbb", rbbb)
-    with pytest.raises(EvaluationError, match="label map seed20-rbbb differs"):
+    with pytest.raises(ModelInputError, match="label map seed20-rbbb differs"):
         evaluate_bundle(bundle=str(tiny_bundle), data=other, all_folds=True,
                         output=tmp_path / "r2", **FAST)
     assert not (tmp_path / "r").exists() and not (tmp_path / "r2").exists()
