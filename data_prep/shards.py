@@ -96,13 +96,19 @@ def build_table(
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | memoryview | pa.Buffer) -> None:
-    """Write to a unique temporary name beside `path`, then rename over it."""
+    """Write to a unique temporary name beside `path`, then rename over it. An OSError names
+    `path` (a full disk fails the write itself, which names no file; the temporary name
+    would mean nothing to a user)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -15,6 +15,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from ecgtune.data_prep.cli import HelpFormatter
+from ecgtune.data_prep.console import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    os_error_line,
+    sigterm_as_interrupt,
+    terminated,
+)
 
 # Package CLI modules in pipeline order.
 _CLI_MODULES = (
@@ -56,15 +63,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    try:
-        return int(args.func(args) or 0)
-    except user_errors as exc:
-        # Expected failures (bad input, corrupt shards, unreachable servers): one clear line.
-        print(f"ecgtune {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"ecgtune {args.command}: interrupted", file=sys.stderr)
-        return 130
+    # SIGTERM takes Ctrl-C's path (a search saves its state and prints its summary); the
+    # status says which signal it was.
+    with sigterm_as_interrupt():
+        try:
+            code = int(args.func(args) or 0)
+        except user_errors as exc:
+            # Expected failures (bad input, corrupt shards, unreachable servers): one clear line.
+            print(f"ecgtune {args.command}: error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            if terminated():
+                print(f"ecgtune {args.command}: terminated (SIGTERM)", file=sys.stderr)
+                return EXIT_TERMINATED
+            print(f"ecgtune {args.command}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except Exception as exc:
+            # A read-only, forbidden or full file system: one line naming the path, whichever
+            # step met it (anything else is a bug, and its traceback the report).
+            line = os_error_line(exc, _output(args))
+            if line is None:
+                raise
+            print(f"ecgtune {args.command}: error: {line}", file=sys.stderr)
+            return 1
+        return EXIT_TERMINATED if code == EXIT_INTERRUPTED and terminated() else code
+
+
+def _output(args: argparse.Namespace) -> str | None:
+    """Where the command writes, to name when a file-system error names no file."""
+    for name in ("output", "storage", "workdir"):
+        value = getattr(args, name, None)
+        if value:
+            return str(value)
+    return None
 
 
 if __name__ == "__main__":
