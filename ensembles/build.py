@@ -87,6 +87,8 @@ class EnsembleResult:
     predictor: Any = field(repr=False)  # the in-process EnsemblePredictor
     # Per label: policy, target, test-fold value with CI, status (`report.operating_points`).
     operating_points: list[dict[str, Any]] = field(default_factory=list)
+    # What the summary must say about the members' search (still running, fewer than --top-k).
+    search_notes: list[str] = field(default_factory=list)
 
     @property
     def weights(self) -> dict[str, float]:
@@ -117,7 +119,7 @@ def build_ensemble(options: EnsembleOptions | None = None, **kwargs: Any) -> Ens
     fields as flat keywords (`FitOptions` fields included): ``build_ensemble(data=...,
     name="demo", output="bundle", top_k=3, seed=1)``."""
     from ecgtune.ensembles.bundle import check_bundle_target
-    from ecgtune.ensembles.members import find_search, rank_trials
+    from ecgtune.ensembles.members import check_search_finished, find_search, rank_trials
     from ecgtune.ensembles.registry import finish_run, start_ensemble_run
     from ecgtune.search import tracking
 
@@ -136,15 +138,24 @@ def build_ensemble(options: EnsembleOptions | None = None, **kwargs: Any) -> Ens
     check_bundle_target(opts.output)
     client = tracking.client(uri)
     search = find_search(client, opts.name, opts.search_run_id)
+    running = check_search_finished(client, search, uri, opts.allow_running)
     trials = rank_trials(client, search, opts.top_k)
+    notes = [running] if running else []
+    if len(trials) < opts.top_k:
+        notes.append(f"note: only {len(trials)} finished trial{'s' if len(trials) > 1 else ''} "
+                     f"with a checkpoint in search {opts.name!r}: --top-k {opts.top_k} asked "
+                     f"for {opts.top_k}")
     run_id = start_ensemble_run(client, search.experiment_id, search.run_id,
                                 f"ensemble top-{len(trials)} of {opts.name}")
+    if notes:
+        client.set_tag(run_id, "ecgtune.search_note", " ".join(notes)[:5000])
     try:
         result = _build(opts, uri, client, search, trials, run_id)
     except BaseException as exc:
         finish_run(client, run_id, exc)
         raise
     finish_run(client, run_id)
+    result.search_notes = notes
     return result
 
 
@@ -605,6 +616,7 @@ def format_summary(result: EnsembleResult) -> str:
         f"{len(result.weights)} of the top {len(result.members)} trials, chosen on the "
         f"ensemble fold (fold {ens_fold}) by {result.metric} ({result.ensemble_fold_score:.4f};"
         f" best single member {result.best_member_ensemble_fold_score:.4f})",
+        *(f"  {note}" for note in result.search_notes),
         f"  {selection_sentence(result.selection, len(result.members))}",
         f"  {'member':<24} {'val AUPRC':>9} {'ens-fold':>8} {'picks':>5} {'weight':>7}",
     ]

@@ -12,6 +12,7 @@ checkpoint into a member (its crop length and normalisation come from the trial'
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import math
 import re
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ecgtune.ensembles.errors import MemberError, SearchNotFoundError
+from ecgtune.ensembles.errors import EnsembleError, MemberError, SearchNotFoundError
 from ecgtune.ensembles.inference import MemberSpec
 from ecgtune.search import checkpoint, tracking
 from ecgtune.search import metric_keys as K
@@ -32,6 +33,7 @@ __all__ = [
     "Member",
     "SearchRef",
     "TrialRef",
+    "check_search_finished",
     "find_search",
     "load_member",
     "rank_trials",
@@ -46,6 +48,9 @@ class SearchRef:
     run_id: str
     search_path: str
     data_manifest_sha256: str | None
+    status: str = "FINISHED"  # the parent run's: RUNNING while the search runs
+    num_samples: int | None = None  # trials the search was started with
+    started: str = ""  # the parent run's start, local time
 
 
 @dataclass(frozen=True)
@@ -116,12 +121,53 @@ def find_search(client: Any, name: str, search_run_id: str | None = None) -> Sea
         if not runs:
             raise SearchNotFoundError(f"experiment {name!r} has no search run")
         run = runs[0]
+    samples = run.data.params.get("num_samples")
+    started = (dt.datetime.fromtimestamp(run.info.start_time / 1000).astimezone()
+               .isoformat(sep=" ", timespec="seconds") if run.info.start_time else "")
     return SearchRef(
         name=name,
         experiment_id=experiment.experiment_id,
         run_id=run.info.run_id,
         search_path=run.data.tags.get(tracking.TAG_SEARCH_PATH, ""),
         data_manifest_sha256=run.data.tags.get("ecgtune.data_manifest_sha256"),
+        status=run.info.status,
+        num_samples=int(samples) if samples and samples.isdigit() else None,
+        started=started,
+    )
+
+
+def check_search_finished(client: Any, search: SearchRef, tracking_uri: str,
+                          allow_running: bool) -> str | None:
+    """Refuse a search whose parent run is still RUNNING (its best trials are not known yet),
+    unless `allow_running`: then the line to print, with how many trials had finished. A
+    RUNNING run that no search process holds any more (killed) is named as such."""
+    if search.status != "RUNNING":
+        return None
+    from ecgtune.search.claim import holder_of
+
+    finished = sum(run.info.status == "FINISHED"
+                   for run in tracking.trial_runs(client, search.experiment_id, search.run_id))
+    of = f" of {search.num_samples}" if search.num_samples else ""
+    progress = f"{finished}{of} trial{'s' if (search.num_samples or finished) != 1 else ''} " \
+               "finished"
+    if allow_running:
+        return (f"note: search {search.name!r} is still running (run {search.run_id}): built "
+                f"from the {progress} so far")
+    storage = search.search_path.rsplit("/", 1)[0] if "/" in search.search_path else ""
+    holder, held = holder_of(storage, search.name, tracking_uri) if storage else (None, None)
+    if held is False:
+        last = f" (its last process, {holder.describe()}, is gone)" if holder else ""
+        raise EnsembleError(
+            f"search {search.name!r} (run {search.run_id}) is marked RUNNING but no search "
+            f"process holds it{last}; {progress}. `ecgtune search --resume --name "
+            f"{search.name}` completes it, or pass --allow-running to build from those"
+        )
+    who = f", {holder.describe()}" if held and holder else ""
+    since = f", started {search.started}" if search.started and not who else ""
+    raise EnsembleError(
+        f"search {search.name!r} is still running (run {search.run_id}{who}{since}; "
+        f"{progress} so far); wait for it to end, or pass --allow-running to build from the "
+        "finished trials"
     )
 
 

@@ -219,6 +219,9 @@ class EnsembleOptions:
                                  "STORAGE/NAME/<trial>/<checkpoint>")
     search_run_id: str | None = option(None, metavar="RUN_ID", help="the search's parent "
                                        "MLflow run (default: the newest search run of --name)")
+    allow_running: bool = option(False, help="build from the trials a search that is still "
+                                 "running has finished so far (refused by default: its best "
+                                 "trials are not known yet)")
     fit: FitOptions = field(default_factory=FitOptions)
     n_windows: int = option(DEFAULT_WINDOWS, flag="--windows", minimum=1, metavar="N",
                             help="evenly spaced crop windows per record at inference, averaged")

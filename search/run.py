@@ -14,14 +14,17 @@ import logging
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ecgtune.data_prep.console import keep_sigterm_handler
 from ecgtune.search import _ray_compat, checkpoint, tracking
 from ecgtune.search import metric_keys as K
+from ecgtune.search.claim import claim_search, open_tracking_store
 from ecgtune.search.data import DataHandle, make_data_handle
 from ecgtune.search.devices import gpu_memory_from_resources
 from ecgtune.search.errors import SearchError, SearchOptionError
@@ -337,21 +340,33 @@ class _Recorded:
 
 
 def run_search(opts: SearchOptions) -> SearchResult:
-    import ray
-
     # Options, --set values and --storage first: a bad invocation creates nothing.
     validated = validate_options(opts)
     data = check_search_data(Path(opts.data))
     check = _point_validator(validated, data)
     tracking_uri = opts.tracking_uri or tracking.default_tracking_uri()
     tracking.check_tracking_uri(tracking_uri)
+    # One search per name (search.claim): held from the "already exists" checks (Ray's
+    # experiment folder, the MLflow parent run) until the runs are closed.
+    with claim_search(validated.storage, opts.name, tracking_uri) as claim:
+        if claim.note:
+            print(f"ecgtune search: {claim.note}", file=sys.stderr, flush=True)
+        return _run_claimed(opts, validated, data, check, tracking_uri)
+
+
+def _run_claimed(opts: SearchOptions, validated: ValidatedSearch, data: SearchData,
+                 check: PointValidator, tracking_uri: str) -> SearchResult:
+    import ray
+
     experiment_path = _experiment_path(opts, validated.storage)
 
-    started_ray = _init_ray(opts)
+    # SIGTERM keeps taking Ctrl-C's path (data_prep.console), not Ray's exit and stack dump.
+    with keep_sigterm_handler():
+        started_ray = _init_ray(opts)
     try:
         # GPUs first: a cluster that can never give a trial its GPU creates no run either.
         gpus, check = _gpu_plan(opts, check, ray.cluster_resources())
-        client = tracking.client(tracking_uri)
+        client = open_tracking_store(tracking_uri)
         recorded = _open_parent_run(client, opts, validated, data, gpus, tracking_uri,
                                     experiment_path)
         opts = replace(opts, objective=recorded.objective)
