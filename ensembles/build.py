@@ -235,7 +235,7 @@ class _Members:
         return [m.name for m in self.members]
 
 
-def _member_probabilities(member: Any, signals: np.ndarray, inputs: Any,
+def _member_probabilities(member: Any, signals: np.ndarray, lengths: np.ndarray, inputs: Any,
                           opts: EnsembleOptions, device: Any) -> np.ndarray:
     """One member on the chosen device; its weights go back to the CPU for the bundle."""
     from ecgtune.ensembles.inference import member_probabilities
@@ -243,7 +243,7 @@ def _member_probabilities(member: Any, signals: np.ndarray, inputs: Any,
     try:
         return member_probabilities(member.model.to(device), member.spec, signals, inputs,
                                     opts.n_windows, opts.batch_size, device,
-                                    precision=opts.precision)
+                                    precision=opts.precision, lengths=lengths)
     finally:
         member.model.cpu()
 
@@ -257,7 +257,7 @@ def _predict_members(opts: EnsembleOptions, trials: list, folds: _Folds) -> _Mem
     inputs = InputSpec.from_manifest(folds.data.manifest)
     device = resolve_device(opts.device)
     probs = np.stack([
-        _member_probabilities(m, folds.data.signals, inputs, opts, device)
+        _member_probabilities(m, folds.data.signals, folds.data.lengths, inputs, opts, device)
         for m in _progress(members, "member predictions (ensemble + test folds)",
                            opts.progress)
     ])

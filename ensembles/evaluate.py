@@ -258,7 +258,7 @@ def _evaluate(opts: EvaluateOptions, bundle: Any, fit: dict[str, Any], policies:
         raise EvaluationError(f"{data}: no records in folds {folds}")
     names = list(bundle.label_names)
     y = ds.labels.astype(bool)
-    uncal = bundle.predict_uncalibrated(ds.signals, opts.batch_size)
+    uncal = bundle.predict_uncalibrated(ds.signals, opts.batch_size, ds.lengths)
     probs = bundle.calibrator.predict(uncal)
     sources = record_sources(ds.records, _source_column(data, manifest, ds.records),
                              manifest.get("databases"))

@@ -151,9 +151,12 @@ def member_probabilities(
     device: str | torch.device = "cpu",
     max_forward: int | None = None,
     precision: str = "fp32",
+    lengths: np.ndarray | None = None,
 ) -> np.ndarray:
     """Probabilities (N, C) float64 of one member for int16 signals (N, 12, n_samples).
 
+    ``lengths``: samples of real signal per record (None: all full length); the windows of a
+    shorter record cover its real signal only (`data_prep.record_window_starts`).
     ``batch_size`` records are cropped and normalised at once; their windows go through the
     model in forward passes of at most ``max_forward`` windows (None: sized for the
     device)."""
@@ -161,6 +164,7 @@ def member_probabilities(
     if max_forward is None:
         max_forward = forward_windows(device, spec.crop_len)
     inputs.check(signals)
+    lengths = inputs.check_lengths(lengths, len(signals))
     if spec.crop_len > inputs.n_samples:
         raise ValueError(
             f"member {spec.name}: crop length {spec.crop_len} exceeds the signal length "
@@ -172,7 +176,8 @@ def member_probabilities(
     stats = inputs.norm_stats if spec.normalization == "dataset" else None
     out = np.empty((len(signals), spec.num_labels), dtype=np.float64)
     for part in _batches(len(signals), batch_size):
-        windows = fixed_windows(signals[part], spec.crop_len, n_windows)  # (B, W, 12, L)
+        windows = fixed_windows(signals[part], spec.crop_len, n_windows,
+                                None if lengths is None else lengths[part])  # (B, W, 12, L)
         x = normalize(windows, stats, inputs.gain, spec.normalization)
         b = x.shape[0]
         flat = torch.from_numpy(x.reshape(b * n_windows, NUM_LEADS, spec.crop_len))
@@ -242,26 +247,31 @@ class EnsemblePredictor:
         return [spec.name for spec, _ in self.members]
 
     def member_probabilities(
-        self, signals: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE
+        self, signals: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
+        lengths: np.ndarray | None = None,
     ) -> np.ndarray:
         """(M, N, C) probabilities of every member."""
         signals = np.asarray(signals)
         return np.stack([
             member_probabilities(model, spec, signals, self.inputs, self.n_windows, batch_size,
-                                 self.device, precision=self.precision)
+                                 self.device, precision=self.precision, lengths=lengths)
             for spec, model in self.members
         ])
 
     def predict_uncalibrated(
-        self, signals: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE
+        self, signals: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
+        lengths: np.ndarray | None = None,
     ) -> np.ndarray:
-        return np.tensordot(self.weights, self.member_probabilities(signals, batch_size), axes=1)
+        return np.tensordot(
+            self.weights, self.member_probabilities(signals, batch_size, lengths), axes=1)
 
     def predict_signals(
-        self, signals: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE
+        self, signals: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
+        lengths: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Calibrated probabilities (N, C), label-map order, for int16 (N, 12, n_samples)."""
-        return self.calibrator.predict(self.predict_uncalibrated(signals, batch_size))
+        """Calibrated probabilities (N, C), label-map order, for int16 (N, 12, n_samples);
+        `lengths`: real samples per record (None: all full length)."""
+        return self.calibrator.predict(self.predict_uncalibrated(signals, batch_size, lengths))
 
     def predicted_labels(self, probs: np.ndarray) -> list[list[str]]:
         """Label names with ``p >= threshold``, per record, in label-map order."""

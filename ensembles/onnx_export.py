@@ -1,7 +1,8 @@
 """Portable export: a whole calibrated ensemble bundle as one ONNX graph (issue 15).
 
 The graph takes what the pyfunc model takes, int16 records (N, 12, n_samples) at the bundle's
-gain, and returns ``probabilities`` (N, C) float64, calibrated, label-map order, and
+gain (and, optionally, ``lengths``: each record's real samples before prep's zero padding),
+and returns ``probabilities`` (N, C) float64, calibrated, label-map order, and
 ``decisions`` (N, C) bool (probability >= the label's threshold). Inside, in the bundle's own
 order: normalisation (each member's mode), the evenly spaced inference windows, every member
 (sigmoid, averaged over windows), the weighted member average, each label's calibrator and the
@@ -40,7 +41,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ecgtune.data_prep import window_starts
 from ecgtune.data_prep.dataset import RECORD_STD_FLOOR_MV
 from ecgtune.ensembles.bundle import MANIFEST_FILE, Bundle, load_bundle
 from ecgtune.ensembles.calibration import (
@@ -57,6 +57,7 @@ from ecgtune.ensembles.onnx_rewrites import attention_heads, for_export, rewrite
 
 __all__ = [
     "INPUT_NAME",
+    "LENGTHS_NAME",
     "ONNX_FORMAT",
     "OUTPUT_NAMES",
     "ExportOptions",
@@ -80,6 +81,9 @@ log = logging.getLogger(__name__)
 
 ONNX_FORMAT = "ecgtune.onnx/1"
 INPUT_NAME = "signals"
+# Optional: real samples per record (prep's `length` column); the graph's default is every
+# record at full length, an initializer a caller may override.
+LENGTHS_NAME = "lengths"
 OUTPUT_NAMES = ("probabilities", "decisions")
 ONNX_ARTIFACT_DIR = "onnx"
 ONNX_FILE = "model.onnx"
@@ -209,8 +213,22 @@ def _calibrator_module(cal: Calibrator, label: str) -> nn.Module:
 # The whole ensemble as one module.
 
 
+def _spread_starts(span: torch.Tensor, n_windows: int) -> torch.Tensor:
+    """`data_prep.spread_starts` in integer tensor arithmetic: (N,) spans -> (N, W) starts."""
+    span = span[:, None]
+    if n_windows == 1:
+        return torch.div(span, 2, rounding_mode="floor")
+    d = n_windows - 1
+    prod = span * torch.arange(n_windows, dtype=torch.int64)
+    q = torch.div(prod, d, rounding_mode="floor")
+    r = prod - q * d
+    up = (2 * r > d) | ((2 * r == d) & (q % 2 == 1))
+    return q + up.to(torch.int64)
+
+
 class _Inputs(nn.Module):
-    """int16 records -> (N * W, 12, L) float32 windows, normalised as `data_prep.normalize`."""
+    """int16 records and their real lengths -> (N * W, 12, L) float32 windows over the real
+    signal (`data_prep.record_window_starts`), normalised as `data_prep.normalize`."""
 
     a: torch.Tensor
     b: torch.Tensor
@@ -220,8 +238,8 @@ class _Inputs(nn.Module):
         inputs = predictor.inputs
         self.mode = spec.normalization
         self.length = spec.crop_len
-        self.starts = [int(s) for s in window_starts(inputs.n_samples, spec.crop_len,
-                                                       predictor.n_windows)]
+        self.n_samples = inputs.n_samples
+        self.n_windows = predictor.n_windows
         self.scale = float(np.float32(1.0 / inputs.gain))
         if self.mode == "dataset":
             # Same float32 constants as data_prep.dataset_affine.
@@ -231,12 +249,18 @@ class _Inputs(nn.Module):
             self.register_buffer("a", torch.from_numpy(a).reshape(NUM_LEADS, 1))
             self.register_buffer("b", torch.from_numpy(b).reshape(NUM_LEADS, 1))
 
-    def forward(self, signals: torch.Tensor) -> torch.Tensor:
+    def forward(self, signals: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = signals.to(torch.float32)
         if self.mode == "dataset":
             # Elementwise, so normalising the whole record once equals normalising windows.
             x = x * self.a + self.b
-        windows = torch.stack([x[:, :, s : s + self.length] for s in self.starts], dim=1)
+        n, w, length = x.shape[0], self.n_windows, self.length
+        span = torch.clamp(lengths, min=length, max=self.n_samples) - length
+        index = (_spread_starts(span, w)[:, :, None]
+                 + torch.arange(length, dtype=torch.int64))  # (N, W, L)
+        windows = torch.gather(
+            x[:, None].expand(n, w, NUM_LEADS, self.n_samples), 3,
+            index[:, :, None, :].expand(n, w, NUM_LEADS, length))
         if self.mode == "record":
             windows = windows * self.scale
             mu = windows.mean(dim=-1, keepdim=True)
@@ -275,9 +299,12 @@ class EnsembleGraph(nn.Module):
         self.register_buffer("thresholds", torch.from_numpy(
             np.asarray(predictor.thresholds, np.float64).copy()))
 
-    def forward(self, signals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, signals: torch.Tensor, lengths: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         n = signals.shape[0]
-        windows = [inputs(signals) for inputs in self.inputs]  # shared by members alike
+        # One length per record, also when the graph's default (a single full length) is used.
+        lengths = lengths.to(torch.int64) + torch.zeros_like(signals[:, 0, 0], dtype=torch.int64)
+        windows = [inputs(signals, lengths) for inputs in self.inputs]  # shared by members
         total = None
         for model, which, w in zip(self.members, self.member_input, self.weights, strict=True):
             probs = torch.sigmoid(model(windows[which]).float())
@@ -322,6 +349,9 @@ def onnx_metadata(bundle: Bundle) -> dict[str, str]:
         "leads": "I II III aVR aVL aVF V1 V2 V3 V4 V5 V6",
         "preprocessing": "as `ecgtune prep` stores records: resampled to fs, centre-cropped or "
                          "zero-padded to n_samples",
+        "optional": {LENGTHS_NAME: "int64 (N,): samples of real signal per record before the "
+                                   "zero padding (prep's `length` column); windows cover the "
+                                   "real signal only; default: every record full length"},
     }
     outputs = {
         OUTPUT_NAMES[0]: "float64 (N, labels): calibrated probabilities, label order as labels",
@@ -358,6 +388,7 @@ def _to_onnx(module: EnsembleGraph, n_samples: int, opset: int) -> Any:
     import warnings
 
     example = torch.zeros((2, NUM_LEADS, n_samples), dtype=torch.int16)
+    lengths = torch.full((2,), n_samples, dtype=torch.int64)
     # "torchvision is not installed", and hundreds of INFO lines from the graph optimiser
     # when the CLI logs at INFO.
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
@@ -367,10 +398,11 @@ def _to_onnx(module: EnsembleGraph, n_samples: int, opset: int) -> Any:
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
+            batch = torch.export.Dim("batch")
             program = torch.onnx.export(
-                module, (example,), dynamo=True, input_names=[INPUT_NAME],
+                module, (example, lengths), dynamo=True, input_names=[INPUT_NAME, LENGTHS_NAME],
                 output_names=list(OUTPUT_NAMES), opset_version=opset, verbose=False,
-                dynamic_shapes=({0: torch.export.Dim("batch")},), optimize=True,
+                dynamic_shapes=({0: batch}, {0: batch}), optimize=True,
             )
     except Exception as exc:
         raise OnnxExportError(f"torch.onnx.export failed: {type(exc).__name__}: "
@@ -379,7 +411,24 @@ def _to_onnx(module: EnsembleGraph, n_samples: int, opset: int) -> Any:
         for log, level in zip(loggers, levels, strict=True):
             log.setLevel(level)
     assert program is not None  # dynamo=True always returns the program
-    return program.model_proto
+    model = program.model_proto
+    _default_lengths(model, n_samples)
+    return model
+
+
+def _default_lengths(model: Any, n_samples: int) -> None:
+    """Make the lengths input optional: an initializer of the same name (one full length,
+    broadcast to every record in the graph) that a caller's own lengths override."""
+    import onnx
+
+    graph = model.graph
+    graph.initializer.append(onnx.numpy_helper.from_array(
+        np.array([n_samples], np.int64), LENGTHS_NAME))
+    for value in graph.input:
+        if value.name == LENGTHS_NAME:  # any number of lengths: N, or the default's one
+            dim = value.type.tensor_type.shape.dim[0]
+            dim.Clear()
+            dim.dim_param = "n_lengths"
 
 
 def open_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
@@ -393,12 +442,16 @@ def open_session(path: str | os.PathLike[str], threads: int | None = None) -> An
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run_session(session: Any, signals: np.ndarray, batch_size: int = 32
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, decisions) of an exported graph for int16 records, in batches."""
+def run_session(session: Any, signals: np.ndarray, batch_size: int = 32,
+                lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, decisions) of an exported graph for int16 records, in batches;
+    `lengths`: real samples per record (None: the graph's default, full length)."""
     probs, decisions = [], []
     for start in range(0, len(signals), batch_size):
-        p, d = session.run(list(OUTPUT_NAMES), {INPUT_NAME: signals[start:start + batch_size]})
+        feed = {INPUT_NAME: signals[start:start + batch_size]}
+        if lengths is not None:
+            feed[LENGTHS_NAME] = np.asarray(lengths[start:start + batch_size], np.int64)
+        p, d = session.run(list(OUTPUT_NAMES), feed)
         probs.append(p)
         decisions.append(d)
     return np.concatenate(probs), np.concatenate(decisions)
@@ -435,22 +488,42 @@ def shard_signals(data_dir: str | os.PathLike[str], n_records: int) -> np.ndarra
     return np.concatenate(parts)
 
 
+def check_lengths(n_records: int, n_samples: int, crop_len: int, seed: int = 0) -> np.ndarray:
+    """Real lengths that walk the window policy: full, between one window and full, and
+    shorter than one window (one window from the start)."""
+    rng = np.random.default_rng(seed)
+    choices = [n_samples, max(crop_len // 2, 1), crop_len]
+    drawn = rng.integers(crop_len, n_samples + 1, size=max(n_records - len(choices), 0))
+    return np.concatenate([choices, drawn])[:n_records].astype(np.int64)
+
+
 def check_onnx(path: str | os.PathLike[str], bundle: EnsemblePredictor, signals: np.ndarray,
                batch_size: int = 32) -> tuple[float, float]:
     """(max |probability difference|, fraction of equal decisions) of the graph against the
-    bundle on ``signals``."""
+    bundle on ``signals``, at full length (the graph's default) and at real lengths that
+    exercise the short-record windows."""
     try:
         bundle.inputs.check(signals)
     except ValueError as exc:  # e.g. --check-data prepared at another rate or length
         raise OnnxExportError(f"check records do not fit the bundle: {exc}") from None
-    expected = bundle.predict_signals(signals)
-    probs, decisions = run_session(open_session(path), signals, batch_size)
-    if probs.shape != expected.shape:
-        raise OnnxExportError(f"the graph returned {probs.shape} probabilities, the bundle "
-                              f"{expected.shape}")
-    diff = float(np.max(np.abs(probs - expected))) if probs.size else 0.0
-    agree = float(np.mean(decisions == (expected >= bundle.thresholds))) if probs.size else 1.0
-    return diff, agree
+    session = open_session(path)
+    crop = min(spec.crop_len for spec, _ in bundle.members)
+    short = signals[: min(len(signals), 4)]
+    cases = [(signals, None),
+             (short, check_lengths(len(short), bundle.inputs.n_samples, crop))]
+    diff, agree, total = 0.0, 0.0, 0
+    for records, lengths in cases:
+        expected = bundle.predict_signals(records, lengths=lengths)
+        probs, decisions = run_session(session, records, batch_size, lengths)
+        if probs.shape != expected.shape:
+            raise OnnxExportError(f"the graph returned {probs.shape} probabilities, the "
+                                  f"bundle {expected.shape}")
+        if probs.size:
+            worst = float(np.max(np.abs(probs - expected)))
+            diff = worst if (np.isnan(worst) or worst > diff) else diff  # NaN must fail
+            agree += float(np.sum(decisions == (expected >= bundle.thresholds)))
+            total += decisions.size
+    return diff, agree / total if total else 1.0
 
 
 def export_onnx(bundle_dir: str | os.PathLike[str], output: str | os.PathLike[str],

@@ -16,7 +16,9 @@ reason (``record JS00001: truncated_signal: ...``, the reason codes of prep's qu
 left out of the CSV, and the exit status is 3; the other records are still predicted and
 written. Some flat leads are a warning, not a rejection (prep writes such records too): the
 record is predicted, named on stderr (``record JS20004: warning: flat_lead: ...``) and its
-`quality` cell says ``flat_lead:V2,V4,V6``.
+`quality` cell says ``flat_lead:V2,V4,V6``. A record shorter than the bundle's window (e.g. 6 s
+of 10 s) is zero-padded as prep pads it, and its windows cover the real signal only, as for a
+short record in the shards: its `quality` cell says ``short:6.0s``.
 
 CSV: ``record``, one probability column per label (label-map order), ``predicted`` (label
 names at or above their thresholds, joined by ``;``; empty when none), ``quality`` (warnings
@@ -153,7 +155,7 @@ def predict_records(
     probs: list[np.ndarray] = []
     bar = tqdm(total=len(headers), desc="predict", unit="record", disable=not progress)
     for start in range(0, len(headers), batch_size):
-        names, sources, signals, quality = [], [], [], []
+        names, sources, signals, lengths, quality = [], [], [], [], []
         for header in headers[start : start + batch_size]:
             name, source = header.stem, str(header)
             try:
@@ -171,12 +173,18 @@ def predict_records(
             if checked.info.flat_leads:
                 result.warnings.append(
                     RecordIssue(name, source, _flat_reason(checked.info.flat_leads)))
+            if checked.length < checked.signal.shape[1]:
+                result.warnings.append(RecordIssue(name, source, (
+                    f"short: {checked.length / spec.fs:.2f} s of signal, zero-padded to "
+                    f"{spec.seconds:g} s; the windows cover the real signal only")))
             names.append(name)
             sources.append(source)
             signals.append(checked.signal)
+            lengths.append(checked.length)
             quality.append(";".join(checked.warnings))
         if signals:
-            probs.append(bundle.predict_signals(np.stack(signals), batch_size=batch_size))
+            probs.append(bundle.predict_signals(np.stack(signals), batch_size=batch_size,
+                                                lengths=np.array(lengths)))
             result.records += names
             result.sources += sources
             result.quality += quality

@@ -7,8 +7,10 @@ ensemble with `ensembles.bundle.load_bundle` (checksums verified). No Python obj
 Input: int16 array (N, 12, n_samples), records preprocessed as `ecgtune prep` stores them
 (500 Hz, 10 s, gain 1000/mV for the default manifest), or one record (12, n_samples); other
 integer dtypes within int16's range are taken, floats and other shapes are refused with one
-message (`InputSpec.signals_from`; HTTP 400 over REST). Output: a DataFrame with one calibrated
-probability column per label, in label-map order. Over REST (``mlflow models serve``)::
+message (`InputSpec.signals_from`; HTTP 400 over REST); optional parameter `lengths` (one per
+record: samples of real signal before prep's zero padding; default: all full length). Output: a
+DataFrame with one calibrated probability column per label, in label-map order. Over REST
+(``mlflow models serve``)::
 
     POST /invocations  {"inputs": [[[...n_samples ints...] x 12 leads] x N records]}
     -> {"predictions": [{"AFIB": 0.01, ..., "WPW": 0.002}, ...]}
@@ -47,7 +49,14 @@ class EnsembleBundleModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defin
         except ModelInputError as exc:
             # The scoring server answers an MlflowException with HTTP 400 and its message.
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
-        probs = self.bundle.predict_signals(signals)
+        # `lengths`: real samples per record for records shorter than the window (prep's
+        # `length` column); their windows then cover real signal only, as in `predict`.
+        lengths = (params or {}).get("lengths")
+        try:
+            probs = self.bundle.predict_signals(
+                signals, lengths=np.asarray(lengths) if lengths else None)
+        except ValueError as exc:  # lengths that do not fit the records
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
         return pd.DataFrame(probs, columns=self.bundle.label_names)
 
 

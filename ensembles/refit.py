@@ -65,7 +65,7 @@ def refit_thresholds(opts: EvaluateOptions, bundle: Any, folds: list[int], sha: 
     if len(ds) == 0:
         raise _error(f"{opts.data}: no records in --on-folds {on}")
     y = ds.labels.astype(bool)
-    probs = bundle.predict_signals(ds.signals, opts.batch_size)
+    probs = bundle.predict_signals(ds.signals, opts.batch_size, ds.lengths)
     thresholds = fit_policy_thresholds(y, probs, policies, min_positives=opts.min_positives,
                                        fallback=bundle.thresholds)
     predictor = EnsemblePredictor(

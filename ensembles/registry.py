@@ -88,19 +88,22 @@ def log_batch(
 
 
 def model_signature(label_names: Sequence[str], n_samples: int) -> Any:
-    """Input: int16 records (-1, 12, n_samples) (as `prep` stores them); output: one float64
-    probability column per label, label-map order.
+    """Input: int16 records (-1, 12, n_samples) (as `prep` stores them), and the
+    optional parameter `lengths` (real samples per record, as `prep` stores them in its
+    `length` column; empty: every record full length); output: one float64 probability column
+    per label, label-map order.
 
     The input is not declared as a schema: MLflow would cast a JSON request's floats to int16
     without a word (mV values become a record of zeros) and refuse other shapes with a message
     that dumps the data. The pyfunc model checks the input itself (`InputSpec.signals_from`);
     the model's metadata (`input_metadata`) states the contract."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
         inputs=None,
         outputs=Schema([ColSpec("double", name) for name in label_names]),
+        params=ParamSchema([ParamSpec("lengths", "long", [], (-1,))]),
     )
 
 

@@ -60,10 +60,17 @@ _FRESH = textwrap.dedent("""
 
     bundle_dir, data, model_uri, out, n = sys.argv[1:6]
     x = load_shards(data, folds=[9]).signals[: int(n)]
-    bundle = load_bundle(bundle_dir).predict_signals(x)
-    pyfunc = mlflow.pyfunc.load_model(model_uri).predict(x)
+    loaded = load_bundle(bundle_dir)
+    bundle = loaded.predict_signals(x)
+    model = mlflow.pyfunc.load_model(model_uri)
+    pyfunc = model.predict(x)
     columns = np.array(list(pyfunc.columns), dtype=str)
-    np.savez(out, bundle=bundle, pyfunc=pyfunc.to_numpy(), columns=columns)
+    # Short records: the real lengths as a parameter, windows on real signal only.
+    lengths = np.linspace(2000, 5000, len(x)).astype(np.int64)
+    short_bundle = loaded.predict_signals(x, lengths=lengths)
+    short_pyfunc = model.predict(x, params={"lengths": lengths.tolist()}).to_numpy()
+    np.savez(out, bundle=bundle, pyfunc=pyfunc.to_numpy(), columns=columns,
+             short_bundle=short_bundle, short_pyfunc=short_pyfunc)
 """)
 
 
@@ -82,6 +89,8 @@ def test_fresh_process_bundle_and_pyfunc_champion_agree(built_ensemble, tmp_path
     assert np.abs(got["bundle"] - expected).max() <= TOL
     assert np.abs(got["pyfunc"] - got["bundle"]).max() <= TOL
     assert got["columns"].tolist() == b.result.label_names
+    assert np.abs(got["short_pyfunc"] - got["short_bundle"]).max() <= TOL
+    assert np.abs(got["short_bundle"] - got["bundle"]).max() > TOL  # the lengths were used
 
 
 def _copy(bundle_dir, tmp_path):

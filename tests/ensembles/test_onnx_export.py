@@ -149,6 +149,30 @@ def test_export_prints_the_check_and_matches_the_bundle(exported: Exported) -> N
     _assert_equal_to_bundle(exported.onnx, exported.bundle, signals[:1])
 
 
+def test_lengths_input_windows_real_signal_as_the_bundle_does(exported: Exported) -> None:
+    from ecgtune.ensembles.bundle import load_bundle
+    from ecgtune.ensembles.onnx_export import LENGTHS_NAME
+
+    bundle = load_bundle(exported.bundle)
+    signals = sample_signals(6, 5000, 500, 10.0, seed=5)
+    crop = bundle.members[0][0].crop_len
+    lengths = np.array([5000, 4000, 2500, crop, crop - 1, 300])
+    for row, n in enumerate(lengths):
+        signals[row, :, n:] = 0  # as prep pads a short record
+    session = open_session(exported.onnx)
+    assert LENGTHS_NAME in {i.name for i in session.get_overridable_initializers()}
+    expected = bundle.predict_signals(signals, lengths=lengths)
+    probs, decisions = run_session(session, signals, batch_size=4, lengths=lengths)
+    assert np.abs(probs - expected).max() <= 1e-4
+    assert np.array_equal(decisions, probs >= bundle.thresholds)
+    # Omitted, every record is full length: the same as passing 5,000 for each.
+    full, _ = run_session(session, signals, batch_size=6)
+    at_full, _ = run_session(session, signals, batch_size=6, lengths=np.full(6, 5000))
+    np.testing.assert_array_equal(full, at_full)
+    assert np.abs(full - bundle.predict_signals(signals)).max() <= 1e-4
+    assert np.abs(full - probs)[2:].max() > 1e-6  # the short records' windows moved
+
+
 def test_graph_matches_the_bundle_on_the_real_sample_records(exported: Exported,
                                                              sample_dir: Path) -> None:
     _assert_equal_to_bundle(exported.onnx, exported.bundle, _real_signals(sample_dir))
