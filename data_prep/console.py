@@ -156,7 +156,7 @@ def os_error_line(exc: BaseException, output: str | os.PathLike[str] | None = No
     code = _errno(error)
     assert code is not None
     path = _path(error)
-    where = f" {path}" if path else (f" under {output}" if output else "")
+    where = f" {path}" if path else (f" {output}" if output else "")
     verb = "access" if code in (errno.EACCES, errno.EPERM) else "write"
     line = f"cannot {verb}{where}: {_FILE_SYSTEM_ERRORS[code]}"
     if code in _SPACE_ERRORS:

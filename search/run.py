@@ -512,7 +512,48 @@ def _fit(opts: SearchOptions, space: SearchSpace, check: PointValidator, handle:
                    recorded.experiment_path, recorded.num_samples)
     # A NaN trial fails once instead of spending --max-failures retries (search.faults).
     install_no_retry_policy()
-    tuner.fit()
+    if opts.verbose < 2:
+        logging.getLogger("ray.tune.execution.experiment_state").addFilter(_exception_in_line)
+    try:
+        tuner.fit()
+    except Exception as exc:
+        full = _storage_full(recorded.storage)
+        if full is None:
+            raise
+        raise full from exc
+
+
+def _exception_in_line(record: logging.LogRecord) -> bool:
+    """A failed save of the experiment state (a full or unreachable --storage) logs its
+    traceback, once per save; its last line says the same in one line."""
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        record.msg = f"{record.getMessage().rstrip(': ')}: {type(exc).__name__}: {exc}"
+        record.args, record.exc_info, record.exc_text = (), None, None
+    return True
+
+
+# Below this, a failure inside Tune is taken for the full disk it most likely is: a trial's
+# checkpoint, or Ray's own error file (then empty, and unreadable to Tune), was not written.
+_FULL_DISK_BYTES = 64 * 2**20
+
+
+def _storage_full(storage: str) -> OSError | None:
+    """ENOSPC naming a local --storage that has (almost) no space left, else None: the
+    console script prints it as one line, with the space left there."""
+    import errno
+    import shutil
+
+    if "://" in storage and not storage.startswith("file://"):
+        return None
+    path = Path(storage.removeprefix("file://"))
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return None
+    if free >= _FULL_DISK_BYTES:
+        return None
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 def _tuner(opts: SearchOptions, trainable: Any, space: SearchSpace, check: PointValidator,

@@ -58,6 +58,15 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         db = Path(uri.removeprefix("sqlite:///"))
         if not db.parent.is_dir():
             raise TrackingError(f"MLflow SQLite store {uri}: folder {db.parent} does not exist")
+        # Every caller writes runs, and SQLite writes its journal beside the store: a
+        # read-only folder would fail later, in a SQLAlchemy traceback, after Ray started.
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".ecgtune-write-probe-", dir=db.parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise TrackingError(f"MLflow SQLite store {uri}: cannot write in {db.parent} "
+                                f"({exc.strerror or exc})") from None
 
 
 # An authenticated call every MLflow server answers (any user may list the experiments it can

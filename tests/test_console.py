@@ -180,8 +180,8 @@ def test_each_command_ends_a_file_system_error_in_one_line(command, target, args
     line = _one_line(capsys.readouterr().err, command)
     assert status == 1
     expected = {
-        errno.ENOSPC: f"cannot write under {out}: no space left on device (",
-        errno.EDQUOT: f"cannot write under {out}: disk quota exceeded (",
+        errno.ENOSPC: f"cannot write {out}: no space left on device (",
+        errno.EDQUOT: f"cannot write {out}: disk quota exceeded (",
         errno.EROFS: f"cannot write {out / 'f.bin'}: read-only file system",
         errno.EPERM: f"cannot access {out / 'f.bin'}: operation not permitted",
     }[code]
@@ -265,3 +265,54 @@ def test_sigterm_ends_prep_like_ctrl_c_with_status_143(records, tmp_path):
     assert err.strip() == "ecgtune prep: terminated (SIGTERM)"
     assert not (out / "manifest.json").exists()
     assert len(list((out / "shards").glob("*.parquet"))) == 1
+
+
+def test_a_search_that_fails_on_a_full_storage_says_so_in_one_line(tmp_path, monkeypatch):
+    # A full --storage fails a trial's checkpoint, then Tune on Ray's empty error file (an
+    # EOFError): with almost no space left there, that is reported as the full disk it is.
+    import logging
+    import shutil
+
+    from ecgtune.search import run
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=3 * 2**20))
+    full = run._storage_full(str(tmp_path))
+    assert full is not None and full.errno == errno.ENOSPC
+    assert os_error_line(EOFError("Ran out of input").with_traceback(None)) is None
+    try:
+        raise full from EOFError("Ran out of input")
+    except OSError as exc:
+        assert os_error_line(exc) == (f"cannot write {tmp_path}: no space left on device "
+                                      "(3 MB free there now)")
+    assert run._storage_full("s3://bucket/prefix") is None
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=2**30))
+    assert run._storage_full(str(tmp_path)) is None
+
+    # Ray's own log line for a failed save of the experiment state keeps one line.
+    try:
+        raise OSError("[Errno 28] Error writing bytes to file")
+    except OSError:
+        record = logging.LogRecord("ray.tune.execution.experiment_state", logging.ERROR, "f", 1,
+                                   "Saving experiment state to storage at '%s' failed with "
+                                   "exception: ", ("/s",), sys.exc_info())
+    assert run._exception_in_line(record) and record.exc_info is None
+    assert record.getMessage() == ("Saving experiment state to storage at '/s' failed with "
+                                   "exception: OSError: [Errno 28] Error writing bytes to file")
+
+
+def test_a_read_only_sqlite_store_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    import tempfile
+
+    from ecgtune.search import tracking
+    from ecgtune.search.errors import TrackingError
+
+    def read_only(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    uri = tracking.default_tracking_uri(tmp_path)
+    with pytest.raises(TrackingError) as info:
+        tracking.check_tracking_uri(uri)
+    assert str(info.value) == (f"MLflow SQLite store {uri}: cannot write in {tmp_path} "
+                               "(Read-only file system)")
