@@ -119,7 +119,12 @@ def build_ensemble(options: EnsembleOptions | None = None, **kwargs: Any) -> Ens
     fields as flat keywords (`FitOptions` fields included): ``build_ensemble(data=...,
     name="demo", output="bundle", top_k=3, seed=1)``."""
     from ecgtune.ensembles.bundle import check_bundle_target
-    from ecgtune.ensembles.members import check_search_finished, find_search, rank_trials
+    from ecgtune.ensembles.members import (
+        check_search_finished,
+        fewer_than_asked,
+        find_search,
+        rank_trials,
+    )
     from ecgtune.ensembles.registry import finish_run, start_ensemble_run
     from ecgtune.search import tracking
 
@@ -140,11 +145,7 @@ def build_ensemble(options: EnsembleOptions | None = None, **kwargs: Any) -> Ens
     search = find_search(client, opts.name, opts.search_run_id)
     running = check_search_finished(client, search, uri, opts.allow_running)
     trials = rank_trials(client, search, opts.top_k)
-    notes = [running] if running else []
-    if len(trials) < opts.top_k:
-        notes.append(f"note: only {len(trials)} finished trial{'s' if len(trials) > 1 else ''} "
-                     f"with a checkpoint in search {opts.name!r}: --top-k {opts.top_k} asked "
-                     f"for {opts.top_k}")
+    notes = [n for n in (running, fewer_than_asked(opts.name, trials, opts.top_k)) if n]
     run_id = start_ensemble_run(client, search.experiment_id, search.run_id,
                                 f"ensemble top-{len(trials)} of {opts.name}")
     if notes:

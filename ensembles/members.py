@@ -34,6 +34,7 @@ __all__ = [
     "SearchRef",
     "TrialRef",
     "check_search_finished",
+    "fewer_than_asked",
     "find_search",
     "load_member",
     "rank_trials",
@@ -134,6 +135,15 @@ def find_search(client: Any, name: str, search_run_id: str | None = None) -> Sea
         num_samples=int(samples) if samples and samples.isdigit() else None,
         started=started,
     )
+
+
+def fewer_than_asked(search_name: str, trials: list[TrialRef], top_k: int) -> str | None:
+    """The line saying that fewer finished trials exist than --top-k asked for, if so: the
+    summary's "N of the top M trials" alone would read as if M were all it was asked."""
+    if len(trials) >= top_k:
+        return None
+    return (f"note: only {len(trials)} finished trial{'s' if len(trials) != 1 else ''} with a "
+            f"checkpoint in search {search_name!r}; --top-k {top_k} asked for {top_k}")
 
 
 def check_search_finished(client: Any, search: SearchRef, tracking_uri: str,

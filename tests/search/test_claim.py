@@ -210,3 +210,13 @@ def test_ensemble_cli_refuses_a_running_search_in_one_line(small_data, store, tm
     assert lines[0].endswith("; 1 of 8 trials finished so far); wait for it to end, or pass "
                              "--allow-running to build from the finished trials")
     assert not (tmp_path / "bundle").exists()
+
+
+def test_fewer_finished_trials_than_top_k_is_said():
+    from ecgtune.ensembles.members import TrialRef, fewer_than_asked
+
+    trials = [TrialRef(i + 1, f"r{i}", f"t00{i}", f"id{i}", 0.5, "/c") for i in range(2)]
+    assert fewer_than_asked("s", trials, 2) is None
+    assert fewer_than_asked("s", trials, 4) == (
+        "note: only 2 finished trials with a checkpoint in search 's'; --top-k 4 asked for 4")
+    assert fewer_than_asked("s", trials[:1], 4).startswith("note: only 1 finished trial with")
