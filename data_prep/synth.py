@@ -618,8 +618,7 @@ def write_faulty_record(root: str | os.PathLike[str], kind: str, index: int) -> 
     elif kind == "unparsable_header":
         hea.write_text("this is not\na WFDB header\n")
     elif kind == "missing_fs":  # `NAME 12` and nothing else on the record line
-        text = hea.read_text()
-        first, rest = text.split("\n", 1)
+        first, rest = hea.read_text().split("\n", 1)
         hea.write_text(" ".join(first.split()[:2]) + "\n" + rest)
     elif kind == "bad_dx":  # codes separated by spaces, not commas
         lines = hea.read_text().splitlines()

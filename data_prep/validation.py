@@ -62,7 +62,8 @@ def validate_record(
         detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise RecordError("unreadable", detail) from None
     length = signal.shape[1] - info.padded
-    warnings = (flat_lead_warning(info.flat_leads),) if info.flat_leads else ()
+    warnings: tuple[str, ...] = (
+        (flat_lead_warning(info.flat_leads),) if info.flat_leads else ())
     if info.padded:
         warnings += (short_warning(length, fs),)
     return CheckedRecord(raw.name, raw.source, signal, length, info, raw.age, raw.sex,

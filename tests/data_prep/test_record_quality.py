@@ -200,8 +200,8 @@ def test_real_flat_records_warn(real_dir: Path) -> None:
 # --- fuzz: random header fields and random MAT matrices ----------------------------------------
 
 _GOOD_GAINS = ["1000.0(0)/mV", "200(5)/mV", "4.88(0)/uV", "1000"]
-_BAD_GAINS = ["1000.0(0)/furlong", "0(0)/mV", "-1000(0)/mV", "nan(0)/mV", "inf(0)/mV", "1e-300(0)/mV", "1e300(0)/mV",
-              "0.001(0)/V"]
+_BAD_GAINS = ["1000.0(0)/furlong", "0(0)/mV", "-1000(0)/mV", "nan(0)/mV", "inf(0)/mV",
+              "1e-300(0)/mV", "1e300(0)/mV", "0.001(0)/V"]
 _GOOD_FS = ["500", "250", "257", "1000"]
 _BAD_FS = ["0.5", "0", "-500", "nan", "1e9"]
 
