@@ -8,7 +8,9 @@ for Ray's experiment folder and opens or creates its MLflow parent run, so two
 `ecgtune search --name X` started together cannot both pass the "already exists" check, and
 a `--resume` of a running search is refused. The file says who holds the claim (host, pid,
 start time), for that refusal. The kernel drops the lock when its process dies, however it
-dies: the next search of that name takes a left-over claim over, and says so.
+dies: the next search of that name takes a left-over claim over, and says so. (flock itself,
+not the `filelock` package: the holder's name lives in the locked file, which filelock 3.x
+truncates on every attempt to lock it.)
 
 `--storage` as a URI (s3://...) has no folder to lock in. The claim is then taken beside a
 SQLite tracking store (a SQLite store means one machine); with a tracking server nothing is
