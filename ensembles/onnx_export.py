@@ -563,7 +563,10 @@ def export_onnx(bundle_dir: str | os.PathLike[str], output: str | os.PathLike[st
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     try:
-        onnx.save_model(model, str(tmp))
+        try:
+            onnx.save_model(model, str(tmp))
+        except OSError as exc:  # name the file the user asked for, not its temporary twin
+            raise OSError(exc.errno, exc.strerror, str(output)) from None
         onnx.checker.check_model(str(tmp), full_check=True)
         signals = check_signals if check_signals is not None else sample_signals(
             options.check_records, spec.n_samples, spec.fs, spec.seconds, options.seed)
