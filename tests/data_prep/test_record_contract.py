@@ -28,7 +28,9 @@ from ecgtune.data_prep.record_contract import HEADER_RULES, parse_dx
 _SEED20 = get_label_map("seed20")
 _FAST = settings(max_examples=40, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.too_slow])
-_LONG = settings(max_examples=300, deadline=None,
+# The slow tier's profile: more examples, records up to an hour (at rates up to ~250 Hz; a
+# million samples per lead at most keeps one example within seconds).
+_LONG = settings(max_examples=60, deadline=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 UV = 2  # tolerance in stored units: 2 uV at 1000 units per mV
 
@@ -59,7 +61,7 @@ def test_every_record_is_read_exactly_or_refused_by_name(tmp_path_factory, case)
 
 @pytest.mark.slow
 @_LONG
-@given(case=record_cases(max_samples=4_000_000, max_seconds=3600.0))
+@given(case=record_cases(max_samples=1_000_000, max_seconds=3600.0))
 def test_long_profile_every_record_is_read_exactly_or_refused_by_name(tmp_path_factory,
                                                                        case) -> None:
     folder = tmp_path_factory.mktemp("rec")
