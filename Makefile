@@ -8,21 +8,29 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 WORKDIR ?= ecgtune-demo
 PYTEST_ARGS ?=
+# Exact versions of everything else, so that `make demo` and `make test` give everyone the
+# same environment (`make constraints` regenerates it; `make CONSTRAINTS= demo` installs the
+# newest releases that pyproject.toml's ranges allow instead).
+CONSTRAINTS ?= constraints.txt
+# `make test-floors` builds this venv with every dependency at its pyproject.toml floor.
+FLOORS_VENV ?= .venv-floors
 
 # `make gpu-check` runs under this interpreter: on a GPU machine whose python3 already has a
 # CUDA build of torch, `make gpu-check GPU_CHECK_PY=python3` skips building .venv.
 GPU_CHECK_PY ?= $(PY)
 GPU_CHECK_ARGS ?= --profile
 
-.PHONY: demo test lint bench clean browser-deps postgres-deps gpu-check
+.PHONY: demo test lint bench clean browser-deps postgres-deps gpu-check constraints \
+	test-floors
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(wildcard $(CONSTRAINTS))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	@# The four folders install as ecgtune.* (pyproject's package-dir); setuptools warns
 	@# about that mapping in editable mode, which is what we want.
-	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[dev]'
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[dev]' \
+	  $(if $(CONSTRAINTS),--constraint $(CONSTRAINTS))
 	@# The editable install runs from .venv's own metadata; setuptools' build leftover in the
 	@# repository is not needed and would be the one file a run leaves outside .venv.
 	rm -rf ecgtune.egg-info
@@ -63,6 +71,47 @@ postgres-deps:
 	  else echo "postgresql not installed: the tracking-server tests will be skipped"; fi; \
 	fi
 
+# constraints.txt: the newest releases that pyproject.toml's ranges allow, resolved together
+# (pip's dry run, nothing installed) for every extra, torch excluded (TORCH_SPEC picks it).
+# Run it after changing a range, then `make test` and `make test-floors`.
+RESOLVE_VENV := build/resolve-venv
+constraints:
+	rm -rf $(RESOLVE_VENV)
+	$(PYTHON) -m venv $(RESOLVE_VENV)
+	$(RESOLVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	PYTHONWARNINGS=ignore $(RESOLVE_VENV)/bin/python -m pip install --quiet --dry-run \
+	  --ignore-installed --report build/pip-report.json "$(TORCH_SPEC)" \
+	  '.[dev,cluster,tracking-server]'
+	rm -rf ecgtune.egg-info $(RESOLVE_VENV)
+	$(PYTHON) .ci/deps.py pins build/pip-report.json > constraints.txt
+
+# Every dependency at its pyproject.toml floor (.ci/deps.py floors; requirements without a
+# floor resolve as pip likes), in a fresh $(FLOORS_VENV): the fast tier, then a tiny search
+# on synthetic records into a SQLite tracking store. CI runs it after `make test`.
+FLOORS_PY := $(FLOORS_VENV)/bin/python
+FLOORS_RUN := $(abspath $(FLOORS_VENV))/tiny-search
+test-floors:
+	rm -rf $(FLOORS_VENV)
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_PY) -m pip install --quiet --upgrade pip
+	$(FLOORS_PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(FLOORS_PY) .ci/deps.py floors pyproject.toml > $(FLOORS_VENV)/floors.txt
+	PYTHONWARNINGS=ignore $(FLOORS_PY) -m pip install --quiet -e '.[dev]' \
+	  --constraint $(FLOORS_VENV)/floors.txt
+	rm -rf ecgtune.egg-info
+	$(FLOORS_PY) -m pip freeze --exclude-editable | \
+	  grep -iE '^(torch|ray|mlflow|optuna|sqlalchemy|wfdb|numpy|pandas|pyarrow|onnx[a-z]*)=='
+	PYTHONSAFEPATH=1 $(FLOORS_PY) -m pytest -m "not slow and not benchmark" -q \
+	  -p no:cacheprovider $(PYTEST_ARGS)
+	mkdir -p $(FLOORS_RUN)
+	$(FLOORS_VENV)/bin/ecgtune synth --output $(FLOORS_RUN)/records --n 300 --no-progress
+	$(FLOORS_VENV)/bin/ecgtune prep --input $(FLOORS_RUN)/records --output $(FLOORS_RUN)/data \
+	  --no-progress
+	cd $(FLOORS_RUN) && $(abspath $(FLOORS_VENV))/bin/ecgtune search --data data --space tiny \
+	  --name floors --num-samples 2 --epochs 1 --num-cpus 2 --verbose 0 \
+	  --tracking-uri sqlite:///$(FLOORS_RUN)/mlflow.db --storage $(FLOORS_RUN)/ray_results
+	$(FLOORS_PY) .ci/deps.py check-search sqlite:///$(FLOORS_RUN)/mlflow.db floors 2
+
 # mypy reads the four folders under their installed names (ecgtune.*) through a tree of
 # symlinks: it cannot follow setuptools' editable finder. Packages and options: pyproject.toml.
 TYPECHECK_DIR := build/typecheck
@@ -82,5 +131,5 @@ gpu-check: $(if $(filter $(PY),$(GPU_CHECK_PY)),$(VENV)/.installed)
 	$(GPU_CHECK_PY) -m ecgtune.ensembles.gpu_check --json gpu-check.json $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(WORKDIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis build \
+	rm -rf $(VENV) $(FLOORS_VENV) $(WORKDIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis build \
 	  test-artifacts ecgtune.egg-info gpu-check.json
