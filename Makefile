@@ -128,7 +128,7 @@ bench: $(VENV)/.installed
 # One table of what trials meet on this machine's GPU (README "GPU check"); on a CPU it runs
 # the same checks with the tiny preset (the test suite does that too).
 gpu-check: $(if $(filter $(PY),$(GPU_CHECK_PY)),$(VENV)/.installed)
-	$(GPU_CHECK_PY) -m ecgtune.ensembles.gpu_check --json gpu-check.json $(GPU_CHECK_ARGS)
+	$(GPU_CHECK_PY) -m ecgtune.ensembles.cli.gpu_check --json gpu-check.json $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(FLOORS_VENV) $(WORKDIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis build \

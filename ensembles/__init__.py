@@ -1,4 +1,13 @@
-"""ensembles: member predictions, selection, calibration, thresholds, evaluation, export, predict.
+"""ensembles: everything downstream of the search, one sub-package per job.
+
+- `build/`: an ensemble from a search's trials (members, Caruana selection, per-label
+  calibration, threshold policies, compute budget; `build_ensemble`);
+- `evaluate/`: metrics with bootstrap intervals, reports and plots, threshold refits
+  (`evaluate_bundle`);
+- `ship/`: the model as it leaves (the bundle and its schema, the input contract, inference,
+  `predict`, the MLflow pyfunc model and registry, ONNX export);
+- `cli/`: the `ecgtune` command line, one module per command, the demo and the GPU check.
+`options.py` (the commands' declared options) and `errors.py` are shared by all four.
 
     from ecgtune.ensembles import build_ensemble, load_bundle, predict_records
     result = build_ensemble(data="prepared", name="my-search", output="bundle", top_k=5)
@@ -27,27 +36,27 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .build import EnsembleResult, build_ensemble, format_summary
-    from .bundle import Bundle, load_bundle, save_bundle, verify_bundle
-    from .evaluate import EvaluationResult, evaluate_bundle, format_evaluation
-    from .inference import EnsemblePredictor, InputSpec, MemberSpec, member_probabilities
+    from .build.ensemble import EnsembleResult, build_ensemble, format_summary
+    from .build.policies import PolicySet, ThresholdPolicy
+    from .evaluate.run import EvaluationResult, evaluate_bundle, format_evaluation
     from .options import EnsembleOptions, EvaluateOptions, FitOptions
-    from .policies import PolicySet, ThresholdPolicy
-    from .predict import PredictionResult, predict_records, write_predictions_csv
+    from .ship.bundle import Bundle, load_bundle, save_bundle, verify_bundle
+    from .ship.inference import EnsemblePredictor, InputSpec, MemberSpec, member_probabilities
+    from .ship.predict import PredictionResult, predict_records, write_predictions_csv
 
 _EXPORTS: dict[str, str] = {
     "EnsembleOptions": "options", "FitOptions": "options", "EvaluateOptions": "options",
-    "PolicySet": "policies", "ThresholdPolicy": "policies",
-    "EvaluationResult": "evaluate", "evaluate_bundle": "evaluate",
-    "format_evaluation": "evaluate",
-    "EnsembleResult": "build", "build_ensemble": "build",
-    "format_summary": "build",
-    "Bundle": "bundle", "load_bundle": "bundle", "save_bundle": "bundle",
-    "verify_bundle": "bundle",
-    "EnsemblePredictor": "inference", "InputSpec": "inference", "MemberSpec": "inference",
-    "member_probabilities": "inference",
-    "PredictionResult": "predict", "predict_records": "predict",
-    "write_predictions_csv": "predict",
+    "PolicySet": "build.policies", "ThresholdPolicy": "build.policies",
+    "EvaluationResult": "evaluate.run", "evaluate_bundle": "evaluate.run",
+    "format_evaluation": "evaluate.run",
+    "EnsembleResult": "build.ensemble", "build_ensemble": "build.ensemble",
+    "format_summary": "build.ensemble",
+    "Bundle": "ship.bundle", "load_bundle": "ship.bundle", "save_bundle": "ship.bundle",
+    "verify_bundle": "ship.bundle",
+    "EnsemblePredictor": "ship.inference", "InputSpec": "ship.inference",
+    "MemberSpec": "ship.inference", "member_probabilities": "ship.inference",
+    "PredictionResult": "ship.predict", "predict_records": "ship.predict",
+    "write_predictions_csv": "ship.predict",
 }
 
 __all__ = [

@@ -16,6 +16,7 @@ __all__ = [
     "BundleFormatError",
     "EnsembleError",
     "EnsembleOptionError",
+    "EvaluationError",
     "MemberError",
     "ModelInputError",
     "SearchNotFoundError",
@@ -28,13 +29,20 @@ class EnsembleError(RuntimeError):
 
 class EnsembleOptionError(EnsembleError, ValueError):
     """Option values that break a declared constraint (`ensembles.options`); one message
-    names every bad flag. A ValueError too, for library callers that pass bad values."""
+    names every bad flag. A ValueError too, for library callers that pass bad values. The
+    console script prints it as one line and exits 2, like any usage error."""
+
+    exit_code = 2
 
 
 class ModelInputError(EnsembleError, ValueError):
-    """Data or signals that do not fit a bundle's model input (`ensembles.input_spec`): a
+    """Data or signals that do not fit a bundle's model input (`ensembles.ship.input_spec`): a
     data manifest prepared at another rate, length, gain or label map, or an array of the
     wrong shape or dtype. A ValueError too, for library callers of `InputSpec.check`."""
+
+
+class EvaluationError(EnsembleError):
+    """Data or options `ecgtune evaluate` cannot use; the message says which and why."""
 
 
 class SearchNotFoundError(EnsembleError):

@@ -1,10 +1,11 @@
-"""The options of `ecgtune ensemble`, declared once.
+"""The options of `ecgtune ensemble`, `evaluate` and `predict`, declared once.
 
-Each option is a field of a frozen dataclass whose metadata (`option`) carries its help text,
-its flag, and its constraints (choices, a minimum, a check). The same declaration builds the
-command line (`add_arguments`, `from_namespace`), validates a value built in Python (every
-dataclass here checks itself in ``__post_init__``) and gives the defaults to `EnsembleSelector`
-and the fitting code, which take `FitOptions` instead of repeating them.
+Each option is a field of a frozen dataclass declared with `search.declared_options.option`
+(the one option system of every command): its help text, flag and constraints. The same
+declaration builds the command line (`add_arguments`, `from_namespace`), validates a value
+built in Python (every dataclass here checks itself in ``__post_init__``) and gives the
+defaults to `EnsembleSelector` and the fitting code, which take `FitOptions` instead of
+repeating them.
 
 Importing this module imports nothing heavy (no torch, no MLflow): argument parsing uses it.
 """
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ecgtune.ensembles.errors import EnsembleOptionError
+from ecgtune.search import declared_options
+from ecgtune.search.declared_options import REQUIRED, option, same_as, validate
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -38,88 +41,21 @@ DEFAULT_BATCH_SIZE = 32  # records cropped and normalised together
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 
-_MISSING: Any = dataclasses.MISSING
-REQUIRED: Any = _MISSING  # an option without a default (argparse: required)
-
-
-def option(
-    default: Any = _MISSING,
-    *,
-    help: str,
-    flag: str | None = None,
-    choices: Iterable[str] | Callable[[], Iterable[str]] | None = None,
-    minimum: float | None = None,
-    check: Callable[[Any], str | None] | None = None,
-    metavar: str | None = None,
-    noun: str | None = None,
-    cli: bool = True,
-    many: str | None = None,
-    item: Callable[[str], Any] = str,
-) -> Any:
-    """A dataclass field that is also a command-line option. ``choices`` may be a callable so
-    that registries are read when the parser is built, not when this module is imported;
-    ``check`` returns a problem (or None) and runs at validation only (it may import torch);
-    ``noun`` names the value in messages ("unknown metric ..."); ``cli=False`` keeps a field
-    out of the command line; a tuple field takes ``many`` values: ``"append"`` (the flag
-    repeated) or ``"nargs"`` (several after one flag), each parsed by ``item``."""
-    meta = {"help": help, "flag": flag, "choices": choices, "minimum": minimum, "check": check,
-            "metavar": metavar, "noun": noun, "cli": cli, "many": many, "item": item}
-    return field(default=default, metadata={"option": meta})
-
-
-def _meta(f: dataclasses.Field) -> dict[str, Any] | None:
-    return f.metadata.get("option")
-
-
-def _flag(f: dataclasses.Field) -> str:
-    return f.metadata["option"]["flag"] or "--" + f.name.replace("_", "-")
-
-
-def _choices(meta: Mapping[str, Any]) -> list[str] | None:
-    choices = meta["choices"]
-    if choices is None:
-        return None
-    return sorted(choices() if callable(choices) else choices)
-
-
-def _problems(obj: Any) -> list[str]:
-    """Every violated constraint of a dataclass instance, named by its flag."""
-    problems = []
-    for f in dataclasses.fields(obj):
-        meta, value = _meta(f), getattr(obj, f.name)
-        if meta is None:
-            continue
-        choices = _choices(meta)
-        if choices is not None and value not in choices:
-            noun = meta["noun"] or f.name.replace("_", " ")
-            problems.append(f"unknown {noun} {value!r} ({_flag(f)}); valid: {choices}")
-        if meta["minimum"] is not None and value < meta["minimum"]:
-            problems.append(f"{_flag(f)} must be >= {meta['minimum']}, got {value}")
-        if meta["check"] is not None and (problem := meta["check"](value)):
-            problems.append(problem)
-    return problems
-
-
-def _validate(obj: Any) -> None:
-    problems = _problems(obj)
-    if problems:
-        raise EnsembleOptionError("; ".join(problems))
-
 
 def _selection_metrics() -> Iterable[str]:
-    from ecgtune.ensembles.selection import SELECTION_METRICS
+    from ecgtune.ensembles.build.selection_metrics import SELECTION_METRICS
 
     return SELECTION_METRICS
 
 
 def _policy_problem(value: str) -> str | None:
-    from ecgtune.ensembles.policies import policy_problem
+    from ecgtune.ensembles.build.policies import policy_problem
 
     return policy_problem(value)
 
 
 def _override_problem(value: tuple[str, ...]) -> str | None:
-    from ecgtune.ensembles.policies import override_problem
+    from ecgtune.ensembles.build.policies import override_problem
 
     return override_problem(value)
 
@@ -164,15 +100,17 @@ class FitOptions:
                                 "on the ensemble fold keep the fallback threshold (0.5)")
     fallback: float = option(0.5, cli=False, help="threshold of labels with few positives")
 
+    option_error: ClassVar[type[Exception]] = EnsembleOptionError
+
     def __post_init__(self) -> None:
         if isinstance(self.threshold_policy_for, str):  # one override given as a string
             object.__setattr__(self, "threshold_policy_for", (self.threshold_policy_for,))
         object.__setattr__(self, "threshold_policy_for", tuple(self.threshold_policy_for))
-        _validate(self)
+        validate(self)
 
     def policies(self) -> Any:
         """The `PolicySet` of --threshold-policy and --threshold-policy-for."""
-        from ecgtune.ensembles.policies import PolicySet
+        from ecgtune.ensembles.build.policies import PolicySet
 
         return PolicySet.parse(self.threshold_policy, self.threshold_policy_for)
 
@@ -239,15 +177,18 @@ class EnsembleOptions:
                         "ensemble beside the pyfunc (its export takes ~20 s on a laptop CPU; "
                         "`ecgtune export` makes it later)")
     progress: bool = option(True, flag="--no-progress", help="no progress bars")
-    # Compute budgets (ensembles.budget); 0 = none. A float default makes the flag a float.
+    # Compute budgets (ensembles.build.budget); 0 = none. A float default makes the flag a float.
     max_gflops: float = option(0.0, minimum=0.0, metavar="G", help="the best ensemble whose "
                                "members' summed forward GFLOP per 10 s record (from their "
                                "trials) is at most G; 0: no limit")
     max_ms: float = option(0.0, minimum=0.0, metavar="MS", help="the same with the members' "
                            "summed CPU inference ms per record, as measured in their trials")
 
+    option_error: ClassVar[type[Exception]] = EnsembleOptionError
+    nested_options: ClassVar[dict[str, type]] = {"fit": FitOptions}
+
     def __post_init__(self) -> None:
-        _validate(self)
+        validate(self)
 
     @classmethod
     def create(cls, **kwargs: Any) -> EnsembleOptions:
@@ -276,14 +217,8 @@ class EnsembleOptions:
 
     def validate(self) -> None:
         """Re-check (construction already did): for callers that build and check apart."""
-        _validate(self)
-        _validate(self.fit)
-
-
-def _same_as(cls: type, name: str, default: Any = _MISSING) -> Any:
-    """The declaration of ``cls.name`` (help, flag, checks) for another command's option."""
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return field(default=f.default if default is _MISSING else default, metadata=f.metadata)
+        validate(self)
+        validate(self.fit)
 
 
 def _by_problem(value: str | None) -> str | None:
@@ -291,7 +226,7 @@ def _by_problem(value: str | None) -> str | None:
 
 
 def _refit_problem(value: str | None) -> str | None:
-    from ecgtune.ensembles.policies import policy_problem
+    from ecgtune.ensembles.build.policies import policy_problem
 
     return None if value is None else policy_problem(value, "--refit-thresholds")
 
@@ -324,7 +259,7 @@ class EvaluateOptions:
     min_positives: int = option(5, minimum=1, metavar="N", help="labels with fewer positives "
                                 "(or no negative) in the evaluated records are reported as not "
                                 "assessable")
-    tracking_uri: str | None = _same_as(EnsembleOptions, "tracking_uri")
+    tracking_uri: str | None = same_as(EnsembleOptions, "tracking_uri")
     model: str | None = option(None, check=_model_problem, metavar="NAME@ALIAS",
                                help="log an evaluation run linked to this registered model "
                                "version (tags: model name, version, data manifest sha256)")
@@ -332,19 +267,21 @@ class EvaluateOptions:
         None, check=_refit_problem, metavar="POLICY", help="refit every label's threshold by "
         "this policy on --on-folds, write the result as a new bundle (--refit-output) and "
         "evaluate that one")
-    threshold_policy_for: tuple[str, ...] = _same_as(FitOptions, "threshold_policy_for")
+    threshold_policy_for: tuple[str, ...] = same_as(FitOptions, "threshold_policy_for")
     on_folds: tuple[int, ...] = option((), many="nargs", item=int, metavar="F",
                                        help="folds the thresholds are refitted on (none of "
                                        "the evaluated folds)")
     refit_output: str | None = option(None, metavar="BUNDLE_DIR", help="the refitted bundle: "
                                       "a new directory, never the evaluated bundle")
-    n_boot: int = _same_as(EnsembleOptions, "n_boot")
+    n_boot: int = same_as(EnsembleOptions, "n_boot")
     seed: int = option(0, metavar="S", help="seed of the bootstrap (the build's --seed "
                        "reproduces its test-fold intervals)")
-    batch_size: int = _same_as(EnsembleOptions, "batch_size")
-    device: str = _same_as(EnsembleOptions, "device")
-    precision: str = _same_as(EnsembleOptions, "precision")
-    progress: bool = _same_as(EnsembleOptions, "progress")
+    batch_size: int = same_as(EnsembleOptions, "batch_size")
+    device: str = same_as(EnsembleOptions, "device")
+    precision: str = same_as(EnsembleOptions, "precision")
+    progress: bool = same_as(EnsembleOptions, "progress")
+
+    option_error: ClassVar[type[Exception]] = EnsembleOptionError
 
     def __post_init__(self) -> None:
         for name in ("folds", "on_folds"):
@@ -352,96 +289,28 @@ class EvaluateOptions:
         if isinstance(self.threshold_policy_for, str):
             object.__setattr__(self, "threshold_policy_for", (self.threshold_policy_for,))
         object.__setattr__(self, "threshold_policy_for", tuple(self.threshold_policy_for))
-        problems = _problems(self)
+        found: list[str] = []
         if self.folds and self.all_folds:
-            problems.append("--folds and --all exclude each other")
+            found.append("--folds and --all exclude each other")
         refit = {"--on-folds": self.on_folds, "--refit-output": self.refit_output,
                  "--threshold-policy-for": self.threshold_policy_for}
         if self.refit_thresholds is None:
-            problems += [f"{flag} needs --refit-thresholds" for flag, v in refit.items() if v]
+            found += [f"{flag} needs --refit-thresholds" for flag, v in refit.items() if v]
         else:
-            problems += [f"--refit-thresholds needs {flag}" for flag, v in refit.items()
-                         if not v and flag != "--threshold-policy-for"]
+            found += [f"--refit-thresholds needs {flag}" for flag, v in refit.items()
+                      if not v and flag != "--threshold-policy-for"]
             if self.all_folds:
-                problems.append("--refit-thresholds cannot evaluate --all: the refit folds "
-                                "would be among the evaluated ones")
-        if problems:
-            raise EnsembleOptionError("; ".join(problems))
-
-
-# ---------------------------------------------------------------------------------------------
-# The command line, generated from the declarations above.
-
-
-def _value_type(f: dataclasses.Field, meta: Mapping[str, Any]) -> Callable[[str], Any]:
-    """str -> value with the field's minimum checked at parse time (a usage error, exit 2)."""
-    kind: Any = type(f.default) if f.default not in (_MISSING, None) else str
-    if kind is tuple:
-        kind = meta["item"]
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        if meta["minimum"] is not None and value < meta["minimum"]:
-            raise argparse.ArgumentTypeError(f"must be >= {meta['minimum']}, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
+                found.append("--refit-thresholds cannot evaluate --all: the refit folds "
+                             "would be among the evaluated ones")
+        validate(self, found)
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type = EnsembleOptions,
                   only: Iterable[str] | None = None) -> None:
-    """One option per command-line field of ``cls`` (nested option dataclasses included), or
-    of the fields named in ``only``."""
-    wanted = set(only) if only is not None else None
-    for f in dataclasses.fields(cls):
-        if f.name in _NESTED:
-            add_arguments(parser, _NESTED[f.name], only)
-            continue
-        meta = _meta(f)
-        if meta is None or not meta["cli"] or (wanted is not None and f.name not in wanted):
-            continue
-        if isinstance(f.default, bool):  # a switch: a default-on field off, or off on
-            action = "store_false" if f.default else "store_true"
-            parser.add_argument(_flag(f), dest=f.name, action=action, help=meta["help"])
-            continue
-        kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
-        if f.default is _MISSING:
-            kwargs["required"] = True
-        elif meta["many"]:
-            kwargs["default"] = None  # argparse would append to a shared default list
-        else:
-            kwargs["default"] = f.default
-        if meta["many"] == "append":
-            kwargs["action"] = "append"
-        elif meta["many"] == "nargs":
-            kwargs["nargs"] = "+"
-        if (choices := _choices(meta)) is not None:
-            kwargs["choices"] = choices
-        else:
-            kwargs["type"] = _value_type(f, meta)
-        if meta["metavar"]:
-            kwargs["metavar"] = meta["metavar"]
-        parser.add_argument(_flag(f), **kwargs)
-
-
-# Nested option groups by field name (annotations are strings under `from __future__`).
-_NESTED: dict[str, type] = {"fit": FitOptions}
+    """`declared_options.add_arguments`, for `ecgtune ensemble` unless told another class."""
+    declared_options.add_arguments(parser, cls, only)
 
 
 def from_namespace(args: argparse.Namespace, cls: type = EnsembleOptions) -> Any:
-    """The ``cls`` instance an `add_arguments` parser produced; invalid values raise
-    `EnsembleOptionError` naming the flag."""
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name in _NESTED:
-            values[f.name] = from_namespace(args, _NESTED[f.name])
-        elif hasattr(args, f.name):
-            value = getattr(args, f.name)
-            if (_meta(f) or {}).get("many"):
-                value = f.default if value is None else tuple(value)
-            values[f.name] = value
-    return cls(**values)
+    """`declared_options.from_namespace`, for `ecgtune ensemble` unless told another class."""
+    return declared_options.from_namespace(args, cls)

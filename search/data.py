@@ -21,8 +21,7 @@ from typing import Any, Protocol
 from filelock import FileLock
 
 from ecgtune.data_prep import ECGDataset, load_shards
-
-DATA_SHARING = ("object_store", "memmap")
+from ecgtune.search.options import DATA_SHARING
 
 
 class DataHandle(Protocol):

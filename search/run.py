@@ -29,42 +29,15 @@ from ecgtune.search.data import DataHandle, make_data_handle
 from ecgtune.search.devices import gpu_memory_from_resources
 from ecgtune.search.errors import SearchError, SearchOptionError
 from ecgtune.search.faults import install_no_retry_policy
-from ecgtune.search.options import ValidatedSearch, check_branch_groups, validate_options
-from ecgtune.search.searcher import PointValidator, build_searcher, parse_objective
+from ecgtune.search.options import SearchOptions, parse_objective
+from ecgtune.search.searcher import PointValidator, build_searcher
 from ecgtune.search.space import SearchSpace
+from ecgtune.search.validation import ValidatedSearch, check_branch_groups, validate_options
 
 if TYPE_CHECKING:
     from ecgtune.data_prep import ECGDataset
 
 log = logging.getLogger(__name__)
-
-SCHEDULERS = ("asha", "fifo")
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    data: Path
-    space: str = "default"
-    name: str = "ecgtune-search"
-    num_samples: int = 20
-    epochs: int | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None  # None: see default_gpus_per_trial
-    tracking_uri: str | None = None
-    storage: str | None = None
-    resume: bool = False
-    address: str | None = None
-    num_cpus: int | None = None  # for a local Ray instance; None = all cores
-    max_concurrent: int | None = None
-    seed: int = 0
-    searcher: str = "tpe"
-    scheduler: str = "asha"
-    data_sharing: str = "object_store"
-    max_failures: int = 2
-    overrides: dict[str, Any] = field(default_factory=dict)
-    verbose: int = 1  # 0 silent, 1 one line per trial event, 2 also Ray's own tables
-    objective: str = "auprc"  # or "auprc,gflops" (...): multi-objective, see searcher.OBJECTIVES
-
 
 @dataclass
 class TrialSummary:
@@ -98,14 +71,6 @@ class SearchResult:
     @property
     def trial_epochs(self) -> int:
         return sum(t.epochs for t in self.trials)
-
-
-def resolve_storage(storage: str | None) -> str:
-    if storage is None:
-        return str(Path("ray_results").resolve())
-    if "://" in storage:
-        return storage.rstrip("/")
-    return str(Path(storage).expanduser().resolve())
 
 
 # Written by `ray up` on the head node: the cluster's node types, GPU workers included even

@@ -14,33 +14,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ecgtune.search import metric_keys as K
 from ecgtune.search.errors import SpaceError
+from ecgtune.search.options import OBJECTIVES, SEARCHERS
 from ecgtune.search.space import SearchSpace, validate_point
 
 log = logging.getLogger(__name__)
-SEARCHERS = ("tpe", "random")
-# `--objective` names -> (reported metric, direction). Quality comes first; any further
-# name makes the search multi-objective (a Pareto front of quality against cost).
-OBJECTIVES: dict[str, tuple[str, str]] = {
-    "auprc": (K.OBJECTIVE, "max"),
-    "gflops": (K.COST_GFLOPS, "min"),
-    "cpu_ms": (K.COST_CPU_MS, "min"),
-    "params": (K.COST_PARAMS, "min"),
-}
-
-
-def parse_objective(text: str) -> tuple[str, ...]:
-    """`auprc` or `auprc,gflops` (...) -> the names; raises ValueError naming the problem."""
-    names = tuple(n.strip() for n in str(text).split(",") if n.strip())
-    unknown = [n for n in names if n not in OBJECTIVES]
-    if unknown or not names:
-        raise ValueError(f"unknown objective {', '.join(unknown) or repr(text)}; valid: "
-                         f"{', '.join(OBJECTIVES)} (quality first, e.g. auprc,gflops)")
-    if names[0] != "auprc" or len(set(names)) != len(names):
-        raise ValueError(f"objective {text!r}: start with auprc and name each cost once, "
-                         "e.g. auprc,gflops")
-    return names
-
-
 class ValidatingSearcher(Searcher):
     """Asks the wrapped searcher again (telling it the point failed) until a point passes
     `check`; Tune only ever sees valid configs. A single-objective trial that ends before

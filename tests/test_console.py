@@ -146,15 +146,15 @@ def test_prep_without_permission_ends_in_one_line(records, tmp_path, capsys, mon
 
 
 # The other commands meet the same errors in their own steps; what the console script does
-# with them is one place (ensembles.cli.main), checked here with each command's output flag.
+# with them is one place (ensembles.cli `main`), checked here with each command's output flag.
 COMMANDS = [
     ("search", "ecgtune.search.run.run_search",
      ["--data", "DATA", "--storage", "OUT"]),
-    ("ensemble", "ecgtune.ensembles.build.build_ensemble",
+    ("ensemble", "ecgtune.ensembles.build.ensemble.build_ensemble",
      ["--data", "DATA", "--name", "s", "--output", "OUT"]),
-    ("evaluate", "ecgtune.ensembles.evaluate.evaluate_bundle",
+    ("evaluate", "ecgtune.ensembles.evaluate.run.evaluate_bundle",
      ["--bundle", "B", "--data", "DATA", "--output", "OUT"]),
-    ("export", "ecgtune.ensembles.onnx_export.export_onnx",
+    ("export", "ecgtune.ensembles.ship.onnx_export.export_onnx",
      ["--bundle", "B", "--output", "OUT"]),
 ]
 
@@ -175,7 +175,7 @@ def test_each_command_ends_a_file_system_error_in_one_line(command, target, args
 
     monkeypatch.setattr(target, fail)
     if command == "export":  # resolving the bundle is its own step, before the export
-        monkeypatch.setattr("ecgtune.ensembles.onnx_export.resolve_bundle", lambda *a: "B")
+        monkeypatch.setattr("ecgtune.ensembles.ship.onnx_export.resolve_bundle", lambda *a: "B")
     status = main([command, *argv])
     line = _one_line(capsys.readouterr().err, command)
     assert status == 1
@@ -207,14 +207,19 @@ def test_space_hint_says_what_the_step_needs(tmp_path):
 
 
 def test_sigterm_raises_where_ctrl_c_would_and_the_handler_is_put_back():
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Terminated), sigterm_as_interrupt():
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(1)  # the handler runs between bytecodes: at once
-    assert terminated()
-    assert signal.getsignal(signal.SIGTERM) == before
-    with sigterm_as_interrupt():
-        assert not terminated()
+    # Python's own Ctrl-C handler, whatever an earlier test of the session left installed.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGTERM)
+        with pytest.raises(Terminated), sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs between bytecodes: at once
+        assert terminated()
+        assert signal.getsignal(signal.SIGTERM) == before
+        with sigterm_as_interrupt():
+            assert not terminated()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_sigterm_goes_to_whoever_handles_ctrl_c(monkeypatch):

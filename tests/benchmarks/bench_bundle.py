@@ -35,9 +35,9 @@ def _setup(root: Path):
 
     from ecgtune.components import build_model, get_preset, save_checkpoint
     from ecgtune.data_prep import get_label_map, make_record
-    from ecgtune.ensembles.bundle import save_bundle
-    from ecgtune.ensembles.calibration import PerLabelCalibrator
-    from ecgtune.ensembles.inference import EnsemblePredictor, InputSpec, MemberSpec
+    from ecgtune.ensembles.build.calibration import PerLabelCalibrator
+    from ecgtune.ensembles.ship.bundle import save_bundle
+    from ecgtune.ensembles.ship.inference import EnsemblePredictor, InputSpec, MemberSpec
 
     label_map = get_label_map("seed20")
     groups = label_map.group_indices()
@@ -111,7 +111,7 @@ def run() -> str:
     import numpy as np
     import torch
 
-    from ecgtune.ensembles.bundle import load_bundle
+    from ecgtune.ensembles.ship.bundle import load_bundle
 
     lines = []
     with tempfile.TemporaryDirectory() as tmp:

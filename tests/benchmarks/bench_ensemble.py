@@ -58,8 +58,8 @@ def _synthetic(seed: int = 0):
 
 
 def _fast(members, y):
-    from ecgtune.ensembles.calibration import PerLabelCalibrator
-    from ecgtune.ensembles.selection import EnsembleSelector
+    from ecgtune.ensembles.build.calibration import PerLabelCalibrator
+    from ecgtune.ensembles.build.selection import EnsembleSelector
     from ecgtune.search.thresholds import fit_thresholds
 
     times = {}

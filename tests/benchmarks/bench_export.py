@@ -36,9 +36,9 @@ def _bundle_dir(root: Path) -> Path:
 
     from ecgtune.components import build_model, get_preset
     from ecgtune.data_prep import get_label_map
-    from ecgtune.ensembles.bundle import save_bundle
-    from ecgtune.ensembles.calibration import PerLabelCalibrator
-    from ecgtune.ensembles.inference import EnsemblePredictor, InputSpec, MemberSpec
+    from ecgtune.ensembles.build.calibration import PerLabelCalibrator
+    from ecgtune.ensembles.ship.bundle import save_bundle
+    from ecgtune.ensembles.ship.inference import EnsemblePredictor, InputSpec, MemberSpec
 
     label_map = get_label_map("seed20")
     groups = label_map.group_indices()
@@ -115,8 +115,8 @@ def run() -> str:
     import onnxruntime as ort
     import torch
 
-    from ecgtune.ensembles.bundle import load_bundle
-    from ecgtune.ensembles.onnx_export import export_onnx, open_session, sample_signals
+    from ecgtune.ensembles.ship.bundle import load_bundle
+    from ecgtune.ensembles.ship.onnx_export import export_onnx, open_session, sample_signals
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -54,7 +54,7 @@ def test_user_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_import_stays_light() -> None:
-    code = ("import sys, ecgtune.data_prep, ecgtune.data_prep.cli; "
+    code = ("import sys, ecgtune.data_prep, ecgtune.ensembles.cli.prep; "
             "print(sorted(m for m in ('torch', 'pyarrow', 'scipy', 'wfdb') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

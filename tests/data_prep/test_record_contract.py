@@ -166,6 +166,6 @@ def test_symlinked_folders_are_read_once_and_loops_end(tmp_path: Path) -> None:
     m = prepare(root, tmp_path / "out", workers=1, progress=False).manifest
     assert m["records_in"] == m["records_written"] == 1
 
-    from ecgtune.ensembles.predict import expand_inputs
+    from ecgtune.ensembles.ship.predict import expand_inputs
 
     assert [p.name for p in expand_inputs([root])] == ["L0001.hea"]

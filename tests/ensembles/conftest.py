@@ -43,7 +43,7 @@ BUILD_OPTIONS = {"top_k": 4, "n_boot": 200, "seed": 0, "progress": False}
 
 @dataclass(frozen=True)
 class BuiltEnsemble:
-    result: Any  # ensembles.build.EnsembleResult
+    result: Any  # ensembles.build.ensemble.EnsembleResult
     data: Path
     tracking_uri: str
     search_name: str
@@ -69,7 +69,7 @@ def built_ensemble(tiny_search, prepared_data, tmp_path_factory) -> BuiltEnsembl
 def held_out_fold(prepared_data) -> Any:
     """The test fold of the prepared data, found by its role in the manifest."""
     from ecgtune.data_prep import load_shards, read_manifest
-    from ecgtune.ensembles.fold_roles import TEST, fold_of_role
+    from ecgtune.ensembles.build.fold_roles import TEST, fold_of_role
 
     return load_shards(prepared_data, folds=[fold_of_role(read_manifest(prepared_data), TEST)])
 
@@ -86,9 +86,9 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
     from ecgtune.components import build_model, get_preset
     from ecgtune.data_prep import get_label_map
-    from ecgtune.ensembles.bundle import save_bundle
-    from ecgtune.ensembles.calibration import PerLabelCalibrator
-    from ecgtune.ensembles.inference import EnsemblePredictor, InputSpec, MemberSpec
+    from ecgtune.ensembles.build.calibration import PerLabelCalibrator
+    from ecgtune.ensembles.ship.bundle import save_bundle
+    from ecgtune.ensembles.ship.inference import EnsemblePredictor, InputSpec, MemberSpec
 
     label_map = get_label_map("seed20")
     groups = label_map.group_indices()

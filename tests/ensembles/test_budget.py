@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ecgtune.ensembles.budget import (
+from ecgtune.ensembles.build.budget import (
     Budget,
     MemberCost,
     member_costs,
@@ -16,7 +16,7 @@ from ecgtune.ensembles.budget import (
     total_cost,
     write_candidates_csv,
 )
-from ecgtune.ensembles.errors import EnsembleError
+from ecgtune.ensembles.errors import EnsembleError, EnsembleOptionError
 from ecgtune.ensembles.options import EnsembleOptions, FitOptions
 from ecgtune.search import metric_keys as K
 
@@ -44,7 +44,7 @@ def test_selected_ensemble_fits_the_budget(members, budget):
 
 
 def test_an_unlimited_budget_changes_nothing(members):
-    from ecgtune.ensembles.selection import EnsembleSelector
+    from ecgtune.ensembles.build.selection import EnsembleSelector
 
     probs, y = members(n_members=6, seed=3)
     pool, candidates = select_within_budget(probs, y, NAMES, COSTS, Budget(max_gflops=1e9),
@@ -74,7 +74,7 @@ def test_candidates_table(members, tmp_path):
 
 def test_costs_come_from_the_trial_runs_or_the_config():
     from ecgtune.components import build_model, get_preset
-    from ecgtune.ensembles.inference import MemberSpec
+    from ecgtune.ensembles.ship.inference import MemberSpec
     from ecgtune.search.cost import model_cost
 
     runs = {"a": {K.COST_GFLOPS: 1.5, K.COST_CPU_MS: 7.0}, "b": {}}
@@ -103,6 +103,7 @@ def test_budget_options_on_the_command_line():
     opts = from_namespace(args)
     assert (opts.max_gflops, opts.max_ms) == (2.5, 40.0)
     assert EnsembleOptions.create(data="d", name="n", output="o").max_gflops == 0.0
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--data", "d", "--name", "n", "--output", "o", "--max-gflops", "-1"])
+    with pytest.raises(EnsembleOptionError, match=r"--max-gflops must be >= 0, got -1\.0"):
+        from_namespace(parser.parse_args(["--data", "d", "--name", "n", "--output", "o",
+                                          "--max-gflops", "-1"]))
     assert np.isfinite(opts.max_gflops)

@@ -1,4 +1,4 @@
-"""The bundle contract (`ensembles.bundle_schema`): a generator mutates one field of a valid
+"""The bundle contract (`ensembles.ship.bundle_schema`): a generator mutates one field of a valid
 bundle.json at a time, re-stamps the manifest, and `load_bundle` must refuse it with one line
 naming that field; valid variations always load. Plus the member identity in the weights
 files, the refusal at save time, and `predict` / `export` on a re-stamped bundle."""
@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ecgtune.ensembles import BundleFormatError, load_bundle
-from ecgtune.ensembles.bundle_schema import (
+from ecgtune.ensembles.ship.bundle_schema import (
     LABEL_CALIBRATORS,
     RULES,
     member_config_sha256,
@@ -39,7 +39,7 @@ DELETE = "<delete>"
 
 
 def _calibrator(n_labels: int) -> Any:
-    from ecgtune.ensembles.calibration import CALIBRATORS, Calibrator
+    from ecgtune.ensembles.build.calibration import CALIBRATORS, Calibrator
 
     rng = np.random.default_rng(0)
     p = rng.uniform(0.0, 1.0, 400)
@@ -54,7 +54,7 @@ def _predictor(thresholds: np.ndarray | None = None, names: list[str] | None = N
 
     from ecgtune.components import build_model, get_preset
     from ecgtune.data_prep import get_label_map, preprocessing_spec
-    from ecgtune.ensembles.inference import EnsemblePredictor, InputSpec, MemberSpec
+    from ecgtune.ensembles.ship.inference import EnsemblePredictor, InputSpec, MemberSpec
 
     label_map = get_label_map("seed20")
     groups = label_map.group_indices()
@@ -81,7 +81,7 @@ def _predictor(thresholds: np.ndarray | None = None, names: list[str] | None = N
 
 @pytest.fixture(scope="module")
 def valid_bundle(tmp_path_factory) -> Path:
-    from ecgtune.ensembles.bundle import save_bundle
+    from ecgtune.ensembles.ship.bundle import save_bundle
 
     return save_bundle(tmp_path_factory.mktemp("schema") / "bundle", _predictor(),
                        fit={"thresholds": {"objective": "f1", "beta": 1.0}})
@@ -513,7 +513,7 @@ def test_a_weights_file_that_is_not_its_members_is_refused(valid_bundle, tmp_pat
 ])
 def test_save_bundle_refuses_what_load_bundle_would(tmp_path, thresholds, names, expected):
     from ecgtune.data_prep import get_label_map
-    from ecgtune.ensembles.bundle import save_bundle
+    from ecgtune.ensembles.ship.bundle import save_bundle
 
     values = np.full(20, 0.5)
     for i, v in thresholds.items():
@@ -585,6 +585,6 @@ def test_the_readme_shows_the_contract_table():
 
 
 def test_label_calibrators_are_the_ones_calibration_can_rebuild():
-    from ecgtune.ensembles.calibration import CALIBRATORS
+    from ecgtune.ensembles.build.calibration import CALIBRATORS
 
     assert set(LABEL_CALIBRATORS) == set(CALIBRATORS) - {"per_label"}

@@ -1,4 +1,4 @@
-"""Every subcommand's --help has the one format of `data_prep.cli.HelpFormatter`."""
+"""Every subcommand's --help has the one format of `ensembles.cli.formatter.HelpFormatter`."""
 
 from __future__ import annotations
 

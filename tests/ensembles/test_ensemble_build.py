@@ -11,20 +11,20 @@ import pytest
 
 from ecgtune.components import ModelConfig, get_preset
 from ecgtune.ensembles import EnsembleError, MemberError, SearchNotFoundError
-from ecgtune.ensembles import members as members_module
-from ecgtune.ensembles.build import ROW_BEST, ROW_ENSEMBLE, ROW_UNIFORM, format_summary
-from ecgtune.ensembles.fitting import FitOptions, fit_ensemble
-from ecgtune.ensembles.inference import InputSpec, MemberSpec, member_probabilities
-from ecgtune.ensembles.members import (
+from ecgtune.ensembles.build import members as members_module
+from ecgtune.ensembles.build.ensemble import ROW_BEST, ROW_ENSEMBLE, ROW_UNIFORM, format_summary
+from ecgtune.ensembles.build.fitting import FitOptions, fit_ensemble
+from ecgtune.ensembles.build.members import (
     TrialRef,
     find_search,
     load_member,
     rank_trials,
     resolve_checkpoint,
 )
-from ecgtune.ensembles.registry import CHAMPION_ALIAS, TAG_SEARCH_RUN_ID
-from ecgtune.ensembles.scores import brier
-from ecgtune.ensembles.selection import SELECTION_METRICS
+from ecgtune.ensembles.build.selection import SELECTION_METRICS
+from ecgtune.ensembles.evaluate.scores import brier
+from ecgtune.ensembles.ship.inference import InputSpec, MemberSpec, member_probabilities
+from ecgtune.ensembles.ship.registry import CHAMPION_ALIAS, TAG_SEARCH_RUN_ID
 from ecgtune.search import tracking
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ecgtune.ensembles import BundleChecksumError, BundleError, load_bundle, save_bundle
-from ecgtune.ensembles.bundle import verify_bundle
+from ecgtune.ensembles.ship.bundle import verify_bundle
 
 N_CHECK = 24  # fold-9 records compared across processes
 TOL = 1e-5

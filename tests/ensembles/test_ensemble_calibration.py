@@ -1,4 +1,4 @@
-"""ensembles.calibration: contract tests over every calibrator plus calibration properties."""
+"""ensembles.build.calibration: contract tests over every calibrator plus calibration properties."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import expit, logit
 
-from ecgtune.ensembles.calibration import (
+from ecgtune.ensembles.build.calibration import (
     CALIBRATORS,
     Calibrator,
     IsotonicCalibrator,
@@ -18,8 +18,8 @@ from ecgtune.ensembles.calibration import (
     PlattCalibrator,
     TemperatureCalibrator,
 )
-from ecgtune.ensembles.evaluation import ece
-from ecgtune.ensembles.scores import brier
+from ecgtune.ensembles.evaluate.metrics import ece
+from ecgtune.ensembles.evaluate.scores import brier
 
 SINGLE = sorted(k for k in CALIBRATORS if k != "per_label")
 MONOTONE = ("temperature", "platt", "isotonic")

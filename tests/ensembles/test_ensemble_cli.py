@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ecgtune.ensembles import load_bundle
-from ecgtune.ensembles.registry import CHAMPION_ALIAS
+from ecgtune.ensembles.ship.registry import CHAMPION_ALIAS
 from ecgtune.search import tracking
 
 ENSEMBLE_OPTIONS = ("--data", "--name", "--top-k", "--output", "--register", "--tracking-uri",

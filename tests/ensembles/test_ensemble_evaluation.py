@@ -1,5 +1,5 @@
-"""ensembles.evaluation (calibration metrics, evaluate, BCa bootstrap CIs) and the report
-files of ensembles.report."""
+"""ensembles.evaluate.metrics (calibration metrics, evaluate, BCa bootstrap CIs) and the report
+files of ensembles.evaluate.report."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 from sklearn.metrics import brier_score_loss, log_loss
 
-from ecgtune.ensembles import evaluation
-from ecgtune.ensembles.evaluation import (
+from ecgtune.ensembles.evaluate import metrics as evaluation
+from ecgtune.ensembles.evaluate.metrics import (
     CI_METRICS,
     LABEL_METRICS,
     bca_interval,
@@ -23,9 +23,15 @@ from ecgtune.ensembles.evaluation import (
     flatten_metrics,
     reliability_curve,
 )
-from ecgtune.ensembles.report import Document, Section, render_html, render_markdown, write_report
-from ecgtune.ensembles.scores import brier
-from ecgtune.ensembles.scores import log_loss as our_log_loss
+from ecgtune.ensembles.evaluate.report import (
+    Document,
+    Section,
+    render_html,
+    render_markdown,
+    write_report,
+)
+from ecgtune.ensembles.evaluate.scores import brier
+from ecgtune.ensembles.evaluate.scores import log_loss as our_log_loss
 from ecgtune.search import metric_keys as K
 from ecgtune.search import metrics as M
 from ecgtune.search import thresholds as T

@@ -8,13 +8,13 @@ import dataclasses
 import pytest
 
 from ecgtune.ensembles import EnsembleError
+from ecgtune.ensembles.build.selection import EnsembleSelector
 from ecgtune.ensembles.options import (
     EnsembleOptions,
     FitOptions,
     add_arguments,
     from_namespace,
 )
-from ecgtune.ensembles.selection import EnsembleSelector
 
 REQUIRED = ["--data", "d", "--name", "n", "--output", "o"]
 
@@ -52,11 +52,19 @@ def test_values_reach_the_nested_fit_options():
     assert options.n_windows == 5 and options.progress is False
 
 
-@pytest.mark.parametrize("argv", [["--top-k", "0"], ["--metric", "accuracy"],
-                                  ["--windows", "x"], ["--bags", "-1"]])
-def test_bad_values_are_usage_errors(argv):
+@pytest.mark.parametrize("argv", [["--metric", "accuracy"], ["--windows", "x"]])
+def test_unparsable_values_are_argparse_errors(argv):
     with pytest.raises(argparse.ArgumentError):
         _parser().parse_args([*REQUIRED, *argv])
+
+
+@pytest.mark.parametrize(("argv", "message"), [(["--top-k", "0"], "--top-k must be >= 1"),
+                                               (["--bags", "-1"], "--bags must be >= 0")])
+def test_out_of_range_values_are_named_in_one_line(argv, message):
+    args = _parser().parse_args([*REQUIRED, *argv])
+    with pytest.raises(EnsembleError, match=message) as info:
+        from_namespace(args, EnsembleOptions)
+    assert info.value.exit_code == 2  # a usage error
 
 
 def test_validation_in_python_names_every_bad_flag():

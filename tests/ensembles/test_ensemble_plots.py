@@ -1,12 +1,12 @@
-"""ecgtune.ensembles.plots: every figure is written as a non-empty PNG."""
+"""ecgtune.ensembles.evaluate.plots: every figure is written as a non-empty PNG."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ecgtune.ensembles.calibration import PerLabelCalibrator
-from ecgtune.ensembles.evaluation import evaluate
-from ecgtune.ensembles.plots import (
+from ecgtune.ensembles.build.calibration import PerLabelCalibrator
+from ecgtune.ensembles.evaluate.metrics import evaluate
+from ecgtune.ensembles.evaluate.plots import (
     plot_f1_bars,
     plot_pr_curves,
     plot_reliability,

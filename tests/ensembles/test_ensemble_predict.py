@@ -14,7 +14,7 @@ import pytest
 from ecgtune.data_prep import make_record, preprocess_record, read_record, write_record
 from ecgtune.ensembles import load_bundle, predict_records
 from ecgtune.ensembles.cli import main
-from ecgtune.ensembles.predict import PredictInputError
+from ecgtune.ensembles.ship.predict import PredictInputError
 
 FLAT_RECORDS = ("JS20004", "JS20008")
 

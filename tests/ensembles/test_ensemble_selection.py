@@ -1,4 +1,5 @@
-"""ensembles.selection: Caruana-style greedy selection with replacement, bagging, baselines."""
+"""ensembles.build.selection: Caruana-style greedy selection with replacement, bagging,
+baselines."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecgtune.ensembles.selection import (
+from ecgtune.ensembles.build.selection import (
     SELECTION_METRICS,
     EnsembleSelector,
     best_single_member,

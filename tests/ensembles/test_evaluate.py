@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from ecgtune.ensembles import EnsembleOptionError, ModelInputError
-from ecgtune.ensembles.evaluate import (
+from ecgtune.ensembles.evaluate.metrics import evaluate_with_ci
+from ecgtune.ensembles.evaluate.report import NOT_ASSESSABLE
+from ecgtune.ensembles.evaluate.run import (
     EvaluationError,
     evaluate_bundle,
     format_evaluation,
     record_sources,
 )
-from ecgtune.ensembles.evaluation import evaluate_with_ci
-from ecgtune.ensembles.report import NOT_ASSESSABLE
 from ecgtune.search import metric_keys as K
 
 N_SYNTHETIC, N_GEORGIA = 60, 30

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ecgtune.ensembles.gpu_check import main
+from ecgtune.ensembles.cli.gpu_check import main
 
 
 @pytest.mark.slow  # spawns worker processes and (with Ray) a local Ray instance

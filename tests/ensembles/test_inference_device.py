@@ -13,10 +13,10 @@ import torch
 
 from ecgtune.data_prep import make_record, write_record
 from ecgtune.ensembles import load_bundle
-from ecgtune.ensembles.build import EnsembleOptions
+from ecgtune.ensembles.build.ensemble import EnsembleOptions
 from ecgtune.ensembles.cli import main
 from ecgtune.ensembles.errors import EnsembleError
-from ecgtune.ensembles.inference import forward_windows, resolve_device
+from ecgtune.ensembles.ship.inference import forward_windows, resolve_device
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 

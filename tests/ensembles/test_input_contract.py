@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ecgtune.ensembles import ModelInputError
-from ecgtune.ensembles.input_spec import InputSpec
+from ecgtune.ensembles.ship.input_spec import InputSpec
 
 SPEC = InputSpec(fs=500, seconds=10.0, n_samples=5000, gain=1000.0,
                  norm_mean=(0.0,) * 12, norm_std=(0.25,) * 12)
@@ -60,7 +60,7 @@ def test_evaluate_refuses_data_prepared_for_another_input(tiny_bundle, prepared,
 
 def test_data_prepared_by_prep_for_the_bundle_passes(tiny_bundle, prepared):
     from ecgtune.data_prep import read_manifest
-    from ecgtune.ensembles.bundle import load_bundle
+    from ecgtune.ensembles.ship.bundle import load_bundle
 
     bundle = load_bundle(tiny_bundle)
     bundle.inputs.check_data(read_manifest(prepared[500, 10.0]), data="d", model="b",
@@ -82,7 +82,7 @@ def test_export_check_data_refuses_before_tracing(tiny_bundle, prepared, tmp_pat
 
 def test_refit_thresholds_checks_the_data_it_fits_on(tiny_bundle, prepared, tmp_path):
     from ecgtune.ensembles import EvaluateOptions, load_bundle
-    from ecgtune.ensembles.refit import refit_thresholds
+    from ecgtune.ensembles.evaluate.refit import refit_thresholds
 
     opts = EvaluateOptions(bundle=str(tiny_bundle), data=prepared[500, 20.0],
                            output=tmp_path / "r", refit_thresholds="f1", on_folds=(0,),
@@ -200,8 +200,8 @@ def pyfunc_model(tiny_bundle, tmp_path_factory) -> Any:
 
     import mlflow
 
-    from ecgtune.ensembles.bundle import load_bundle
-    from ecgtune.ensembles.registry import PYFUNC_CODE, input_metadata, model_signature
+    from ecgtune.ensembles.ship.bundle import load_bundle
+    from ecgtune.ensembles.ship.registry import PYFUNC_CODE, input_metadata, model_signature
 
     bundle = load_bundle(tiny_bundle)
     path = tmp_path_factory.mktemp("pyfunc") / "model"
@@ -230,7 +230,7 @@ def _rest(model: Any, values: Any) -> tuple[int, Any]:
 
 
 def test_pyfunc_model_over_rest_checks_shape_and_dtype(pyfunc_model, tiny_bundle):
-    from ecgtune.ensembles.bundle import load_bundle
+    from ecgtune.ensembles.ship.bundle import load_bundle
 
     bundle = load_bundle(tiny_bundle)
     x = np.random.default_rng(0).integers(-800, 800, (2, 12, 5000)).astype(np.int16)

@@ -1,4 +1,5 @@
-"""ensembles.members without Ray or MLflow: a checkpoint written by the search becomes a member."""
+"""ensembles.build.members without Ray or MLflow: a checkpoint written by the search becomes
+a member."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 import torch
 
 from ecgtune.components import build_model, get_preset
+from ecgtune.ensembles.build.members import TrialRef, load_member, resolve_checkpoint
 from ecgtune.ensembles.errors import MemberError
-from ecgtune.ensembles.members import TrialRef, load_member, resolve_checkpoint
 from ecgtune.search import checkpoint
 from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from ecgtune.ensembles.calibration import (
+from ecgtune.ensembles.build.calibration import (
     Calibrator,
     IdentityCalibrator,
     IsotonicCalibrator,
@@ -27,7 +27,7 @@ from ecgtune.ensembles.calibration import (
     PlattCalibrator,
     TemperatureCalibrator,
 )
-from ecgtune.ensembles.onnx_export import (
+from ecgtune.ensembles.ship.onnx_export import (
     ExportOptions,
     OnnxExportError,
     UnsupportedCalibratorError,
@@ -58,7 +58,7 @@ def _calibrator(n_labels: int, seed: int = 0) -> PerLabelCalibrator:
 def _predictor(calibrator: PerLabelCalibrator | None = None):
     from ecgtune.components import build_model, get_preset
     from ecgtune.data_prep import get_label_map
-    from ecgtune.ensembles.inference import EnsemblePredictor, InputSpec, MemberSpec
+    from ecgtune.ensembles.ship.inference import EnsemblePredictor, InputSpec, MemberSpec
 
     label_map = get_label_map("seed20")
     groups = label_map.group_indices()
@@ -91,8 +91,8 @@ class Exported:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Exported:
     """The fixture bundle exported once through `ecgtune export`."""
-    from ecgtune.ensembles.bundle import save_bundle
     from ecgtune.ensembles.cli import main
+    from ecgtune.ensembles.ship.bundle import save_bundle
 
     root = tmp_path_factory.mktemp("onnx-export")
     fit = {"data_manifest_sha256": "ab" * 32, "thresholds": {"objective": "f1", "beta": 1.0}}
@@ -112,7 +112,7 @@ def traced_once(exported: Exported, monkeypatch) -> None:
     logging after it."""
     import onnx
 
-    from ecgtune.ensembles import onnx_export
+    from ecgtune.ensembles.ship import onnx_export
 
     monkeypatch.setattr(onnx_export, "_to_onnx", lambda *a, **k: onnx.load(exported.onnx))
     monkeypatch.setattr(onnx_export, "rewrite_graph", lambda model, heads: {})
@@ -126,7 +126,7 @@ def _real_signals(sample_dir: Path) -> np.ndarray:
 
 
 def _assert_equal_to_bundle(onnx_path: Path, bundle_dir: Path, signals: np.ndarray) -> None:
-    from ecgtune.ensembles.bundle import load_bundle
+    from ecgtune.ensembles.ship.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
     expected = bundle.predict_signals(signals)
@@ -150,8 +150,8 @@ def test_export_prints_the_check_and_matches_the_bundle(exported: Exported) -> N
 
 
 def test_lengths_input_windows_real_signal_as_the_bundle_does(exported: Exported) -> None:
-    from ecgtune.ensembles.bundle import load_bundle
-    from ecgtune.ensembles.onnx_export import LENGTHS_NAME
+    from ecgtune.ensembles.ship.bundle import load_bundle
+    from ecgtune.ensembles.ship.onnx_export import LENGTHS_NAME
 
     bundle = load_bundle(exported.bundle)
     signals = sample_signals(6, 5000, 500, 10.0, seed=5)
@@ -179,7 +179,7 @@ def test_graph_matches_the_bundle_on_the_real_sample_records(exported: Exported,
 
 
 def test_metadata_round_trip(exported: Exported) -> None:
-    from ecgtune.ensembles.bundle import load_bundle
+    from ecgtune.ensembles.ship.bundle import load_bundle
 
     bundle = load_bundle(exported.bundle)
     meta = open_session(exported.onnx).get_modelmeta().custom_metadata_map
@@ -217,7 +217,7 @@ print("heavy:", ",".join(heavy))
 
 def test_graph_runs_in_a_fresh_process_with_only_onnxruntime_and_numpy(
         exported: Exported, tmp_path: Path) -> None:
-    from ecgtune.ensembles.bundle import load_bundle
+    from ecgtune.ensembles.ship.bundle import load_bundle
 
     signals = sample_signals(3, 5000, 500, 10.0, seed=5)
     np.save(tmp_path / "x.npy", signals)
@@ -244,7 +244,7 @@ def test_unsupported_calibrator_is_refused_by_name() -> None:
 
 
 def test_isotonic_with_repeated_knots_is_refused_and_nothing_written(tmp_path: Path) -> None:
-    from ecgtune.ensembles.bundle import save_bundle
+    from ecgtune.ensembles.ship.bundle import save_bundle
 
     cal = _calibrator(20)
     iso = cal.calibrators_[3]
@@ -274,7 +274,7 @@ def test_isotonic_module_is_np_interp(knots: int) -> None:
 
 def _one_label_predictor(cal: PerLabelCalibrator):
     from ecgtune.components import build_model, get_preset
-    from ecgtune.ensembles.inference import EnsemblePredictor, InputSpec, MemberSpec
+    from ecgtune.ensembles.ship.inference import EnsemblePredictor, InputSpec, MemberSpec
 
     model = build_model(get_preset("tiny"), 1, [[0]]).eval()
     spec = MemberSpec("m0", get_preset("tiny"), 1, ((0,),), 1024, "dataset")
@@ -295,7 +295,7 @@ def test_standard_ops_export_fuses_no_attention(exported: Exported, monkeypatch,
                                                 tmp_path: Path) -> None:
     import onnx
 
-    from ecgtune.ensembles import onnx_export
+    from ecgtune.ensembles.ship import onnx_export
 
     asked: list[object] = []
     monkeypatch.setattr(onnx_export, "_to_onnx", lambda *a, **k: onnx.load(exported.onnx))
@@ -310,8 +310,8 @@ def test_standard_ops_export_fuses_no_attention(exported: Exported, monkeypatch,
 
 
 def test_check_records_of_another_length_are_a_clear_error(exported: Exported) -> None:
-    from ecgtune.ensembles.bundle import load_bundle
-    from ecgtune.ensembles.onnx_export import check_onnx
+    from ecgtune.ensembles.ship.bundle import load_bundle
+    from ecgtune.ensembles.ship.onnx_export import check_onnx
 
     with pytest.raises(OnnxExportError, match=r"do not fit the bundle.*\(N, 12, 5000\)"):
         check_onnx(exported.onnx, load_bundle(exported.bundle),
@@ -356,7 +356,7 @@ class _Client:
 
 def test_ensemble_run_logs_the_checked_graph(exported: Exported, traced_once,
                                               tmp_path: Path) -> None:
-    from ecgtune.ensembles.onnx_export import log_onnx_artifact
+    from ecgtune.ensembles.ship.onnx_export import log_onnx_artifact
 
     client = _Client(tmp_path)
     assert log_onnx_artifact(client, "run1", exported.bundle) == Path("onnx/model.onnx")
@@ -367,8 +367,8 @@ def test_ensemble_run_logs_the_checked_graph(exported: Exported, traced_once,
 
 
 def test_ensemble_run_tags_a_refused_export_instead_of_failing(tmp_path: Path) -> None:
-    from ecgtune.ensembles.bundle import save_bundle
-    from ecgtune.ensembles.onnx_export import log_onnx_artifact
+    from ecgtune.ensembles.ship.bundle import save_bundle
+    from ecgtune.ensembles.ship.onnx_export import log_onnx_artifact
 
     cal = _calibrator(20)
     cal.calibrators_[3].x_thresholds_ = np.array([0.1, 0.4, 0.4, 0.9])

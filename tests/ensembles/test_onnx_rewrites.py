@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ecgtune.components.blocks import HalveLength, ResUBlock, TemporalSelfAttention
-from ecgtune.ensembles.onnx_rewrites import (
+from ecgtune.ensembles.ship.onnx_rewrites import (
     ORT_DOMAIN,
     PolyphaseTail,
     _drop_whole_axis_slices,

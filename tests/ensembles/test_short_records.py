@@ -14,9 +14,9 @@ from record_strategies import record_cases, write_case
 
 from ecgtune.data_prep import load_shards, prepare, record_window_starts
 from ecgtune.data_prep.synth import make_record, write_record
-from ecgtune.ensembles.bundle import load_bundle
-from ecgtune.ensembles.inference import EnsemblePredictor, member_probabilities
-from ecgtune.ensembles.predict import predict_records
+from ecgtune.ensembles.ship.bundle import load_bundle
+from ecgtune.ensembles.ship.inference import EnsemblePredictor, member_probabilities
+from ecgtune.ensembles.ship.predict import predict_records
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 
-from ecgtune.ensembles import registry
+from ecgtune.ensembles.ship import registry
 from ecgtune.search import tracking
 
-# A "models from code" pyfunc, like the ensemble's (ensembles/pyfunc_model.py), that needs
+# A "models from code" pyfunc, like the ensemble's (ensembles/ship/pyfunc_model.py), that needs
 # nothing but MLflow: it doubles its input.
 MODEL_CODE = """
 import mlflow
@@ -33,6 +33,7 @@ def test_sqlite_store_takes_an_experiment_a_run_and_a_registered_model(tmp_path,
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.chdir(tmp_path)  # anything MLflow writes beside the working folder stays here
     was_set = mlflow.is_tracking_uri_set()
+    registry_before = mlflow.get_registry_uri()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = tmp_path / "double.py"
     code.write_text(MODEL_CODE)
@@ -50,9 +51,13 @@ def test_sqlite_store_takes_an_experiment_a_run_and_a_registered_model(tmp_path,
         assert run.info.run_id == run_id and run.info.status == "FINISHED"
         (version,) = reopened.search_model_versions("name='store-check'")
         assert version.run_id == run_id
+        # `models:/` resolves through the process-wide registry URI, which another test of
+        # the session may have pointed elsewhere: point it here for the load.
+        mlflow.set_registry_uri(uri)
         model = mlflow.pyfunc.load_model(f"models:/store-check/{version.version}")
         assert model.predict(pd.DataFrame({"x": [1.5]}))["x"].tolist() == [3.0]
         assert info.model_uri
     finally:
+        mlflow.set_registry_uri(registry_before)
         if not was_set:
             mlflow.set_tracking_uri(None)  # type: ignore[arg-type]

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 
 from ecgtune.ensembles import EnsembleOptionError
-from ecgtune.ensembles.evaluation import evaluate_with_ci
-from ecgtune.ensembles.fitting import fit_ensemble
-from ecgtune.ensembles.options import EnsembleOptions, FitOptions, add_arguments, from_namespace
-from ecgtune.ensembles.policies import (
+from ecgtune.ensembles.build.fitting import fit_ensemble
+from ecgtune.ensembles.build.policies import (
     PolicySet,
     ThresholdPolicy,
     fit_policy_thresholds,
     policies_from_record,
     policy_record,
 )
-from ecgtune.ensembles.report import BELOW, MET, NOT_ASSESSABLE, operating_points
+from ecgtune.ensembles.evaluate.metrics import evaluate_with_ci
+from ecgtune.ensembles.evaluate.report import BELOW, MET, NOT_ASSESSABLE, operating_points
+from ecgtune.ensembles.options import EnsembleOptions, FitOptions, add_arguments, from_namespace
 from ecgtune.search import metric_keys as K
 from ecgtune.search.thresholds import fit_thresholds
 
@@ -231,7 +231,7 @@ def test_report_flags_a_label_whose_ci_falls_below_its_target():
 
 
 def test_build_summary_names_policies_and_labels_below_target():
-    from ecgtune.ensembles.build import _policy_lines
+    from ecgtune.ensembles.build.ensemble import _policy_lines
 
     points = [{"label": "AFIB", "policy": "sensitivity:0.98", "status": BELOW},
               {"label": "SR", "policy": "f1", "status": ""},

@@ -161,8 +161,8 @@ def _search_runs(uri: str, name: str, storage: Path, finished: int,
 
 
 def test_ensemble_of_a_running_search_is_refused_unless_allowed(store, tmp_path):
+    from ecgtune.ensembles.build.members import check_search_finished, find_search
     from ecgtune.ensembles.errors import EnsembleError
-    from ecgtune.ensembles.members import check_search_finished, find_search
 
     uri, storage = store, tmp_path / "ray"
     run_id = _search_runs(uri, "live", storage, finished=3, unfinished=2)
@@ -213,7 +213,7 @@ def test_ensemble_cli_refuses_a_running_search_in_one_line(small_data, store, tm
 
 
 def test_fewer_finished_trials_than_top_k_is_said():
-    from ecgtune.ensembles.members import TrialRef, fewer_than_asked
+    from ecgtune.ensembles.build.members import TrialRef, fewer_than_asked
 
     trials = [TrialRef(i + 1, f"r{i}", f"t00{i}", f"id{i}", 0.5, "/c") for i in range(2)]
     assert fewer_than_asked("s", trials, 2) is None

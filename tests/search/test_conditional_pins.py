@@ -12,7 +12,6 @@ import pytest
 
 from ecgtune.data_prep import get_label_map
 from ecgtune.search.errors import SearchOptionError
-from ecgtune.search.options import condition_pins, typed_pins, validate_options
 from ecgtune.search.run import SearchOptions, startup_line
 from ecgtune.search.space import (
     Param,
@@ -22,6 +21,7 @@ from ecgtune.search.space import (
     parse_space,
     validate_point,
 )
+from ecgtune.search.validation import condition_pins, typed_pins, validate_options
 
 LABELS = get_label_map("seed20")
 GROUPS = LABELS.group_indices()

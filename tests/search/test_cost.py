@@ -11,13 +11,13 @@ import torch
 from ecgtune.components import build_model, get_preset
 from ecgtune.search import metric_keys as K
 from ecgtune.search.cost import RECORD_SAMPLES, count_gflops, measure_cpu_ms, model_cost
+from ecgtune.search.options import OBJECTIVES, parse_objective
 from ecgtune.search.pareto import (
     front_rows,
     pareto_front,
     plot_pareto_front,
     write_front_csv,
 )
-from ecgtune.search.searcher import OBJECTIVES, parse_objective
 
 GROUPS = [list(range(0, 5)), list(range(5, 10)), list(range(10, 16)), list(range(16, 20))]
 NAMES = ["rhythm", "duration", "amplitude", "morphology"]

@@ -19,7 +19,7 @@ import torch
 from ecgtune.components import get_preset
 from ecgtune.data_prep import BatchLoader
 from ecgtune.data_prep.loader import AugmentConfig, DeviceBatchTransform
-from ecgtune.ensembles.gpu_check import synthetic_dataset
+from ecgtune.ensembles.cli.gpu_check import synthetic_dataset
 from ecgtune.search import devices
 from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
 from ecgtune.search.devices import (

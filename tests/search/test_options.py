@@ -17,11 +17,11 @@ import pytest
 from ecgtune.search import tracking
 from ecgtune.search.errors import NonRetryableTrialError, SearchOptionError
 from ecgtune.search.faults import install_no_retry_policy, is_non_retryable
-from ecgtune.search.options import pin_space, probe_storage, typed_pins, validate_options
 from ecgtune.search.report import print_search_summary
 from ecgtune.search.run import SearchOptions, SearchResult, TrialSummary, startup_line
 from ecgtune.search.space import load_space, parse_space
 from ecgtune.search.training import NonFiniteLossError
+from ecgtune.search.validation import pin_space, probe_storage, typed_pins, validate_options
 
 NAME = "bad-invocation"
 

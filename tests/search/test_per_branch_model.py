@@ -33,9 +33,9 @@ def folds(prepared_data):
 
 
 def test_heterogeneous_member_trains_checkpoints_bundles_and_predicts(folds, tmp_path):
-    from ecgtune.ensembles.bundle import load_bundle, save_bundle
-    from ecgtune.ensembles.calibration import PerLabelCalibrator
-    from ecgtune.ensembles.inference import EnsemblePredictor, InputSpec, MemberSpec
+    from ecgtune.ensembles.build.calibration import PerLabelCalibrator
+    from ecgtune.ensembles.ship.bundle import load_bundle, save_bundle
+    from ecgtune.ensembles.ship.inference import EnsemblePredictor, InputSpec, MemberSpec
 
     label_map = folds.label_map
     config = ModelConfig.from_flat(HETERO, base=get_preset("seed-multi"))
@@ -86,8 +86,8 @@ def test_heterogeneous_member_trains_checkpoints_bundles_and_predicts(folds, tmp
 
 def test_set_per_branch_key_is_checked_before_anything_starts(prepared_data, tmp_path):
     from ecgtune.search.errors import SearchOptionError
-    from ecgtune.search.options import validate_options
     from ecgtune.search.run import SearchOptions, _point_validator, load_search_data
+    from ecgtune.search.validation import validate_options
 
     def opts(**overrides):
         return SearchOptions(data=prepared_data, space="tiny", storage=str(tmp_path / "ray"),

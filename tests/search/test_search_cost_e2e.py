@@ -18,7 +18,7 @@ NAME = "cost-aware"
 @pytest.mark.slow
 def test_multi_objective_search_and_budgeted_ensemble(prepared_data, tmp_path):
     from ecgtune.ensembles import build_ensemble
-    from ecgtune.ensembles.budget import CANDIDATES_CSV
+    from ecgtune.ensembles.build.budget import CANDIDATES_CSV
     from ecgtune.ensembles.cli import main
 
     uri = tracking.default_tracking_uri(tmp_path)

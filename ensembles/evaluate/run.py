@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ecgtune.ensembles.errors import EnsembleError
+from ecgtune.ensembles.errors import EvaluationError
 from ecgtune.ensembles.options import EvaluateOptions
 
 __all__ = ["EvaluationError", "EvaluationResult", "evaluate_bundle", "format_evaluation",
@@ -41,10 +41,6 @@ log = logging.getLogger(__name__)
 
 ROW = "ensemble"
 ROLE = "evaluation"
-
-
-class EvaluationError(EnsembleError):
-    """Data or options `ecgtune evaluate` cannot use; the message says which and why."""
 
 
 @dataclass
@@ -181,7 +177,7 @@ def evaluate_bundle(options: EvaluateOptions | None = None, **kwargs: Any) -> Ev
     """Evaluate a bundle on prepared data and write the report. Pass an `EvaluateOptions` or
     its fields as keywords: ``evaluate_bundle(bundle="b", data="d", all_folds=True)``."""
     from ecgtune.data_prep import read_manifest
-    from ecgtune.ensembles.policies import policies_from_record
+    from ecgtune.ensembles.build.policies import policies_from_record
 
     opts = options or EvaluateOptions(**kwargs)
     data = Path(opts.data)
@@ -191,7 +187,7 @@ def evaluate_bundle(options: EvaluateOptions | None = None, **kwargs: Any) -> Ev
     manifest = read_manifest(data)
     folds = _folds(opts, manifest)
     if opts.refit_thresholds:
-        from ecgtune.ensembles.refit import check_refit
+        from ecgtune.ensembles.evaluate.refit import check_refit
 
         check_refit(opts, folds)
     track = _tracking(opts)
@@ -205,12 +201,12 @@ def evaluate_bundle(options: EvaluateOptions | None = None, **kwargs: Any) -> Ev
     policies = policies_from_record(fit.get("thresholds"), bundle.label_names)
     predictor = bundle
     if opts.refit_thresholds:
-        from ecgtune.ensembles.refit import refit_thresholds
+        from ecgtune.ensembles.evaluate.refit import refit_thresholds
 
         predictor, policies, fit = refit_thresholds(opts, bundle, folds, sha)
     result = _evaluate(opts, predictor, fit, policies, manifest, folds, sha)
     if opts.refit_thresholds:
-        from ecgtune.ensembles.refit import save_refit
+        from ecgtune.ensembles.evaluate.refit import save_refit
 
         result.refit_bundle = save_refit(opts, bundle, predictor, fit, result.report_dir)
     if track is not None:
@@ -220,9 +216,9 @@ def evaluate_bundle(options: EvaluateOptions | None = None, **kwargs: Any) -> Ev
 
 
 def _load(opts: EvaluateOptions, track: _Tracking | None) -> Any:
-    from ecgtune.ensembles.bundle import load_bundle
-    from ecgtune.ensembles.inference import resolve_device
-    from ecgtune.ensembles.onnx_export import resolve_bundle
+    from ecgtune.ensembles.ship.bundle import load_bundle
+    from ecgtune.ensembles.ship.inference import resolve_device
+    from ecgtune.ensembles.ship.onnx_export import resolve_bundle
 
     try:
         device = resolve_device(opts.device)
@@ -245,7 +241,7 @@ def _evaluate(opts: EvaluateOptions, bundle: Any, fit: dict[str, Any], policies:
     """The report of ``bundle`` (a loaded or refitted predictor; ``fit``: its bundle.json
     ``fit`` record) on the records of ``folds``."""
     from ecgtune.data_prep import load_shards
-    from ecgtune.ensembles.report import (
+    from ecgtune.ensembles.evaluate.report import (
         ReportRow,
         calibration_summary,
         jsonable,
@@ -336,7 +332,7 @@ def _summary(opts: EvaluateOptions, fit: dict[str, Any], folds: list[int], sha: 
 
 def _by_source(opts: EvaluateOptions, y: np.ndarray, probs: np.ndarray, thresholds: Any,
                names: list[str], sources: np.ndarray) -> dict[str, dict[str, Any] | None]:
-    from ecgtune.ensembles.evaluation import evaluate_assessable
+    from ecgtune.ensembles.evaluate.metrics import evaluate_assessable
 
     out: dict[str, dict[str, Any] | None] = {}
     values, counts = np.unique(sources, return_counts=True)
@@ -349,7 +345,7 @@ def _by_source(opts: EvaluateOptions, y: np.ndarray, probs: np.ndarray, threshol
 
 
 def _source_section(by_source: dict[str, dict[str, Any] | None], sources: np.ndarray) -> Any:
-    from ecgtune.ensembles.report import source_section
+    from ecgtune.ensembles.evaluate.report import source_section
 
     counts = {str(k): int(np.sum(sources == k)) for k in by_source}
     return source_section(by_source, counts)
@@ -362,8 +358,8 @@ def _source_section(by_source: dict[str, dict[str, Any] | None], sources: np.nda
 def _log_run(track: _Tracking, opts: EvaluateOptions, result: EvaluationResult) -> str:
     """One FINISHED (or FAILED) run beside the model's ensemble run, tagged with the model
     name, version and data manifest sha256: the UI lists a version's evaluations together."""
-    from ecgtune.ensembles.evaluation import flatten_metrics
-    from ecgtune.ensembles.registry import finish_run, log_batch
+    from ecgtune.ensembles.evaluate.metrics import flatten_metrics
+    from ecgtune.ensembles.ship.registry import finish_run, log_batch
     from ecgtune.search import metric_keys as K
     from ecgtune.search import tracking
 
@@ -409,7 +405,7 @@ def _fmt(x: Any) -> str:
 
 def format_evaluation(result: EvaluationResult) -> str:
     """What `ecgtune evaluate` prints."""
-    from ecgtune.ensembles.report import BELOW
+    from ecgtune.ensembles.evaluate.report import BELOW
     from ecgtune.search import metric_keys as K
 
     macro = result.row["macro"]

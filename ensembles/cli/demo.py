@@ -140,7 +140,7 @@ def _search(opts: DemoOptions, work: Path) -> Any:
 
 
 def _ensemble(work: Path) -> Any:
-    from ecgtune.ensembles.build import build_ensemble, format_summary
+    from ecgtune.ensembles.build.ensemble import build_ensemble, format_summary
     from ecgtune.search.tracking import default_tracking_uri
 
     t = _step(4, "building the calibrated ensemble, exporting and registering it")
@@ -159,7 +159,7 @@ def _ensemble(work: Path) -> Any:
 
 def _predict(opts: DemoOptions, work: Path, bundle_dir: Path) -> dict[str, Any]:
     """Held-back synthetic records and, when present, the real sample records -> CSVs."""
-    from ecgtune.ensembles.predict import predict_records, write_predictions_csv
+    from ecgtune.ensembles.ship.predict import predict_records, write_predictions_csv
 
     t = _step(5, "predicting raw records with the exported bundle")
     predictions = work / "predictions"

@@ -42,8 +42,7 @@ import torch
 from torch import nn
 
 from ecgtune.data_prep.dataset import RECORD_STD_FLOOR_MV
-from ecgtune.ensembles.bundle import MANIFEST_FILE, Bundle, load_bundle
-from ecgtune.ensembles.calibration import (
+from ecgtune.ensembles.build.calibration import (
     EPS,
     Calibrator,
     IdentityCalibrator,
@@ -52,8 +51,9 @@ from ecgtune.ensembles.calibration import (
     TemperatureCalibrator,
 )
 from ecgtune.ensembles.errors import EnsembleError
-from ecgtune.ensembles.inference import NUM_LEADS, EnsemblePredictor, MemberSpec
-from ecgtune.ensembles.onnx_rewrites import attention_heads, for_export, rewrite_graph
+from ecgtune.ensembles.ship.bundle import MANIFEST_FILE, Bundle, load_bundle
+from ecgtune.ensembles.ship.inference import NUM_LEADS, EnsemblePredictor, MemberSpec
+from ecgtune.ensembles.ship.onnx_rewrites import attention_heads, for_export, rewrite_graph
 
 __all__ = [
     "INPUT_NAME",
@@ -589,7 +589,7 @@ def resolve_bundle(source: str, tracking_uri: str | None, workdir: str | os.Path
         return Path(source)
     from mlflow.artifacts import download_artifacts
 
-    from ecgtune.ensembles.bundle import is_bundle
+    from ecgtune.ensembles.ship.bundle import is_bundle
     from ecgtune.search.tracking import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()

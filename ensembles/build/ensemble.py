@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ecgtune.ensembles.errors import EnsembleError
-from ecgtune.ensembles.fold_roles import ENSEMBLE, TEST, fold_of_role
+from ecgtune.ensembles.build.fold_roles import ENSEMBLE, TEST, fold_of_role
 from ecgtune.ensembles.options import EnsembleOptions
 
 __all__ = ["EnsembleOptions", "EnsembleResult", "MemberSummary", "build_ensemble",
@@ -118,14 +118,14 @@ def build_ensemble(options: EnsembleOptions | None = None, **kwargs: Any) -> Ens
     """Build, report, export and register an ensemble. Pass an `EnsembleOptions` or its
     fields as flat keywords (`FitOptions` fields included): ``build_ensemble(data=...,
     name="demo", output="bundle", top_k=3, seed=1)``."""
-    from ecgtune.ensembles.bundle import check_bundle_target
-    from ecgtune.ensembles.members import (
+    from ecgtune.ensembles.ship.bundle import check_bundle_target
+    from ecgtune.ensembles.build.members import (
         check_search_finished,
         fewer_than_asked,
         find_search,
         rank_trials,
     )
-    from ecgtune.ensembles.registry import finish_run, start_ensemble_run
+    from ecgtune.ensembles.ship.registry import finish_run, start_ensemble_run
     from ecgtune.search import tracking
 
     if options is None:
@@ -239,7 +239,7 @@ class _Members:
 def _member_probabilities(member: Any, signals: np.ndarray, lengths: np.ndarray, inputs: Any,
                           opts: EnsembleOptions, device: Any) -> np.ndarray:
     """One member on the chosen device; its weights go back to the CPU for the bundle."""
-    from ecgtune.ensembles.inference import member_probabilities
+    from ecgtune.ensembles.ship.inference import member_probabilities
 
     try:
         return member_probabilities(member.model.to(device), member.spec, signals, inputs,
@@ -250,8 +250,8 @@ def _member_probabilities(member: Any, signals: np.ndarray, lengths: np.ndarray,
 
 
 def _predict_members(opts: EnsembleOptions, trials: list, folds: _Folds) -> _Members:
-    from ecgtune.ensembles.inference import InputSpec, resolve_device
-    from ecgtune.ensembles.members import load_member
+    from ecgtune.ensembles.ship.inference import InputSpec, resolve_device
+    from ecgtune.ensembles.build.members import load_member
 
     members = [load_member(t, opts.name, opts.storage, folds.label_names)
                for t in _progress(trials, "loading members", opts.progress)]
@@ -267,7 +267,7 @@ def _predict_members(opts: EnsembleOptions, trials: list, folds: _Folds) -> _Mem
 
 
 def _budget(opts: EnsembleOptions) -> Any:
-    from ecgtune.ensembles.budget import Budget
+    from ecgtune.ensembles.build.budget import Budget
 
     return Budget(max_gflops=opts.max_gflops, max_ms=opts.max_ms)
 
@@ -275,8 +275,8 @@ def _budget(opts: EnsembleOptions) -> Any:
 def _within_budget(opts: EnsembleOptions, client: Any, mem: _Members,
                    y_ens: np.ndarray) -> tuple[_Members, list[Any]]:
     """Under --max-gflops/--max-ms: the candidates narrowed to the pool whose selected
-    ensemble fits the budget (ensembles.budget), and every candidate tried for the report."""
-    from ecgtune.ensembles.budget import member_costs, select_within_budget
+    ensemble fits the budget (ensembles.build.budget), and every candidate tried for the report."""
+    from ecgtune.ensembles.build.budget import member_costs, select_within_budget
 
     budget = _budget(opts)
     if not budget.active:
@@ -311,7 +311,7 @@ def _log_budget(client: Any, run_id: str, opts: EnsembleOptions, candidates: lis
 
 def _predictor(fitted: Any, mem: _Members, folds: _Folds, opts: EnsembleOptions) -> Any:
     """The in-process predictor: the selected members with their weights, calibrated."""
-    from ecgtune.ensembles.inference import EnsemblePredictor
+    from ecgtune.ensembles.ship.inference import EnsemblePredictor
 
     chosen = [int(i) for i in fitted.selector.selected_]
     label_map = folds.data.label_map
@@ -341,7 +341,7 @@ def _report_rows(opts: EnsembleOptions, folds: _Folds, mem: _Members, fitted: An
                  uniform: Any, test_probs: np.ndarray) -> tuple[list[Any], list[str]]:
     """The test-fold rows (ensemble, best single trial, uniform average, seed-style baseline
     when a member is one) and the report's notes."""
-    from ecgtune.ensembles.report import ReportRow
+    from ecgtune.ensembles.evaluate.report import ReportRow
 
     n_labels = len(folds.label_names)
     p_test = mem.probs[TEST]
@@ -398,7 +398,7 @@ def _fit_record(opts: EnsembleOptions, search: Any, folds: _Folds,
     """bundle.json's ``fit``: what was fitted on which fold, from which candidates.
     ``thresholds`` holds the threshold policy: ``policy`` (the default) and ``policies``
     (one per label), the ONNX export's metadata and `ecgtune evaluate` read them there."""
-    from ecgtune.ensembles.policies import policy_record
+    from ecgtune.ensembles.build.policies import policy_record
 
     return {
         "search": opts.name,
@@ -439,7 +439,7 @@ def _mlflow_metrics(rows: list[Any], results: dict[str, Any], calibration: list[
                     selector: Any) -> dict[str, float]:
     """Test-fold metrics (per label for the ensemble, macro for the comparators), calibration
     before/after per fold role, and the selection's scores on the ensemble fold."""
-    from ecgtune.ensembles.evaluation import flatten_metrics
+    from ecgtune.ensembles.evaluate.metrics import flatten_metrics
 
     metrics: dict[str, float] = {}
     for row in rows:
@@ -497,12 +497,12 @@ def _log_artifacts(opts: EnsembleOptions, uri: str, client: Any, search: Any, ru
                    folds: _Folds, mem: _Members, bundle_dir: Path, candidates: list) -> Any:
     """The run's files: the report, the budget's candidates, the ONNX graph and the pyfunc
     model (registered when asked)."""
-    from ecgtune.ensembles.registry import log_pyfunc_model
+    from ecgtune.ensembles.ship.registry import log_pyfunc_model
 
     client.log_artifacts(run_id, str(bundle_dir / "report"), "report")
     _log_budget(client, run_id, opts, candidates)
     if opts.onnx:  # the portable graph beside the pyfunc, checked against the bundle
-        from ecgtune.ensembles.onnx_export import log_onnx_artifact
+        from ecgtune.ensembles.ship.onnx_export import log_onnx_artifact
 
         log_onnx_artifact(client, run_id, bundle_dir)
     return log_pyfunc_model(client, uri, run_id, bundle_dir, folds.label_names,
@@ -514,10 +514,10 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
            run_id: str) -> EnsembleResult:
     """Predict, fit, report, export and log: the list of steps (the functions above) and the
     values they hand each other."""
-    from ecgtune.ensembles.bundle import save_bundle
-    from ecgtune.ensembles.fitting import fit_average, fit_ensemble
-    from ecgtune.ensembles.registry import log_batch
-    from ecgtune.ensembles.report import calibration_summary, write_ensemble_report
+    from ecgtune.ensembles.ship.bundle import save_bundle
+    from ecgtune.ensembles.build.fitting import fit_average, fit_ensemble
+    from ecgtune.ensembles.ship.registry import log_batch
+    from ecgtune.ensembles.evaluate.report import calibration_summary, write_ensemble_report
 
     folds = _load_folds(opts, search)
     mem = _predict_members(opts, trials, folds)
@@ -553,7 +553,7 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
         points = json.loads((Path(tmp) / "report" / "summary.json").read_text()
                             ).get("operating_points", [])
         if candidates:
-            from ecgtune.ensembles.budget import CANDIDATES_CSV, write_candidates_csv
+            from ecgtune.ensembles.build.budget import CANDIDATES_CSV, write_candidates_csv
 
             write_candidates_csv(candidates, _budget(opts), opts.fit.metric,
                                  Path(tmp) / "report" / CANDIDATES_CSV)
@@ -590,7 +590,7 @@ def _fmt(x: float | None) -> str:
 
 def _policy_lines(points: list[dict[str, Any]]) -> list[str]:
     """Threshold policies in one line, and the labels whose test-fold CI missed the target."""
-    from ecgtune.ensembles.report import BELOW
+    from ecgtune.ensembles.evaluate.report import BELOW
 
     if not points:
         return []

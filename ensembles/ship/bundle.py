@@ -16,7 +16,7 @@ Layout::
 `bundle.json` and the weights are deterministic for a given search, data and seed, so two
 builds give identical checksums for them. `load_bundle` verifies every checksum before it
 parses anything (a missing or modified file raises `BundleChecksumError` naming it), then holds
-bundle.json and each member's weights file to the bundle contract (`ensembles.bundle_schema`:
+bundle.json and each member's weights file to the bundle contract (`ensembles.ship.bundle_schema`:
 a `BundleFormatError` names the field), and loads the weights from the verified bytes. Writing
 goes to ``DIR.tmp``, is held to the same contract and only then renamed into place; an existing
 bundle is replaced, anything else at ``DIR`` is left alone.
@@ -36,16 +36,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecgtune.ensembles.bundle_schema import (
+from ecgtune.ensembles.build.calibration import Calibrator, PerLabelCalibrator
+from ecgtune.ensembles.errors import BundleChecksumError, BundleError, BundleFormatError
+from ecgtune.ensembles.ship.bundle_schema import (
     BUNDLE_FILE,
     BUNDLE_FORMAT,
     check_bundle,
     check_bundle_json,
     member_metadata,
 )
-from ecgtune.ensembles.calibration import Calibrator, PerLabelCalibrator
-from ecgtune.ensembles.errors import BundleChecksumError, BundleError, BundleFormatError
-from ecgtune.ensembles.inference import EnsemblePredictor, InputSpec, MemberSpec
+from ecgtune.ensembles.ship.inference import EnsemblePredictor, InputSpec, MemberSpec
 
 __all__ = [
     "BUNDLE_FILE",

@@ -143,7 +143,7 @@ def predict_records(
     from tqdm.auto import tqdm
 
     from ecgtune.data_prep import RecordError, validate_record
-    from ecgtune.ensembles.bundle import load_bundle
+    from ecgtune.ensembles.ship.bundle import load_bundle
 
     if isinstance(bundle, (str, os.PathLike)):
         bundle = load_bundle(bundle, device=device, precision=precision)

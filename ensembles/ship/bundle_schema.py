@@ -53,7 +53,7 @@ __all__ = [
 BUNDLE_FORMAT = "ecgtune.bundle/1"
 BUNDLE_FILE = "bundle.json"
 METADATA_KEY = "ecgtune"  # the one key of a member's safetensors metadata
-# Per-label calibrators `ensembles.calibration` can rebuild (`per_label` holds them).
+# Per-label calibrators `ensembles.build.calibration` can rebuild (`per_label` holds them).
 LABEL_CALIBRATORS = ("identity", "temperature", "platt", "isotonic")
 NORMALIZATIONS = ("dataset", "record")  # `inference.MemberSpec`
 # What a member's config_sha256 covers: how its weights are built and fed.

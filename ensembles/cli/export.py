@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from ecgtune.data_prep.cli import positive_int
+from ecgtune.ensembles.cli.prep import positive_int
 from ecgtune.ensembles.errors import EnsembleError
 
 __all__ = ["USER_ERRORS", "register"]
@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from ecgtune.ensembles.onnx_export import ExportOptions, export_onnx, resolve_bundle
+    from ecgtune.ensembles.ship.onnx_export import ExportOptions, export_onnx, resolve_bundle
 
     n_check = args.check_records or (64 if args.check_data else 8)
     options = ExportOptions(opset=args.opset, check_records=n_check, tolerance=args.tolerance,

@@ -1,5 +1,5 @@
 """Evaluation of multi-label probabilities: calibration error, the full metric set of a report
-row and its bootstrap confidence intervals. Rendering lives in `ensembles.report`.
+row and its bootstrap confidence intervals. Rendering lives in `ensembles.evaluate.report`.
 
 Metric names are the shared constants of `ecgtune.search.metric_keys`; `flatten_metrics` turns an
 `evaluate` result into MLflow keys like ``test/macro_auprc`` and ``test/f1/AFIB``.
@@ -23,7 +23,7 @@ import numpy as np
 from scipy import sparse
 from scipy.special import ndtr, ndtri
 
-from ecgtune.ensembles.scores import brier
+from ecgtune.ensembles.evaluate.scores import brier
 from ecgtune.search import metric_keys as K
 from ecgtune.search import metrics as M
 

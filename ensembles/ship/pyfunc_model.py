@@ -2,7 +2,7 @@
 
 `mlflow.pyfunc.log_model(python_model=<this file>, artifacts={"bundle": DIR})` stores this
 source file next to the bundle; loading the model executes it, and `load_context` rebuilds the
-ensemble with `ensembles.bundle.load_bundle` (checksums verified). No Python object is pickled.
+ensemble with `ensembles.ship.bundle.load_bundle` (checksums verified). No Python object is pickled.
 
 Input: int16 array (N, 12, n_samples), records preprocessed as `ecgtune prep` stores them
 (500 Hz, 10 s, gain 1000/mV for the default manifest), or one record (12, n_samples); other
@@ -29,7 +29,7 @@ class EnsembleBundleModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defin
     """Pyfunc wrapper around a bundle's `EnsemblePredictor`."""
 
     def load_context(self, context: Any) -> None:
-        from ecgtune.ensembles.bundle import load_bundle
+        from ecgtune.ensembles.ship.bundle import load_bundle
 
         self.bundle = load_bundle(context.artifacts["bundle"], device="auto")
 

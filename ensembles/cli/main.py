@@ -1,8 +1,8 @@
 """The `ecgtune` console script.
 
-Each package owns its subcommands in its own `cli.py` (`register(subparsers)`); this module only
-stitches them together. Argument parsing imports nothing heavy, so `ecgtune --help` is instant;
-handlers import torch, Ray or MLflow when they run.
+Each command has its own module in this package (`register(subparsers)`); this one stitches
+them together and turns expected failures into one line. Argument parsing imports nothing heavy,
+so `ecgtune --help` is instant; handlers import torch, Ray or MLflow when they run.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ecgtune.data_prep.cli import HelpFormatter
 from ecgtune.data_prep.console import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -22,12 +21,12 @@ from ecgtune.data_prep.console import (
     sigterm_as_interrupt,
     terminated,
 )
+from ecgtune.ensembles.cli.formatter import HelpFormatter
 
-# Package CLI modules in pipeline order.
-_CLI_MODULES = (
-    "ecgtune.data_prep.cli", "ecgtune.search.cli", "ecgtune.ensembles.commands",
-    "ecgtune.ensembles.demo", "ecgtune.ensembles.export_cli",
-)
+# One module per command, in pipeline order.
+_CLI_MODULES = tuple(f"ecgtune.ensembles.cli.{name}" for name in (
+    "prep", "search", "ensemble", "evaluate", "predict", "demo", "export",
+))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,9 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             code = int(args.func(args) or 0)
         except user_errors as exc:
-            # Expected failures (bad input, corrupt shards, unreachable servers): one clear line.
+            # Expected failures (bad input, corrupt shards, unreachable servers): one clear
+            # line; option errors are usage errors (exit 2), the rest exit 1.
             print(f"ecgtune {args.command}: error: {exc}", file=sys.stderr)
-            return 1
+            return int(getattr(exc, "exit_code", 1))
         except KeyboardInterrupt:
             if terminated():
                 print(f"ecgtune {args.command}: terminated (SIGTERM)", file=sys.stderr)

@@ -4,7 +4,7 @@
 `FitOptions`, are declared in `ensembles.options`); `fit_average`
 calibrates and thresholds the uniform average of all members the same way (a comparator).
 Thresholds are fitted on *calibrated* probabilities, each label by its policy
-(`ensembles.policies`), so the few-positive fallback (0.5 by
+(`ensembles.build.policies`), so the few-positive fallback (0.5 by
 default, `ecgtune.search.thresholds.fit_thresholds`) is the natural cut of a calibrated probability.
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ecgtune.ensembles.calibration import PerLabelCalibrator
+from ecgtune.ensembles.build.calibration import PerLabelCalibrator
 from ecgtune.ensembles.options import FitOptions
-from ecgtune.ensembles.policies import ThresholdPolicy, fit_policy_thresholds
-from ecgtune.ensembles.selection import EnsembleSelector, uniform_average
+from ecgtune.ensembles.build.policies import ThresholdPolicy, fit_policy_thresholds
+from ecgtune.ensembles.build.selection import EnsembleSelector, uniform_average
 
 __all__ = ["FitOptions", "FittedAverage", "FittedEnsemble", "fit_average", "fit_ensemble"]
 

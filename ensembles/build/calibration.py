@@ -26,7 +26,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 
-from ecgtune.ensembles.scores import EPS, brier, log_loss
+from ecgtune.ensembles.evaluate.scores import EPS, brier, log_loss
 
 __all__ = [
     "CALIBRATORS",

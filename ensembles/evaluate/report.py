@@ -19,15 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from ecgtune.ensembles.evaluation import (
+from ecgtune.ensembles.evaluate.metrics import (
     ASSESSABLE,
     CI_METRICS,
     ece,
     evaluate_assessable,
     evaluate_with_ci,
 )
-from ecgtune.ensembles.plots import save_report_figures
-from ecgtune.ensembles.scores import brier
+from ecgtune.ensembles.evaluate.plots import save_report_figures
+from ecgtune.ensembles.evaluate.scores import brier
 from ecgtune.search import metric_keys as K
 
 __all__ = [
@@ -258,7 +258,7 @@ def _point(row: Mapping[str, Any], label: str, policy: Any, min_positives: int
 def operating_points(row: Mapping[str, Any], policies: Sequence[Any],
                      label_names: Sequence[str], min_positives: int = 1
                      ) -> list[dict[str, Any]]:
-    """Per label: its policy (`ensembles.policies.ThresholdPolicy`), the target rate and the
+    """Per label: its policy (`ensembles.build.policies.ThresholdPolicy`), the target rate and the
     achieved value with its CI in ``row`` (an `evaluate_with_ci` result), and a status:
     met (CI above the target), BELOW TARGET (CI below it), CI includes target, or not
     assessable (fewer than ``min_positives`` positives). Score policies report F1, no target."""

@@ -3,7 +3,7 @@ new operating points for an exported ensemble, written as a new bundle, never in
 
 Only the thresholds change: members, weights and calibrators are the bundle's. They are fitted
 on the calibrated probabilities of ``--on-folds`` (each label by its policy, see
-`ensembles.policies`); a label with fewer than ``--min-positives`` positives there keeps the
+`ensembles.build.policies`); a label with fewer than ``--min-positives`` positives there keeps the
 bundle's threshold. The evaluated folds must be other folds, so the report that goes into the
 new bundle is not measured on the records its thresholds were fitted on.
 """
@@ -20,7 +20,7 @@ __all__ = ["check_refit", "refit_thresholds", "save_refit"]
 
 
 def _error(message: str) -> Exception:
-    from ecgtune.ensembles.evaluate import EvaluationError
+    from ecgtune.ensembles.errors import EvaluationError
 
     return EvaluationError(message)
 
@@ -28,7 +28,7 @@ def _error(message: str) -> Exception:
 def check_refit(opts: EvaluateOptions, folds: list[int]) -> None:
     """Before any work: disjoint folds, and an output that is neither the evaluated bundle nor
     something a bundle may not replace."""
-    from ecgtune.ensembles.bundle import check_bundle_target
+    from ecgtune.ensembles.ship.bundle import check_bundle_target
 
     shared = sorted(set(opts.on_folds) & set(folds))
     if shared:
@@ -46,8 +46,8 @@ def refit_thresholds(opts: EvaluateOptions, bundle: Any, folds: list[int], sha: 
                      ) -> tuple[Any, list[Any], dict[str, Any]]:
     """(predictor with the new thresholds, one policy per label, its bundle.json ``fit``)."""
     from ecgtune.data_prep import load_shards, read_manifest
-    from ecgtune.ensembles.inference import EnsemblePredictor
-    from ecgtune.ensembles.policies import PolicySet, fit_policy_thresholds, policy_record
+    from ecgtune.ensembles.build.policies import PolicySet, fit_policy_thresholds, policy_record
+    from ecgtune.ensembles.ship.inference import EnsemblePredictor
 
     del folds  # checked disjoint by `check_refit`
     names = list(bundle.label_names)
@@ -92,7 +92,7 @@ def refit_thresholds(opts: EvaluateOptions, bundle: Any, folds: list[int], sha: 
 
 
 def _manifest_sha(bundle: Any) -> str:
-    from ecgtune.ensembles.bundle import MANIFEST_FILE
+    from ecgtune.ensembles.ship.bundle import MANIFEST_FILE
 
     path = Path(bundle.path) / MANIFEST_FILE
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
@@ -101,7 +101,7 @@ def _manifest_sha(bundle: Any) -> str:
 def save_refit(opts: EvaluateOptions, bundle: Any, predictor: Any, fit: dict[str, Any],
                report_dir: Path) -> Path:
     """Write the refitted predictor as a new bundle with the evaluation report inside."""
-    from ecgtune.ensembles.bundle import save_bundle
+    from ecgtune.ensembles.ship.bundle import save_bundle
 
     member_info = {}
     for (spec, _), entry in zip(bundle.members, bundle.metadata["members"], strict=True):

@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ecgtune.ensembles import scores
+from ecgtune.ensembles.build.selection_metrics import SELECTION_METRICS, SelectionMetric
 from ecgtune.ensembles.options import FitOptions
-from ecgtune.search import metrics
 
 __all__ = [
     "SELECTION_METRICS",
@@ -29,35 +28,6 @@ __all__ = [
 
 # Candidates scored per batch: bounds memory to about CHUNK x N x C floats.
 _CHUNK = 16
-
-SelectionMetric = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def _macro_auprc(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    return np.asarray(metrics.macro_auprc(y, probs), dtype=np.float64)
-
-
-def _macro_auroc(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    return np.asarray(metrics.macro_auroc(y, probs), dtype=np.float64)
-
-
-def _neg_log_loss(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    return -scores.log_loss(y, probs, axis=(-2, -1))
-
-
-def _neg_brier(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    return -scores.brier(y, probs, axis=(-2, -1))
-
-
-# name -> metric(y (N, C) bool, probs (K, N, C)) -> (K,), higher is better. Ranking metrics
-# may return NaN when no label has both classes; the selector treats NaN as unusable.
-SELECTION_METRICS: dict[str, SelectionMetric] = {
-    "macro_auprc": _macro_auprc,
-    "macro_auroc": _macro_auroc,
-    "neg_log_loss": _neg_log_loss,
-    "neg_brier": _neg_brier,
-}
-
 
 def _get_metric(name: str) -> SelectionMetric:
     if name not in SELECTION_METRICS:

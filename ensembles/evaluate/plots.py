@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ecgtune.ensembles.evaluation import ece, reliability_curve
+from ecgtune.ensembles.evaluate.metrics import ece, reliability_curve
 from ecgtune.search import metric_keys as K
 from ecgtune.search import metrics as M
 

@@ -1,6 +1,6 @@
 """`make gpu-check`: what a trial (and ensemble inference) meets on this GPU, in one table.
 
-    python -m ecgtune.ensembles.gpu_check [--json FILE] [--no-ray] [--quick]
+    python -m ecgtune.ensembles.cli.gpu_check [--json FILE] [--no-ray] [--quick]
 
 Rows: the environment inside a `num_gpus=0.5` Ray task (the device and precision a trial
 picks there); training memory (max allocated / reserved against our estimate) of `seed` and
@@ -38,7 +38,7 @@ from ecgtune.components import build_model, get_preset
 from ecgtune.data_prep.dataset import ECGDataset
 from ecgtune.data_prep.labels import get_label_map
 from ecgtune.data_prep.loader import AugmentConfig, BatchLoader, DeviceBatchTransform
-from ecgtune.ensembles.inference import InputSpec
+from ecgtune.ensembles.ship.inference import InputSpec
 from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
 from ecgtune.search.devices import (
     GIB,
@@ -134,8 +134,9 @@ def ray_section(timeout: float = 120) -> list[Row]:
     import subprocess
 
     try:
-        out = subprocess.run([sys.executable, "-m", "ecgtune.ensembles.gpu_check", "--ray-probe"],
-                             capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(
+            [sys.executable, "-m", "ecgtune.ensembles.cli.gpu_check", "--ray-probe"],
+            capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return [Row("ray task", "num_gpus=0.5", f"no answer in {timeout:.0f} s")]
     lines = [line for line in out.stdout.splitlines() if line.startswith("[")]
@@ -325,7 +326,7 @@ def restore_and_reuse(device: torch.device, preset: str, batch: int, crop: int, 
 def inference(device: torch.device, preset: str, n: int) -> list[Row]:
     """One member's probabilities on the device (fp32 without TF32, and bf16) against the
     CPU's, and records/s of each."""
-    from ecgtune.ensembles.inference import MemberSpec, member_probabilities
+    from ecgtune.ensembles.ship.inference import MemberSpec, member_probabilities
 
     if device.type != "cuda":
         return [Row("inference", preset, "GPU only: skipped on the CPU")]
@@ -554,7 +555,7 @@ def format_table(rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ecgtune.ensembles.gpu_check",
+    parser = argparse.ArgumentParser(prog="python -m ecgtune.ensembles.cli.gpu_check",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")

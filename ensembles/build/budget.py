@@ -89,7 +89,7 @@ def member_costs(client: Any, members: Sequence[Any], need_ms: bool) -> list[Mem
 
 def _fit(probs: np.ndarray, y: np.ndarray, names: Sequence[str], pool: Sequence[int],
          fit_options: Any) -> Any:
-    from ecgtune.ensembles.selection import EnsembleSelector
+    from ecgtune.ensembles.build.selection import EnsembleSelector
 
     return EnsembleSelector(fit_options).fit(probs[list(pool)], y,
                                              names=[names[i] for i in pool])

@@ -2,7 +2,7 @@
 
 The ensemble run lives in the search's experiment (tag ``ecgtune.role=ensemble``, linked to
 the search by ``ecgtune.search_run_id``) and always ends FINISHED or FAILED. The bundle is
-logged as a "models from code" pyfunc model (`ensembles/pyfunc_model.py` plus the bundle
+logged as a "models from code" pyfunc model (`ensembles/ship/pyfunc_model.py` plus the bundle
 directory as an artifact), so nothing is pickled; it is registered under the requested name
 and the new version gets the alias ``champion``.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ecgtune.ensembles.bundle import BUNDLE_FORMAT
+from ecgtune.ensembles.ship.bundle import BUNDLE_FORMAT
 from ecgtune.search import tracking
 
 __all__ = [

@@ -25,9 +25,9 @@ from torch import nn
 
 from ecgtune.components import ModelConfig
 from ecgtune.data_prep import fixed_windows, normalize
-from ecgtune.ensembles.calibration import PerLabelCalibrator
-from ecgtune.ensembles.input_spec import NUM_LEADS, InputSpec
+from ecgtune.ensembles.build.calibration import PerLabelCalibrator
 from ecgtune.ensembles.options import DEFAULT_BATCH_SIZE, DEFAULT_WINDOWS, PRECISIONS
+from ecgtune.ensembles.ship.input_spec import NUM_LEADS, InputSpec
 from ecgtune.search.devices import resolve_device
 
 __all__ = [

@@ -24,7 +24,7 @@ import numpy as np
 from torch import nn
 
 from ecgtune.ensembles.errors import EnsembleError, MemberError, SearchNotFoundError
-from ecgtune.ensembles.inference import MemberSpec
+from ecgtune.ensembles.ship.inference import MemberSpec
 from ecgtune.search import checkpoint, tracking
 from ecgtune.search import metric_keys as K
 from ecgtune.search.errors import CheckpointError

@@ -4,99 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
-import textwrap
 
-from .errors import PrepError
+from ecgtune.data_prep.errors import PrepError
+from ecgtune.ensembles.cli.formatter import non_negative_int, positive_float, positive_int
 
-__all__ = ["USER_ERRORS", "HelpFormatter", "non_negative_int", "positive_float", "positive_int",
-           "register"]
+__all__ = ["USER_ERRORS", "register"]
 
 # Expected failures the console script prints as one line (exit status 1).
 USER_ERRORS: tuple[type[BaseException], ...] = (PrepError,)
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """The one `--help` format of every ecgtune subcommand (the `ecgtune` parser makes it the
-    default of every subparser).
-
-    - An option with a value default shows it once, as ``(default: X)``, appended here; help
-      texts do not spell defaults out themselves, except where the default is not a plain value
-      (``(default: sqlite:///$PWD/mlflow.db)``), which is then left alone. Required options,
-      switches and options whose default is None or empty show none.
-    - Descriptions and epilogs are wrapped to the terminal paragraph by paragraph (blank lines
-      separate paragraphs); a run of lines indented by two spaces is wrapped as one indented
-      paragraph, and lines indented further (examples) are kept as written.
-    """
-
-    _MENTIONS_DEFAULT = re.compile(r"\(default[: ]|%\(default\)")
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if (
-            not action.option_strings
-            or action.required
-            or default is None
-            or default is argparse.SUPPRESS
-            or isinstance(default, bool)
-            or default in ([], ())
-            or self._MENTIONS_DEFAULT.search(text)
-        ):
-            return text
-        return f"{text} (default: %(default)s)"
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        out: list[str] = []
-        for paragraph in text.strip("\n").split("\n\n"):
-            if out:
-                out.append("")
-            for lead, words in _runs(paragraph.splitlines()):
-                if lead is None:  # an example: as written
-                    out.append(indent + words)
-                else:
-                    pad = indent + " " * lead
-                    out += textwrap.wrap(words, width, initial_indent=pad, subsequent_indent=pad)
-        return "\n".join(out)
-
-
-def _runs(lines: list[str]) -> list[tuple[int | None, str]]:
-    """Consecutive lines with the same indentation joined into (indent, text); a heading line
-    (ending in ':') stands alone; lines indented 4+ spaces come back verbatim (None, line)."""
-    runs: list[tuple[int | None, str]] = []
-    for line in lines:
-        lead = len(line) - len(line.lstrip(" "))
-        if lead >= 4:
-            runs.append((None, line))
-            continue
-        last = runs[-1] if runs else None
-        if last is not None and last[0] == lead and not last[1].endswith(":"):
-            runs[-1] = (lead, f"{last[1]} {line.strip()}")
-        else:
-            runs.append((lead, line.strip()))
-    return runs
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -180,7 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from .synth import synthesize
+    from ecgtune.data_prep.synth import synthesize
 
     result = synthesize(
         args.output, args.n, args.seed, fs=args.fs, seconds=args.seconds, workers=args.workers,
@@ -194,14 +110,14 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 def _run_prep(args: argparse.Namespace) -> int:
     if args.verify:
-        from .shards import verify_shards
+        from ecgtune.data_prep.shards import verify_shards
 
         files = verify_shards(args.output)
         print(f"{len(files)} shards verified in {args.output}")
         return 0
     if not args.input:
         args._parser.error("--input is required (unless --verify)")
-    from .prep import format_summary, prepare
+    from ecgtune.data_prep.prep import format_summary, prepare
 
     result = prepare(
         args.input, args.output, labels=args.labels, workers=args.workers,
