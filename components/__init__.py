@@ -97,6 +97,8 @@ if TYPE_CHECKING:
     from .presets import PRESETS, get_preset
 
 
+# The same few lines as `data_prep.lazy.lazy_exports`, which components may not import (it
+# imports nothing else of the project).
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:

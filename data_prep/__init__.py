@@ -6,8 +6,7 @@ scipy and torch load only with the module that needs them (torch: `BatchLoader` 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import (
     REASON_CODES,
@@ -17,6 +16,7 @@ from .errors import (
     RecordError,
     ShardChecksumError,
 )
+from .lazy import lazy_exports
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at runtime __getattr__ resolves these
     from .dataset import (
@@ -128,14 +128,4 @@ assert set(__all__) == set(_EXPORTS) | {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'data_prep' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), __all__)

@@ -27,6 +27,7 @@ __all__ = [
     "ZSTD_LEVEL",
     "atomic_write_bytes",
     "build_table",
+    "manifest_sha256",
     "read_manifest",
     "read_shard",
     "sha256_file",
@@ -149,6 +150,12 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def manifest_sha256(data_dir: str | os.PathLike[str]) -> str:
+    """sha256 of a prepared directory's manifest.json: the identity of the data that every
+    search run, ensemble, bundle and evaluation records."""
+    return sha256_file(Path(data_dir) / MANIFEST_NAME)
 
 
 def read_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -17,23 +17,28 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ecgtune.components import ModelConfig, build_model
-from ecgtune.search.errors import NonRetryableTrialError
+from ecgtune.search.errors import NonRetryableTrialError, SearchError
 
 __all__ = [
     "AUTOCAST_DTYPES",
+    "AUTOSCALER_CONFIG",
     "DeviceError",
     "MemoryEstimate",
     "TrialDoesNotFitError",
     "TrialOutOfMemoryError",
     "activation_bytes",
+    "autoscaler_gpus",
     "cuda_diagnosis",
+    "default_gpus_per_trial",
     "driver_version",
     "estimate_training_memory",
     "gpu_memory_from_resources",
+    "gpu_share_bytes",
     "oom_as_fatal",
     "release_memory",
     "require_fit",
@@ -266,3 +271,57 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+
+
+# Written by `ray up` on the head node: the cluster's node types, GPU workers included even
+# while none is running (min_workers: 0).
+AUTOSCALER_CONFIG = Path.home() / "ray_bootstrap_config.yaml"
+
+
+def autoscaler_gpus(config_path: Path = AUTOSCALER_CONFIG) -> float:
+    """The most GPUs any worker node type of the cluster's autoscaler config can bring."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(config_path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return 0.0
+    head = config.get("head_node_type")
+    gpus = [float((node.get("resources") or {}).get("GPU", 0))
+            for name, node in (config.get("available_node_types") or {}).items()
+            if name != head and int(node.get("max_workers", 1)) > 0]
+    return max(gpus, default=0.0)
+
+
+def default_gpus_per_trial(address: str | None, cluster_gpus: float,
+                           autoscaler_gpus: float) -> float:
+    """GPUs per trial when `--gpus-per-trial` is not given.
+
+    Local: 1 when this machine has a GPU, else 0. On a cluster (`--address`): 1 when it has
+    GPUs now or its autoscaler can add them (GPU workers often scale from zero, so "none
+    yet" must not mean "train on CPUs"); a cluster that can never have a GPU is refused:
+    a CPU-only cluster search is asked for with `--gpus-per-trial 0`.
+    """
+    if address is None:
+        return 1.0 if cluster_gpus >= 1 else 0.0
+    if cluster_gpus >= 1 or autoscaler_gpus >= 1:
+        return 1.0
+    raise SearchError(
+        f"the Ray cluster at {address} has no GPU and its autoscaler config offers none; "
+        "pass --gpus-per-trial 0 to search on CPUs, or add GPU workers"
+    )
+
+
+def gpu_share_bytes(gpus_per_trial: float, resources: dict[str, float],
+                    local: bool) -> int | None:
+    """Device memory one trial may use, when known on the driver (else trials check it)."""
+    if gpus_per_trial <= 0:
+        return None
+    per_gpu = gpu_memory_from_resources(resources)
+    if per_gpu is None and local:
+        import torch
+
+        if torch.cuda.is_available():
+            per_gpu = torch.cuda.get_device_properties(0).total_memory
+    # A trial trains on one device: more than one GPU per trial adds no memory to it.
+    return None if per_gpu is None else int(per_gpu * min(1.0, gpus_per_trial))

@@ -7,29 +7,29 @@ invocation fails in seconds with one clear message.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib.metadata
 import logging
 import os
-import re
-import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ecgtune.data_prep.console import keep_sigterm_handler
-from ecgtune.search import _ray_compat, checkpoint, tracking
+from ecgtune.data_prep.shards import manifest_sha256
+from ecgtune.search import checkpoint, tracking
 from ecgtune.search import metric_keys as K
 from ecgtune.search.claim import claim_search, open_tracking_store
 from ecgtune.search.data import DataHandle, make_data_handle
-from ecgtune.search.devices import gpu_memory_from_resources
+from ecgtune.search.devices import (
+    autoscaler_gpus,
+    default_gpus_per_trial,
+    gpu_share_bytes,
+)
 from ecgtune.search.errors import SearchError, SearchOptionError
 from ecgtune.search.faults import install_no_retry_policy
 from ecgtune.search.options import SearchOptions, parse_objective
+from ecgtune.search.provenance import code_version, library_versions
+from ecgtune.search.ray_session import init_ray
 from ecgtune.search.searcher import PointValidator, build_searcher
 from ecgtune.search.space import SearchSpace
 from ecgtune.search.validation import ValidatedSearch, check_branch_groups, validate_options
@@ -73,90 +73,6 @@ class SearchResult:
         return sum(t.epochs for t in self.trials)
 
 
-# Written by `ray up` on the head node: the cluster's node types, GPU workers included even
-# while none is running (min_workers: 0).
-AUTOSCALER_CONFIG = Path.home() / "ray_bootstrap_config.yaml"
-
-
-def autoscaler_gpus(config_path: Path = AUTOSCALER_CONFIG) -> float:
-    """The most GPUs any worker node type of the cluster's autoscaler config can bring."""
-    import yaml
-
-    try:
-        config = yaml.safe_load(config_path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return 0.0
-    head = config.get("head_node_type")
-    gpus = [float((node.get("resources") or {}).get("GPU", 0))
-            for name, node in (config.get("available_node_types") or {}).items()
-            if name != head and int(node.get("max_workers", 1)) > 0]
-    return max(gpus, default=0.0)
-
-
-def default_gpus_per_trial(address: str | None, cluster_gpus: float,
-                           autoscaler_gpus: float) -> float:
-    """GPUs per trial when `--gpus-per-trial` is not given.
-
-    Local: 1 when this machine has a GPU, else 0. On a cluster (`--address`): 1 when it has
-    GPUs now or its autoscaler can add them (GPU workers often scale from zero, so "none
-    yet" must not mean "train on CPUs"); a cluster that can never have a GPU is refused:
-    a CPU-only cluster search is asked for with `--gpus-per-trial 0`.
-    """
-    if address is None:
-        return 1.0 if cluster_gpus >= 1 else 0.0
-    if cluster_gpus >= 1 or autoscaler_gpus >= 1:
-        return 1.0
-    raise SearchError(
-        f"the Ray cluster at {address} has no GPU and its autoscaler config offers none; "
-        "pass --gpus-per-trial 0 to search on CPUs, or add GPU workers"
-    )
-
-
-def gpu_share_bytes(gpus_per_trial: float, resources: dict[str, float],
-                    local: bool) -> int | None:
-    """Device memory one trial may use, when known on the driver (else trials check it)."""
-    if gpus_per_trial <= 0:
-        return None
-    per_gpu = gpu_memory_from_resources(resources)
-    if per_gpu is None and local:
-        import torch
-
-        if torch.cuda.is_available():
-            per_gpu = torch.cuda.get_device_properties(0).total_memory
-    # A trial trains on one device: more than one GPU per trial adds no memory to it.
-    return None if per_gpu is None else int(per_gpu * min(1.0, gpus_per_trial))
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def code_version() -> str:
-    version = importlib.metadata.version("ecgtune")
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()
-        return f"{version}+g{sha}{'.dirty' if dirty else ''}"
-    except (OSError, subprocess.SubprocessError):
-        return version
-
-
-def _library_versions() -> dict[str, str]:
-    out = {}
-    for lib in ("ray", "torch", "mlflow", "optuna", "numpy", "pyarrow"):
-        try:
-            out[f"version.{lib}"] = importlib.metadata.version(lib)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
-
-
 def trial_name(trial: Any) -> str:
     return tracking.trial_run_name(tracking.trial_index(trial), trial.config)
 
@@ -164,109 +80,6 @@ def trial_name(trial: Any) -> str:
 def trial_dirname(trial: Any) -> str:
     # Ray's default names embed the config, which for a flat model config is unreadably long.
     return f"trial_{tracking.trial_index(trial):03d}_{trial.trial_id}"
-
-
-def _init_ray(opts: SearchOptions) -> bool:
-    """Start (or join) Ray; returns True when this call started a local instance."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    # Ray >= 2.59 turns token auth on for local instances and says so in a warning on every
-    # start. We keep that default on purpose (a local Ray listens on 127.0.0.1, which every
-    # user of a shared host can reach), so the banner is expected noise; clusters set
-    # RAY_AUTH_MODE themselves (ray_cluster.yaml).
-    logging.getLogger(_ray_compat.TOKEN_AUTH_LOGGER).addFilter(_drop_token_auth_banner)
-    # Short CPU epochs checkpoint every few seconds; the experiment-state snapshots that this
-    # forces are cheap here, and Ray's warning about them reads like a failure.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    quiet_tune_console(opts.verbose)
-    with _loopback_only(opts.address is None):
-        ray.init(
-            address=opts.address,
-            num_cpus=opts.num_cpus if opts.address is None else None,
-            include_dashboard=False if opts.address is None else None,
-            logging_level=logging.WARNING,
-            log_to_driver=True,
-        )
-    return opts.address is None
-
-
-@contextmanager
-def _loopback_only(local: bool) -> Iterator[None]:
-    """A local Ray instance listens on 127.0.0.1 only, not on every interface.
-
-    Ray's gRPC servers (GCS, raylet, every worker) bind to all interfaces unless the node's
-    IP is 127.0.0.1, and on Linux Ray replaces 127.0.0.1 (even `_node_ip_address=`) by the
-    machine's routable IP; only its "no multi-node clusters" switch (on by default on macOS
-    and Windows, read by `get_node_ip_address`) keeps the loopback address. It is turned on
-    just for the start of this instance: processes started later (`ray start` for a cluster)
-    are unaffected, and a cluster joined with --address never gets here. A Ray without that
-    switch fails the command (`RayCompatError`) rather than start an exposed instance.
-    """
-    if not local:
-        yield
-        return
-    with _ray_compat.loopback_only():
-        yield
-
-
-def quiet_tune_console(verbose: int) -> None:
-    """Below --verbose 2 our one line per trial event and our summary are the whole console.
-
-    Ray Tune's default reporter prints a configuration banner (naming our searcher
-    "SearchGenerator"), a TensorBoard hint (tensorboard is not installed) and result tables,
-    whatever `verbose` says; its legacy reporter at verbose 0 prints nothing. Its per-failure
-    tracebacks are dropped too: our line names the error, the trial's error file keeps it.
-    """
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0" if verbose < 2 else "1"  # read at each fit()
-    level = logging.CRITICAL if verbose < 2 else logging.NOTSET
-    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
-        logging.getLogger(name).setLevel(level)
-    quiet_ray_system_logs(verbose)
-
-
-def quiet_ray_system_logs(verbose: int) -> None:
-    """Below --verbose 2 the driver prints what the trials print, not Ray's own processes.
-
-    On a cluster the driver also receives the raylet's and the GCS's log lines: a lost node
-    arrives as "Raylet is terminated ..." followed by its last 20 lines of state dumps, then
-    placement-group retries and metrics-agent warnings, and the retried trial's process adds
-    Ray's "Restored on ... from checkpoint" line. Our line ("... failed; retrying from its
-    last checkpoint") says what matters. Ray prints every forwarded batch through one
-    function, whose batches name their source: a worker's pid, else the component's name
-    (`raylet`, `gcs_server`, ...). Autoscaler events ("Adding 2 nodes ...") stay.
-    """
-    printer = _ray_compat.worker_log_printer()
-    if printer is None:  # another Ray version: its output is left as it is
-        return
-    original = getattr(printer, "__wrapped__", printer)
-    if verbose >= 2:
-        _ray_compat.set_worker_log_printer(original)
-        return
-
-    @functools.wraps(original)
-    def workers_only(data: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-        if _from_ray_system(data.get("pid")):
-            return
-        lines = [line for line in data.get("lines", []) if not _RAY_RESTORE.search(line)]
-        if lines:
-            original({**data, "lines": lines}, *args, **kwargs)
-
-    _ray_compat.set_worker_log_printer(workers_only)
-
-
-# Logged by Ray's Trainable in the trial's process when a retry resumes, before any of our
-# code runs there; our "... failed; retrying from its last checkpoint" line already says it.
-_RAY_RESTORE = re.compile(r"\bRestored on \S+ from checkpoint: ")
-
-
-def _from_ray_system(pid: object) -> bool:
-    return isinstance(pid, str) and not pid.isdigit() and pid != "autoscaler"
-
-
-def _drop_token_auth_banner(record: logging.LogRecord) -> bool:
-    return "Token authentication is enabled" not in record.getMessage()
 
 
 @dataclass(frozen=True)
@@ -327,7 +140,7 @@ def _run_claimed(opts: SearchOptions, validated: ValidatedSearch, data: SearchDa
 
     # SIGTERM keeps taking Ctrl-C's path (data_prep.console), not Ray's exit and stack dump.
     with keep_sigterm_handler():
-        started_ray = _init_ray(opts)
+        started_ray = init_ray(opts)
     try:
         # GPUs first: a cluster that can never give a trial its GPU creates no run either.
         gpus, check = _gpu_plan(opts, check, ray.cluster_resources())
@@ -379,7 +192,7 @@ def check_search_data(data_dir: Path) -> SearchData:
                                   "more records")
     label_map = manifest_label_map(manifest)
     return SearchData(
-        directory=data_dir, manifest_sha256=_sha256(manifest_path),
+        directory=data_dir, manifest_sha256=manifest_sha256(data_dir),
         train_folds=roles["train"], val_folds=roles["val"],
         label_names=tuple(label_map.names),
         label_groups=tuple(tuple(g) for g in label_map.group_indices()),
@@ -670,11 +483,11 @@ def _start_parent_run(client: Any, experiment_id: str, experiment_path: str,
         tags={
             tracking.TAG_ROLE: "search",
             tracking.TAG_SEARCH_PATH: experiment_path,
-            "ecgtune.data_manifest_sha256": _sha256(manifest_path),
+            "ecgtune.data_manifest_sha256": manifest_sha256(manifest_path.parent),
             "ecgtune.data_dir": str(manifest_path.parent.resolve()),
             "ecgtune.space_sha256": space.sha256,
             "ecgtune.code_version": code_version(),
-            **_library_versions(),
+            **library_versions(),
         },
     )
     params = {

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import logging
 import tempfile
@@ -24,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ecgtune.ensembles.errors import EnsembleError
+from ecgtune.data_prep.shards import manifest_sha256
 from ecgtune.ensembles.build.fold_roles import ENSEMBLE, TEST, fold_of_role
+from ecgtune.ensembles.errors import EnsembleError
 from ecgtune.ensembles.options import EnsembleOptions
 
 __all__ = ["EnsembleOptions", "EnsembleResult", "MemberSummary", "build_ensemble",
@@ -118,13 +118,13 @@ def build_ensemble(options: EnsembleOptions | None = None, **kwargs: Any) -> Ens
     """Build, report, export and register an ensemble. Pass an `EnsembleOptions` or its
     fields as flat keywords (`FitOptions` fields included): ``build_ensemble(data=...,
     name="demo", output="bundle", top_k=3, seed=1)``."""
-    from ecgtune.ensembles.ship.bundle import check_bundle_target
     from ecgtune.ensembles.build.members import (
         check_search_finished,
         fewer_than_asked,
         find_search,
         rank_trials,
     )
+    from ecgtune.ensembles.ship.bundle import check_bundle_target
     from ecgtune.ensembles.ship.registry import finish_run, start_ensemble_run
     from ecgtune.search import tracking
 
@@ -215,7 +215,7 @@ def _load_folds(opts: EnsembleOptions, search: Any) -> _Folds:
         if not mask.any():
             raise EnsembleError(f"{opts.data}: the {role} fold (fold {numbers[role]}) has no "
                                 "records; prepare more records")
-    sha = hashlib.sha256((Path(opts.data) / "manifest.json").read_bytes()).hexdigest()
+    sha = manifest_sha256(opts.data)
     if search.data_manifest_sha256 and search.data_manifest_sha256 != sha:
         log.warning("the data manifest differs from the one search %r was run on; members "
                     "are evaluated on data they may have been trained on", opts.name)
@@ -250,8 +250,8 @@ def _member_probabilities(member: Any, signals: np.ndarray, lengths: np.ndarray,
 
 
 def _predict_members(opts: EnsembleOptions, trials: list, folds: _Folds) -> _Members:
-    from ecgtune.ensembles.ship.inference import InputSpec, resolve_device
     from ecgtune.ensembles.build.members import load_member
+    from ecgtune.ensembles.ship.inference import InputSpec, resolve_device
 
     members = [load_member(t, opts.name, opts.storage, folds.label_names)
                for t in _progress(trials, "loading members", opts.progress)]
@@ -514,10 +514,10 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
            run_id: str) -> EnsembleResult:
     """Predict, fit, report, export and log: the list of steps (the functions above) and the
     values they hand each other."""
-    from ecgtune.ensembles.ship.bundle import save_bundle
     from ecgtune.ensembles.build.fitting import fit_average, fit_ensemble
-    from ecgtune.ensembles.ship.registry import log_batch
     from ecgtune.ensembles.evaluate.report import calibration_summary, write_ensemble_report
+    from ecgtune.ensembles.ship.bundle import save_bundle
+    from ecgtune.ensembles.ship.registry import log_batch
 
     folds = _load_folds(opts, search)
     mem = _predict_members(opts, trials, folds)

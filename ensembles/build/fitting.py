@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from ecgtune.ensembles.build.calibration import PerLabelCalibrator
-from ecgtune.ensembles.options import FitOptions
 from ecgtune.ensembles.build.policies import ThresholdPolicy, fit_policy_thresholds
 from ecgtune.ensembles.build.selection import EnsembleSelector, uniform_average
+from ecgtune.ensembles.options import FitOptions
 
 __all__ = ["FitOptions", "FittedAverage", "FittedEnsemble", "fit_average", "fit_ensemble"]
 

@@ -11,7 +11,7 @@ uniform average of all members competes with the selection, and the better one i
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np

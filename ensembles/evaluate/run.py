@@ -20,7 +20,6 @@ Source database of a record (``--by source``), first rule that applies:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ecgtune.data_prep.shards import manifest_sha256
 from ecgtune.ensembles.errors import EvaluationError
 from ecgtune.ensembles.options import EvaluateOptions
 
@@ -196,7 +196,7 @@ def evaluate_bundle(options: EvaluateOptions | None = None, **kwargs: Any) -> Ev
     # record is read: data prepared for another input is refused in one line.
     bundle.inputs.check_data(manifest, data=str(data), model=opts.bundle,
                              label_names=bundle.label_names, label_map=bundle.label_map)
-    sha = hashlib.sha256((data / "manifest.json").read_bytes()).hexdigest()
+    sha = manifest_sha256(data)
     fit = dict(bundle.metadata.get("fit") or {})
     policies = policies_from_record(fit.get("thresholds"), bundle.label_names)
     predictor = bundle

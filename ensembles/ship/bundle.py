@@ -25,7 +25,6 @@ bundle is replaced, anything else at ``DIR`` is left alone.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import shutil
@@ -46,6 +45,7 @@ from ecgtune.ensembles.ship.bundle_schema import (
     member_metadata,
 )
 from ecgtune.ensembles.ship.inference import EnsemblePredictor, InputSpec, MemberSpec
+from ecgtune.search.provenance import library_versions
 
 __all__ = [
     "BUNDLE_FILE",
@@ -64,21 +64,13 @@ MANIFEST_FORMAT = "ecgtune.bundle-manifest/1"
 SOURCE_FILE = "source.json"
 MANIFEST_FILE = "manifest.json"
 MEMBERS_DIR = "members"
+# What source.json records the versions of: what loading the bundle depends on.
+BUNDLE_LIBRARIES = ("ecgtune", "torch", "numpy", "safetensors", "scikit-learn", "scipy")
 _PARTIAL_MARKER = ".ecgtune-partial"
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for lib in ("ecgtune", "torch", "numpy", "safetensors", "scikit-learn", "scipy"):
-        try:
-            out[lib] = importlib.metadata.version(lib)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def is_bundle(path: str | os.PathLike[str]) -> bool:
@@ -178,9 +170,9 @@ def save_bundle(
         _refuse(path, tmp, _fail_non_finite)
         raise  # not reached: _fail_non_finite always raises
     (tmp / BUNDLE_FILE).write_text(text + "\n")
+    versions = library_versions(BUNDLE_LIBRARIES, prefix="")
     (tmp / SOURCE_FILE).write_text(
-        json.dumps({**dict(source or {}), "versions": _versions()}, indent=2, default=str) + "\n"
-    )
+        json.dumps({**dict(source or {}), "versions": versions}, indent=2, default=str) + "\n")
     for name, directory in (include or {}).items():
         shutil.copytree(directory, tmp / name)
     (tmp / _PARTIAL_MARKER).unlink()

@@ -26,7 +26,6 @@ changing what it computes (`onnx_rewrites`; tests/benchmarks/bench_export.py).
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -54,6 +53,7 @@ from ecgtune.ensembles.errors import EnsembleError
 from ecgtune.ensembles.ship.bundle import MANIFEST_FILE, Bundle, load_bundle
 from ecgtune.ensembles.ship.inference import NUM_LEADS, EnsemblePredictor, MemberSpec
 from ecgtune.ensembles.ship.onnx_rewrites import attention_heads, for_export, rewrite_graph
+from ecgtune.search.provenance import library_versions
 
 __all__ = [
     "INPUT_NAME",
@@ -329,13 +329,6 @@ def _sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def onnx_metadata(bundle: Bundle) -> dict[str, str]:
     """The graph's metadata_props (strings; JSON where structured). ``bundle_sha256`` is the
     sha256 of the bundle's manifest.json, which holds the sha256 of every other bundle file."""
@@ -359,7 +352,7 @@ def onnx_metadata(bundle: Bundle) -> dict[str, str]:
     }
     return {
         "ecgtune.format": ONNX_FORMAT,
-        "ecgtune.version": _version("ecgtune"),
+        "ecgtune.version": library_versions(("ecgtune",), prefix="").get("ecgtune", "unknown"),
         "labels": json.dumps(list(bundle.label_names)),
         "label_map": str(bundle.label_map),
         "thresholds": json.dumps([float(t) for t in bundle.thresholds]),

@@ -27,15 +27,17 @@ from ecgtune.search.devices import (
     TrialDoesNotFitError,
     TrialOutOfMemoryError,
     activation_bytes,
+    autoscaler_gpus,
+    default_gpus_per_trial,
     estimate_training_memory,
     gpu_memory_from_resources,
+    gpu_share_bytes,
     oom_as_fatal,
     release_memory,
     select_precision,
     trial_device,
 )
 from ecgtune.search.errors import NonRetryableTrialError, SearchError
-from ecgtune.search.run import autoscaler_gpus, default_gpus_per_trial, gpu_share_bytes
 from ecgtune.search.searcher import PointValidator
 from ecgtune.search.space import load_space
 from ecgtune.search.training import NonFiniteLossError, Trainer

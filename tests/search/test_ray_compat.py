@@ -17,7 +17,7 @@ from ray import tune
 from ray.train._internal.checkpoint_manager import _CheckpointManager
 from ray.tune.experiment import Trial
 
-from ecgtune.search import _ray_compat, run
+from ecgtune.search import _ray_compat, ray_session
 from ecgtune.search import metric_keys as K
 from ecgtune.search.checkpoint import checkpoint_config
 from ecgtune.search.errors import SearchError
@@ -60,10 +60,10 @@ def test_a_ray_without_the_loopback_switch_fails_the_command(monkeypatch):
     module, attribute = _ray_compat.LOOPBACK_SWITCH
     monkeypatch.delattr(importlib.import_module(module), attribute)
     with pytest.raises(_ray_compat.RayCompatError, match=rf"{module}\.{attribute}"), \
-            run._loopback_only(local=True):  # what `_init_ray` wraps `ray.init` in
+            ray_session.loopback_only(local=True):  # what `init_ray` wraps `ray.init` in
         pytest.fail("the local instance would start")
     assert issubclass(_ray_compat.RayCompatError, SearchError)  # the CLI's one-line errors
-    with run._loopback_only(local=False):  # joining a cluster does not need it
+    with ray_session.loopback_only(local=False):  # joining a cluster does not need it
         pass
 
 

@@ -278,11 +278,11 @@ def test_local_ray_listens_on_loopback_only(tmp_path):
     import ray
     from ray._private import ray_constants
 
-    from ecgtune.search.run import _init_ray
+    from ecgtune.search.ray_session import init_ray
 
     assert not ray.is_initialized()
     switch = ray_constants.ENABLE_RAY_CLUSTER
-    assert _init_ray(SearchOptions(data=tmp_path, num_cpus=1))
+    assert init_ray(SearchOptions(data=tmp_path, num_cpus=1))
     try:
         # Only the start of this instance is loopback-only; a later `ray start` is not.
         assert ray_constants.ENABLE_RAY_CLUSTER == switch

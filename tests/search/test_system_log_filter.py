@@ -7,7 +7,7 @@ import io
 
 from ray._private import worker as ray_worker
 
-from ecgtune.search.run import quiet_ray_system_logs
+from ecgtune.search.ray_session import quiet_ray_system_logs
 
 STATE_DUMP = ("Raylet is terminated. Termination is unexpected. ...\n"
               "    [state-dump] NodeManager.deadline_timer.flush_free_objects - 1 total")
