@@ -11,7 +11,7 @@ Minimum duration, `MIN_SECONDS` = 5 s of real signal (or the whole output window
 shorter). Shorter records are zero-padded to the stored 10 s, and the models read crops of
 4,096 samples (8.2 s at 500 Hz): at 5 s at least ~60% of every crop is real signal, and even
 at 40 bpm a 5-s strip holds 3 beats, the fewest from which rate and rhythm (SB, AFIB, SR, ...)
-mean anything. A 1-sample "record" padded with zeros used to get five rhythm labels. Every
+mean anything (a 1-sample "record" padded with zeros would otherwise get rhythm labels). Every
 database the product targets is longer (CPSC, the shortest, starts at 6 s), so the rule costs
 no real record.
 """

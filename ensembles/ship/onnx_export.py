@@ -1,4 +1,4 @@
-"""Portable export: a whole calibrated ensemble bundle as one ONNX graph (issue 15).
+"""Portable export: a whole calibrated ensemble bundle as one ONNX graph.
 
 The graph takes what the pyfunc model takes, int16 records (N, 12, n_samples) at the bundle's
 gain (and, optionally, ``lengths``: each record's real samples before prep's zero padding),

@@ -1,5 +1,5 @@
-"""`prep`'s worker processes end with their parent, whatever ends it (issue 9: after `kill -9`
-of `ecgtune prep` its pool workers used to stay alive for minutes)."""
+"""`prep`'s worker processes end with their parent, whatever ends it (`kill -9` included): a
+worker left behind would hold memory and CPU for minutes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 9 ("nothing silently wrong"), records side: the MAT v4 header is honoured, header and
+"""Nothing silently wrong, records side: the MAT v4 header is honoured, header and
 matrix must agree, uncalibrated / too short / flat / non-finite records are refused with a named
 reason, and no random header or matrix makes the reader return a wrong shape or escape with an
 exception other than RecordError."""

@@ -1,4 +1,4 @@
-"""Issue 16 for inference: `ensemble`, `predict` and the pyfunc model choose their device
+"""Devices for inference: `ensemble`, `predict` and the pyfunc model choose their device
 (`--device auto|cpu|cuda`) and precision (`--precision fp32|bf16`), and refuse a device torch
 cannot use with one line, before any work."""
 

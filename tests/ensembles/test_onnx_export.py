@@ -1,4 +1,4 @@
-"""`ecgtune export --format onnx` (issue 15): one ONNX graph equal to the bundle.
+"""`ecgtune export --format onnx`: one ONNX graph equal to the bundle.
 
 The fast tests build a two-member bundle without Ray (random `tiny` and `tiny-multi` members,
 different crops, windows and normalisation modes; one label per calibrator kind) and export it

@@ -1,4 +1,4 @@
-"""Issue 9 ("nothing silently wrong"), prediction side: `predict` refuses exactly what `prep`
+"""Nothing silently wrong, prediction side: `predict` refuses exactly what `prep`
 quarantines, says what it only warns about in a `quality` column, and fails cleanly on bad
 invocations and bad bundles. Uses a tiny bundle built without a search (no Ray)."""
 

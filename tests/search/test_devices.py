@@ -1,4 +1,4 @@
-"""Issue 16 on a CPU: every GPU decision a trial makes, with the GPU facts faked.
+"""On a CPU, every GPU decision a trial makes, with the GPU facts faked.
 
 A trial given a GPU it cannot use refuses; the cluster default asks for GPUs; configs that
 cannot fit are refused before they start; out-of-memory is fatal; a finished trial leaves

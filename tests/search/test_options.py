@@ -1,5 +1,5 @@
 """A bad `ecgtune search` invocation fails at once, with one line and exit 2, and leaves
-nothing behind: no Ray instance, no MLflow run, no Ray experiment folder (issue 9).
+nothing behind: no Ray instance, no MLflow run, no Ray experiment folder.
 
 Fast tier: none of these may start Ray, which is the point of validating first.
 """

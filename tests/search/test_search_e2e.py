@@ -120,8 +120,8 @@ def test_crashed_trial_resumes_from_checkpoint_and_nan_trial_fails_clearly(prepa
     ))
     assert result.complete
     # The crash is retried once from its checkpoint; the NaN, deterministic, is not retried
-    # at all (before issue 9 it failed max_failures + 1 = 3 times).
-    # So is an out-of-memory error (issue 16): same config, same memory, same failure.
+    # at all (a retry would only repeat it). Nor is an out-of-memory error: same config, same
+    # memory, same failure.
     def fault(config: dict) -> str:
         return next((k.split(".")[1].split("_")[0] for k in
                      ("debug.crash_at_epoch", "debug.nan_at_epoch", "debug.oom_at_epoch")
