@@ -22,7 +22,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -64,11 +64,10 @@ MANIFEST_VERSION = 1
 # Bump when pass 2's output for the same plan changes, so old sidecars are not trusted.
 _SHARD_FORMAT = 3
 _SIDECAR_DIR = ".prep"
-# Fault injection for the resume test (like search's `debug.*_at_epoch`): with this set to N,
-# prep dies as a crash would (no cleanup, no manifest) once N shards are written, so the test
-# interrupts it at a known point instead of racing it.
-EXIT_AFTER_SHARDS_ENV = "ECGTUNE_DEBUG_PREP_EXIT_AFTER_SHARDS"
-INJECTED_EXIT_STATUS = 86
+# Called with the number of shards finished after each one. None in use; a test installs a
+# function here (in the process it runs prep in) to stop prep at a known point, e.g. to crash
+# it after N shards and check the resume, instead of racing a kill against the shards.
+after_shard: Callable[[int], None] | None = None
 QUARANTINE_FILE = "quarantine.csv"  # record,reason: every record not written
 WARNINGS_FILE = "warnings.csv"  # record,warning: records written with a quality warning
 UNLABELLED_POLICIES = ("keep", "drop")
@@ -634,15 +633,14 @@ def _run_shards(tasks: list[_ShardTask], pool: _LazyPool | None, worker_cpu: lis
     from tqdm import tqdm
 
     sides: dict[str, dict[str, Any]] = {}
-    exit_after = int(os.environ.get(EXIT_AFTER_SHARDS_ENV) or 0)
     bar = tqdm(total=records_in, unit="rec", desc="prep", disable=not progress, smoothing=0.1)
     bar.update(quarantined)
     try:
         for side in _iter_results(tasks, pool, worker_cpu):
             sides[side["shard"]] = side
             bar.update(side["rows"] + len(side["quarantine"]))
-            if len(sides) == exit_after:
-                os._exit(INJECTED_EXIT_STATUS)
+            if after_shard is not None:
+                after_shard(len(sides))
     finally:
         bar.close()
     return sides

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -187,17 +186,29 @@ def test_unlabelled_drop_quarantines_records_without_a_scored_label(
         prepare(root, tmp_path / "x", unlabelled="maybe", progress=False)
 
 
-def test_interrupted_prep_resumes_to_the_same_manifest(synth_dir: Path, tmp_path: Path) -> None:
-    from ecgtune.data_prep.prep import EXIT_AFTER_SHARDS_ENV, INJECTED_EXIT_STATUS
+# `ecgtune prep` in a process that dies like a crash (os._exit: no cleanup, no manifest) after
+# its third shard: a known point, not a race against a kill.
+_CRASH_AFTER_3 = """
+import os, sys
+from ecgtune.data_prep import prep
+from ecgtune.ensembles.cli import main
 
+def crash(done):
+    if done == 3:
+        os._exit(86)
+
+prep.after_shard = crash
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_interrupted_prep_resumes_to_the_same_manifest(synth_dir: Path, tmp_path: Path) -> None:
     reference = prepare(synth_dir, tmp_path / "ref", workers=1, shard_size=5, progress=False)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "ecgtune.ensembles.cli", "prep", "--input", str(synth_dir),
+    cmd = [sys.executable, "-c", _CRASH_AFTER_3, "prep", "--input", str(synth_dir),
            "--output", str(out), "--workers", "1", "--shard-size", "5", "--no-progress"]
-    # prep dies like a crash (os._exit) after its third shard: a known point, not a race.
-    proc = subprocess.run(cmd, env={**os.environ, EXIT_AFTER_SHARDS_ENV: "3"},
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
-    assert proc.returncode == INJECTED_EXIT_STATUS, proc.stderr.decode()
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    assert proc.returncode == 86, proc.stderr.decode()
     assert not (out / "manifest.json").exists()
     assert len(list((out / "shards").glob("*.parquet"))) == 3
     resumed = prepare(synth_dir, out, workers=2, shard_size=5, progress=False)
