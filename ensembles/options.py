@@ -150,8 +150,9 @@ class EnsembleOptions:
                         "finished trials by the search objective")
     register: str | None = option(None, metavar="MODEL_NAME", help="register the pyfunc "
                                   "model under this name, alias 'champion'")
-    tracking_uri: str | None = option(None, metavar="URI", help="MLflow tracking URI "
-                                      "(default: sqlite:///$PWD/mlflow.db)")
+    tracking_uri: str | None = option(None, metavar="URI", help="MLflow tracking URI, the "
+                                      "store the search wrote to (default: "
+                                      "$MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db)")
     storage: str | None = option(None, metavar="PATH", help="search storage (local/NFS path "
                                  "or s3://...) to find checkpoints whose recorded path moved: "
                                  "STORAGE/NAME/<trial>/<checkpoint>")

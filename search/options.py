@@ -104,7 +104,8 @@ class SearchOptions:
         None, kind=float, minimum=0, metavar="G", help="GPUs per trial, fractions allowed "
         "(0.5 = two trials per GPU) (default: 1 when the cluster has GPUs, else 0)")
     tracking_uri: str | None = option(None, metavar="URI", help="MLflow tracking URI "
-                                      "(default: sqlite:///$PWD/mlflow.db)")
+                                      "(default: $MLFLOW_TRACKING_URI, else "
+                                      "sqlite:///$PWD/mlflow.db)")
     storage: str | None = option(None, metavar="PATH", help="Ray results: a local or NFS path, "
                                  "or s3://bucket/prefix (default: $PWD/ray_results)")
     resume: bool = option(False, help="continue an interrupted search of this --name "

@@ -1,6 +1,12 @@
 """The quality-cost Pareto front of a multi-objective search (`--objective auprc,gflops`):
 which trials no other trial beats on quality and cost at once, as a table and a plot that
-the search's parent run logs."""
+the search's parent run logs.
+
+Costs are compared at a stated resolution, `COST_RTOL` (1%): two costs within it of each
+other count as equal, so quality decides between them. A GFLOP count is exact, but a
+difference of a millionth of a GFLOP (a bias term) costs nothing anyone can measure, and a
+measured CPU time varies by more than 1% from run to run; without the tolerance such a
+difference would put the worse model on the front and call the better one dominated."""
 
 from __future__ import annotations
 
@@ -13,23 +19,38 @@ from typing import Any
 
 from ecgtune.search import metric_keys as K
 
-__all__ = ["FRONT_CSV", "FRONT_PNG", "FrontRow", "front_rows", "log_pareto_front",
-           "pareto_front", "plot_pareto_front", "write_front_csv"]
+__all__ = ["COST_RTOL", "FRONT_CSV", "FRONT_PNG", "FrontRow", "front_rows",
+           "log_pareto_front", "pareto_front", "plot_pareto_front", "write_front_csv"]
 
 FRONT_CSV = "pareto_front.csv"
 FRONT_PNG = "pareto_front.png"
 # Cost names (searcher.OBJECTIVES) -> the reported metric
 COST_METRICS = {"gflops": K.COST_GFLOPS, "cpu_ms": K.COST_CPU_MS, "params": K.COST_PARAMS}
+# Two costs within this fraction of the larger one are the same cost (see the module docstring).
+COST_RTOL = 0.01
+RESOLUTION_NOTE = f"costs within {COST_RTOL:.0%} of each other count as equal"
 
 
-def pareto_front(quality: Sequence[float], costs: Sequence[Sequence[float]]) -> list[bool]:
+def _cost_cmp(x: float, y: float, rtol: float) -> int:
+    """-1 when cost ``x`` is lower than ``y`` beyond the tolerance, 1 when higher, 0 when
+    they are equal within it."""
+    if abs(x - y) <= rtol * max(abs(x), abs(y)):
+        return 0
+    return -1 if x < y else 1
+
+
+def pareto_front(quality: Sequence[float], costs: Sequence[Sequence[float]],
+                 rtol: float = COST_RTOL) -> list[bool]:
     """For each point, whether it is on the front: no other point has quality >= and every
-    cost <= with at least one strict (higher quality is better, lower cost is better)."""
+    cost <= with at least one strict (higher quality is better, lower cost is better), costs
+    compared within ``rtol``: between two points whose costs are equal within it, the higher
+    quality dominates."""
     points = [(q, tuple(c)) for q, c in zip(quality, costs, strict=True)]
 
     def dominates(a: tuple[float, tuple[float, ...]], b: tuple[float, tuple[float, ...]]) -> bool:
-        no_worse = a[0] >= b[0] and all(x <= y for x, y in zip(a[1], b[1], strict=True))
-        better = a[0] > b[0] or any(x < y for x, y in zip(a[1], b[1], strict=True))
+        order = [_cost_cmp(x, y, rtol) for x, y in zip(a[1], b[1], strict=True)]
+        no_worse = a[0] >= b[0] and all(o <= 0 for o in order)
+        better = a[0] > b[0] or any(o < 0 for o in order)
         return no_worse and better
 
     return [not any(dominates(other, p) for other in points) for p in points]
@@ -89,7 +110,7 @@ def plot_pareto_front(rows: Sequence[FrontRow], cost_name: str, path: Path) -> P
     ax.set_xlabel({"gflops": "forward GFLOP per 10 s record", "cpu_ms": "CPU ms per record",
                    "params": "parameters"}.get(cost_name, cost_name))
     ax.set_ylabel("best validation macro AUPRC")
-    ax.set_title("Quality against cost (numbers: trial index)")
+    ax.set_title(f"Quality against cost (numbers: trial index; {RESOLUTION_NOTE})", fontsize=10)
     ax.legend(loc="lower right")
     fig.savefig(path, dpi=110)
     plt.close(fig)

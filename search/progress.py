@@ -9,8 +9,14 @@ from typing import Any
 
 from ray.tune import Callback
 
+from ecgtune.data_prep.heartbeat import stage
 from ecgtune.search import metric_keys as K
 from ecgtune.search.tracking import trial_index, trial_run_name
+
+
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``3 epochs``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 class ProgressPrinter(Callback):
@@ -18,10 +24,23 @@ class ProgressPrinter(Callback):
         self.num_samples = num_samples
         self.start = time.monotonic()
         self.finished = 0
+        self.results = 0  # epoch results seen by this driver
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        # What the console's heartbeat line says while no trial reports (data_prep.heartbeat):
+        # the start-up of the first trials (worker processes, torch, the data), long epochs.
+        running = [t for t in trials if t.status == "RUNNING"]
+        pending = sum(t.status == "PENDING" for t in trials)
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        names = ", ".join(f"t{trial_index(t):03d}" for t in running[:4])
+        names += ", ..." if len(running) > 4 else ""
+        what = ("waiting for the first epoch" if self.results == 0 else "training")
+        stage(f"{what}: {len(running)} running{f' ({names})' if names else ''}, "
+              f"{pending} pending, {done} of {self.num_samples} done")
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Restored by `--resume` from Ray's experiment state: the clock restarts here.
-        self.__dict__.update(state)
+        self.__dict__.update({"results": 0, **state})
         self.start = time.monotonic()
 
     def _say(self, text: str) -> None:
@@ -40,6 +59,7 @@ class ProgressPrinter(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
+        self.results += 1
         budget = trial.config.get("train.epochs", "?")
         self._say(
             f"{self._name(trial)} epoch {result.get(K.EPOCH)}/{budget}: val AUPRC "
@@ -55,8 +75,8 @@ class ProgressPrinter(Callback):
         last = trial.last_result or {}
         epochs, budget = last.get(K.EPOCH, 0), trial.config.get("train.epochs", 0)
         how = "stopped early by ASHA" if epochs < budget else "finished"
-        self._say(f"{self._name(trial)} {how} after {epochs} epochs, best val AUPRC "
-                  f"{last.get(K.BEST_OBJECTIVE, float('nan')):.3f} "
+        self._say(f"{self._name(trial)} {how} after {plural(int(epochs), 'epoch')}, best val "
+                  f"AUPRC {last.get(K.BEST_OBJECTIVE, float('nan')):.3f} "
                   f"({self.finished}/{self.num_samples} trials done)")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

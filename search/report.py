@@ -31,13 +31,14 @@ def print_search_summary(result: SearchResult) -> None:
         if t.error:
             print(f"  {t.trial_id}: {t.error}")
     if len(result.objective) > 1:
-        from ecgtune.search.pareto import front_rows
+        from ecgtune.search.pareto import RESOLUTION_NOTE, front_rows
 
         costs = list(result.objective[1:])
         front = [r for r in front_rows(result.trials, costs) if r.on_front]
         points = ", ".join(f"t{r.trial:03d} ({r.quality:.4f}; "
                            + "; ".join(f"{r.costs[c]:.3g} {c}" for c in costs) + ")"
                            for r in front)
-        print(f"Pareto front (best val AUPRC vs {', '.join(costs)}): {points or '-'}")
+        print(f"Pareto front (best val AUPRC vs {', '.join(costs)}; {RESOLUTION_NOTE}): "
+              f"{points or '-'}")
     print(f"\nRay results: {result.experiment_path}")
     print(f"Browse the runs: {browse_hint(result.tracking_uri, result.experiment_id)}")

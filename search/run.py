@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ecgtune.data_prep.console import keep_sigterm_handler
+from ecgtune.data_prep.heartbeat import stage
 from ecgtune.data_prep.shards import manifest_sha256
 from ecgtune.search import checkpoint, tracking
 from ecgtune.search import metric_keys as K
@@ -115,14 +116,16 @@ class _Recorded:
     experiment_path: str
     num_samples: int
     objective: str = "auprc"  # a resumed search keeps the one it was started with
+    paused_ms: int = 0  # how long a resumed search lay stopped: not part of its Duration
 
 
 def run_search(opts: SearchOptions) -> SearchResult:
     # Options, --set values and --storage first: a bad invocation creates nothing.
+    stage("checking the options, the space and the data")
     validated = validate_options(opts)
     data = check_search_data(Path(opts.data))
     check = _point_validator(validated, data)
-    tracking_uri = opts.tracking_uri or tracking.default_tracking_uri()
+    tracking_uri = tracking.resolve_tracking_uri(opts.tracking_uri)
     tracking.check_tracking_uri(tracking_uri)
     # One search per name (search.claim): held from the "already exists" checks (Ray's
     # experiment folder, the MLflow parent run) until the runs are closed.
@@ -137,13 +140,19 @@ def _run_claimed(opts: SearchOptions, validated: ValidatedSearch, data: SearchDa
     import ray
 
     experiment_path = _experiment_path(opts, validated.storage)
+    if opts.resume:
+        finished = _finished_search(opts, tracking_uri, experiment_path)
+        if finished is not None:
+            return finished
 
     # SIGTERM keeps taking Ctrl-C's path (data_prep.console), not Ray's exit and stack dump.
+    stage("starting Ray" if opts.address is None else f"joining the Ray cluster {opts.address}")
     with keep_sigterm_handler():
         started_ray = init_ray(opts)
     try:
         # GPUs first: a cluster that can never give a trial its GPU creates no run either.
         gpus, check = _gpu_plan(opts, check, ray.cluster_resources())
+        stage("opening the MLflow store")
         client = open_tracking_store(tracking_uri)
         recorded = _open_parent_run(client, opts, validated, data, gpus, tracking_uri,
                                     experiment_path)
@@ -153,19 +162,49 @@ def _run_claimed(opts: SearchOptions, validated: ValidatedSearch, data: SearchDa
         try:
             # The driver loads no signals: the trials get them from the object store (loaded
             # there by a task on this node) or from a node-local memory map.
+            stage("loading the data for the trials")
             handle = make_data_handle(opts.data_sharing, None, data.directory, data.folds,
                                       data.manifest_sha256)
+            stage("starting the first trials")
             _fit(opts, validated.space, check, handle, data, gpus, recorded)
+            stage("summarising the search")
             result = _summarise(recorded.num_samples, opts, tracking_uri,
                                 recorded.experiment_id, recorded.parent_id, experiment_path)
         except BaseException:
-            _close_runs(client, recorded.experiment_id, recorded.parent_id, complete=False)
+            _close_runs(client, recorded.experiment_id, recorded.parent_id, complete=False,
+                        paused_ms=recorded.paused_ms)
             raise
     finally:
         if started_ray:
             ray.shutdown()
     _close_runs(client, recorded.experiment_id, recorded.parent_id, complete=result.complete,
-                result=result)
+                result=result, paused_ms=recorded.paused_ms)
+    return result
+
+
+def _finished_search(opts: SearchOptions, tracking_uri: str,
+                     experiment_path: str) -> SearchResult | None:
+    """`--resume` of a search that already finished: its summary, read from Ray's saved state
+    and the runs as they are. No Ray starts and no run is reopened, so the search run keeps
+    its own Duration and end time (reopening it would stretch them to now). None when there
+    is something to resume."""
+    client = open_tracking_store(tracking_uri)
+    experiment = client.get_experiment_by_name(opts.name)
+    if experiment is None:
+        return None
+    parent = tracking.find_search_run(client, experiment.experiment_id, experiment_path)
+    if parent is None or parent.info.status != "FINISHED":
+        return None
+    num_samples = int(parent.data.params.get("num_samples", opts.num_samples))
+    objective = parent.data.params.get("objective", opts.objective)
+    result = _summarise(num_samples, replace(opts, objective=objective), tracking_uri,
+                        experiment.experiment_id, parent.info.run_id, experiment_path)
+    if not result.complete:
+        return None
+    tracking.ensure_key_metrics_view(client, experiment.experiment_id)
+    if opts.verbose >= 1:
+        print(f"Search {opts.name!r} finished earlier ({num_samples} trials): nothing to resume, "
+              "its results are reused", flush=True)
     return result
 
 
@@ -251,18 +290,19 @@ def _open_parent_run(client: Any, opts: SearchOptions, validated: ValidatedSearc
     parent = (tracking.find_search_run(client, experiment_id, experiment_path)
               if opts.resume else None)
     num_samples, objective = opts.num_samples, opts.objective
+    paused_ms = 0
     if parent is not None:
         parent_id = parent.info.run_id
         num_samples = int(parent.data.params.get("num_samples", num_samples))
         objective = parent.data.params.get("objective", objective)
-        client.update_run(parent_id, status="RUNNING")
+        paused_ms = tracking.reopen_run(client, parent)
     else:
         parent_id = _start_parent_run(client, experiment_id, experiment_path,
                                       replace(opts, gpus_per_trial=gpus), validated.space,
                                       data.manifest_path)
         _record_pins(client, parent_id, validated)
     return _Recorded(tracking_uri, experiment_id, parent_id, validated.storage, experiment_path,
-                     num_samples, objective)
+                     num_samples, objective, paused_ms)
 
 
 def _fit(opts: SearchOptions, space: SearchSpace, check: PointValidator, handle: DataHandle,
@@ -479,7 +519,8 @@ def _start_parent_run(client: Any, experiment_id: str, experiment_path: str,
 
     run = client.create_run(
         experiment_id,
-        run_name=f"{opts.name} ({Path(space.name).stem} space)",
+        run_name=tracking.unique_run_name(
+            client, experiment_id, f"{opts.name} ({Path(space.name).stem} space)", "search"),
         tags={
             tracking.TAG_ROLE: "search",
             tracking.TAG_SEARCH_PATH: experiment_path,
@@ -537,9 +578,10 @@ def _summarise(num_samples: int, opts: SearchOptions, tracking_uri: str, experim
 
 
 def _close_runs(client: Any, experiment_id: str, parent_id: str, complete: bool,
-                result: SearchResult | None = None) -> None:
+                result: SearchResult | None = None, paused_ms: int = 0) -> None:
     """No run is left RUNNING: open child runs of an interrupted search become KILLED (a
-    `--resume` reopens them), and the parent run records the outcome."""
+    `--resume` reopens them), and the parent run records the outcome; its Duration counts
+    the time the search ran, not the time it lay stopped before a `--resume`."""
     status = "FINISHED" if complete else "KILLED"
     for run in tracking.trial_runs(client, experiment_id, parent_id):
         if run.info.status == "RUNNING":
@@ -550,6 +592,8 @@ def _close_runs(client: Any, experiment_id: str, parent_id: str, complete: bool,
         best = result.best
         if best is not None:
             client.log_metric(parent_id, f"best/{K.OBJECTIVE.split('/', 1)[1]}", best.best_score)
+            # The trials' column name too: the key-metrics view shows the search's best there.
+            client.log_metric(parent_id, K.BEST_OBJECTIVE, best.best_score)
             client.set_tag(parent_id, "ecgtune.best_trial_id", best.trial_id)
         client.log_metric(parent_id, "search/trial_epochs", result.trial_epochs)
         client.log_metric(parent_id, "search/trials", len(result.trials))
@@ -557,4 +601,4 @@ def _close_runs(client: Any, experiment_id: str, parent_id: str, complete: bool,
             from ecgtune.search.pareto import log_pareto_front
 
             log_pareto_front(client, parent_id, result.trials, result.objective[1:])
-    client.set_terminated(parent_id, status=status)
+    tracking.close_run(client, parent_id, status, paused_ms)

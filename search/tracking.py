@@ -13,10 +13,14 @@ import base64
 import json
 import logging
 import os
+import shutil
 import ssl
+import sys
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +47,83 @@ def default_tracking_uri(workdir: str | Path | None = None) -> str:
     return f"sqlite:///{(Path(workdir or Path.cwd()) / 'mlflow.db').resolve()}"
 
 
+# MLflow's own variables, read the way MLflow's client reads them, so that `ecgtune` and
+# `mlflow ui`/`mlflow models serve` in the same shell see the same store.
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+REGISTRY_URI_ENV = "MLFLOW_REGISTRY_URI"
+# What a command's --tracking-uri help says about its default.
+DEFAULT_URI_HELP = "default: $MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The store a command uses: its --tracking-uri, else MLflow's MLFLOW_TRACKING_URI, else
+    `mlflow.db` in the working folder. A relative SQLite path is made absolute, so that the
+    store keeps its identity in hints, locks and bundle provenance."""
+    chosen = (uri or "").strip() or os.environ.get(TRACKING_URI_ENV, "").strip()
+    if not chosen:
+        return default_tracking_uri()
+    if chosen.startswith("sqlite:///"):
+        path = chosen.removeprefix("sqlite:///")
+        if path and not Path(path).is_absolute():
+            return f"sqlite:///{Path(path).resolve()}"
+    return chosen
+
+
+def resolve_registry_uri(tracking_uri: str) -> str:
+    """The model registry MLflow's client uses next to ``tracking_uri``: MLFLOW_REGISTRY_URI
+    when set, else the tracking store itself."""
+    return os.environ.get(REGISTRY_URI_ENV, "").strip() or tracking_uri
+
+
+@contextmanager
+def mlflow_uris(tracking_uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URIs (and their variables) point at
+    ``tracking_uri`` and its registry for the block, and are put back afterwards.
+
+    The fluent API (`log_model`) and MLflow's `models:/` resolution use the process-wide
+    URIs, not the client a caller built: without this they would reach whatever
+    MLFLOW_TRACKING_URI names, or create `mlflow.db` in the working folder, and
+    `mlflow.set_tracking_uri` would leave its value in the environment of everything that
+    runs later in this process."""
+    import mlflow
+
+    saved = {key: os.environ.get(key) for key in (TRACKING_URI_ENV, REGISTRY_URI_ENV)}
+    registry = resolve_registry_uri(tracking_uri)
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(registry)
+    try:
+        yield
+    finally:
+        # MLflow keeps the URIs in module state and mirrors them into the environment.
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None: unset
+        mlflow.set_registry_uri(saved[REGISTRY_URI_ENV])  # type: ignore[arg-type]
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def quiet_mlflow_logs() -> None:
     # First use of a SQLite store runs its schema migrations, which log at INFO per step.
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+def check_tracking_uri(uri: str, timeout: float = 5.0, must_exist: bool = False) -> None:
     """Fail fast, before any trial starts, when the tracking store cannot be reached or
-    refuses the credentials."""
+    refuses the credentials. ``must_exist``: the command reads what an earlier one wrote
+    (a search, a registered model), so a SQLite store that is not there is refused rather
+    than created empty."""
     if uri.startswith(("http://", "https://")):
         probe_tracking_server(uri, timeout)
     elif uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
+        if must_exist and not db.is_file():
+            raise TrackingError(
+                f"no MLflow store at {uri} ({db} does not exist); pass the store the search "
+                f"wrote to with --tracking-uri or MLFLOW_TRACKING_URI")
         if not db.parent.is_dir():
             raise TrackingError(f"MLflow SQLite store {uri}: folder {db.parent} does not exist")
         # Every caller writes runs, and SQLite writes its journal beside the store: a
@@ -150,26 +218,88 @@ def client(uri: str) -> Any:
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI_PORT = 5000  # README's `mlflow ui --port 5000`
 
+# The runs table MLflow's UI opens shows no metric column (only Source, Models, Dataset) until
+# a user picks them from hundreds: every experiment carries a saved view of the runs table
+# with the key metrics as columns, and the printed address opens it. It is the UI's own
+# "saved view" (an experiment tag `mlflow.sharedViewState.<key>` holding the view's state,
+# opened by the page's `viewStateShareKey` parameter; it also appears in the UI's list of
+# views), so a user can change it or go back to their own.
+KEY_METRICS_VIEW = "ecgtune-key-metrics"
+KEY_METRICS_VIEW_NAME = "ecgtune: key metrics"
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+# Trial runs: best and last validation scores and cost; search runs: the best trial's score;
+# ensemble runs: test-fold scores and the ensemble's summed cost.
+KEY_METRICS = (K.BEST_OBJECTIVE, K.VAL_AUROC, "test/macro_auprc", "test/macro_auroc",
+               K.COST_GFLOPS, K.COST_CPU_MS)
+
+
+def key_metrics_view_state() -> dict[str, Any]:
+    """The saved view's state: the runs table with the Models column and `KEY_METRICS`."""
+    return {"selectedColumns": ["attributes.`Models`",
+                                *(f"metrics.`{key}`" for key in KEY_METRICS)]}
+
+
+def ensure_key_metrics_view(mlflow_client: Any, experiment_id: str) -> None:
+    """Give the experiment the key-metrics view (`runs_view_url` opens it); an identical view
+    is left as it is. Best effort: a store that refuses experiment tags keeps MLflow's
+    default table."""
+    import time
+
+    tag = SHARED_VIEW_TAG + KEY_METRICS_VIEW
+    state = json.dumps(key_metrics_view_state())
+    try:
+        current = mlflow_client.get_experiment(experiment_id).tags.get(tag)
+        if current and json.loads(current).get("state") == state:
+            return
+        now = int(time.time() * 1000)
+        mlflow_client.set_experiment_tag(experiment_id, tag, json.dumps(
+            {"name": KEY_METRICS_VIEW_NAME, "createdAt": now, "updatedAt": now,
+             "state": state}))
+    except Exception as exc:  # never fail a search or an ensemble over a table layout
+        log.warning("could not save the key-metrics view of experiment %s: %s",
+                    experiment_id, exc)
+
 
 def runs_view_url(uri: str, experiment_id: str, port: int = UI_PORT) -> str:
-    """The MLflow UI page with the experiment's runs table.
+    """The MLflow UI page with the experiment's runs table, key metrics as columns.
 
     MLflow 3's UI opens in its GenAI mode (a traces overview) unless the page's `workflowType`
     query parameter (or the browser's stored choice) says model training, so the address says
-    it. A tracking server serves the UI itself; a SQLite store is served by `mlflow ui`.
+    it; `viewStateShareKey` opens the key-metrics view (`ensure_key_metrics_view`). A tracking
+    server serves the UI itself; a SQLite store is served by `mlflow ui`.
     """
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else (
         f"http://127.0.0.1:{port}")
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return (f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={KEY_METRICS_VIEW}"
+            "&workflowType=machine_learning")
 
 
-def browse_hint(uri: str, experiment_id: str, port: int = UI_PORT, mlflow: str = "mlflow") -> str:
-    """One line telling a user how to land on the runs: the command to run, if any, and the
-    address to open."""
+def venv_command(name: str) -> str:
+    """``name`` (a console script of this environment, e.g. ``mlflow``) as a user can type it
+    in this folder: the bare name when the shell finds this environment's script under it,
+    else the script's path (relative when it lies below this folder, as `.venv/bin/mlflow`
+    after `make demo`)."""
+    script = Path(sys.executable).with_name(name)
+    if not script.is_file():
+        return name
+    found = shutil.which(name)
+    if found and Path(found).resolve() == script.resolve():
+        return name
+    try:
+        return str(script.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(script.absolute())
+
+
+def browse_hint(uri: str, experiment_id: str, port: int = UI_PORT,
+                mlflow: str | None = None) -> str:
+    """One line telling a user how to land on the runs: the command to run, if any (this
+    environment's `mlflow`, as `venv_command` spells it), and the address to open."""
     url = runs_view_url(uri, experiment_id, port)
     if uri.startswith(("http://", "https://")):
         return f"open {url}"
-    return f"{mlflow} ui --backend-store-uri {uri} --port {port}, then open {url}"
+    command = mlflow or venv_command("mlflow")
+    return f"{command} ui --backend-store-uri {uri} --port {port}, then open {url}"
 
 
 def artifact_location(uri: str) -> str | None:
@@ -183,11 +313,48 @@ def artifact_location(uri: str) -> str | None:
 def get_or_create_experiment(mlflow_client: Any, name: str, uri: str | None = None) -> str:
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is None:
-        return mlflow_client.create_experiment(
+        experiment_id = mlflow_client.create_experiment(
             name, artifact_location=artifact_location(uri) if uri else None, tags=EXPERIMENT_KIND)
-    if experiment.lifecycle_stage == "deleted":
-        mlflow_client.restore_experiment(experiment.experiment_id)
-    return experiment.experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+        if experiment.lifecycle_stage == "deleted":
+            mlflow_client.restore_experiment(experiment_id)
+    ensure_key_metrics_view(mlflow_client, experiment_id)
+    return experiment_id
+
+
+def unique_run_name(mlflow_client: Any, experiment_id: str, name: str, role: str) -> str:
+    """``name``, or ``name #2``, ``#3``... when a run of that role (`TAG_ROLE`) in the
+    experiment already has it: the runs table tells a re-run from the run it repeats."""
+    taken = {run.info.run_name for run in mlflow_client.search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_ROLE}` = '{role}'", max_results=50_000)}
+    if name not in taken:
+        return name
+    n = 2
+    while f"{name} #{n}" in taken:
+        n += 1
+    return f"{name} #{n}"
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def reopen_run(mlflow_client: Any, run: Any) -> int:
+    """Mark a closed run RUNNING again (a `--resume` continues it); returns how long it lay
+    closed (ms), which `close_run` keeps out of its Duration."""
+    paused = max(0, _now_ms() - int(run.info.end_time)) if run.info.end_time else 0
+    if run.info.status != "RUNNING":
+        mlflow_client.update_run(run.info.run_id, status="RUNNING")
+    return paused
+
+
+def close_run(mlflow_client: Any, run_id: str, status: str, paused_ms: int = 0) -> None:
+    """End a run; its end time leaves out the ``paused_ms`` it lay closed, so that MLflow's
+    Duration column is the time the run actually ran, across resumes."""
+    mlflow_client.set_terminated(run_id, status=status, end_time=_now_ms() - paused_ms)
 
 
 def find_search_run(mlflow_client: Any, experiment_id: str, search_path: str) -> Any | None:
@@ -252,12 +419,17 @@ class MlflowTrialTracker(Callback):
         self.label_names = list(label_names)
         self._client: Any = None
         self._runs: dict[str, str] = {}
+        self._paused: dict[str, int] = {}  # trial id -> ms its reopened run lay closed
         self._env: dict[str, dict[str, str]] = {}
         self._checked: set[str] = set()  # trials whose checkpoint this driver has checked
 
     # Ray pickles callbacks into the experiment state; clients and caches are rebuilt.
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_runs": {}, "_env": {}, "_checked": set()}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_env": {}, "_checked": set(),
+                "_paused": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"_paused": {}, **state})  # state saved by an older tracker
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         # A `--resume` after a killed driver: each unfinished trial's latest checkpoint must
@@ -298,8 +470,7 @@ class MlflowTrialTracker(Callback):
         )
         if existing:
             run_id = existing[0].info.run_id
-            if existing[0].info.status != "RUNNING":
-                self.client.update_run(run_id, status="RUNNING")
+            self._paused[trial.trial_id] = reopen_run(self.client, existing[0])
         else:
             run = self.client.create_run(
                 self.experiment_id,
@@ -356,7 +527,7 @@ class MlflowTrialTracker(Callback):
             self._log_trial_artifacts(run_id, best)
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value)
-        self.client.set_terminated(run_id, status="FINISHED")
+        close_run(self.client, run_id, "FINISHED", self._paused.pop(trial.trial_id, 0))
         self._runs.pop(trial.trial_id, None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -367,7 +538,7 @@ class MlflowTrialTracker(Callback):
         error_file = getattr(trial, "error_file", None)
         if error_file and Path(error_file).is_file():
             self.client.log_artifact(run_id, error_file)
-        self.client.set_terminated(run_id, status="FAILED")
+        close_run(self.client, run_id, "FAILED", self._paused.pop(trial.trial_id, 0))
         self._runs.pop(trial.trial_id, None)
 
     def _log_trial_artifacts(self, run_id: str, best: Any) -> None:

@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from ecgtune.data_prep.heartbeat import stage
 from ecgtune.data_prep.shards import manifest_sha256
 from ecgtune.ensembles.build.fold_roles import ENSEMBLE, TEST, fold_of_role
 from ecgtune.ensembles.errors import EnsembleError
 from ecgtune.ensembles.options import EnsembleOptions
 
 __all__ = ["EnsembleOptions", "EnsembleResult", "MemberSummary", "build_ensemble",
-           "format_summary", "selection_sentence"]
+           "format_summary", "policy_text", "selection_sentence"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class EnsembleResult:
     operating_points: list[dict[str, Any]] = field(default_factory=list)
     # What the summary must say about the members' search (still running, fewer than --top-k).
     search_notes: list[str] = field(default_factory=list)
+    # Row name -> how its thresholds were chosen (its operating point), e.g. "f1, ensemble fold".
+    row_thresholds: dict[str, str] = field(default_factory=dict)
 
     @property
     def weights(self) -> dict[str, float]:
@@ -125,7 +128,7 @@ def build_ensemble(options: EnsembleOptions | None = None, **kwargs: Any) -> Ens
         rank_trials,
     )
     from ecgtune.ensembles.ship.bundle import check_bundle_target
-    from ecgtune.ensembles.ship.registry import finish_run, start_ensemble_run
+    from ecgtune.ensembles.ship.registry import ensemble_run_name, finish_run, start_ensemble_run
     from ecgtune.search import tracking
 
     if options is None:
@@ -138,26 +141,42 @@ def build_ensemble(options: EnsembleOptions | None = None, **kwargs: Any) -> Ens
             "--data the search was run on"
         )
     _check_policy_labels(opts)
-    uri = opts.tracking_uri or tracking.default_tracking_uri()
-    tracking.check_tracking_uri(uri)
+    stage("opening the MLflow store and finding the search")
+    # The store holds the search already: one that is not there is a wrong --tracking-uri
+    # (or MLFLOW_TRACKING_URI), never a new empty store.
+    uri = tracking.resolve_tracking_uri(opts.tracking_uri)
+    tracking.check_tracking_uri(uri, must_exist=True)
     check_bundle_target(opts.output)
     client = tracking.client(uri)
     search = find_search(client, opts.name, opts.search_run_id)
     running = check_search_finished(client, search, uri, opts.allow_running)
     trials = rank_trials(client, search, opts.top_k)
     notes = [n for n in (running, fewer_than_asked(opts.name, trials, opts.top_k)) if n]
-    run_id = start_ensemble_run(client, search.experiment_id, search.run_id,
-                                f"ensemble top-{len(trials)} of {opts.name}")
+    tracking.ensure_key_metrics_view(client, search.experiment_id)
+    run_name = ensemble_run_name(client, search.experiment_id, opts.name, len(trials),
+                                 policy_text(opts), _budget_text(opts))
+    run_id = start_ensemble_run(client, search.experiment_id, search.run_id, run_name)
     if notes:
         client.set_tag(run_id, "ecgtune.search_note", " ".join(notes)[:5000])
     try:
         result = _build(opts, uri, client, search, trials, run_id)
+        # What the run became: how many members it kept, and the registered version.
+        client.update_run(run_id, name=ensemble_run_name(
+            client, search.experiment_id, opts.name, len(trials), policy_text(opts),
+            _budget_text(opts), used=len(result.weights),
+            model=result.registered_model, version=result.model_version, run_id=run_id))
     except BaseException as exc:
         finish_run(client, run_id, exc)
         raise
     finish_run(client, run_id)
     result.search_notes = notes
     return result
+
+
+def policy_text(opts: EnsembleOptions) -> str:
+    """The thresholds' policy in a few words: ``f1``, ``sensitivity:0.95 (+2 per label)``."""
+    overrides = len(opts.fit.threshold_policy_for)
+    return opts.fit.threshold_policy + (f" (+{overrides} per label)" if overrides else "")
 
 
 def _check_policy_labels(opts: EnsembleOptions) -> None:
@@ -253,16 +272,21 @@ def _predict_members(opts: EnsembleOptions, trials: list, folds: _Folds) -> _Mem
     from ecgtune.ensembles.build.members import load_member
     from ecgtune.ensembles.ship.inference import InputSpec, resolve_device
 
+    stage(f"loading {len(trials)} members from their checkpoints")
     members = [load_member(t, opts.name, opts.storage, folds.label_names)
                for t in _progress(trials, "loading members", opts.progress)]
     inputs = InputSpec.from_manifest(folds.data.manifest)
     device = resolve_device(opts.device)
-    probs = np.stack([
-        _member_probabilities(m, folds.data.signals, folds.data.lengths, inputs, opts, device)
-        for m in _progress(members, "member predictions (ensemble + test folds)",
-                           opts.progress)
-    ])
-    return _Members(members, {role: probs[:, mask] for role, mask in folds.masks.items()},
+    records = len(folds.data.signals)
+    probs = []
+    for i, m in enumerate(_progress(members, "member predictions (ensemble + test folds)",
+                                    opts.progress)):
+        stage(f"predicting the ensemble and test folds ({records} records) with member "
+              f"{i + 1} of {len(members)}, {m.trial.run_name or m.name}")
+        probs.append(_member_probabilities(m, folds.data.signals, folds.data.lengths, inputs,
+                                           opts, device))
+    stacked = np.stack(probs)
+    return _Members(members, {role: stacked[:, mask] for role, mask in folds.masks.items()},
                     inputs, device)
 
 
@@ -270,6 +294,11 @@ def _budget(opts: EnsembleOptions) -> Any:
     from ecgtune.ensembles.build.budget import Budget
 
     return Budget(max_gflops=opts.max_gflops, max_ms=opts.max_ms)
+
+
+def _budget_text(opts: EnsembleOptions) -> str:
+    budget = _budget(opts)
+    return f"budget {budget.describe()}" if budget.active else ""
 
 
 def _within_budget(opts: EnsembleOptions, client: Any, mem: _Members,
@@ -293,20 +322,69 @@ def _within_budget(opts: EnsembleOptions, client: Any, mem: _Members,
     return narrowed, candidates
 
 
-def _log_budget(client: Any, run_id: str, opts: EnsembleOptions, candidates: list[Any]) -> None:
-    """The budget and what the chosen ensemble costs, on the ensemble's run."""
-    if not candidates:
-        return
+def _log_cost(client: Any, run_id: str, opts: EnsembleOptions, candidates: list[Any],
+              member_rows: list[Any]) -> None:
+    """What the ensemble costs per record (the sum over the members it uses: the runs table's
+    cost columns), and under a budget the budget itself, on the ensemble's run."""
     from mlflow.entities import Metric, Param
 
     from ecgtune.search import metric_keys as K
 
-    chosen = next(c for c in candidates if c.chosen)
     now = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
-    client.log_batch(run_id, metrics=[Metric(K.COST_GFLOPS, chosen.cost.gflops, now, 0),
-                                      Metric(K.COST_CPU_MS, chosen.cost.cpu_ms, now, 0)],
-                     params=[Param("max_gflops", str(opts.max_gflops)),
-                             Param("max_ms", str(opts.max_ms))])
+    params = []
+    if candidates:
+        chosen = next(c for c in candidates if c.chosen)
+        costs = {K.COST_GFLOPS: chosen.cost.gflops, K.COST_CPU_MS: chosen.cost.cpu_ms}
+        params = [Param("max_gflops", str(opts.max_gflops)), Param("max_ms", str(opts.max_ms))]
+    else:
+        used = [m for m in member_rows if m.weight > 0]
+        costs = {key: float(sum(values)) for key, values in (
+            (K.COST_GFLOPS, [m.gflops for m in used]), (K.COST_CPU_MS, [m.cpu_ms for m in used]))
+            if used and None not in values}
+    metrics = [Metric(key, float(value), now, 0) for key, value in costs.items()]
+    if metrics or params:
+        client.log_batch(run_id, metrics=metrics, params=params)
+
+
+def _member_rows(client: Any, mem: _Members, summaries: list[MemberSummary]) -> list[Any]:
+    """The report's members table: each candidate's weight, trial, config, scores and the
+    cost its trial measured (None where its trial logged none)."""
+    from ecgtune.ensembles.evaluate.report import MemberRow, config_summary
+    from ecgtune.search import metric_keys as K
+
+    rows = []
+    for member, summary in zip(mem.members, summaries, strict=True):
+        try:
+            logged = client.get_run(member.trial.run_id).data.metrics
+        except Exception:  # a cost column is not worth failing a build
+            logged = {}
+        rows.append(MemberRow(
+            summary.name, summary.run_name, summary.weight, summary.count, summary.val_score,
+            summary.ensemble_fold_score, config_summary(member.trial_config),
+            logged.get(K.COST_GFLOPS), logged.get(K.COST_CPU_MS), summary.seed_style))
+    return rows
+
+
+def _budget_figures(opts: EnsembleOptions, candidates: list[Any], out: Path) -> list[Any]:
+    """The budget's quality-cost view (every member and ensemble tried) for the report."""
+    if not candidates:
+        return []
+    from ecgtune.ensembles.evaluate.plots import plot_quality_cost
+    from ecgtune.ensembles.evaluate.report import Figure
+
+    by_ms = opts.max_gflops <= 0  # the budget's own measure on the x axis
+    points = [{"cost": c.cost.cpu_ms if by_ms else c.cost.gflops, "score": c.score,
+               "kind": "member" if len(c.members) == 1 and not c.chosen else "ensemble",
+               "chosen": c.chosen, "label": "+".join(m.split("-", 1)[0] for m in c.members)}
+              for c in candidates]
+    out.mkdir(parents=True, exist_ok=True)
+    path = plot_quality_cost(
+        points, opts.max_ms if by_ms else opts.max_gflops,
+        "summed CPU ms per record" if by_ms else "summed forward GFLOP per 10 s record",
+        opts.fit.metric, out / "budget_quality_cost.png")
+    return [Figure.read(path, f"Every member and every ensemble the budget of "
+                              f"{_budget(opts).describe()} tried: ensemble-fold "
+                              f"{opts.fit.metric} against cost (budget_candidates.csv)")]
 
 
 def _predictor(fitted: Any, mem: _Members, folds: _Folds, opts: EnsembleOptions) -> Any:
@@ -348,33 +426,52 @@ def _report_rows(opts: EnsembleOptions, folds: _Folds, mem: _Members, fitted: An
     best = mem.members[0]
     notes = [selection_sentence(fitted.selector.to_dict(), len(mem.members))]
     best_t = best.val_thresholds
+    best_by = "f1, validation fold"
     if best_t is None:
         best_t = np.full(n_labels, 0.5)
+        best_by = "0.5"
         notes.append(f"{best.name} has no thresholds.json: its row uses 0.5 thresholds")
+    policy = policy_text(opts)
     rows = [
         ReportRow(ROW_ENSEMBLE, "test", test_probs, fitted.thresholds,
                   f"{len(fitted.selector.selected_)} of {len(mem.members)} members, "
-                  "calibrated, thresholds fitted on the ensemble fold"),
+                  "calibrated, thresholds fitted on the ensemble fold",
+                  thresholds_by=f"{policy}, ensemble fold"),
         ReportRow(ROW_BEST, "best_trial", p_test[0], best_t,
                   f"{best.name} (best by the search objective), thresholds from its trial "
-                  "(validation fold)"),
+                  "(validation fold)", thresholds_by=best_by),
         ReportRow(ROW_UNIFORM, "uniform", uniform.predict(p_test), uniform.thresholds,
                   f"mean of the top {len(mem.members)}, calibrated and thresholded on the "
-                  "ensemble fold"),
+                  "ensemble fold", thresholds_by=f"{policy}, ensemble fold"),
     ]
     seed = next((i for i, m in enumerate(mem.members) if m.spec.is_seed_style), None)
     if seed is not None:
         rows.append(ReportRow(ROW_SEED, "seed_baseline", p_test[seed], np.full(n_labels, 0.5),
                               f"{mem.members[seed].name}: independent group heads, 0.5 "
-                              "thresholds"))
+                              "thresholds", thresholds_by="0.5"))
     else:
         notes.append(NO_SEED_STYLE)
+    point_note = operating_point_note(policy, best_by)
+    if point_note:
+        notes.insert(0, point_note)
     unfitted = [n for n, ok in zip(folds.label_names, fitted.calibration.fitted, strict=True)
                 if not ok]
     if unfitted:
         notes.append(f"fewer than {opts.fit.min_positives} positives on the ensemble fold, "
                      f"threshold {opts.fit.fallback} (fallback): {', '.join(unfitted)}")
     return rows, notes
+
+
+def operating_point_note(policy: str, best_by: str) -> str | None:
+    """The sentence the report and the summary add when the ensemble's F1 and the best single
+    trial's are measured at different operating points (None when both maximise F1)."""
+    if policy == "f1" and best_by.startswith("f1"):
+        return None
+    return (f"F1 (and the other threshold-dependent metrics) of the ensemble and of the best "
+            f"single trial are at different operating points: the ensemble's thresholds "
+            f"follow {policy} on the ensemble fold, the best single trial's {best_by}. "
+            "Compare the models by AUROC and AUPRC (no threshold); the Operating points "
+            "table shows what each label's policy reached.")
 
 
 def _summaries(mem: _Members, selector: Any) -> list[MemberSummary]:
@@ -494,17 +591,21 @@ def databases_text(databases: dict[str, int]) -> str:
 
 
 def _log_artifacts(opts: EnsembleOptions, uri: str, client: Any, search: Any, run_id: str,
-                   folds: _Folds, mem: _Members, bundle_dir: Path, candidates: list) -> Any:
+                   folds: _Folds, mem: _Members, bundle_dir: Path, candidates: list,
+                   member_rows: list[Any]) -> Any:
     """The run's files: the report, the budget's candidates, the ONNX graph and the pyfunc
     model (registered when asked)."""
     from ecgtune.ensembles.ship.registry import log_pyfunc_model
 
     client.log_artifacts(run_id, str(bundle_dir / "report"), "report")
-    _log_budget(client, run_id, opts, candidates)
+    _log_cost(client, run_id, opts, candidates, member_rows)
     if opts.onnx:  # the portable graph beside the pyfunc, checked against the bundle
         from ecgtune.ensembles.ship.onnx_export import log_onnx_artifact
 
+        stage("exporting the ONNX graph and checking it against the bundle")
         log_onnx_artifact(client, run_id, bundle_dir)
+    stage("logging the pyfunc model" + (f" and registering it as {opts.register}"
+                                         if opts.register else ""))
     return log_pyfunc_model(client, uri, run_id, bundle_dir, folds.label_names,
                             mem.inputs.n_samples, opts.register,
                             tags=_model_tags(opts, search, run_id, folds))
@@ -519,10 +620,14 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
     from ecgtune.ensembles.ship.bundle import save_bundle
     from ecgtune.ensembles.ship.registry import log_batch
 
+    stage("loading the ensemble and test folds")
     folds = _load_folds(opts, search)
     mem = _predict_members(opts, trials, folds)
     y_ens, y_test = folds.labels(ENSEMBLE), folds.labels(TEST)
+    if _budget(opts).active:
+        stage(f"selecting within the budget of {_budget(opts).describe()}")
     mem, candidates = _within_budget(opts, client, mem, y_ens)
+    stage("selecting, calibrating and thresholding on the ensemble fold")
     fitted = fit_ensemble(mem.probs[ENSEMBLE], y_ens, mem.names, opts.fit, groups=folds.groups,
                           label_names=folds.label_names)
     uniform = fit_average(mem.probs[ENSEMBLE], y_ens, opts.fit, groups=folds.groups,
@@ -538,7 +643,10 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
     weights = {m.name: m.weight for m in summaries if m.weight > 0}
     predictor = _predictor(fitted, mem, folds, opts)
     n_test = int(folds.masks[TEST].sum())
+    member_rows = _member_rows(client, mem, summaries)
+    stage(f"writing the test-fold report ({opts.n_boot} bootstrap resamples per model)")
     with tempfile.TemporaryDirectory(prefix="ecgtune-report-") as tmp:
+        extra_figures = _budget_figures(opts, candidates, Path(tmp) / "report")
         results, _ = write_ensemble_report(
             Path(tmp) / "report", y_test, rows, uncal[TEST], folds.label_names, calibration,
             fitted.calibrator.methods_, notes=notes, n_boot=opts.n_boot, seed=opts.fit.seed,
@@ -549,6 +657,7 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
                      "members": [dataclasses.asdict(s) for s in summaries], "weights": weights,
                      "selection": selector.to_dict()},
             calibrated_row=ROW_ENSEMBLE, policies=fitted.calibration.policies,
+            members=member_rows, member_metric=opts.fit.metric, extra_figures=extra_figures,
         )
         points = json.loads((Path(tmp) / "report" / "summary.json").read_text()
                             ).get("operating_points", [])
@@ -557,6 +666,7 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
 
             write_candidates_csv(candidates, _budget(opts), opts.fit.metric,
                                  Path(tmp) / "report" / CANDIDATES_CSV)
+        stage("writing the bundle")
         bundle_dir = save_bundle(
             opts.output, predictor, fit=_fit_record(opts, search, folds, summaries, fitted),
             member_info=_member_info(mem, selector),
@@ -564,11 +674,12 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
             include={"report": Path(tmp) / "report"},
         )
     report_dir = bundle_dir / "report"
+    stage("logging the ensemble run to MLflow")
     log_batch(client, run_id,
               _mlflow_params(opts, mem, fitted, weights, bundle_dir, folds.label_names),
               _mlflow_metrics(rows, results, calibration, selector))
     model = _log_artifacts(opts, uri, client, search, run_id, folds, mem, bundle_dir,
-                           candidates)
+                           candidates, member_rows)
     return EnsembleResult(
         search_name=opts.name, search_run_id=search.run_id, run_id=run_id, members=summaries,
         rows=results, row_keys={r.name: r.key for r in rows}, calibration=calibration,
@@ -581,6 +692,7 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
         selection=selector.to_dict(), test_records=folds.data.records[folds.masks[TEST]],
         tracking_uri=uri, experiment_id=search.experiment_id, trained_on=folds.databases,
         test_probabilities=test_probs, predictor=predictor, operating_points=points,
+        row_thresholds={r.name: r.thresholds_by for r in rows},
     )
 
 
@@ -626,11 +738,16 @@ def format_summary(result: EnsembleResult) -> str:
                      f"{m.count:5d} {m.weight:7.3f}{'  (seed-style)' if m.seed_style else ''}")
     n_test = next(iter(result.rows.values()))["n_samples"]
     lines.append(f"Test fold (fold {test_fold}, {n_test} records)"
-                 f"   {'AUROC':>6} {'AUPRC':>6} {'F1':>6}")
+                 f"   {'AUROC':>6} {'AUPRC':>6} {'F1':>6}  F1 at thresholds by")
     for name, row in result.rows.items():
         macro = row["macro"]
         lines.append(f"  {name:<28} {_fmt(macro[K.AUROC])} {_fmt(macro[K.AUPRC])} "
-                     f"{_fmt(macro[K.F1])}")
+                     f"{_fmt(macro[K.F1])}  {result.row_thresholds.get(name, '')}".rstrip())
+    point_note = operating_point_note(
+        result.row_thresholds.get(ROW_ENSEMBLE, "f1").split(",", 1)[0],
+        result.row_thresholds.get(ROW_BEST, "f1"))
+    if point_note:
+        lines.append(f"  {point_note}")
     if ROW_SEED not in result.rows:
         lines.append(f"  {NO_SEED_STYLE}")
     lines += _policy_lines(result.operating_points)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -40,8 +39,16 @@ class DemoOptions:
 
 
 def _step(index: int, text: str) -> float:
+    from ecgtune.data_prep.heartbeat import stage
+
     print(f"\n[{index}/6] {text}", flush=True)
+    stage(text.split(":", 1)[0])
     return time.perf_counter()
+
+
+def _bars() -> bool:
+    """Progress bars on a terminal only: in a log file their redraws are one endless line."""
+    return sys.stderr.isatty()
 
 
 def _done(start: float) -> None:
@@ -58,7 +65,7 @@ def _synth_once(out: Path, n: int, seed: int, workers: int) -> None:
         print(f"      reusing {n} records in {out}")
         return
     shutil.rmtree(out, ignore_errors=True)
-    synthesize(out, n, seed=seed, workers=workers, progress=True)
+    synthesize(out, n, seed=seed, workers=workers, progress=_bars())
     stamp.write_text(json.dumps(want))
 
 
@@ -105,7 +112,8 @@ def _synth_and_prep(opts: DemoOptions, work: Path) -> Any:
     _synth_once(work / "heldout", HELDOUT_RECORDS, HELDOUT_SEED, workers=1)
     _done(t)
     t = _step(2, "preparing shards (quality gates, folds, Parquet)")
-    prep = prepare(work / "records", work / "data", workers=2, shard_size=1000)
+    prep = prepare(work / "records", work / "data", workers=2, shard_size=1000,
+                   progress=_bars())
     print(f"      {_prep_sentence(prep)}")
     _done(t)
     return prep
@@ -113,12 +121,13 @@ def _synth_and_prep(opts: DemoOptions, work: Path) -> Any:
 
 def _search(opts: DemoOptions, work: Path) -> Any:
     """The search, resumed when a previous demo left one; None when it was interrupted."""
+    # The step's line first: importing Ray and torch takes a while on a busy machine.
+    t = _step(3, f"searching: {opts.trials} trials of the `demo` space, TPE + ASHA on a local "
+                 "Ray instance, tracked in SQLite MLflow")
     from ecgtune.search.report import print_search_summary
     from ecgtune.search.run import SearchOptions, run_search
     from ecgtune.search.tracking import default_tracking_uri
 
-    t = _step(3, f"searching: {opts.trials} trials of the `demo` space, TPE + ASHA on a local "
-                 "Ray instance, tracked in SQLite MLflow")
     storage = work / "ray_results"
     if (storage / SEARCH_NAME).exists() and not (work / "mlflow.db").exists():
         # Ray state without its tracking store cannot be resumed cleanly: start over.
@@ -140,14 +149,15 @@ def _search(opts: DemoOptions, work: Path) -> Any:
 
 
 def _ensemble(work: Path) -> Any:
+    t = _step(4, "ensemble: selecting, calibrating and thresholding the top 5 trials, writing "
+                 "the bundle and its report, registering it")
     from ecgtune.ensembles.build.ensemble import build_ensemble, format_summary
     from ecgtune.search.tracking import default_tracking_uri
 
-    t = _step(4, "building the calibrated ensemble, exporting and registering it")
     result = build_ensemble(
         data=work / "data", name=SEARCH_NAME, output=work / "bundle", top_k=5,
         register=MODEL_NAME, tracking_uri=default_tracking_uri(work),
-        storage=str(work / "ray_results"), seed=DEMO_SEED,
+        storage=str(work / "ray_results"), seed=DEMO_SEED, progress=_bars(),
         # The ONNX export (~20 s on two cores) is left to `ecgtune export`, whose command the
         # summary prints: the demo stays within three minutes.
         onnx=False,
@@ -161,7 +171,7 @@ def _predict(opts: DemoOptions, work: Path, bundle_dir: Path) -> dict[str, Any]:
     """Held-back synthetic records and, when present, the real sample records -> CSVs."""
     from ecgtune.ensembles.ship.predict import predict_records, write_predictions_csv
 
-    t = _step(5, "predicting raw records with the exported bundle")
+    t = _step(5, "predicting raw records with the bundle")
     predictions = work / "predictions"
     predictions.mkdir(exist_ok=True)
     inputs = {"held-back synthetic records": (work / "heldout", predictions / "heldout.csv")}
@@ -171,7 +181,7 @@ def _predict(opts: DemoOptions, work: Path, bundle_dir: Path) -> dict[str, Any]:
         print(f"      (no real sample records at {opts.sample_dir}; skipping them)")
     predicted: dict[str, Any] = {}
     for label, (source, csv) in inputs.items():
-        pr = predict_records(bundle_dir, [source], progress=True)
+        pr = predict_records(bundle_dir, [source], progress=_bars())
         write_predictions_csv(pr, csv)
         for issue in pr.warnings:
             print(f"      {issue.message(warning=True)}")
@@ -183,16 +193,18 @@ def _predict(opts: DemoOptions, work: Path, bundle_dir: Path) -> dict[str, Any]:
     return predicted
 
 
-def _venv_command(name: str) -> str:
-    """`name` as the user can type it: the venv's script (relative to here) when it exists."""
-    script = Path(sys.executable).with_name(name)
-    return os.path.relpath(script) if script.is_file() else name
+def _here(path: Path) -> str:
+    """``path`` as typed from this folder: relative below it (``ecgtune-demo/bundle``)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _print_summary(search: Any, result: Any, predicted: dict[str, Any], uri: str,
                    seconds: float, synthetic: bool) -> None:
     from ecgtune.search import metric_keys as K
-    from ecgtune.search.tracking import browse_hint
+    from ecgtune.search.tracking import browse_hint, venv_command
 
     best = search.best
     print(f"best trial:        {best.trial_id} (t{best.index:03d}, {best.config.get('fusion')} "
@@ -206,8 +218,8 @@ def _print_summary(search: Any, result: Any, predicted: dict[str, Any], uri: str
         print(f"  {name:<28} {macro[K.AUROC]:6.3f} {macro[K.AUPRC]:6.3f} {macro[K.F1]:6.3f}")
     print(f"calibration on the {test_fold}: ECE {result.ece_before:.4f} -> {result.ece_after:.4f}")
     print(f"bundle:            {result.bundle_dir}")
-    print(f"ONNX graph:        {_venv_command('ecgtune')} export --bundle {result.bundle_dir} "
-          f"--format onnx --output {result.bundle_dir.parent / 'model.onnx'}")
+    print(f"ONNX graph:        {venv_command('ecgtune')} export --bundle "
+          f"{_here(result.bundle_dir)} --output {_here(result.bundle_dir.parent / 'model.onnx')}")
     print(f"report:            {result.report_dir / 'report.html'}")
     if result.registered_model:
         print(f"registered model:  models:/{result.registered_model}@champion "
@@ -219,8 +231,7 @@ def _print_summary(search: Any, result: Any, predicted: dict[str, Any], uri: str
         print(f"predictions:       {csv} ({label}, {len(pr.records)} rows)")
         for record, labels in list(zip(pr.records, pr.predicted, strict=True))[:3]:
             print(f"                     {record}: {';'.join(labels) or '(none)'}")
-    hint = browse_hint(uri, search.experiment_id, mlflow=_venv_command("mlflow")).replace(
-        ", then ", "\n    then ")
+    hint = browse_hint(uri, search.experiment_id).replace(", then ", "\n    then ")
     print(f"\nBrowse the runs:\n    {hint}")
     print(f"demo finished in {seconds / 60:.1f} min")
 

@@ -32,9 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_ensemble(args: argparse.Namespace) -> int:
+    # Options first: a bad value is refused before torch and MLflow are imported.
+    options = from_namespace(args, EnsembleOptions)
     from ecgtune.ensembles.build.ensemble import build_ensemble, format_summary
 
-    options = from_namespace(args, EnsembleOptions)
     # Progress bars only on a terminal: a log file would fill with their redraws.
     if not sys.stderr.isatty():
         options = options.replace(progress=False)

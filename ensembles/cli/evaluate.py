@@ -49,9 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    # Options first: a bad value is refused before torch and MLflow are imported.
+    options = from_namespace(args, EvaluateOptions)
     from ecgtune.ensembles.evaluate.run import evaluate_bundle, format_evaluation
 
-    options = from_namespace(args, EvaluateOptions)
     if not sys.stderr.isatty():
         options = dataclasses.replace(options, progress=False)
     print(format_evaluation(evaluate_bundle(options)))

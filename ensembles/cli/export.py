@@ -45,9 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=FORMATS, default="onnx",
                    help="output format (default: onnx)")
     p.add_argument("--output", required=True, help="file to write, e.g. model.onnx")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI for models:/ sources; default: "
-                   "sqlite:///$PWD/mlflow.db")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI for models:/ sources (default: "
+                   "$MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db, which must exist; "
+                   "MLFLOW_REGISTRY_URI names another registry); a bundle directory needs no "
+                   "store")
     p.add_argument("--check-data", default=None, metavar="DIR",
                    help="prepared data directory (from `ecgtune prep`) whose first records "
                    "check the graph; data prepared at another rate, length or gain than the "
@@ -70,6 +72,10 @@ def _run_export(args: argparse.Namespace) -> int:
     n_check = args.check_records or (64 if args.check_data else 8)
     options = ExportOptions(opset=args.opset, check_records=n_check, tolerance=args.tolerance,
                             standard_ops=args.standard_ops)
+    # Tracing the members and checking the graph take a while (~20-40 s on a laptop CPU).
+    print(f"exporting {args.bundle} as one ONNX graph, then checking it on {n_check} "
+          f"{'records of ' + args.check_data if args.check_data else 'synthetic records'}",
+          flush=True)
     with tempfile.TemporaryDirectory(prefix="ecgtune-export-") as tmp:
         bundle_dir = resolve_bundle(args.bundle, args.tracking_uri, tmp)
         result = export_onnx(bundle_dir, args.output, options, check_data=args.check_data)
@@ -80,6 +86,8 @@ def _run_export(args: argparse.Namespace) -> int:
     print(f"checked on {result.n_checked} records ({where}): max |probability difference| "
           f"{result.max_abs_diff:.3g} (tolerance {args.tolerance:g}); decisions agree "
           f"{100 * result.decisions_agree:.2f}%")
+    if "note" in result.metadata:
+        print(f"the model was {result.metadata['note']} (graph metadata 'note')")
     return 0
 
 

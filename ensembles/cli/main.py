@@ -21,6 +21,7 @@ from ecgtune.data_prep.console import (
     sigterm_as_interrupt,
     terminated,
 )
+from ecgtune.data_prep.heartbeat import beating
 from ecgtune.ensembles.cli.formatter import HelpFormatter
 
 # One module per command, in pipeline order.
@@ -58,13 +59,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, user_errors = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    # SIGTERM takes Ctrl-C's path (a search saves its state and prints its summary); the
-    # status says which signal it was.
-    with sigterm_as_interrupt():
+    # A console quiet for 10 s gets a line saying which step is still running
+    # (data_prep.heartbeat); SIGTERM takes Ctrl-C's path (a search saves its state and prints
+    # its summary), and the status says which signal it was.
+    with beating(), sigterm_as_interrupt():
+        logging.basicConfig(
+            level=logging.DEBUG if args.debug else logging.INFO,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
         try:
             code = int(args.func(args) or 0)
         except user_errors as exc:

@@ -36,10 +36,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    # Options first: a bad range is refused before Ray and torch are imported (seconds).
+    options = from_namespace(args, SearchOptions)
     from ecgtune.search.report import print_search_summary
     from ecgtune.search.run import run_search
 
-    result = run_search(from_namespace(args, SearchOptions))
+    result = run_search(options)
     print_search_summary(result)
     return 0 if result.complete else 130
 

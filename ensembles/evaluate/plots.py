@@ -1,5 +1,6 @@
 """Report figures as PNG files: reliability diagrams before/after calibration, per-label
-precision-recall curves and per-label F1 bars comparing report rows.
+precision-recall curves, per-label F1 bars comparing report rows, and an ensemble budget's
+quality-cost view.
 
 Uses matplotlib's Agg backend (set here, before pyplot is imported) so that figures render on
 headless workers; every function returns the path it wrote.
@@ -23,7 +24,8 @@ from ecgtune.ensembles.evaluate.metrics import ece, reliability_curve
 from ecgtune.search import metric_keys as K
 from ecgtune.search import metrics as M
 
-__all__ = ["plot_f1_bars", "plot_pr_curves", "plot_reliability", "save_report_figures"]
+__all__ = ["plot_f1_bars", "plot_pr_curves", "plot_quality_cost", "plot_reliability",
+           "save_report_figures"]
 
 _DPI = 110
 
@@ -180,6 +182,34 @@ def plot_f1_bars(
     ax.set_title("Per-label F1 (macro mean in legend)")
     ax.legend(fontsize=8, loc="upper center", ncol=max(1, len(rows)), frameon=False)
     ax.grid(axis="y", lw=0.4, alpha=0.6)
+    return _save(fig, path)
+
+
+def plot_quality_cost(points: Sequence[Mapping[str, Any]], limit: float | None,
+                      cost_label: str, metric: str, path: str | Path) -> Path:
+    """Ensemble-fold score against cost of every member and every ensemble a budget tried
+    (``points``: ``cost``, ``score``, ``kind`` "member" or "ensemble", ``chosen``, ``label``),
+    the budget as a vertical line, the chosen ensemble ringed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind, marker, color in (("member", "o", "tab:gray"), ("ensemble", "s", "tab:blue")):
+        pts = [p for p in points if p["kind"] == kind and np.isfinite(p["score"])]
+        ax.scatter([p["cost"] for p in pts], [p["score"] for p in pts], marker=marker,
+                   color=color, label=f"{kind}s tried", zorder=3)
+    for p in points:
+        if np.isfinite(p["score"]):
+            ax.annotate(str(p["label"]), (p["cost"], p["score"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+    chosen = [p for p in points if p.get("chosen")]
+    if chosen:
+        ax.scatter([chosen[0]["cost"]], [chosen[0]["score"]], s=180, facecolors="none",
+                   edgecolors="tab:red", linewidths=1.5, label="chosen", zorder=4)
+    if limit:
+        ax.axvline(limit, ls="--", color="tab:red", lw=1, label=f"budget {limit:g}")
+    ax.set_xlabel(cost_label)
+    ax.set_ylabel(f"ensemble-fold {metric}")
+    ax.set_title("Quality against cost under the budget")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(lw=0.4, alpha=0.6)
     return _save(fig, path)
 
 

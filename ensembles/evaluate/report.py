@@ -1,14 +1,17 @@
-"""The test-fold report: one row per model (ensemble and comparators), calibration before and
-after, how the ensemble was chosen, written as JSON + Markdown + standalone HTML with figures.
-The test fold is only ever evaluated here.
+"""The test-fold report: one row per model (ensemble and comparators), the members, calibration
+before and after, how the ensemble was chosen, written as JSON + Markdown + one self-contained
+HTML page. The test fold is only ever evaluated here.
 
 Rendering is built from data: the report is first a `Document` (title, tables, paragraphs,
-bullet lists, each a value), and `render_markdown` / `render_html` turn the same document into
-each format, so the two always say the same thing.
+figures, bullet lists, each a value), and `render_markdown` / `render_html` turn the same
+document into each format, so the two always say the same thing. The HTML page carries its
+figures inside (base64 PNG) and loads nothing: it reads the same from a disk, an e-mail or an
+MLflow artifact view with no network; the Markdown links the PNG files beside it.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -33,10 +36,14 @@ from ecgtune.search import metric_keys as K
 __all__ = [
     "CalibrationSummary",
     "Document",
+    "Figure",
+    "MemberRow",
     "ReportRow",
     "Section",
     "calibration_summary",
+    "fixed",
     "jsonable",
+    "members_section",
     "operating_point_section",
     "operating_points",
     "render_html",
@@ -69,14 +76,31 @@ _TITLES = {
 
 
 @dataclass(frozen=True)
+class Figure:
+    """A PNG figure: ``file`` is its name beside the report (the Markdown links it), ``png``
+    its bytes (the HTML page embeds them)."""
+
+    file: str
+    caption: str
+    png: bytes = field(default=b"", repr=False)
+
+    @classmethod
+    def read(cls, path: str | Path, caption: str) -> Figure:
+        path = Path(path)
+        return cls(path.name, caption, path.read_bytes())
+
+
+@dataclass(frozen=True)
 class Section:
-    """One heading with, in this order, paragraphs, a table (header + body) and bullets."""
+    """One heading with, in this order, paragraphs, a table (header + body), figures and
+    bullets."""
 
     heading: str
     paragraphs: tuple[str, ...] = ()
     header: tuple[str, ...] = ()
     body: tuple[tuple[str, ...], ...] = ()
     bullets: tuple[str, ...] = ()
+    figures: tuple[Figure, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +120,8 @@ def render_markdown(doc: Document) -> str:
             lines.append("|" + "|".join("---" for _ in s.header) + "|")
             lines += ["| " + " | ".join(cells) + " |" for cells in s.body]
             lines.append("")
+        for figure in s.figures:
+            lines += [f"![{figure.caption}]({figure.file})", ""]
         if s.bullets:
             lines += [f"- {item}" for item in s.bullets] + [""]
     return "\n".join(lines)
@@ -106,12 +132,21 @@ _STYLE = (
     "table{border-collapse:collapse;margin-bottom:2em;font-size:0.9em}"
     "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
     "th:first-child,td:first-child{text-align:left}"
-    "tr:nth-child(even){background:#f6f6f6}</style>"
+    "tr:nth-child(even){background:#f6f6f6}"
+    "figure{margin:0 0 2em 0}img{max-width:100%;height:auto;border:1px solid #eee}"
+    "figcaption{font-size:0.9em;color:#444}</style>"
 )
 
 
+def _figure_html(figure: Figure) -> str:
+    data = base64.b64encode(figure.png).decode("ascii")
+    caption = html.escape(figure.caption)
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{caption}" '
+            f'title="{html.escape(figure.file)}"><figcaption>{caption}</figcaption></figure>')
+
+
 def render_html(doc: Document) -> str:
-    """A standalone page (inline style, no external resources)."""
+    """A standalone page (inline style, figures embedded, no external resources)."""
     esc = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{esc(doc.title)}</title>", _STYLE, f"</head><body><h1>{esc(doc.title)}</h1>"]
@@ -124,6 +159,7 @@ def render_html(doc: Document) -> str:
             for cells in s.body:
                 parts.append("<tr>" + "".join(f"<td>{esc(x)}</td>" for x in cells) + "</tr>")
             parts.append("</table>")
+        parts += [_figure_html(figure) for figure in s.figures]
         if s.bullets:
             parts.append("<ul>" + "".join(f"<li>{esc(b)}</li>" for b in s.bullets) + "</ul>")
     parts.append("</body></html>")
@@ -132,6 +168,13 @@ def render_html(doc: Document) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Metric tables from `evaluate_with_ci` rows.
+
+
+def fixed(x: float, digits: int = 3) -> str:
+    """``x`` with ``digits`` decimals; a value that rounds to zero is "0.000", never
+    "-0.000" (a kappa of -0.0001 is no worse than chance in any way a reader can use)."""
+    text = f"{x:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def _cell(row: Mapping[str, Any], metric: str, label: str | None = None) -> str:
@@ -146,33 +189,52 @@ def _cell(row: Mapping[str, Any], metric: str, label: str | None = None) -> str:
         ci = row.get("ci", {}).get("per_label", {}).get(label, {}).get(metric)
     if value is None:
         return "–"
-    text = f"{value:.3f}"
+    text = fixed(value)
     if ci and ci.get("low") is not None and ci.get("high") is not None:
-        text += f" [{ci['low']:.3f}, {ci['high']:.3f}]"
+        text += f" [{fixed(ci['low'])}, {fixed(ci['high'])}]"
     return text
 
 
+# Metrics that depend on the thresholds: their columns name each row's operating point.
+_AT_THRESHOLDS = frozenset({K.F1, K.PRECISION, K.RECALL, K.SPECIFICITY, K.NPV, K.KAPPA,
+                            K.HAMMING})
+
+
 def metric_sections(
-    rows: Mapping[str, Mapping[str, Any]], label_names: Sequence[str]
+    rows: Mapping[str, Mapping[str, Any]], label_names: Sequence[str],
+    operating_points: Mapping[str, str] | None = None,
 ) -> list[Section]:
-    """The summary table (macro metrics per row) and per-label AUPRC, AUROC, F1 and kappa."""
+    """The summary table (macro metrics per row) and per-label AUPRC, AUROC, F1 and kappa.
+    ``operating_points`` (row name -> how its thresholds were chosen, e.g. "sensitivity:0.95,
+    ensemble fold") add a "thresholds" column to the summary and label the per-label F1 and
+    kappa columns with it: those numbers are only comparable at one operating point."""
     first = next(iter(rows.values()))
     ci = first.get("ci", {})
     note = (f" ({1 - ci.get('alpha', 0.05):.0%} {ci.get('method', 'bootstrap')} CI)"
             if any("ci" in r for r in rows.values()) else "")
-    sections = [Section(
-        f"Summary{note}",
-        header=("", *(_TITLES[m] for m in CI_METRICS)),
-        body=tuple((name, *(_cell(r, m) for m in CI_METRICS)) for name, r in rows.items()),
-    )]
+    points = dict(operating_points or {})
+    summary_header: tuple[str, ...] = ("", *(_TITLES[m] for m in CI_METRICS))
+    summary_body = tuple((name, *(_cell(r, m) for m in CI_METRICS)) for name, r in rows.items())
+    paragraphs: tuple[str, ...] = ()
+    if points:
+        summary_header += ("thresholds (F1 ... Hamming loss at)",)
+        summary_body = tuple((*cells, points.get(name, "–"))
+                             for cells, name in zip(summary_body, rows, strict=True))
+        paragraphs = ("AUROC and AUPRC rank records and need no threshold; the other columns "
+                      "are measured at each row's own thresholds, chosen as its last column "
+                      "says.",)
+    sections = [Section(f"Summary{note}", paragraphs=paragraphs, header=summary_header,
+                        body=summary_body)]
     for metric in (K.AUPRC, K.AUROC, K.F1, K.KAPPA):
         body = tuple(
             (label, str(first["per_label"][label][K.SUPPORT]),
              *(_cell(r, metric, label) for r in rows.values()))
             for label in label_names
         )
+        columns = tuple(f"{name} [{points[name]}]" if metric in _AT_THRESHOLDS and name in points
+                        else name for name in rows)
         sections.append(Section(f"Per-label {_TITLES[metric]}{note}",
-                                header=("label", "support", *rows), body=body))
+                                header=("label", "support", *columns), body=body))
     return sections
 
 
@@ -199,13 +261,17 @@ def write_report(
     label_names: Sequence[str],
     title: str = "Ensemble evaluation",
     extra_sections: Sequence[Section] = (),
+    lead_sections: Sequence[Section] = (),
+    operating_points: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.html`` comparing report rows.
 
     ``rows`` maps a row name (e.g. "ensemble", "best single trial") to an `evaluate` result,
     optionally with its `bootstrap_ci` under ``"ci"`` (`evaluate_with_ci`). Tables: macro
-    metrics per row (with CI), then per-label AUPRC, AUROC, F1 and kappa with one column per
-    row, then ``extra_sections``. JSON holds every number (NaN as null).
+    metrics per row (with CI), then ``lead_sections`` (members, figures), per-label AUPRC,
+    AUROC, F1 and kappa with one column per row, then ``extra_sections``;
+    ``operating_points`` label each row's thresholds (`metric_sections`). JSON holds every
+    number (NaN as null).
     """
     if not rows:
         raise ValueError("need at least one report row")
@@ -216,7 +282,8 @@ def write_report(
             raise ValueError(f"row {name!r} lacks labels {sorted(missing)}")
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    doc = Document(title, (*metric_sections(rows, label_names), *extra_sections))
+    summary, *per_label = metric_sections(rows, label_names, operating_points)
+    doc = Document(title, (summary, *lead_sections, *per_label, *extra_sections))
     paths = {
         "json": stem.with_name(stem.name + ".json"),
         "markdown": stem.with_name(stem.name + ".md"),
@@ -267,7 +334,7 @@ def operating_points(row: Mapping[str, Any], policies: Sequence[Any],
 
 
 def _num(x: float | None) -> str:
-    return "–" if x is None else f"{x:.3f}"
+    return "–" if x is None else fixed(x)
 
 
 def operating_point_section(points: Sequence[Mapping[str, Any]], row_name: str) -> Section:
@@ -275,7 +342,8 @@ def operating_point_section(points: Sequence[Mapping[str, Any]], row_name: str) 
     body = []
     for p in points:
         achieved = "–" if p["estimate"] is None else (
-            f"{names[p['metric']]} {p['estimate']:.3f} [{_num(p['low'])}, {_num(p['high'])}]")
+            f"{names[p['metric']]} {fixed(p['estimate'])} [{_num(p['low'])}, "
+            f"{_num(p['high'])}]")
         target = "–" if p["target"] is None else f"{names[p['metric']]} >= {p['target']:g}"
         body.append((p["label"], str(p["support"]), p["policy"], f"{p['threshold']:.4f}",
                      target, achieved, p["status"]))
@@ -316,13 +384,87 @@ def source_section(by_source: Mapping[str, Mapping[str, Any] | None],
 
 @dataclass(frozen=True)
 class ReportRow:
-    """A model's test-fold probabilities and the thresholds it is judged at."""
+    """A model's test-fold probabilities and the thresholds it is judged at;
+    ``thresholds_by`` says how those were chosen (its operating point, e.g. "f1, validation
+    fold"), which the report prints beside every threshold-dependent number."""
 
     name: str
     key: str  # short slug for MLflow metric prefixes
     probs: np.ndarray
     thresholds: np.ndarray
     note: str = ""
+    thresholds_by: str = ""
+
+
+@dataclass(frozen=True)
+class MemberRow:
+    """One candidate member of an ensemble, as the report's members table shows it."""
+
+    name: str
+    run_name: str  # its trial's MLflow run
+    weight: float  # 0: not selected
+    picks: int
+    val_score: float  # the search objective on the validation fold
+    ensemble_fold_score: float  # the selection metric on the ensemble fold
+    config: str  # what the trial searched, in words (`config_summary`)
+    gflops: float | None = None  # forward GFLOP per 10 s record, from its trial
+    cpu_ms: float | None = None  # CPU ms per record, as measured in its trial
+    seed_style: bool = False
+
+
+def config_summary(config: Mapping[str, Any]) -> str:
+    """A trial's flat config in a few words: ``concat fusion, 2 branches, depths 4-3,
+    width 32, focal loss, lr 0.0031``."""
+    def text(value: Any) -> str:
+        return "-".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+
+    parts = []
+    if "fusion" in config:
+        parts.append(f"{config['fusion']} fusion")
+    if "n_branches" in config:
+        n = int(config["n_branches"])
+        parts.append("one branch per label group" if n == 0 else
+                     f"{n} branch{'es' if n != 1 else ''}")
+    for key, word in (("branch.depths", "depths"), ("branch.width", "width"),
+                      ("train.crop_len", "crop")):
+        if key in config:
+            parts.append(f"{word} {text(config[key])}")
+    if "train.loss" in config:
+        parts.append(f"{config['train.loss']} loss")
+    if isinstance(config.get("train.lr"), int | float):
+        parts.append(f"lr {float(config['train.lr']):.2g}")
+    overrides = sorted(k.split(".")[1] for k in config if str(k).startswith("branches."))
+    if overrides:
+        parts.append(f"own settings for {', '.join(dict.fromkeys(overrides))}")
+    return ", ".join(parts) or "–"
+
+
+def members_section(members: Sequence[MemberRow], metric: str) -> Section:
+    """The candidates with their weights (0: not selected), trials, configs, scores and
+    costs; the ensemble's cost is the sum over the members it uses."""
+    def cost(x: float | None, digits: int) -> str:
+        return "–" if x is None else f"{x:.{digits}f}"
+
+    body = tuple(
+        (m.name, m.run_name, fixed(m.weight), str(m.picks), fixed(m.val_score, 4),
+         fixed(m.ensemble_fold_score, 4), cost(m.gflops, 3), cost(m.cpu_ms, 1),
+         m.config + (" (seed-style)" if m.seed_style else ""))
+        for m in members)
+    used = [m for m in members if m.weight > 0]
+    total = []
+    if used and all(m.gflops is not None for m in used):
+        total.append(f"{sum(m.gflops or 0.0 for m in used):.3f} GFLOP")
+    if used and all(m.cpu_ms is not None for m in used):
+        total.append(f"{sum(m.cpu_ms or 0.0 for m in used):.1f} CPU ms")
+    paragraphs = [f"{len(used)} of {len(members)} candidates carry weight. Scores: the search "
+                  f"objective on the validation fold, and {metric} on the ensemble fold."]
+    if total:
+        paragraphs.append(f"The ensemble costs {' and '.join(total)} per 10 s record (the sum "
+                          "over the members it uses, each measured in its trial).")
+    return Section("Members", paragraphs=tuple(paragraphs),
+                   header=("member", "trial run", "weight", "picks", "val AUPRC",
+                           f"ensemble-fold {metric}", "GFLOP", "CPU ms", "config"),
+                   body=body)
 
 
 @dataclass(frozen=True)
@@ -395,19 +537,33 @@ def write_ensemble_report(
     policies: Sequence[Any] | None = None,
     min_positives: int | None = None,
     extra_sections: Sequence[Section] = (),
+    members: Sequence[MemberRow] = (),
+    member_metric: str = "macro_auprc",
+    extra_figures: Sequence[Figure] = (),
 ) -> tuple[dict[str, dict[str, Any]], list[Path]]:
-    """Evaluate every row on the test fold (bootstrap CIs), write ``report.{json,md,html}``,
-    the figures and ``summary.json`` into ``out_dir``; returns (results by row name, files).
-    ``notes`` become the report's closing list (e.g. how the ensemble was chosen). The
-    reliability figure compares ``uncalibrated`` with the ``calibrated_row``; ``policies``
-    (one `ThresholdPolicy` per label) add its operating points (section and summary.json).
-    With ``min_positives`` labels with fewer positives are not assessable
-    (`evaluate_assessable`); without it every label is evaluated (the build's test fold).
-    ``extra_sections`` follow the calibration section."""
+    """Evaluate every row on the test fold (bootstrap CIs), write the figures,
+    ``report.{json,md,html}`` and ``summary.json`` into ``out_dir``; returns (results by row
+    name, files). The page leads with the summary, the ``members`` table and the figures
+    (reliability of ``uncalibrated`` against the ``calibrated_row``, PR curves, per-label
+    F1, then ``extra_figures``, e.g. the budget's quality-cost view), embedded. ``notes``
+    become the report's closing list (e.g. how the ensemble was chosen); ``policies`` (one
+    `ThresholdPolicy` per label) add its operating points (section and summary.json). With
+    ``min_positives`` labels with fewer positives are not assessable (`evaluate_assessable`);
+    without it every label is evaluated (the build's test fold). ``extra_sections`` follow
+    the calibration section."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {row.name: _evaluate_row(y, row, label_names, n_boot, seed, min_positives)
                for row in rows}
+    figures = save_report_figures(
+        out, y, uncalibrated, {row.name: row.probs for row in rows}, results, label_names,
+        calibrated_row=calibrated_row,
+    )
+    lead = [members_section(members, member_metric)] if members else []
+    lead.append(Section("Figures", figures=(
+        *(Figure.read(path, caption) for path, caption in
+          zip(figures, _figure_captions(calibrated_row), strict=True)),
+        *extra_figures)))
     extra = [calibration_section(calibration, calibration_methods, label_names),
              *extra_sections]
     points = None
@@ -417,19 +573,27 @@ def write_ensemble_report(
         extra.insert(0, operating_point_section(points, calibrated_row))
     if notes:
         extra.append(Section("Notes", bullets=tuple(notes)))
+    thresholds_by = {row.name: row.thresholds_by for row in rows if row.thresholds_by}
     paths = write_report(results, out / REPORT_STEM, label_names, title=title,
-                         extra_sections=extra)
-    figures = save_report_figures(
-        out, y, uncalibrated, {row.name: row.probs for row in rows}, results, label_names,
-        calibrated_row=calibrated_row,
-    )
+                         extra_sections=extra, lead_sections=lead,
+                         operating_points=thresholds_by)
     summary_path = out / "summary.json"
     summary_path.write_text(json.dumps({
         **dict(summary or {}),
-        "rows": {row.name: {"key": row.key, "note": row.note} for row in rows},
+        "rows": {row.name: {"key": row.key, "note": row.note,
+                            "thresholds_by": row.thresholds_by} for row in rows},
         "calibration": [s.to_dict() for s in calibration],
         "calibration_methods": dict(zip(label_names, calibration_methods, strict=True)),
         "notes": list(notes),
         **({"operating_points": points} if points is not None else {}),
     }, indent=2, default=float) + "\n")
     return results, [*paths.values(), *figures, summary_path]
+
+
+def _figure_captions(calibrated_row: str) -> tuple[str, str, str]:
+    """Captions of `save_report_figures`' three figures, in its order."""
+    return (f"Reliability of the {calibrated_row} before and after calibration (all labels "
+            "pooled, then per label; ECE in each legend)",
+            "Precision-recall curves per label, one line per model (AP in the legend; dotted: "
+            "the label's prevalence)",
+            "Per-label F1 of each model at its own thresholds (macro mean in the legend)")

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ecgtune.data_prep.heartbeat import stage
 from ecgtune.data_prep.shards import manifest_sha256
 from ecgtune.ensembles.errors import EvaluationError
 from ecgtune.ensembles.options import EvaluateOptions
@@ -153,8 +154,10 @@ def _tracking(opts: EvaluateOptions) -> _Tracking | None:
         return None
     from ecgtune.search import tracking
 
-    uri = opts.tracking_uri or tracking.default_tracking_uri()
-    tracking.check_tracking_uri(uri)
+    # The model is read from the store: one that is not there is a wrong --tracking-uri (or
+    # MLFLOW_TRACKING_URI), never a new empty store.
+    uri = tracking.resolve_tracking_uri(opts.tracking_uri)
+    tracking.check_tracking_uri(uri, must_exist=True)
     client = tracking.client(uri)
     name, alias = model.split("@", 1)
     try:
@@ -190,6 +193,8 @@ def evaluate_bundle(options: EvaluateOptions | None = None, **kwargs: Any) -> Ev
         from ecgtune.ensembles.evaluate.refit import check_refit
 
         check_refit(opts, folds)
+    stage("finding the model" if opts.bundle.startswith("models:/") or opts.model else
+          "loading the bundle")
     track = _tracking(opts)
     bundle = _load(opts, track)
     # Rate, length, gain, leads and label map of the data against the bundle's, before any
@@ -249,11 +254,13 @@ def _evaluate(opts: EvaluateOptions, bundle: Any, fit: dict[str, Any], policies:
     )
 
     data = Path(opts.data)
+    stage(f"loading folds {', '.join(map(str, folds))} of {data}")
     ds = load_shards(data, folds=folds)
     if len(ds) == 0:
         raise EvaluationError(f"{data}: no records in folds {folds}")
     names = list(bundle.label_names)
     y = ds.labels.astype(bool)
+    stage(f"predicting {len(ds)} records with the bundle's {len(bundle.members)} members")
     uncal = bundle.predict_uncalibrated(ds.signals, opts.batch_size, ds.lengths)
     probs = bundle.calibrator.predict(uncal)
     sources = record_sources(ds.records, _source_column(data, manifest, ds.records),
@@ -263,10 +270,12 @@ def _evaluate(opts: EvaluateOptions, bundle: Any, fit: dict[str, Any], policies:
     challenge = _challenge(bundle, y, probs)
     extra = [_source_section(by_source, sources)] if opts.by else []
     out = Path(opts.output)
+    stage(f"writing the report ({opts.n_boot} bootstrap resamples)")
     try:
         results, _ = write_ensemble_report(
             out, y, [ReportRow(ROW, "eval", probs, bundle.thresholds,
-                               "the bundle's calibrated ensemble at its thresholds")],
+                               "the bundle's calibrated ensemble at its thresholds",
+                               thresholds_by=_policy_words(fit))],
             uncal, names, [calibration_summary(ROLE, where, y, uncal, probs)],
             bundle.calibrator.methods_,
             title=f"Evaluation of {opts.bundle} on {data.name} ({where}, {len(ds)} records)",
@@ -281,6 +290,16 @@ def _evaluate(opts: EvaluateOptions, bundle: Any, fit: dict[str, Any], policies:
     points = json.loads((out / "summary.json").read_text()).get("operating_points", [])
     return EvaluationResult(out, results[ROW], by_source, sources, folds, names, ds.records,
                             probs, points, data_manifest_sha256=sha, challenge_score=challenge)
+
+
+def _policy_words(fit: dict[str, Any]) -> str:
+    """How the bundle's thresholds were chosen, from bundle.json's ``fit``: "sensitivity:0.95
+    (+1 per label), refit" / "f1"."""
+    record = fit.get("thresholds") or {}
+    default = record.get("policy") or record.get("objective") or "f1"
+    others = sum(1 for p in (record.get("policies") or {}).values() if p != default)
+    text = str(default) + (f" (+{others} per label)" if others else "")
+    return text + (", refit" if fit.get("refit") else "")
 
 
 def _challenge(bundle: Any, y: np.ndarray, probs: np.ndarray) -> float | None:
@@ -368,9 +387,14 @@ def _log_run(track: _Tracking, opts: EvaluateOptions, result: EvaluationResult) 
             TAG_MODEL_VERSION: track.version,
             TAG_DATA_SHA256: result.data_manifest_sha256,
             "ecgtune.model_run_id": track.run_id}
-    run = track.client.create_run(track.experiment_id, tags=tags,
-                                  run_name=f"evaluate {track.name} v{track.version} on "
-                                  f"{data.name}")
+    folds = result.folds
+    where = (f"fold{'s' if len(folds) > 1 else ''} {','.join(map(str, folds))}"
+             if len(folds) <= 3 else f"{len(folds)} folds")
+    # Re-evaluations of one version on the same data get #2, #3...: each run reads apart.
+    name = tracking.unique_run_name(
+        track.client, track.experiment_id,
+        f"evaluate {track.name} v{track.version} on {data.name} ({where})", ROLE)
+    run = track.client.create_run(track.experiment_id, tags=tags, run_name=name)
     run_id = str(run.info.run_id)
     try:
         metrics = flatten_metrics(result.row, split=ROLE)

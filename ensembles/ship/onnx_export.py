@@ -30,8 +30,6 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ import torch
 from torch import nn
 
 from ecgtune.data_prep.dataset import RECORD_STD_FLOOR_MV
+from ecgtune.data_prep.heartbeat import stage
 from ecgtune.ensembles.build.calibration import (
     EPS,
     Calibrator,
@@ -329,11 +328,18 @@ def _sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+SYNTHETIC_NOTE = ("trained on synthetic records only: its outputs show the pipeline working, "
+                  "they are not diagnoses")
+
+
 def onnx_metadata(bundle: Bundle) -> dict[str, str]:
     """The graph's metadata_props (strings; JSON where structured). ``bundle_sha256`` is the
     sha256 of the bundle's manifest.json, which holds the sha256 of every other bundle file."""
+    from ecgtune.data_prep import is_synthetic
+
     meta = bundle.metadata
     fit = meta.get("fit", {}) if isinstance(meta.get("fit"), dict) else {}
+    trained_on = dict(fit.get("trained_on") or {})
     spec = bundle.inputs
     calibrators = bundle.calibrator.calibrators_
     contract = {
@@ -365,6 +371,10 @@ def onnx_metadata(bundle: Bundle) -> dict[str, str]:
         "outputs": json.dumps(outputs),
         "bundle_sha256": _sha256_file(bundle.path / MANIFEST_FILE),
         "data_manifest_sha256": str(fit.get("data_manifest_sha256") or ""),
+        # Where the training records came from, and for synthetic ones what that means: the
+        # graph travels without its bundle, so it says so itself.
+        "trained_on": json.dumps(trained_on),
+        **({"note": SYNTHETIC_NOTE} if is_synthetic(trained_on) else {}),
     }
 
 
@@ -532,6 +542,7 @@ def export_onnx(bundle_dir: str | os.PathLike[str], output: str | os.PathLike[st
 
     from ecgtune.data_prep.shards import read_manifest
 
+    stage(f"loading the bundle {bundle_dir}")
     bundle = load_bundle(bundle_dir, device="cpu")
     if check_data is not None:  # before the trace, which takes a while
         bundle.inputs.check_data(read_manifest(Path(check_data)), data=str(check_data),
@@ -542,6 +553,8 @@ def export_onnx(bundle_dir: str | os.PathLike[str], output: str | os.PathLike[st
     metadata = onnx_metadata(bundle)
     spec = bundle.inputs
     exported = for_export(module)
+    stage(f"tracing the {len(bundle.members)}-member ensemble into an ONNX graph "
+          "(torch.onnx.export)")
     model = _to_onnx(exported, spec.n_samples, options.opset)
     rewrites = rewrite_graph(model, None if options.standard_ops else attention_heads(exported))
     log.debug("graph rewrites: %s", rewrites)
@@ -550,7 +563,8 @@ def export_onnx(bundle_dir: str | os.PathLike[str], output: str | os.PathLike[st
     model.producer_name = "ecgtune"
     model.producer_version = metadata["ecgtune.version"]
     model.doc_string = (f"ecgtune ensemble of {len(bundle.members)} members: int16 records "
-                        f"(N, 12, {spec.n_samples}) -> calibrated probabilities, decisions")
+                        f"(N, 12, {spec.n_samples}) -> calibrated probabilities, decisions"
+                        + (f". {metadata['note']}" if "note" in metadata else ""))
     onnx.helper.set_model_props(model, metadata)
     output = Path(output).absolute()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -560,9 +574,11 @@ def export_onnx(bundle_dir: str | os.PathLike[str], output: str | os.PathLike[st
             onnx.save_model(model, str(tmp))
         except OSError as exc:  # name the file the user asked for, not its temporary twin
             raise OSError(exc.errno, exc.strerror, str(output)) from None
+        stage("checking the graph (onnx.checker, full check)")
         onnx.checker.check_model(str(tmp), full_check=True)
         signals = check_signals if check_signals is not None else sample_signals(
             options.check_records, spec.n_samples, spec.fs, spec.seconds, options.seed)
+        stage(f"running the graph and the bundle on {len(signals)} records")
         diff, agree = check_onnx(tmp, bundle, signals, options.batch_size)
         if not diff <= options.tolerance:  # NaN fails too
             raise OnnxExportError(
@@ -576,20 +592,32 @@ def export_onnx(bundle_dir: str | os.PathLike[str], output: str | os.PathLike[st
 
 def resolve_bundle(source: str, tracking_uri: str | None, workdir: str | os.PathLike[str]
                    ) -> Path:
-    """A bundle directory for ``source``: a directory as is, or ``models:/NAME@ALIAS`` (or
-    ``models:/NAME/VERSION``) downloaded from the registry into ``workdir``."""
+    """A bundle directory for ``source``: a directory as is (MLflow is not touched), or
+    ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) downloaded into ``workdir`` from the
+    registry of ``tracking_uri``, else of MLFLOW_TRACKING_URI (MLFLOW_REGISTRY_URI when set),
+    else of `mlflow.db` in the working folder, which must exist: reading a model never
+    creates a store."""
     if not source.startswith("models:/"):
         return Path(source)
     from mlflow.artifacts import download_artifacts
 
     from ecgtune.ensembles.ship.bundle import is_bundle
-    from ecgtune.search.tracking import default_tracking_uri
+    from ecgtune.search import tracking
+    from ecgtune.search.errors import TrackingError
 
-    uri = tracking_uri or default_tracking_uri()
+    uri = tracking.resolve_tracking_uri(tracking_uri)
     try:
-        with _mlflow_uris(uri):
+        tracking.check_tracking_uri(uri, must_exist=True)
+    except TrackingError as exc:
+        raise OnnxExportError(f"cannot fetch {source}: {exc}") from None
+    stage(f"fetching {source} from {uri}")
+    try:
+        # MLflow resolves `models:/` with clients of its own, built from the process-wide
+        # URIs, not from the ones a download is given.
+        with tracking.mlflow_uris(uri):
             local = Path(download_artifacts(artifact_uri=source, dst_path=str(workdir),
-                                            tracking_uri=uri))
+                                            tracking_uri=uri,
+                                            registry_uri=tracking.resolve_registry_uri(uri)))
     except Exception as exc:  # MLflow raises its own exception types
         raise OnnxExportError(f"cannot fetch {source} from {uri}: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
@@ -599,23 +627,6 @@ def resolve_bundle(source: str, tracking_uri: str | None, workdir: str | os.Path
         raise OnnxExportError(f"{source} holds no ecgtune bundle (an ensemble pyfunc model "
                               "logged by `ecgtune ensemble` is expected)")
     return found[0]
-
-
-@contextmanager
-def _mlflow_uris(uri: str | None) -> Iterator[None]:
-    """MLflow resolves ``models:/`` with clients of its own, built from the process-wide
-    registry and tracking URIs, not from the URI a download is given (and MLflow 3's default
-    tracking URI is a `mlflow.db` in the working directory): point both at ``uri`` meanwhile,
-    unless the environment already names them."""
-    keys = [k for k in ("MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_URI")
-            if uri is not None and os.environ.get(k) is None]
-    for key in keys:
-        os.environ[key] = str(uri)
-    try:
-        yield
-    finally:
-        for key in keys:
-            os.environ.pop(key, None)
 
 
 def log_onnx_artifact(client: Any, run_id: str, bundle_dir: str | os.PathLike[str],

@@ -39,11 +39,14 @@ import numpy as np
 from ecgtune.ensembles.errors import EXIT_REJECTED, EnsembleError
 
 __all__ = [
+    "PROBABILITY_FORMAT",
+    "TRAINED_ON_COLUMN",
     "PredictInputError",
     "PredictionResult",
     "RecordIssue",
     "expand_inputs",
     "predict_records",
+    "trained_on_text",
     "write_predictions_csv",
 ]
 
@@ -86,7 +89,7 @@ class PredictionResult:
 
     @property
     def trained_on_text(self) -> str:
-        return ";".join(f"{k}:{v}" for k, v in self.trained_on.items()) or "unknown"
+        return trained_on_text(self.trained_on)
 
     @property
     def exit_status(self) -> int:
@@ -196,6 +199,21 @@ def predict_records(
     return result
 
 
+# Where a model's training records came from, on every answer it gives (the CSV's column, the
+# pyfunc model's column for a model trained on synthetic records).
+TRAINED_ON_COLUMN = "model_trained_on"
+# Probabilities in the CSV: six decimals. Enough to rank records and to recompute any metric
+# (the calibrators' own resolution is coarser), no float noise such as 0.30000000000000004,
+# and the calibration's 1e-7 floor reads 0.000000 instead of 1e-07. `predicted` is decided on
+# the unrounded values.
+PROBABILITY_FORMAT = "{:.6f}"
+
+
+def trained_on_text(trained_on: dict[str, int]) -> str:
+    """``synthetic:3000`` / ``ecg-arrhythmia:40000;georgia:200``; "unknown" when unrecorded."""
+    return ";".join(f"{k}:{v}" for k, v in trained_on.items()) or "unknown"
+
+
 def write_predictions_csv(result: PredictionResult, path: str | os.PathLike[str]) -> Path:
     """The CSV contract of `ecgtune predict`, written to a temporary name and renamed."""
     path = Path(path)
@@ -206,11 +224,11 @@ def write_predictions_csv(result: PredictionResult, path: str | os.PathLike[str]
         # `model_trained_on` on every row: a row copied elsewhere still says where its model
         # came from ("synthetic:3000" is a pipeline check, not a diagnosis).
         writer.writerow(["record", *result.label_names, "predicted", "quality",
-                         "model_trained_on"])
+                         TRAINED_ON_COLUMN])
         quality = result.quality or [""] * len(result.records)
         for name, row, labels, warned in zip(result.records, result.probabilities,
                                              result.predicted, quality, strict=True):
-            writer.writerow([name, *(repr(float(p)) for p in row), ";".join(labels), warned,
-                             result.trained_on_text])
+            writer.writerow([name, *(PROBABILITY_FORMAT.format(float(p)) for p in row),
+                             ";".join(labels), warned, result.trained_on_text])
     os.replace(tmp, path)
     return path

@@ -9,8 +9,9 @@ Input: int16 array (N, 12, n_samples), records preprocessed as `ecgtune prep` st
 integer dtypes within int16's range are taken, floats and other shapes are refused with one
 message (`InputSpec.signals_from`; HTTP 400 over REST); optional parameter `lengths` (one per
 record: samples of real signal before prep's zero padding; default: all full length). Output: a
-DataFrame with one calibrated probability column per label, in label-map order. Over REST
-(``mlflow models serve``)::
+DataFrame with one calibrated probability column per label, in label-map order; a model trained
+on synthetic records adds the column `model_trained_on` (e.g. "synthetic:3000"), so that every
+answer it gives says so, over REST too. Over REST (``mlflow models serve``)::
 
     POST /invocations  {"inputs": [[[...n_samples ints...] x 12 leads] x N records]}
     -> {"predictions": [{"AFIB": 0.01, ..., "WPW": 0.002}, ...]}
@@ -57,7 +58,23 @@ class EnsembleBundleModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defin
                 signals, lengths=np.asarray(lengths) if lengths else None)
         except ValueError as exc:  # lengths that do not fit the records
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
-        return pd.DataFrame(probs, columns=self.bundle.label_names)
+        frame = pd.DataFrame(probs, columns=self.bundle.label_names)
+        note = synthetic_note(self.bundle)
+        if note is not None:
+            frame[TRAINED_ON_COLUMN] = note
+        return frame
+
+
+def synthetic_note(bundle: Any) -> str | None:
+    """``synthetic:3000`` for a bundle trained on synthetic records, else None."""
+    from ecgtune.data_prep import is_synthetic
+    from ecgtune.ensembles.ship.predict import trained_on_text
+
+    trained_on = (bundle.metadata.get("fit") or {}).get("trained_on") or {}
+    return trained_on_text(trained_on) if is_synthetic(trained_on) else None
+
+
+TRAINED_ON_COLUMN = "model_trained_on"  # as ensembles.ship.predict's CSV column
 
 
 mlflow.models.set_model(EnsembleBundleModel())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ __all__ = [
     "CHAMPION_ALIAS",
     "TAG_SEARCH_RUN_ID",
     "RegisteredModel",
+    "ensemble_run_name",
     "finish_run",
     "input_metadata",
     "log_batch",
@@ -50,6 +52,29 @@ class RegisteredModel:
     @property
     def alias_uri(self) -> str | None:
         return f"models:/{self.name}@{self.alias}" if self.name and self.alias else None
+
+
+def ensemble_run_name(client: Any, experiment_id: str, search: str, top_k: int, policy: str,
+                      budget: str = "", used: int | None = None, model: str | None = None,
+                      version: str | None = None, run_id: str | None = None) -> str:
+    """``demo ensemble #3: 4 of top-5, f1 thresholds, ecgtune-demo v3``: the search, which of
+    its ensembles (a number the run keeps: ``run_id``'s own when it has one, else one above
+    every other), how many of the top K it kept, how its thresholds were chosen, the budget
+    and the registered version. Re-runs of one command read apart in the runs table."""
+    pattern = re.compile(rf"{re.escape(search)} ensemble #(\d+)")
+    runs = client.search_runs([experiment_id],
+                              filter_string=f"tags.`{tracking.TAG_ROLE}` = 'ensemble'",
+                              max_results=50_000)
+    numbers = {r.info.run_id: int(m.group(1)) for r in runs
+               if (m := pattern.match(r.info.run_name or ""))}
+    number = numbers.get(run_id or "") or max(numbers.values(), default=0) + 1
+    parts = [f"{used} of top-{top_k}" if used is not None else f"top-{top_k}",
+             f"{policy} thresholds"]
+    if budget:
+        parts.append(budget)
+    if model and version:
+        parts.append(f"{model} v{version}")
+    return f"{search} ensemble #{number}: {', '.join(parts)}"
 
 
 def start_ensemble_run(client: Any, experiment_id: str, search_run_id: str, name: str) -> str:
@@ -87,11 +112,13 @@ def log_batch(
         client.log_batch(run_id, metrics=mlist[start : start + _BATCH])
 
 
-def model_signature(label_names: Sequence[str], n_samples: int) -> Any:
+def model_signature(label_names: Sequence[str], n_samples: int,
+                    synthetic: bool = False) -> Any:
     """Input: int16 records (-1, 12, n_samples) (as `prep` stores them), and the
     optional parameter `lengths` (real samples per record, as `prep` stores them in its
     `length` column; empty: every record full length); output: one float64 probability column
-    per label, label-map order.
+    per label, label-map order, and for a model trained on ``synthetic`` records the string
+    column `model_trained_on` (`pyfunc_model.synthetic_note`).
 
     The input is not declared as a schema: MLflow would cast a JSON request's floats to int16
     without a word (mV values become a record of zeros) and refuse other shapes with a message
@@ -100,9 +127,12 @@ def model_signature(label_names: Sequence[str], n_samples: int) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+    columns = [ColSpec("double", name) for name in label_names]
+    if synthetic:
+        columns.append(ColSpec("string", "model_trained_on"))
     return ModelSignature(
         inputs=None,
-        outputs=Schema([ColSpec("double", name) for name in label_names]),
+        outputs=Schema(columns),
         params=ParamSchema([ParamSpec("lengths", "long", [], (-1,))]),
     )
 
@@ -133,18 +163,15 @@ def pip_requirements() -> list[str]:
 
 @contextmanager
 def _active_run(tracking_uri: str, run_id: str) -> Iterator[None]:
-    """Make ``run_id`` the fluent API's active run (log_model needs one). Leaving the block
-    ends it FINISHED (FAILED on an exception); `finish_run` sets the final status after."""
+    """Make ``run_id`` the fluent API's active run (log_model needs one), with MLflow's
+    process-wide URIs on ``tracking_uri`` meanwhile and as they were afterwards
+    (`tracking.mlflow_uris`). Leaving the block ends it FINISHED (FAILED on an exception);
+    `finish_run` sets the final status after."""
     import mlflow
 
-    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-            yield
-    finally:
-        if previous is not None:
-            mlflow.set_tracking_uri(previous)
+    with tracking.mlflow_uris(tracking_uri), mlflow.start_run(
+            run_id=run_id, nested=mlflow.active_run() is not None):
+        yield
 
 
 @contextmanager
@@ -184,7 +211,8 @@ def log_pyfunc_model(
             name=MODEL_ARTIFACT,
             python_model=str(PYFUNC_CODE),
             artifacts={"bundle": str(Path(bundle_dir).resolve())},
-            signature=model_signature(label_names, n_samples),
+            signature=model_signature(label_names, n_samples, synthetic=(
+                tags or {}).get("ecgtune.trained_on") == "synthetic"),
             pip_requirements=pip_requirements(),
             registered_model_name=register,
             await_registration_for=60,
