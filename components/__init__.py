@@ -20,6 +20,17 @@ _EXPORTS = {
     "model_from_state": "checkpoint",
     "save_checkpoint": "checkpoint",
     "BRANCH_FIELDS": "config",
+    "BRANCH_KINDS": "config",
+    "InputConfig": "config",
+    "LEAD_NAMES": "config",
+    "LEAD_SETS": "config",
+    "SOURCE_FS": "config",
+    "InputFrontEnd": "frontend",
+    "StateSpaceTrunk": "ssm",
+    "build_trunk": "model",
+    "load_trunk_weights": "pretrained",
+    "save_trunk_weights": "pretrained",
+    "set_trunks_frozen": "pretrained",
     "BranchOverride": "config",
     "parse_branch_key": "config",
     "FLAT_KEYS": "config",
@@ -44,29 +55,40 @@ _EXPORTS = {
 
 __all__ = [
     "BRANCH_FIELDS",
+    "BRANCH_KINDS",
     "FLAT_KEYS",
     "FUSIONS",
     "FUSION_NAMES",
+    "LEAD_NAMES",
+    "LEAD_SETS",
     "MIN_LENGTH",
     "NUM_LEADS",
     "PRESETS",
+    "SOURCE_FS",
     "BranchConfig",
     "BranchOverride",
     "CheckpointMeta",
     "Fusion",
+    "InputConfig",
+    "InputFrontEnd",
     "ModelConfig",
     "MultiBranchModel",
     "ResUDenseTrunk",
+    "StateSpaceTrunk",
     "StemConfig",
     "build_model",
+    "build_trunk",
     "checkpoint_state",
     "count_parameters",
     "get_preset",
     "load_checkpoint",
+    "load_trunk_weights",
     "model_from_state",
     "parse_branch_key",
     "register_fusion",
     "save_checkpoint",
+    "save_trunk_weights",
+    "set_trunks_frozen",
     "split_label_groups",
     "validate",
 ]
@@ -81,20 +103,35 @@ if TYPE_CHECKING:
     )
     from .config import (
         BRANCH_FIELDS,
+        BRANCH_KINDS,
         FLAT_KEYS,
         FUSION_NAMES,
+        LEAD_NAMES,
+        LEAD_SETS,
         MIN_LENGTH,
         NUM_LEADS,
+        SOURCE_FS,
         BranchConfig,
         BranchOverride,
+        InputConfig,
         ModelConfig,
         StemConfig,
         parse_branch_key,
         split_label_groups,
     )
+    from .frontend import InputFrontEnd
     from .fusion import FUSIONS, Fusion, register_fusion
-    from .model import MultiBranchModel, ResUDenseTrunk, build_model, count_parameters, validate
+    from .model import (
+        MultiBranchModel,
+        ResUDenseTrunk,
+        build_model,
+        build_trunk,
+        count_parameters,
+        validate,
+    )
     from .presets import PRESETS, get_preset
+    from .pretrained import load_trunk_weights, save_trunk_weights, set_trunks_frozen
+    from .ssm import StateSpaceTrunk
 
 
 # The same few lines as `data_prep.lazy.lazy_exports`, which components may not import (it

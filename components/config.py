@@ -18,12 +18,17 @@ from typing import Any, NoReturn
 
 __all__ = [
     "BRANCH_FIELDS",
+    "BRANCH_KINDS",
     "FLAT_KEYS",
     "FUSION_NAMES",
+    "LEAD_NAMES",
+    "LEAD_SETS",
     "MIN_LENGTH",
     "NUM_LEADS",
+    "SOURCE_FS",
     "BranchConfig",
     "BranchOverride",
+    "InputConfig",
     "ModelConfig",
     "StemConfig",
     "parse_branch_key",
@@ -31,8 +36,29 @@ __all__ = [
 ]
 
 NUM_LEADS = 12
-# Shortest input every valid config must accept (the seed uses 4,096; crops may be shorter).
+# Shortest input every valid config must accept, in samples at SOURCE_FS (the seed uses 4,096;
+# crops may be shorter).
 MIN_LENGTH = 1024
+# What every model reads: 12 leads at the rate `prep` stores (500 Hz). A model's input
+# section (`input.fs`, `input.leads`) selects and resamples inside the model, so that every
+# path that feeds a model (training, inference, ONNX) hands it the same stored signal.
+SOURCE_FS = 500
+LEAD_NAMES: tuple[str, ...] = (
+    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"
+)
+# Named lead subsets a model may read (`input.leads`), in stored lead order.
+LEAD_SETS: dict[str, tuple[str, ...]] = {
+    "all12": LEAD_NAMES,
+    "limb6": LEAD_NAMES[:6],
+    "V1-V6": LEAD_NAMES[6:],
+    "I-II": ("I", "II"),
+    "II": ("II",),
+    "I": ("I",),
+}
+# The lowest input rate: below it a 10 s record keeps too few samples for any trunk.
+MIN_INPUT_FS = 50
+# The trunk families a branch may be (`branch.kind`).
+BRANCH_KINDS = ("resu", "ssm")
 # The fusion strategies a config may name, as data, so that a config never imports torch:
 # components/fusion.py registers one class under each (a test checks that both agree), and
 # `register_fusion` adds the name of a new one here.
@@ -100,8 +126,56 @@ class StemConfig:
 
 
 @dataclass(frozen=True)
+class InputConfig:
+    """What the model reads of the stored 12-lead, SOURCE_FS record: the leads `leads` names,
+    resampled to `fs` Hz (an integer divisor of SOURCE_FS: the model's front end is one
+    polyphase decimation filter, the one `prep` uses)."""
+
+    fs: int = SOURCE_FS
+    leads: str = "all12"
+
+    def __post_init__(self) -> None:
+        _check_int("input.fs", self.fs, MIN_INPUT_FS)
+        if SOURCE_FS % self.fs:
+            rates = [r for r in range(MIN_INPUT_FS, SOURCE_FS + 1) if SOURCE_FS % r == 0]
+            _fail("input.fs", f"must divide the stored rate {SOURCE_FS} Hz "
+                              f"({', '.join(map(str, rates))}), got {self.fs}")
+        if not isinstance(self.leads, str) or self.leads not in LEAD_SETS:
+            _fail("input.leads",
+                  f"unknown lead set {self.leads!r}; valid: {', '.join(LEAD_SETS)}")
+
+    @property
+    def decimation(self) -> int:
+        """Stored samples per input sample."""
+        return SOURCE_FS // self.fs
+
+    @property
+    def lead_indices(self) -> tuple[int, ...]:
+        """Positions of the selected leads in the stored record."""
+        return tuple(LEAD_NAMES.index(name) for name in LEAD_SETS[self.leads])
+
+    @property
+    def n_leads(self) -> int:
+        return len(LEAD_SETS[self.leads])
+
+    @property
+    def is_source(self) -> bool:
+        """True when the model reads the stored record as it is (no front end)."""
+        return self.fs == SOURCE_FS and self.leads == "all12"
+
+    def length(self, n: int) -> int:
+        """Input samples for `n` stored samples (the decimation keeps ceil(n / factor))."""
+        return -(-n // self.decimation)
+
+    def describe(self) -> str:
+        return f"{self.fs} Hz, {self.leads}"
+
+
+@dataclass(frozen=True)
 class BranchConfig:
-    """One ResU-Dense trunk: U-blocks, dense blocks, optional attention, pooled embedding."""
+    """One trunk: a ResU-Dense trunk (`kind` resu: U-blocks, dense blocks, optional
+    attention) or a stack of diagonal state-space layers (`kind` ssm: `ssm_layers` layers of
+    `width` channels and `ssm_state` states each), pooled to an `out_channels` embedding."""
 
     depths: tuple[int, ...] = (6, 5, 4, 3)  # one residual U-block per entry (its U-depth)
     width: int = 256  # U-block channels
@@ -114,9 +188,18 @@ class BranchConfig:
     out_channels: int = 256  # embedding size D (the last transition's output)
     attention: bool = True
     heads: int = 8
-    dropout: float = 0.5  # before attention / pooling
+    dropout: float = 0.5  # before attention / pooling (resu); inside each layer (ssm)
+    kind: str = "resu"
+    ssm_state: int = 64  # state size N of each channel (N / 2 complex-conjugate pairs)
+    ssm_layers: int = 4
 
     def __post_init__(self) -> None:
+        if not isinstance(self.kind, str) or self.kind not in BRANCH_KINDS:
+            _fail("branch.kind", f"unknown kind {self.kind!r}; valid: {', '.join(BRANCH_KINDS)}")
+        _check_int("branch.ssm_state", self.ssm_state, 2)
+        if self.ssm_state % 2:
+            _fail("branch.ssm_state", f"must be even (conjugate pairs), got {self.ssm_state}")
+        _check_int("branch.ssm_layers", self.ssm_layers, 1)
         object.__setattr__(self, "depths", _check_int_tuple("branch.depths", self.depths, 1))
         object.__setattr__(
             self, "dense_layers", _check_int_tuple("branch.dense_layers", self.dense_layers, 1)
@@ -133,6 +216,8 @@ class BranchConfig:
             self, "dropout", _check_float("branch.dropout", self.dropout, 0.0, 1.0, False)
         )
         _check_bool("branch.attention", self.attention)
+        if self.kind != "resu":
+            return  # the checks below are about the ResU-Dense layout
         if self.attention and self.out_channels % self.heads:
             _fail(
                 "branch.heads",
@@ -154,6 +239,9 @@ class BranchConfig:
 
 
 BRANCH_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(BranchConfig))
+# Fields whose default configs leave out of their JSON, so that configs written before the
+# fields existed keep their bytes and checksums (and still load: absent means default).
+_NEW_BRANCH_FIELDS = ("kind", "ssm_state", "ssm_layers")
 # A label group's name as it appears in `branches.<group>.<field>` (the label map's, lower-cased).
 _GROUP_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -175,6 +263,9 @@ class BranchOverride:
     attention: bool | None = None
     heads: int | None = None
     dropout: float | None = None
+    kind: str | None = None
+    ssm_state: int | None = None
+    ssm_layers: int | None = None
 
     def values(self) -> dict[str, Any]:
         """The fields set, by name."""
@@ -206,6 +297,7 @@ class ModelConfig:
 
     stem: StemConfig = field(default_factory=StemConfig)
     branch: BranchConfig = field(default_factory=BranchConfig)
+    input: InputConfig = field(default_factory=InputConfig)
     n_branches: int = 0  # 0 = one branch per label group
     fusion: str = "independent"
     fusion_hidden: int = 256  # concat: MLP hidden size; attention: key size
@@ -218,6 +310,8 @@ class ModelConfig:
             _fail("stem", f"expected a StemConfig, got {type(self.stem).__name__}")
         if not isinstance(self.branch, BranchConfig):
             _fail("branch", f"expected a BranchConfig, got {type(self.branch).__name__}")
+        if not isinstance(self.input, InputConfig):
+            _fail("input", f"expected an InputConfig, got {type(self.input).__name__}")
         _check_int("n_branches", self.n_branches, 0)
         if not isinstance(self.fusion, str) or self.fusion not in FUSION_NAMES:
             _fail("fusion", f"unknown fusion {self.fusion!r}; valid: {', '.join(FUSION_NAMES)}")
@@ -230,11 +324,12 @@ class ModelConfig:
         self._check_branches()
         length = self.sequence_length(MIN_LENGTH)
         if length < 1:
-            deepest = max(self.branch_configs(), key=lambda b: len(b.depths))
+            deepest = max(self.branch_configs(), key=self._halvings)
+            at = "" if self.input.fs == SOURCE_FS else f" ({self.input.fs} Hz: input.fs)"
             _fail(
                 "branch.depths",
-                f"stem.stride={self.stem.stride} and {len(deepest.depths)} U-blocks "
-                f"(each halving the length) leave nothing of a {MIN_LENGTH}-sample input",
+                f"stem.stride={self.stem.stride} and {self._halvings(deepest)} U-blocks "
+                f"(each halving the length) leave nothing of a {MIN_LENGTH}-sample input{at}",
             )
 
     def _check_branches(self) -> None:
@@ -279,12 +374,19 @@ class ModelConfig:
         """The shared branch and every overridden one (what length checks must cover)."""
         return [self.branch, *(o.apply(self.branch) for _, o in self.branches)]
 
+    @staticmethod
+    def _halvings(branch: BranchConfig) -> int:
+        # A ResU-Dense trunk halves the length once per U-block; a state-space trunk keeps it.
+        return len(branch.depths) if branch.kind == "resu" else 0
+
     def sequence_length(self, length: int) -> int:
-        """Time steps reaching attention/pooling for `length` input samples in the deepest
-        branch (0: too short)."""
+        """Time steps reaching attention/pooling for `length` stored (SOURCE_FS) samples in
+        the deepest branch (0: too short)."""
         k, s = self.stem.kernel, self.stem.stride
-        t = (length + 2 * (k // 2) - k) // s + 1
-        for _ in range(max(len(b.depths) for b in self.branch_configs())):
+        t = (self.input.length(length) + 2 * (k // 2) - k) // s + 1
+        if t < 1:
+            return 0
+        for _ in range(max(self._halvings(b) for b in self.branch_configs())):
             if t < 2:  # AvgPool1d(2) needs two samples
                 return 0
             t //= 2
@@ -314,7 +416,7 @@ class ModelConfig:
                 f"unknown config key(s) {', '.join(map(repr, unknown))}; "
                 f"valid keys: {', '.join(FLAT_KEYS)}, branches.<group>.<field>"
             )
-        sections: dict[str, dict[str, Any]] = {"stem": {}, "branch": {}, "": {}}
+        sections: dict[str, dict[str, Any]] = {"stem": {}, "branch": {}, "input": {}, "": {}}
         overrides = {group: o.values() for group, o in base.branches}
         for key, value in flat.items():
             where = per_branch.get(key)
@@ -328,9 +430,10 @@ class ModelConfig:
             sections[section][name] = _parse(key, value, default)
         stem = dataclasses.replace(base.stem, **sections["stem"])
         branch = dataclasses.replace(base.branch, **sections["branch"])
+        inputs = dataclasses.replace(base.input, **sections["input"])
         branches = tuple((g, _override(g, v)) for g, v in overrides.items())
         return dataclasses.replace(
-            base, stem=stem, branch=branch, branches=branches, **sections[""]
+            base, stem=stem, branch=branch, input=inputs, branches=branches, **sections[""]
         )
 
     # --- JSON ---------------------------------------------------------------------------
@@ -342,6 +445,15 @@ class ModelConfig:
             out[section] = {
                 k: list(v) if isinstance(v, tuple) else v for k, v in out[section].items()
             }
+        # Sections and fields added since the first configs are written only where they differ
+        # from their defaults: a ResU-Dense model reading the stored record keeps its JSON (and
+        # its checkpoints' and bundles' checksums) byte for byte.
+        defaults = BranchConfig()
+        for name in _NEW_BRANCH_FIELDS:
+            if getattr(self.branch, name) == getattr(defaults, name):
+                del out["branch"][name]
+        if self.input == InputConfig():
+            del out["input"]
         # Only a heterogeneous model writes the key: every other config's JSON (checkpoints,
         # bundles, their checksums) stays as it was.
         del out["branches"]
@@ -360,10 +472,10 @@ class ModelConfig:
         flat: dict[str, Any] = {}
         top = {name: key for key, (section, name) in _FLAT.items() if not section}
         expected = {"stem", "branch", *top}
-        if set(data) - {"branches"} != expected:
+        if set(data) - {"branches", "input"} != expected:
             raise ValueError(
                 f"config keys {sorted(data)} do not match the expected {sorted(expected)} "
-                "(and optionally 'branches')"
+                "(and optionally 'branches', 'input')"
             )
         branches = data.get("branches") or {}
         if not isinstance(branches, Mapping):
@@ -373,15 +485,15 @@ class ModelConfig:
                 raise ValueError(f"branches.{group}: expected a mapping, got {part!r}")
             for name, value in part.items():
                 flat[f"branches.{group}.{name}"] = value
-        for section in ("stem", "branch"):
-            part = data[section]
+        for section in ("stem", "branch", "input"):
+            part = data.get(section, {})
             if not isinstance(part, Mapping):
                 raise ValueError(f"{section}: expected a mapping, got {part!r}")
             for name, value in part.items():
                 flat[f"{section}.{name}"] = value
         for name, key in top.items():
             flat[key] = data[name]
-        missing = sorted(set(FLAT_KEYS) - set(flat))
+        missing = sorted(set(FLAT_KEYS) - set(flat) - set(_OPTIONAL_KEYS))
         if missing:
             raise ValueError(f"missing config key(s): {', '.join(missing)}")
         return cls.from_flat(flat)
@@ -407,11 +519,12 @@ def _override(group: str, values: Mapping[str, Any]) -> BranchOverride:
 
 def _flat_table() -> dict[str, tuple[str, str]]:
     table: dict[str, tuple[str, str]] = {}
-    for section, klass in (("stem", StemConfig), ("branch", BranchConfig)):
+    for section, klass in (("stem", StemConfig), ("branch", BranchConfig),
+                           ("input", InputConfig)):
         for f in dataclasses.fields(klass):
             table[f"{section}.{f.name}"] = (section, f.name)
     for f in dataclasses.fields(ModelConfig):
-        if f.name not in ("stem", "branch", "branches"):
+        if f.name not in ("stem", "branch", "input", "branches"):
             # fusion_hidden -> fusion.hidden; the search space nests fusion options
             key = f.name.replace("fusion_", "fusion.", 1)
             table[key] = ("", f.name)
@@ -420,6 +533,9 @@ def _flat_table() -> dict[str, tuple[str, str]]:
 
 _FLAT = _flat_table()
 FLAT_KEYS: tuple[str, ...] = tuple(_FLAT)
+# Keys a stored config may lack (written before they existed): absent means the default.
+_OPTIONAL_KEYS = (*(f"branch.{n}" for n in _NEW_BRANCH_FIELDS),
+                  *(f"input.{f.name}" for f in dataclasses.fields(InputConfig)))
 
 _TRUE, _FALSE = {"true"}, {"false"}
 

@@ -23,13 +23,17 @@ from .config import (
     _fail,
     split_label_groups,
 )
+from .frontend import front_end
 from .fusion import FUSIONS
+from .ssm import StateSpaceTrunk
 
 __all__ = [
+    "TRUNKS",
     "MultiBranchModel",
     "ResUDenseTrunk",
     "Stem",
     "build_model",
+    "build_trunk",
     "count_parameters",
     "validate",
 ]
@@ -83,10 +87,19 @@ class ResUDenseTrunk(nn.Module):
         return self.pool(h)
 
 
+# branch.kind -> trunk class; each maps (B, C_in, T) to a pooled (B, out_channels) embedding.
+TRUNKS: dict[str, type[nn.Module]] = {"resu": ResUDenseTrunk, "ssm": StateSpaceTrunk}
+
+
+def build_trunk(in_channels: int, config: BranchConfig) -> nn.Module:
+    """The trunk `config.kind` names."""
+    return TRUNKS[config.kind](in_channels, config)
+
+
 class Branch(nn.Module):
     """A trunk with its own stem, or nn.Identity when the stem is shared."""
 
-    def __init__(self, stem: nn.Module, trunk: ResUDenseTrunk) -> None:
+    def __init__(self, stem: nn.Module, trunk: nn.Module) -> None:
         super().__init__()
         self.stem = stem
         self.trunk = trunk
@@ -96,7 +109,10 @@ class Branch(nn.Module):
 
 
 class MultiBranchModel(nn.Module):
-    """(B, 12, L) -> logits (B, num_labels) in label order, for any L >= MIN_LENGTH."""
+    """(B, 12, L) -> logits (B, num_labels) in label order, for any L >= MIN_LENGTH.
+
+    The input is the stored record (12 leads at SOURCE_FS, normalised); the front end makes
+    the model's own input from it (`config.input`: its leads, at its rate)."""
 
     def __init__(
         self,
@@ -114,11 +130,13 @@ class MultiBranchModel(nn.Module):
         branch_configs = (
             [config.branch_for(n) for n in names] if names else [config.branch] * n_branches
         )
-        self.stem = Stem(config.stem) if shared else nn.Identity()
+        leads = config.input.n_leads
+        self.front = front_end(config.input)
+        self.stem = Stem(config.stem, leads) if shared else nn.Identity()
         self.branches = nn.ModuleList(
             Branch(
-                nn.Identity() if shared else Stem(config.stem),
-                ResUDenseTrunk(config.stem.channels, branch),
+                nn.Identity() if shared else Stem(config.stem, leads),
+                build_trunk(config.stem.channels, branch),
             )
             for branch in branch_configs
         )
@@ -130,10 +148,11 @@ class MultiBranchModel(nn.Module):
         self.num_labels = num_labels
         self.label_groups = [list(g) for g in label_groups]
         self.group_names = [n.lower() for n in group_names]
+        self.pretrained_stem = False  # set by `pretrained.load_trunk_weights`
 
     def embed(self, x: Tensor) -> list[Tensor]:
         """Pooled embedding (B, D) of every branch."""
-        h = self.stem(x)
+        h = self.stem(self.front(x))
         embeddings: list[Tensor] = []
         for branch in self.branches:
             embeddings.append(branch(h))

@@ -21,6 +21,10 @@ _TINY_BRANCH = BranchConfig(
     dropout=0.1,
 )
 
+_SSM_TINY_BRANCH = BranchConfig(
+    **{**vars(_TINY_BRANCH), "kind": "ssm", "ssm_state": 8, "ssm_layers": 2}
+)
+
 PRESETS: dict[str, ModelConfig] = {
     # The reference ResU-Dense (Hwang et al. 2023): 7,205,204 parameters at 20 labels.
     "seed": ModelConfig(n_branches=1, fusion="independent"),
@@ -65,6 +69,32 @@ PRESETS: dict[str, ModelConfig] = {
         fusion="independent",
         fusion_hidden=64,
         fusion_dropout=0.2,
+    ),
+    # A compact state-space network (S4D layers), the size of the field's compact SSMs:
+    # ~0.4M parameters where the seed has 7.2M (BENCHMARKS.md "input").
+    "ssm-small": ModelConfig(
+        stem=StemConfig(channels=64),
+        branch=BranchConfig(
+            kind="ssm",
+            width=128,
+            ssm_state=64,
+            ssm_layers=6,
+            dropout=0.1,
+            out_channels=128,
+        ),
+        n_branches=1,
+        fusion="independent",
+        fusion_hidden=128,
+        fusion_dropout=0.2,
+    ),
+    # The state-space trunk at the tiny size, for CPU tests.
+    "ssm-tiny": ModelConfig(
+        stem=StemConfig(channels=16),
+        branch=_SSM_TINY_BRANCH,
+        n_branches=1,
+        fusion="independent",
+        fusion_hidden=32,
+        fusion_dropout=0.1,
     ),
 }
 

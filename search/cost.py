@@ -6,9 +6,11 @@ the other (`--objective auprc,gflops`) and an ensemble can be held to a budget.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,8 +21,38 @@ from ecgtune.search import metric_keys as K
 
 __all__ = ["RECORD_SAMPLES", "ModelCost", "count_gflops", "measure_cpu_ms", "model_cost"]
 
-# A 10 s record at 500 Hz, as `prep` stores it: the unit costs are quoted in.
+# A 10 s record at 500 Hz, as `prep` stores it: the unit costs are quoted in. Every model
+# reads this record and makes its own input from it (`input.fs`, `input.leads`), so its cost
+# is that of its input, front end included.
 RECORD_SAMPLES = 5000
+
+
+def _fft_flops(real_shape: Sequence[int], dims: Sequence[int]) -> int:
+    # A real FFT of n points: 2.5 n log2(n) FLOP (half a complex FFT's 5 n log2 n), per
+    # transformed row. torch's counter counts matrix products and convolutions only; the
+    # state-space trunk's sequence convolutions are FFTs.
+    total = 1
+    for size in real_shape:
+        total *= int(size)
+    flops = 0.0
+    for d in dims:
+        n = int(real_shape[d])
+        flops += 2.5 * (total // n) * n * math.log2(n) if n > 1 else 0.0
+    return int(flops)
+
+
+def _r2c_flops(x_shape: Sequence[int], dim: Sequence[int], *args: Any, out_shape: Any = None,
+               **kwargs: Any) -> int:
+    return _fft_flops(x_shape, dim)
+
+
+def _c2r_flops(x_shape: Sequence[int], dim: Sequence[int], *args: Any, out_shape: Any = None,
+               **kwargs: Any) -> int:
+    return _fft_flops(out_shape, dim)
+
+
+_FFT_FLOPS = {torch.ops.aten._fft_r2c.default: _r2c_flops,
+              torch.ops.aten._fft_c2r.default: _c2r_flops}
 
 
 @dataclass(frozen=True)
@@ -39,16 +71,17 @@ class ModelCost:
 
 
 def count_gflops(model: nn.Module, n_samples: int = RECORD_SAMPLES) -> float:
-    """Forward GFLOP (2 per multiply-add, as torch's counter counts) for one record, on the
-    model's device. Use the meta device (shapes only, as `model_cost` does): on the CPU in
-    eval mode nn.MultiheadAttention takes a fused fast path the counter does not see."""
+    """Forward GFLOP (2 per multiply-add, as torch's counter counts, plus 2.5 n log2 n per
+    real FFT of n points) for one stored record, on the model's device. Use the meta device
+    (shapes only, as `model_cost` does): on the CPU in eval mode nn.MultiheadAttention takes a
+    fused fast path the counter does not see."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     x = torch.zeros(1, NUM_LEADS, n_samples, device=device)
     was_training = model.training
     model.eval()
     try:
-        counter = FlopCounterMode(display=False)
+        counter = FlopCounterMode(display=False, custom_mapping=_FFT_FLOPS)
         with torch.no_grad(), counter:
             model(x)
     finally:

@@ -30,22 +30,32 @@ SHUFFLED_GROUPS = [[3, 17, 0, 9, 12], [1, 4, 19, 7], [2, 5, 8, 11, 14, 15], [6, 
 # two branches keep export (symbolic tracing, ~2 s per branch) affordable
 TWO_GROUPS = [[3, 17, 0, 9, 12, 1, 4, 19, 7, 2], [5, 8, 11, 14, 15, 6, 10, 13, 16, 18]]
 
-SMALL_PRESETS = ["tiny", "tiny-multi", "small"]
-BIG_PRESETS = ["seed", "seed-multi"]
+SMALL_PRESETS = ["tiny", "tiny-multi", "small", "ssm-tiny"]
+BIG_PRESETS = ["seed", "seed-multi", "ssm-small"]
 assert set(SMALL_PRESETS) | set(BIG_PRESETS) == set(PRESETS), "a preset is left out of the tests"
+# Not a preset: tiny-multi whose first group's branch is a state-space trunk (per-branch
+# `kind`), reading 6 limb leads at 100 Hz: the mixed model every contract covers too.
+MIXED = "tiny-mixed"
+GROUP_NAMES = ["g0", "g1", "g2", "g3"]
+_MIXED_FLAT = {"branches.g0.kind": "ssm", "branches.g0.ssm_state": 8,
+               "branches.g0.ssm_layers": 2, "input.fs": 100, "input.leads": "limb6"}
 
 # (preset, fusion, own stems): every small preset x every fusion, plus per-branch stems
-MATRIX = [(p, f, False) for p in SMALL_PRESETS for f in FUSIONS] + [
+MATRIX = [(p, f, False) for p in [*SMALL_PRESETS, MIXED] for f in FUSIONS] + [
     ("tiny-multi", f, True) for f in FUSIONS
 ]
 # Export is the slow part (a symbolic length costs ~2 s per tiny branch, ~10 s for the
 # seed): the seed (test_presets), tiny and tiny-multi as shipped export with a symbolic
 # length; small and every other fusion export at a fixed length (fusion heads never see
 # the length). (preset, fusion, own stems, dynamic length)
+# The state-space trunk's FFT length follows the input length, so it exports at a fixed
+# length (the ONNX graph's members all do).
 EXPORT_CASES = [
     ("tiny", "independent", False, True),
     ("tiny-multi", "attention", False, True),
     ("small", "independent", False, False),
+    ("ssm-tiny", "independent", False, False),
+    (MIXED, "attention", False, False),
 ] + [("tiny-multi", f, f == "late", False) for f in FUSIONS if f != "attention"]
 assert {(p, PRESETS[p].fusion) for p in SMALL_PRESETS} <= {c[:2] for c in EXPORT_CASES}
 assert set(FUSIONS) <= {c[1] for c in EXPORT_CASES}
@@ -64,13 +74,17 @@ def make_model(
     groups: list[list[int]] | None = SHUFFLED_GROUPS,
     seed: int = 0,
 ) -> MultiBranchModel:
-    config = get_preset(preset)
+    mixed = preset == MIXED
+    config = get_preset("tiny-multi" if mixed else preset)
+    if mixed:
+        config = ModelConfig.from_flat(_MIXED_FLAT, base=config)
     if fusion is not None:
         config = ModelConfig.from_flat({"fusion": fusion}, base=config)
     if own_stems:
         config = ModelConfig.from_flat({"stem.shared": False}, base=config)
     torch.manual_seed(seed)
-    return build_model(config, num_labels=20, label_groups=groups)
+    names = GROUP_NAMES[: len(groups)] if mixed and groups is not None else []
+    return build_model(config, num_labels=20, label_groups=groups, group_names=names)
 
 
 @pytest.fixture

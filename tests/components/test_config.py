@@ -26,6 +26,8 @@ EXPECTED_KEYS = [
     "branch.depths", "branch.width", "branch.mid", "branch.kernel", "branch.dense_layers",
     "branch.growth", "branch.bottleneck", "branch.compression", "branch.out_channels",
     "branch.attention", "branch.heads", "branch.dropout",
+    "branch.kind", "branch.ssm_state", "branch.ssm_layers",
+    "input.fs", "input.leads",
     "n_branches", "fusion", "fusion.hidden", "fusion.dropout",
 ]  # fmt: skip
 

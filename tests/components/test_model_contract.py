@@ -20,7 +20,7 @@ def _inputs(batch: int, length: int, seed: int = 1) -> torch.Tensor:
 
 
 def _same_model_twice(model: torch.nn.Module, config: ModelConfig, groups) -> torch.nn.Module:
-    rebuilt = build_model(config, 20, groups)
+    rebuilt = build_model(config, 20, groups, model.group_names)
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
         k: v.shape for k, v in model.state_dict().items()
     }
