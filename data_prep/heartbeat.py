@@ -34,16 +34,22 @@ _active: list[Heartbeat] = []
 
 
 class _Watched:
-    """A text stream that tells its heartbeat when something is written to it."""
+    """A text stream that tells its heartbeat when a line is written to it. On a terminal any
+    write counts (a progress bar redrawn in place is visibly alive); in a file or a pipe only
+    a finished line does: a bar's redraws there are one endless line nobody sees move."""
 
     def __init__(self, stream: TextIO, heartbeat: Heartbeat) -> None:
         self._stream = stream
         self._heartbeat = heartbeat
+        try:
+            self._terminal = bool(stream.isatty())
+        except (AttributeError, ValueError, OSError):
+            self._terminal = False
 
     def write(self, text: str) -> int:
         written = self._stream.write(text)
         if text:
-            self._heartbeat.saw(text)
+            self._heartbeat.saw(text, counts=self._terminal or "\n" in text)
         return written
 
     def __getattr__(self, name: str) -> Any:
@@ -63,18 +69,24 @@ class Heartbeat:
         self._stage_since = now
         self._quiet_beats = 0
         self._indent = ""
+        self._partial = ""  # text of the line being written, up to its newline
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ecgtune-heartbeat",
                                         daemon=True)
         self.lines = 0  # heartbeat lines printed (for the tests)
 
-    def saw(self, text: str) -> None:
-        """Something was printed: the console is not silent; the next heartbeat line takes
-        the indentation of the last line printed."""
+    def saw(self, text: str, counts: bool = True) -> None:
+        """``text`` was printed (``counts``: visibly, see `_Watched`): the console is not
+        silent; the next heartbeat line takes the indentation of the last line completed."""
         with self._lock:
-            self._last_output = time.monotonic()
-            self._quiet_beats = 0
-            last = next((line for line in reversed(text.split("\n")) if line.strip()), None)
+            if counts:
+                self._last_output = time.monotonic()
+                self._quiet_beats = 0
+            pending = self._partial + text
+            done, _, self._partial = pending.rpartition("\n")
+            self._partial = self._partial[-200:]  # a bar redrawn forever stays short here
+            lines = [line.rsplit("\r", 1)[-1] for line in done.split("\n")]
+            last = next((line for line in reversed(lines) if line.strip()), None)
             if last is not None:
                 self._indent = last[: len(last) - len(last.lstrip(" "))][:_MAX_INDENT]
 

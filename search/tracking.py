@@ -270,8 +270,8 @@ def runs_view_url(uri: str, experiment_id: str, port: int = UI_PORT) -> str:
     """
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else (
         f"http://127.0.0.1:{port}")
-    return (f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={KEY_METRICS_VIEW}"
-            "&workflowType=machine_learning")
+    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={KEY_METRICS_VIEW}")
 
 
 def venv_command(name: str) -> str:

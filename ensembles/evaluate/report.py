@@ -217,7 +217,7 @@ def metric_sections(
     summary_body = tuple((name, *(_cell(r, m) for m in CI_METRICS)) for name, r in rows.items())
     paragraphs: tuple[str, ...] = ()
     if points:
-        summary_header += ("thresholds (F1 ... Hamming loss at)",)
+        summary_header += ("thresholds by",)
         summary_body = tuple((*cells, points.get(name, "–"))
                              for cells, name in zip(summary_body, rows, strict=True))
         paragraphs = ("AUROC and AUPRC rank records and need no threshold; the other columns "

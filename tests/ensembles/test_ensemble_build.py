@@ -4,6 +4,7 @@ report, MLflow run and registry."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -135,9 +136,16 @@ def test_report_rows_files_and_figures(built_ensemble):
     assert "ensemble fold (8, fitted)" in md
     assert "on the ensemble fold" in md and "uniform average of all 4 members" in md
     page = (result.report_dir / "report.html").read_text()
-    # Summary, 4 per-label tables, operating points, calibration.
-    assert page.count("<table>") == 7 and "uniform average of all 4 members" in page
+    # Summary, members, 4 per-label tables, operating points, calibration.
+    assert page.count("<table>") == 8 and "uniform average of all 4 members" in page
     assert "Operating points of the ensemble" in page
+    # The figures are in the page itself; the members table names every candidate.
+    assert page.count('<img src="data:image/png;base64,') == 3 and "http" not in page
+    members = page[page.index("<h2>Members</h2>"):]
+    members = members[: members.index("</table>")]
+    assert all(f"<td>{m.name}</td><td>{m.run_name}</td>" in members for m in result.members)
+    assert "fusion" in members and "<th>GFLOP</th>" in members
+    assert "<th>thresholds by</th>" in page and "<td>f1, ensemble fold</td>" in page
     summary = json.loads((result.report_dir / "summary.json").read_text())
     assert summary["weights"] == pytest.approx(result.weights)
     points = summary["operating_points"]
@@ -155,6 +163,11 @@ def test_mlflow_ensemble_run_and_registered_champion(built_ensemble):
     assert run.info.status == "FINISHED"
     assert run.data.tags[tracking.TAG_ROLE] == "ensemble"
     assert run.data.tags[TAG_SEARCH_RUN_ID] == result.search_run_id
+    # Named for what tells it apart: its number among the search's ensembles, what it kept,
+    # its thresholds' policy and the version it registered.
+    assert re.fullmatch(rf"tiny ensemble #\d+: {len(result.weights)} of top-4, f1 thresholds, "
+                        rf"{b.registered} v{result.model_version}", run.info.run_name)
+    assert run.data.metrics["cost/gflops"] > 0  # the key-metrics view's cost column
     assert int(run.data.params["top_k"]) == 4 and run.data.params["metric"] == "macro_auprc"
     assert json.loads(run.data.params["weights"]) == pytest.approx(result.weights)
     assert run.data.metrics["test/macro_auprc"] == pytest.approx(

@@ -63,14 +63,18 @@ _FRESH = textwrap.dedent("""
     loaded = load_bundle(bundle_dir)
     bundle = loaded.predict_signals(x)
     model = mlflow.pyfunc.load_model(model_uri)
-    pyfunc = model.predict(x)
-    columns = np.array(list(pyfunc.columns), dtype=str)
+    frame = model.predict(x)
+    columns = np.array(list(frame.columns), dtype=str)
+    trained_on = sorted(set(frame["model_trained_on"]))  # trained on synthetic records
+    pyfunc = frame[loaded.label_names]
     # Short records: the real lengths as a parameter, windows on real signal only.
     lengths = np.linspace(2000, 5000, len(x)).astype(np.int64)
     short_bundle = loaded.predict_signals(x, lengths=lengths)
-    short_pyfunc = model.predict(x, params={"lengths": lengths.tolist()}).to_numpy()
+    short_pyfunc = model.predict(x, params={"lengths": lengths.tolist()})[
+        loaded.label_names].to_numpy()
     np.savez(out, bundle=bundle, pyfunc=pyfunc.to_numpy(), columns=columns,
-             short_bundle=short_bundle, short_pyfunc=short_pyfunc)
+             short_bundle=short_bundle, short_pyfunc=short_pyfunc,
+             trained_on=np.array(trained_on, dtype=str))
 """)
 
 
@@ -88,7 +92,9 @@ def test_fresh_process_bundle_and_pyfunc_champion_agree(built_ensemble, tmp_path
     expected = b.result.test_probabilities[:N_CHECK]
     assert np.abs(got["bundle"] - expected).max() <= TOL
     assert np.abs(got["pyfunc"] - got["bundle"]).max() <= TOL
-    assert got["columns"].tolist() == b.result.label_names
+    assert got["columns"].tolist() == [*b.result.label_names, "model_trained_on"]
+    (trained_on,) = got["trained_on"].tolist()
+    assert trained_on.startswith("synthetic:")
     assert np.abs(got["short_pyfunc"] - got["short_bundle"]).max() <= TOL
     assert np.abs(got["short_bundle"] - got["bundle"]).max() > TOL  # the lengths were used
 

@@ -76,6 +76,8 @@ def test_served_champion_answers_rest_requests(built_ensemble, held_out_fold, tm
         log.close()
     bundle = load_bundle(b.result.bundle_dir)
     (row,) = payload["predictions"]
-    assert list(row) == bundle.label_names
+    # One probability per label, and the model's training data: it saw synthetic records.
+    assert list(row) == [*bundle.label_names, "model_trained_on"]
+    assert row["model_trained_on"].startswith("synthetic:")
     got = np.array([row[name] for name in bundle.label_names])
     assert np.abs(got - bundle.predict_signals(x)[0]).max() <= 1e-5

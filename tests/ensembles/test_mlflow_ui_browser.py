@@ -116,6 +116,10 @@ def test_the_printed_address_opens_the_runs_table(mlflow_server, browser, built_
                                              experiment.experiment_id, port=mlflow_server)
     browser.get(address)
     body = _wait_for_text(browser, parent.info.run_name)
+    # The key-metrics view: the metric columns are there without "Show more columns".
+    for column in ("val/best_macro_auprc", "test/macro_auprc", "cost/gflops"):
+        body = _wait_for_text(browser, column)
+    assert "share key" not in body  # the view the address names exists
     assert "Detect issues" not in body and "Training runs" not in body, body[:2000]
     assert not browser.find_elements(By.CSS_SELECTOR, "[role='dialog']")
     link = browser.find_element(By.PARTIAL_LINK_TEXT, parent.info.run_name)

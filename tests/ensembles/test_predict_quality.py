@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def test_quality_column_names_flat_leads(tiny_bundle, tmp_path, capsys):
     header, rows = _read_csv(out)
     assert header[-3:] == ["predicted", "quality", "model_trained_on"]
     assert {r["record"]: r["quality"] for r in rows} == {"GOOD": "", "FLAT3": "flat_lead:V2,V4,V6"}
+    # Probabilities with six decimals: no float noise, no "1e-07" for the calibration's floor.
+    for row in rows:
+        assert all(re.fullmatch(r"[01]\.\d{6}", row[label]) for label in header[1:-3]), row
     assert "record FLAT3: warning: flat_lead" in err
 
 

@@ -13,6 +13,7 @@ from ecgtune.search import metric_keys as K
 from ecgtune.search.cost import RECORD_SAMPLES, count_gflops, measure_cpu_ms, model_cost
 from ecgtune.search.options import OBJECTIVES, parse_objective
 from ecgtune.search.pareto import (
+    COST_RTOL,
     front_rows,
     pareto_front,
     plot_pareto_front,
@@ -85,6 +86,23 @@ def test_pareto_front():
     # two costs: better on one keeps a point on the front
     assert pareto_front([0.5, 0.5], [[1.0, 2.0], [2.0, 1.0]]) == [True, True]
     assert pareto_front([0.5, 0.5], [[1.0, 1.0], [1.0, 1.0]]) == [True, True]
+
+
+def test_pareto_costs_are_compared_at_one_percent_ties_broken_by_quality():
+    # Two trials whose GFLOPs print alike (0.0516) and differ by a millionth: the better one
+    # is on the front, the other dominated, whichever of them is the cheaper by that much.
+    trials = [SimpleNamespace(index=3, trial_id="t003", best_score=0.285,
+                              cost={K.COST_GFLOPS: 0.0516027}),
+              SimpleNamespace(index=4, trial_id="t004", best_score=0.255,
+                              cost={K.COST_GFLOPS: 0.0516017})]
+    rows = {r.trial: r.on_front for r in front_rows(trials, ["gflops"])}
+    assert rows == {3: True, 4: False}
+    # Beyond the 1% resolution the cheaper one stays on the front.
+    assert pareto_front([0.285, 0.255], [[0.0516], [0.0510]]) == [True, True]
+    assert pareto_front([0.285, 0.255], [[0.0516], [0.0512]]) == [True, False]
+    assert COST_RTOL == 0.01
+    # Equal quality and equal cost within the tolerance: neither beats the other.
+    assert pareto_front([0.3, 0.3], [[1.0], [1.005]]) == [True, True]
 
 
 def test_front_table_and_plot(tmp_path):
