@@ -1,9 +1,11 @@
 """Typed, frozen training configuration and the flat-dict form a trial sees.
 
-A trial's Ray Tune config is one flat dict: model keys (`branch.depths`, `fusion`, ...) go to
-`components.ModelConfig.from_flat`, `train.*` keys to `TrainConfig`, `debug.*` keys to
-`DebugConfig`. The same flat dict is what MLflow records as the trial's params, so a run's
-params rebuild its trial exactly.
+A trial's Ray Tune config is one flat dict: model keys (`branch.depths`, `fusion`,
+`input.fs`, ...) go to `components.ModelConfig.from_flat`, `train.*` keys to `TrainConfig`,
+`debug.*` keys to `DebugConfig`, and the pretrained-trunk keys (`branch.init`,
+`branch.freeze_epochs`: how the trunks start, not what they are) to `InitConfig`. The same
+flat dict is what MLflow records as the trial's params, so a run's params rebuild its trial
+exactly.
 """
 
 from __future__ import annotations
@@ -82,7 +84,27 @@ class DebugConfig:
     oom_at_epoch: int = -1
 
 
+@dataclass(frozen=True)
+class InitConfig:
+    """Where the trunks' weights start (`components.load_trunk_weights`): a safetensors file
+    of one trunk, loaded into every branch before the first epoch, its weights frozen for the
+    first `freeze_epochs` epochs. Empty: the usual random initialisation."""
+
+    init: str = ""
+    freeze_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.freeze_epochs < 0:
+            raise ValueError(f"branch.freeze_epochs must be >= 0, got {self.freeze_epochs}")
+        if self.freeze_epochs and not self.init:
+            raise ValueError("branch.freeze_epochs freezes pretrained trunks: it needs "
+                             "branch.init (a trunk weights file)")
+
+
 _SECTIONS = {"train": TrainConfig, "debug": DebugConfig}
+# Flat keys of InitConfig: `branch.*` by name, kept out of the model's config (a trunk's
+# starting weights do not change the model a checkpoint or bundle rebuilds).
+INIT_KEYS = {f"branch.{f.name}": f.name for f in fields(InitConfig)}
 
 
 def _coerce(value: Any, typ: type, key: str) -> Any:
@@ -130,21 +152,29 @@ class TrialConfig:
     model: ModelConfig
     train: TrainConfig = TrainConfig()
     debug: DebugConfig = DebugConfig()
+    init: InitConfig = InitConfig()
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> TrialConfig:
         split: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "debug": {}}
+        init: dict[str, Any] = {}
+        hints = get_type_hints(InitConfig)
         for key, value in flat.items():
+            if key in INIT_KEYS:
+                init[INIT_KEYS[key]] = _coerce(value, hints[INIT_KEYS[key]], key)
+                continue
             section = key.split(".", 1)[0]
             split[section if section in _SECTIONS else "model"][key] = value
         return cls(
             model=ModelConfig.from_flat(split["model"]),
             train=_section_from_flat(TrainConfig, "train", split["train"]),
             debug=_section_from_flat(DebugConfig, "debug", split["debug"]),
+            init=InitConfig(**init),
         )
 
     def to_flat(self, include_debug: bool = False) -> dict[str, Any]:
         flat = dict(self.model.to_flat())
+        flat.update({key: getattr(self.init, name) for key, name in INIT_KEYS.items()})
         flat.update({f"train.{k}": v for k, v in dataclasses.asdict(self.train).items()})
         if include_debug:
             flat.update({f"debug.{k}": v for k, v in dataclasses.asdict(self.debug).items()})

@@ -33,7 +33,12 @@ from ecgtune.search.provenance import code_version, library_versions
 from ecgtune.search.ray_session import init_ray
 from ecgtune.search.searcher import PointValidator, build_searcher
 from ecgtune.search.space import SearchSpace
-from ecgtune.search.validation import ValidatedSearch, check_branch_groups, validate_options
+from ecgtune.search.validation import (
+    ValidatedSearch,
+    check_branch_groups,
+    check_input_rate,
+    validate_options,
+)
 
 if TYPE_CHECKING:
     from ecgtune.data_prep import ECGDataset
@@ -95,6 +100,7 @@ class SearchData:
     label_names: tuple[str, ...]
     label_groups: tuple[tuple[int, ...], ...]
     group_names: tuple[str, ...] = ()
+    fs: float = 500.0  # the stored rate, which models below it resample (`input.fs`)
 
     @property
     def manifest_path(self) -> Path:
@@ -236,6 +242,7 @@ def check_search_data(data_dir: Path) -> SearchData:
         label_names=tuple(label_map.names),
         label_groups=tuple(tuple(g) for g in label_map.group_indices()),
         group_names=tuple(n.lower() for n in label_map.group_names),
+        fs=float(manifest["preprocessing"]["fs"]),
     )
 
 
@@ -252,6 +259,7 @@ def _point_validator(validated: ValidatedSearch, data: SearchData) -> PointValid
     space none of whose points is valid, before Ray starts."""
     space = validated.space
     check_branch_groups(validated, data.group_names)
+    check_input_rate(validated, data.fs)
     check = PointValidator(space, len(data.label_names), data.label_groups,
                            group_names=data.group_names)
     for point in space.points_to_evaluate:

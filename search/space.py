@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from ecgtune.components import get_preset, parse_branch_key
-from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
+from ecgtune.search.config import INIT_KEYS, DebugConfig, InitConfig, TrainConfig, TrialConfig
 from ecgtune.search.errors import SpaceError
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "logint")
@@ -294,7 +294,9 @@ def _check_keys(space: SearchSpace) -> None:
 
 
 def _train_defaults() -> dict[str, Any]:
-    return {f"train.{k}": v for k, v in asdict(TrainConfig()).items()}
+    init = InitConfig()
+    return {**{key: getattr(init, name) for key, name in INIT_KEYS.items()},
+            **{f"train.{k}": v for k, v in asdict(TrainConfig()).items()}}
 
 
 def builtin_spaces() -> list[str]:

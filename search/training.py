@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecgtune.components import build_model, load_checkpoint
+from ecgtune.components import (
+    SOURCE_FS,
+    build_model,
+    load_checkpoint,
+    load_trunk_weights,
+    set_trunks_frozen,
+)
 from ecgtune.data_prep import AugmentConfig, BatchLoader, ECGDataset
 from ecgtune.data_prep.loader import DeviceBatchTransform
 from ecgtune.search import checkpoint
@@ -87,8 +93,17 @@ class Trainer:
         names = train_data.label_map.group_names
         group_names = names if label_groups is not None and len(names) == len(label_groups) \
             else ()
+        inputs = trial.model.input
+        if inputs.fs != SOURCE_FS and train_data.fs != SOURCE_FS:
+            raise ValueError(
+                f"input.fs={inputs.fs} resamples the {SOURCE_FS} Hz record; this data is at "
+                f"{train_data.fs} Hz (prepare it with `ecgtune prep --fs {SOURCE_FS}`)")
         self.model = build_model(trial.model, self.num_labels, label_groups,
                                  group_names).to(self.device)
+        # Pretrained trunks (`branch.init`) load before the optimizer sees the weights; a
+        # resumed trial's checkpoint replaces them afterwards (`restore`).
+        self.pretrained = (load_trunk_weights(self.model, trial.init.init)
+                           if trial.init.init else [])
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.lr
         )
@@ -158,9 +173,18 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     # -- training -----------------------------------------------------------------------------
+    @property
+    def frozen(self) -> bool:
+        """True while this epoch keeps the pretrained trunks frozen (`branch.freeze_epochs`)."""
+        return bool(self.pretrained) and self.epoch < self.trial.init.freeze_epochs
+
     def train_epoch(self, nan_at_step: int | None = None) -> dict[str, float]:
         """One epoch of `steps_per_epoch` optimizer steps; returns loss and throughput."""
         self.model.train()
+        if self.pretrained:
+            # Frozen weights get no gradient, so AdamW leaves them (and their moments) as
+            # they are; the epoch after the last frozen one trains everything.
+            set_trunks_frozen(self.model, self.frozen)
         # Batches depend on (seed, epoch) only, so a resumed trial sees the batches an
         # uninterrupted one would have.
         loader = self.train_loader

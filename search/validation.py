@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ecgtune.components import parse_branch_key
+from ecgtune.components import SOURCE_FS, parse_branch_key
 from ecgtune.search.config import DebugConfig, TrialConfig
 from ecgtune.search.errors import SearchOptionError
 from ecgtune.search.options import SearchOptions, resolve_storage
@@ -35,6 +35,7 @@ __all__ = [
     "Implied",
     "ValidatedSearch",
     "check_branch_groups",
+    "check_input_rate",
     "condition_pins",
     "pin_space",
     "probe_storage",
@@ -95,6 +96,7 @@ def validate_options(opts: SearchOptions) -> ValidatedSearch:
     every_pin = {**pins, **{i.key: i.pinned for i in implied if i.is_pin}}
     pinned, unsearched = pin_space(limited, every_pin)
     _check_pins_fit(pinned, every_pin)
+    pinned = _resolve_init(pinned, pins)
     storage = resolve_storage(opts.storage)
     probe_storage(storage)
     return ValidatedSearch(pinned, pins, unsearched, storage, implied, unused)
@@ -205,6 +207,41 @@ def check_branch_groups(validated: ValidatedSearch, group_names: Sequence[str]) 
                 f"{flag}: unknown label group {where[0]!r}; this data's groups are "
                 f"{', '.join(names)}"
             )
+
+
+def check_input_rate(validated: ValidatedSearch, data_fs: float) -> None:
+    """A model whose `input.fs` is below the stored rate resamples the SOURCE_FS record in its
+    front end: data prepared at another rate can only be read as it is (input.fs 500)."""
+    if float(data_fs) == SOURCE_FS:
+        return
+    space = validated.space
+    values = {space.base_flat().get("input.fs")}
+    for param in space.params:
+        if param.name == "input.fs":  # a range's low end is below the stored rate too
+            values |= set(param.args) if param.kind == "choice" else {param.args[0]}
+    for value in sorted(int(v) for v in values if v is not None and int(v) != SOURCE_FS):
+        flag = "--set input.fs" if "input.fs" in validated.pins else f"{space.name}: input.fs"
+        raise SearchOptionError(
+            f"{flag}={value} resamples the {SOURCE_FS} Hz record, and this data is at "
+            f"{data_fs:g} Hz: prepare it with `ecgtune prep --fs {SOURCE_FS}` (or search "
+            f"input.fs={SOURCE_FS} only)")
+
+
+def _resolve_init(space: SearchSpace, pins: Mapping[str, Any]) -> SearchSpace:
+    """`branch.init` as an absolute path (trials run in their own directories), checked to
+    be a readable safetensors file before anything starts."""
+    path = str(space.fixed.get("branch.init") or "")
+    if not path:
+        return space
+    from ecgtune.components.pretrained import read_trunk_weights
+
+    absolute = Path(path).expanduser().absolute()
+    flag = "--set branch.init" if "branch.init" in pins else f"{space.name}: branch.init"
+    try:
+        read_trunk_weights(absolute)
+    except ValueError as exc:
+        raise SearchOptionError(f"{flag}: {str(exc).removeprefix('branch.init: ')}") from None
+    return replace(space, fixed={**space.fixed, "branch.init": str(absolute)})
 
 
 def _as_choice(value: Any) -> Any:

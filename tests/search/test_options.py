@@ -237,8 +237,8 @@ def test_a_pin_cascades_through_chained_conditions():
 
 def test_pins_that_cannot_build_together_are_rejected(tmp_path):
     # Each value is valid alone; no trial config has both (six halvings of a 64-strided
-    # 1,024-sample input leave nothing).
-    overrides = {"stem.stride": "64", "branch.depths": "3-3-3-3-3-3"}
+    # 1,024-sample input leave nothing of a ResU-Dense trunk; a state-space one halves none).
+    overrides = {"stem.stride": "64", "branch.depths": "3-3-3-3-3-3", "branch.kind": "resu"}
     for key, value in overrides.items():
         validate_options(_opts(tmp_path, overrides={key: value}))
     with pytest.raises(SearchOptionError, match=r"do not fit together.*branch\.depths"):
