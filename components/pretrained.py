@@ -23,17 +23,29 @@ __all__ = ["STEM_PREFIX", "frozen_parameters", "load_trunk_weights", "read_trunk
 STEM_PREFIX = "stem."
 
 
+def _part(module: nn.Module, name: str) -> nn.Module:
+    part = getattr(module, name)
+    if not isinstance(part, nn.Module):
+        raise TypeError(f"{type(module).__name__}.{name} is not a module")
+    return part
+
+
+def _branches(model: MultiBranchModel) -> list[nn.Module]:
+    return [branch for branch in model.branches if isinstance(branch, nn.Module)]
+
+
 def save_trunk_weights(model: MultiBranchModel, path: str | os.PathLike[str],
                        branch: int = 0, stem: bool = True) -> None:
     """Write branch `branch`'s trunk (and, with `stem`, the stem that feeds it) in the format
     `load_trunk_weights` reads."""
     from safetensors.torch import save_file
 
+    chosen = _branches(model)[branch]
     tensors = {k: v.detach().cpu().contiguous()
-               for k, v in model.branches[branch].trunk.state_dict().items()}
+               for k, v in _part(chosen, "trunk").state_dict().items()}
     if stem:
         source = model.stem if not isinstance(model.stem, nn.Identity) \
-            else model.branches[branch].stem
+            else _part(chosen, "stem")
         tensors.update({STEM_PREFIX + k: v.detach().cpu().contiguous()
                         for k, v in source.state_dict().items()})
     save_file(tensors, os.fspath(path))
@@ -58,7 +70,7 @@ def read_trunk_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 def _stems(model: MultiBranchModel) -> list[nn.Module]:
     if not isinstance(model.stem, nn.Identity):
         return [model.stem]
-    return [b.stem for b in model.branches]
+    return [_part(b, "stem") for b in _branches(model)]
 
 
 def _load(module: nn.Module, tensors: dict[str, Tensor], what: str, file: str) -> None:
@@ -89,8 +101,9 @@ def load_trunk_weights(model: MultiBranchModel, path: str | os.PathLike[str]) ->
     stem = {k[len(STEM_PREFIX):]: v for k, v in tensors.items() if k.startswith(STEM_PREFIX)}
     trunk = {k: v for k, v in tensors.items() if not k.startswith(STEM_PREFIX)}
     loaded = []
-    for i, branch in enumerate(model.branches):
-        _load(branch.trunk, trunk, f"trunk of branch {i} ({type(branch.trunk).__name__})", file)
+    for i, branch in enumerate(_branches(model)):
+        module = _part(branch, "trunk")
+        _load(module, trunk, f"trunk of branch {i} ({type(module).__name__})", file)
         loaded.append(f"branch {i} trunk")
     if stem:
         for i, module in enumerate(_stems(model)):
@@ -101,8 +114,8 @@ def load_trunk_weights(model: MultiBranchModel, path: str | os.PathLike[str]) ->
 
 
 def _frozen_modules(model: MultiBranchModel) -> Iterator[nn.Module]:
-    for branch in model.branches:
-        yield branch.trunk
+    for branch in _branches(model):
+        yield _part(branch, "trunk")
     if getattr(model, "pretrained_stem", False):
         yield from _stems(model)
 
