@@ -151,7 +151,7 @@ def beating(every: float | None = None) -> Iterator[Heartbeat | None]:
         return
     out, err = sys.stdout, sys.stderr
     heartbeat = Heartbeat(every, out)
-    sys.stdout, sys.stderr = _Watched(out, heartbeat), _Watched(err, heartbeat)  # type: ignore[assignment]
+    sys.stdout, sys.stderr = _Watched(out, heartbeat), _Watched(err, heartbeat)
     _active.append(heartbeat)
     heartbeat.start()
     try:

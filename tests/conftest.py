@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 import torch
@@ -50,6 +54,64 @@ def _starts_mlflow_server(args: object) -> bool:
         return False
     rest = tuple(argv[names.index("mlflow") + 1:])
     return any(rest[: len(cmd)] == cmd for cmd in _MLFLOW_SERVERS)
+
+
+# A test that runs long (a search, a server, a browser; a session fixture it sets up first)
+# would leave the console on its file's line, "[99%]", for minutes: every minute it gets a
+# line naming it and what it is at. pytest captures the output of a running test, so the line
+# goes to a copy of the console taken before any test ran.
+LONG_TEST_LINE_S = 60.0
+_console: list[TextIO] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        _console.append(os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1))
+    except (AttributeError, OSError, ValueError):  # no real stdout (embedded runs)
+        pass
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    if not _console:
+        yield
+        return
+    stop, start = threading.Event(), time.monotonic()
+
+    def tell() -> None:
+        while not stop.wait(LONG_TEST_LINE_S):
+            what = getattr(item, "_ecgtune_phase", "running")
+            try:
+                _console[0].write(f"\n    ... {item.nodeid}: {what} "
+                                  f"({time.monotonic() - start:.0f} s)\n")
+            except (OSError, ValueError):
+                return
+
+    thread = threading.Thread(target=tell, name="long-test-line", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    slow = sorted(SLOW_FIXTURES | {"built_ensemble", "prepared_data", "synthetic_records"}
+                  & set(getattr(item, "fixturenames", ())))
+    item._ecgtune_phase = ("setting up " + ", ".join(slow) if slow  # type: ignore[attr-defined]
+                           else "setting up")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    item._ecgtune_phase = "running"  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    item._ecgtune_phase = "tearing down"  # type: ignore[attr-defined]
 
 
 @pytest.fixture(autouse=True)

@@ -125,9 +125,9 @@ def model_signature(label_names: Sequence[str], n_samples: int,
     that dumps the data. The pyfunc model checks the input itself (`InputSpec.signals_from`);
     the model's metadata (`input_metadata`) states the contract."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-    columns = [ColSpec("double", name) for name in label_names]
+    columns: list[ColSpec | TensorSpec] = [ColSpec("double", name) for name in label_names]
     if synthetic:
         columns.append(ColSpec("string", "model_trained_on"))
     return ModelSignature(

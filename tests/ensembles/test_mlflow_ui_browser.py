@@ -117,8 +117,10 @@ def test_the_printed_address_opens_the_runs_table(mlflow_server, browser, built_
     browser.get(address)
     body = _wait_for_text(browser, parent.info.run_name)
     # The key-metrics view: the metric columns are there without "Show more columns".
-    for column in ("val/best_macro_auprc", "test/macro_auprc", "cost/gflops"):
+    for column in ("val/best_macro_auprc", "val/macro_auroc", "test/macro_auprc",
+                   "test/macro_auroc", "cost/gflops"):
         body = _wait_for_text(browser, column)
+    assert "ecgtune: key metrics" in body
     assert "share key" not in body  # the view the address names exists
     assert "Detect issues" not in body and "Training runs" not in body, body[:2000]
     assert not browser.find_elements(By.CSS_SELECTOR, "[role='dialog']")
