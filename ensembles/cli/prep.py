@@ -7,6 +7,7 @@ import os
 import sys
 
 from ecgtune.data_prep.errors import PrepError
+from ecgtune.data_prep.heartbeat import stage
 from ecgtune.ensembles.cli.formatter import non_negative_int, positive_float, positive_int
 
 __all__ = ["USER_ERRORS", "register"]
@@ -112,6 +113,7 @@ def _run_prep(args: argparse.Namespace) -> int:
     if args.verify:
         from ecgtune.data_prep.shards import verify_shards
 
+        stage(f"verifying the shards of {args.output}")
         files = verify_shards(args.output)
         print(f"{len(files)} shards verified in {args.output}")
         return 0
@@ -119,6 +121,7 @@ def _run_prep(args: argparse.Namespace) -> int:
         args._parser.error("--input is required (unless --verify)")
     from ecgtune.data_prep.prep import format_summary, prepare
 
+    stage(f"preparing the records of {args.input} (quality gates, folds, shards)")
     result = prepare(
         args.input, args.output, labels=args.labels, workers=args.workers,
         shard_size=args.shard_size, fs=args.fs, seconds=args.seconds, seed=args.seed,
