@@ -98,7 +98,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    slow = sorted(SLOW_FIXTURES | {"built_ensemble", "prepared_data", "synthetic_records"}
+    slow = sorted((SLOW_FIXTURES | {"built_ensemble", "prepared_data", "synthetic_records"})
                   & set(getattr(item, "fixturenames", ())))
     item._ecgtune_phase = ("setting up " + ", ".join(slow) if slow  # type: ignore[attr-defined]
                            else "setting up")
