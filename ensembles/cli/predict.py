@@ -60,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from ecgtune.data_prep.heartbeat import stage
     from ecgtune.ensembles.ship.bundle import load_bundle
     from ecgtune.ensembles.ship.inference import resolve_device
     from ecgtune.ensembles.ship.predict import (
@@ -74,7 +75,9 @@ def _run_predict(args: argparse.Namespace) -> int:
         print(f"ecgtune predict: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     # A bad bundle: one line naming the file, exit 1.
+    stage(f"loading the bundle {args.bundle}")
     bundle = load_bundle(args.bundle, device=device, precision=args.precision)
+    stage(f"reading, checking and predicting the records of {' '.join(map(str, args.input))}")
     try:
         result = predict_records(bundle, args.input, batch_size=args.batch_size,
                                  progress=args.progress and sys.stderr.isatty())
