@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import PrepError
 from .labels import LabelMap
+from .provenance import record_sources
 
 __all__ = [
     "RECORD_STD_FLOOR_MV",
@@ -43,7 +44,9 @@ __all__ = [
 # Per-record z-scoring divides by at least this (mV): a near-flat crop must not turn noise
 # into unit-variance signal.
 RECORD_STD_FLOOR_MV = 0.01
-_ARRAYS = ("signals", "labels", "records", "folds", "age", "sex", "lengths")
+_ARRAYS = ("signals", "labels", "records", "folds", "age", "sex", "lengths", "sources")
+# Arrays a dataset saved before they existed may lack (`open_memmap` fills them in).
+_OPTIONAL_ARRAYS = frozenset({"lengths", "sources"})
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,9 @@ class ECGDataset:
     # (N,) int32: samples of real signal at the start of each row, the rest being prep's zero
     # padding (records shorter than the stored window); None means every row is full length.
     lengths: np.ndarray = None  # type: ignore[assignment]  # set in __post_init__
+    # (N,) str: each record's source (site), as `data_prep.provenance.record_sources` reads
+    # the shards' `source` column; None means one unnamed source ("unknown") for every row.
+    sources: np.ndarray = None  # type: ignore[assignment]  # set in __post_init__
     # (directory, first row, end row) when the arrays are rows of an open_memmap() directory.
     memmap_origin: tuple[str, int, int] | None = field(default=None, repr=False)
 
@@ -195,6 +201,8 @@ class ECGDataset:
         if self.lengths is None:
             full = np.full(self.signals.shape[0], self.signals.shape[-1], dtype=np.int32)
             object.__setattr__(self, "lengths", full)
+        if self.sources is None:
+            object.__setattr__(self, "sources", np.full(self.signals.shape[0], "unknown"))
 
     def __len__(self) -> int:
         return int(self.signals.shape[0])
@@ -274,7 +282,8 @@ class ECGDataset:
         meta = json.loads(meta_path.read_text("utf-8"))
         arrays: dict[str, Any] = {
             name: np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-            for name in _ARRAYS if (directory / f"{name}.npy").exists() or name != "lengths"
+            for name in _ARRAYS
+            if (directory / f"{name}.npy").exists() or name not in _OPTIONAL_ARRAYS
         }
         manifest = meta["manifest"]
         return cls(
@@ -380,11 +389,14 @@ def load_shards(
             "labels": np.zeros((0, n_labels), np.uint8), "records": np.array([], dtype=str),
             "folds": np.zeros(0, np.int8), "age": np.zeros(0, np.float32),
             "sex": np.array([], dtype=str), "lengths": np.zeros(0, np.int32),
+            "sources": np.array([], dtype=str),
         }
     if np.any(np.diff(cols["folds"]) < 0):  # only multi-fold shards can leave rows unsorted
         order = np.argsort(cols["folds"], kind="stable")
         signals = signals[order]
         cols = {k: v[order] for k, v in cols.items()}
+    cols["sources"] = record_sources(cols["records"], cols["sources"].tolist(),
+                                     manifest.get("databases"))
     return ECGDataset(signals=signals, manifest=manifest, label_map=_label_map(manifest), **cols)
 
 
@@ -429,6 +441,8 @@ def _columns(table: Any, n_labels: int, n_samples: int) -> dict[str, np.ndarray]
                else np.full(table.num_rows, n_samples, np.int32))
     age = table.column("age").to_numpy(zero_copy_only=False).astype(np.float32)  # nulls -> NaN
     sex = [s or "" for s in table.column("sex").to_pylist()]
+    sources = ([s or "" for s in table.column("source").to_pylist()]
+               if "source" in table.column_names else [""] * table.num_rows)
     return {
         "labels": np.asarray(labels, dtype=np.uint8).reshape(-1, n_labels),
         "records": np.array(table.column("record").to_pylist(), dtype=str),
@@ -436,4 +450,5 @@ def _columns(table: Any, n_labels: int, n_samples: int) -> dict[str, np.ndarray]
         "age": age,
         "sex": np.array(sex, dtype=str),
         "lengths": lengths,
+        "sources": np.array(sources, dtype=str),
     }

@@ -22,33 +22,43 @@ import numpy as np
 
 from .errors import PrepError
 
-__all__ = ["FOLD_ROLES", "N_FOLDS", "assign_folds", "fold_counts", "fold_roles", "folds_manifest"]
+__all__ = ["EXTERNAL", "EXTERNAL_FOLD", "FOLD_ROLES", "N_FOLDS", "assign_folds", "fold_counts",
+           "fold_roles", "folds_manifest"]
 
 N_FOLDS = 10
+EXTERNAL = "external"
+# The held-out sources' records (`prep --holdout-source`): one fold after the stratified ones.
+EXTERNAL_FOLD = N_FOLDS
 FOLD_ROLES: dict[str, list[int]] = {
     "train": [0, 1, 2, 3, 4, 5, 6],
     "val": [7],  # early stopping, search objective, per-trial thresholds
     "ensemble": [8],  # ensemble selection, calibration, ensemble thresholds
     "test": [9],  # reported once, never fitted on
+    # Sources held out whole: never trained, validated or calibrated on, reported beside the
+    # test fold. Empty unless prep held a source out; no other role may name its fold.
+    EXTERNAL: [],
 }
+_OPTIONAL_ROLES = frozenset({EXTERNAL})
 
 
 def fold_roles(manifest: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Role (`train`, `val`, `ensemble`, `test`) -> folds, as the dataset's manifest records
-    them (`folds.roles`); `FOLD_ROLES` only for a manifest that records none.
+    """Role (`train`, `val`, `ensemble`, `test`, `external`) -> folds, as the dataset's
+    manifest records them (`folds.roles`); `FOLD_ROLES` only for a manifest that records none.
+    `external` is () when no source was held out.
 
     The manifest is the authority: code that trains, selects or reports asks it which folds
-    play which role instead of assuming the numbers."""
+    play which role instead of assuming the numbers; as each fold has one role, asking for
+    train, val, ensemble or test folds can never give an external one."""
     recorded = (manifest.get("folds") or {}).get("roles")
     roles = FOLD_ROLES if recorded is None else recorded
-    missing = sorted(set(FOLD_ROLES) - set(roles))
+    missing = sorted(set(FOLD_ROLES) - set(roles) - _OPTIONAL_ROLES)
     if missing:
         raise PrepError(f"manifest fold roles lack {', '.join(missing)}: got {sorted(roles)}")
-    out = {role: tuple(int(f) for f in roles[role]) for role in FOLD_ROLES}
+    out = {role: tuple(int(f) for f in roles.get(role, ())) for role in FOLD_ROLES}
     n_folds = int((manifest.get("folds") or {}).get("n", N_FOLDS))
     seen: dict[int, str] = {}
     for role, folds in out.items():
-        if not folds:
+        if not folds and role not in _OPTIONAL_ROLES:
             raise PrepError(f"manifest fold role {role!r} has no folds")
         for fold in folds:
             if not 0 <= fold < n_folds:
@@ -127,15 +137,24 @@ def fold_counts(labels: np.ndarray, folds: np.ndarray, n_folds: int = N_FOLDS) -
 
 def folds_manifest(
     labels: np.ndarray, folds: np.ndarray, names: tuple[str, ...], seed: int,
-    n_folds: int = N_FOLDS,
+    n_folds: int = N_FOLDS, holdout_sources: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """The manifest's `folds` block, counted over the records actually written."""
+    """The manifest's `folds` block, counted over the records actually written. With
+    `holdout_sources`, their records are fold `EXTERNAL_FOLD` (role `external`), one more
+    than the stratified `n_folds`."""
+    roles: dict[str, list[int]] = {r: f for r, f in FOLD_ROLES.items() if r != EXTERNAL}
+    extra: dict[str, Any] = {}
+    if holdout_sources:
+        roles[EXTERNAL] = [n_folds]
+        extra["holdout_sources"] = list(holdout_sources)
+        n_folds += 1
     counts = fold_counts(labels, folds, n_folds)
     return {
         "n": n_folds,
         "seed": seed,
         "method": "iterative multi-label stratification (Sechidis et al. 2011)",
-        "roles": FOLD_ROLES,
+        "roles": roles,
+        **extra,
         "records": np.bincount(folds, minlength=n_folds).tolist(),
         "counts": {name: counts[:, j].tolist() for j, name in enumerate(names)},
     }

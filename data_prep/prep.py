@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,10 @@ import numpy as np
 
 from .console import expect_disk_use
 from .errors import REASON_CODES, WARNING_CODES, PrepError, RecordError
-from .folds import FOLD_ROLES, N_FOLDS, assign_folds, folds_manifest
+from .folds import EXTERNAL_FOLD, FOLD_ROLES, N_FOLDS, assign_folds, folds_manifest
 from .labels import LabelMap, get_label_map
 from .preprocess import preprocessing_spec
-from .provenance import count_databases, is_synthetic, record_database
+from .provenance import count_databases, is_synthetic, record_database, record_source
 from .quality import no_scored_label_warning
 from .reader import (
     STANDARD_LEADS,
@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
 # Bump when pass 2's output for the same plan changes, so old sidecars are not trusted.
-_SHARD_FORMAT = 3
+_SHARD_FORMAT = 4
 _SIDECAR_DIR = ".prep"
 # Called with the number of shards finished after each one. None in use; a test installs a
 # function here (in the process it runs prep in) to stop prep at a known point, e.g. to crash
@@ -85,6 +85,7 @@ class _Planned:
     labels: bytes  # uint8 row
     fold: int
     digest: str  # of the header bytes: a changed header invalidates the shard
+    site: str = "unknown"  # the record's source (`provenance.record_source`): shard column
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,7 @@ def _scan(
         planned.append(_Planned(
             index=index, name=_stem(source), source=source, text=text,
             labels=labels.tobytes(), fold=-1, digest=digest,
+            site=record_source(_stem(source), header_comments(text)),
         ))
     return planned, quarantine, warnings, len(sources)
 
@@ -246,14 +248,15 @@ def _plan_shards(
     """Group records by fold, then cut each fold into shards of at most shard_size records."""
     tasks: list[_ShardTask] = []
     settings_key = json.dumps(settings, sort_keys=True)
-    for fold in range(N_FOLDS):
+    for fold in range(EXTERNAL_FOLD + 1):
         members = [p for p in planned if p.fold == fold]
         n_parts = max(1, math.ceil(len(members) / shard_size)) if members else 0
         for part in range(n_parts):
             chunk = tuple(members[part * shard_size : (part + 1) * shard_size])
             h = hashlib.sha256(settings_key.encode())
             for p in chunk:
-                h.update(f"\n{p.name}\t{p.source}\t{p.digest}\t{p.labels.hex()}\t{p.fold}".encode())
+                h.update(f"\n{p.name}\t{p.source}\t{p.digest}\t{p.labels.hex()}\t{p.fold}"
+                         f"\t{p.site}".encode())
             tasks.append(_ShardTask(
                 name=f"fold{fold}-{part:04d}", fold=fold, plan=h.hexdigest(), records=chunk,
                 input_dir=str(input_dir), output_dir=str(output_dir), fs=settings["fs"],
@@ -342,8 +345,9 @@ def _run_shard(task: _ShardTask) -> dict[str, Any]:
         ages=[c.age for _, c in kept],
         sexes=[c.sex for _, c in kept],
         dx_codes=[c.dx_codes for _, c in kept],
-        sources=[r.source for r, _ in kept],
+        sources=[r.site for r, _ in kept],
         lengths=[c.length for _, c in kept],
+        paths=[r.source for r, _ in kept],
     )
 
     def write_sidecar(sha: str, size: int) -> None:
@@ -507,11 +511,14 @@ def prepare(
     zstd_level: int = ZSTD_LEVEL,
     progress: bool = True,
     unlabelled: str = "keep",
+    holdout_sources: tuple[str, ...] | list[str] = (),
 ) -> PrepResult:
     """Prepare WFDB records under `input_dir` into shards under `output_dir` (resumable).
 
     `unlabelled`: "keep" writes records without a scored label (an all-negative row, warned
-    `no_scored_label`), "drop" quarantines them with that reason."""
+    `no_scored_label`), "drop" quarantines them with that reason. `holdout_sources`: sources
+    (the shards' `source` values) whose records all go to the `external` fold, outside the
+    stratified folds, so that no role that trains, validates or calibrates can read them."""
     t0 = time.perf_counter()
     # One spelling per setting (10 and 10.0 alike), so plans and manifests compare equal.
     fs, seconds, gain = int(fs), float(seconds), float(gain)
@@ -525,6 +532,7 @@ def prepare(
                         f"got {unlabelled!r}")
     if fs <= 0 or seconds <= 0 or round(fs * seconds) < 1:
         raise PrepError("--fs and --seconds must be positive")
+    holdout = tuple(dict.fromkeys(str(h) for h in holdout_sources))
     label_map = get_label_map(labels) if isinstance(labels, str) else labels
     (output_dir / "shards").mkdir(parents=True, exist_ok=True)
     (output_dir / _SIDECAR_DIR).mkdir(exist_ok=True)
@@ -536,7 +544,7 @@ def prepare(
     try:
         result = _prepare(
             input_dir, output_dir, label_map, pool, shard_size, fs, seconds, gain, seed,
-            zstd_level, progress, t0, unlabelled,
+            zstd_level, progress, t0, unlabelled, holdout,
         )
     finally:
         if pool is not None:
@@ -569,7 +577,7 @@ def _write_manifest(output_dir: Path, manifest: dict[str, Any]) -> None:
 def _prepare(
     input_dir: Path, output_dir: Path, label_map: LabelMap, pool: _LazyPool | None,
     shard_size: int, fs: int, seconds: float, gain: float, seed: int, zstd_level: int,
-    progress: bool, t0: float, unlabelled: str,
+    progress: bool, t0: float, unlabelled: str, holdout: tuple[str, ...] = (),
 ) -> PrepResult:
     """Pass 1 (scan headers), folds and the shard plan, pass 2 (shards), then the manifest."""
     worker_cpu: list[float] = []
@@ -580,7 +588,8 @@ def _prepare(
     # measured on the synthetic database (5.4 GB raw -> 3.6 GB of shards).
     expect_disk_use(len(planned) * 12 * round(fs * seconds) * 2 * 0.67, output_dir)
     log.debug("pass 1: %d headers in %.2f s", records_in, time.perf_counter() - t0)
-    planned = _with_folds(planned, len(label_map), seed)
+    _check_holdout(holdout, planned)
+    planned = _with_folds(planned, len(label_map), seed, holdout)
     settings = {
         "format": _SHARD_FORMAT, "fs": fs, "seconds": seconds, "gain": gain,
         "labels": label_map.to_manifest(), "zstd_level": zstd_level,
@@ -607,7 +616,7 @@ def _prepare(
     _write_csv(output_dir / WARNINGS_FILE, ("record", "warning"), warning_rows)
     written = [p for p in planned if p.index not in quarantine]
     manifest = _manifest(written, rows, warning_rows, shard_sides, records_in, label_map,
-                         preprocessing_spec(fs, seconds, gain), gain, seed)
+                         preprocessing_spec(fs, seconds, gain), gain, seed, holdout)
     _write_manifest(output_dir, manifest)
     kept = sum(1 for s in shard_sides if s.get("kept"))
     cpu = time.process_time() - cpu0 + sum(worker_cpu)
@@ -615,16 +624,31 @@ def _prepare(
                       time.perf_counter() - t0, cpu, rows, warning_rows)
 
 
-def _with_folds(planned: list[_Planned], n_labels: int, seed: int) -> list[_Planned]:
-    """The planned records with their stratified fold."""
+def _check_holdout(holdout: tuple[str, ...], planned: list[_Planned]) -> None:
+    """Every held-out source must have records, and some source must stay for training."""
+    if not holdout:
+        return
+    found = count_databases(p.site for p in planned)
+    unknown = [h for h in holdout if h not in found]
+    if unknown:
+        raise PrepError(f"--holdout-source {' '.join(unknown)}: no record has that source; "
+                        f"sources found: {', '.join(f'{k} ({v})' for k, v in found.items())}")
+    if set(found) <= set(holdout):
+        raise PrepError(f"--holdout-source {' '.join(holdout)} holds out every source: no "
+                        "records would be left to train, validate or calibrate on")
+
+
+def _with_folds(planned: list[_Planned], n_labels: int, seed: int,
+                holdout: tuple[str, ...] = ()) -> list[_Planned]:
+    """The planned records with their fold: stratified over the folds with roles, except the
+    held-out sources' records, which all go to the external fold."""
+    held = np.array([p.site in holdout for p in planned], dtype=bool)
     label_rows = np.frombuffer(b"".join(p.labels for p in planned), np.uint8).reshape(
         len(planned), n_labels
     )
-    folds = assign_folds(label_rows, N_FOLDS, seed)
-    return [
-        _Planned(p.index, p.name, p.source, p.text, p.labels, int(f), p.digest)
-        for p, f in zip(planned, folds, strict=True)
-    ]
+    folds = np.full(len(planned), EXTERNAL_FOLD, dtype=np.int64)
+    folds[~held] = assign_folds(label_rows[~held], N_FOLDS, seed)
+    return [replace(p, fold=int(f)) for p, f in zip(planned, folds, strict=True)]
 
 
 def _run_shards(tasks: list[_ShardTask], pool: _LazyPool | None, worker_cpu: list[float],
@@ -649,7 +673,7 @@ def _run_shards(tasks: list[_ShardTask], pool: _LazyPool | None, worker_cpu: lis
 def _manifest(written: list[_Planned], rows: list[tuple[str, str]],
               warning_rows: list[tuple[str, str]], shard_sides: list[dict[str, Any]],
               records_in: int, label_map: LabelMap, spec: dict[str, Any], gain: float,
-              seed: int) -> dict[str, Any]:
+              seed: int, holdout: tuple[str, ...] = ()) -> dict[str, Any]:
     """manifest.json: counts, reasons, provenance, folds, shards and the signal layout."""
     w_labels = np.frombuffer(b"".join(p.labels for p in written), np.uint8).reshape(
         len(written), len(label_map)
@@ -672,11 +696,14 @@ def _manifest(written: list[_Planned], rows: list[tuple[str, str]],
         "databases": count_databases(
             record_database(p.name, header_comments(p.text)) for p in written
         ),
+        # The shards' `source` column counted: the sites folds and objectives group by.
+        "sources": count_databases(p.site for p in written),
         "label_map": label_map.name,
         "labels": label_map.to_manifest(),
         "preprocessing": spec,
         "normalization": _normalization(shard_sides, gain),
-        "folds": folds_manifest(w_labels, w_folds, label_map.names, seed),
+        "folds": folds_manifest(w_labels, w_folds, label_map.names, seed,
+                                holdout_sources=holdout),
         "shards": [
             {"file": s["file"], "rows": s["rows"], "sha256": s["sha256"], "bytes": s["bytes"],
              "folds": [s["fold"]]}
@@ -724,6 +751,12 @@ def format_summary(manifest: dict[str, Any]) -> str:
         lines.append("source databases: " + ", ".join(f"{k} {v}" for k, v in databases.items())
                      + (" (synthetic: a model trained on these gives no diagnosis)"
                         if is_synthetic(databases) else ""))
+    sources = manifest.get("sources", {})
+    if len(sources) > 1 or set(sources) - set(databases):
+        held = set((manifest.get("folds") or {}).get("holdout_sources", ()))
+        lines.append("sources: " + ", ".join(
+            f"{k} {v}" + (" (held out: external fold)" if k in held else "")
+            for k, v in sources.items()))
     reasons = {k: v for k, v in manifest["quarantine_reasons"].items() if v}
     if reasons:
         lines.append("quarantined by reason: " + ", ".join(f"{k} {v}" for k, v in reasons.items()))

@@ -19,6 +19,11 @@ guessed:
 - **Gain and baseline**: a baseline is an integer (the ADC zero when absent); a gain of 0
   (WFDB: uncalibrated), a negative or a non-finite one is `bad_gain` (checked on the read
   record, `data_prep.quality`).
+- **Source** (`#Source: NAME`, optional) names the site a record comes from: prep stores it in
+  the shards' `source` column, and folds, objectives and reports group records by it. Only a
+  name counts (`parse_source`); free text such as the synthetic-record note is not a site,
+  so such a comment is ignored like any other comment the contract does not know, and the
+  record's source is then its database (`data_prep.provenance.record_source`).
 
 `HEADER_RULES` is the same contract as a table (the README prints it; a test keeps them equal).
 """
@@ -34,6 +39,7 @@ from .errors import RecordError
 __all__ = [
     "HEADER_RULES",
     "NO_DIAGNOSIS",
+    "SOURCE_NAME",
     "STANDARD_LEADS",
     "UNIT_TO_MV",
     "HeaderRule",
@@ -41,6 +47,7 @@ __all__ = [
     "mv_per_unit",
     "parse_dx",
     "parse_fs",
+    "parse_source",
 ]
 
 STANDARD_LEADS: tuple[str, ...] = (
@@ -53,6 +60,9 @@ _LEAD_KEYS = {name.lower(): i for i, name in enumerate(STANDARD_LEADS)}
 NO_DIAGNOSIS: frozenset[str] = frozenset({"", "unknown", "nan", "none", "n/a"})
 # SNOMED CT identifiers are 6 to 18 digits; anything else in a code position is refused.
 _SNOMED_ID = re.compile(r"[0-9]{6,18}")
+# A site name: it becomes part of metric keys (`val/source_auprc/NAME`) and a command-line
+# value (`prep --holdout-source NAME`), so no spaces or slashes.
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 UNIT_TO_MV: dict[str, float] = {
     "mv": 1.0, "millivolt": 1.0, "millivolts": 1.0,
@@ -87,6 +97,10 @@ HEADER_RULES: tuple[HeaderRule, ...] = (
                "warning `no_scored_label` (kept); `dropped_unlabelled` with `prep "
                "--unlabelled drop`"),
     HeaderRule("`#Age:`, `#Sex:`", "a number 0-150; Male/Female/M/F", "unknown (not a refusal)"),
+    HeaderRule("`#Source:`", "a site name (letters, digits, `.`, `_`, `-`; up to 64): the "
+               "shards' `source` column", "free text (e.g. the synthetic-record note) is not a "
+               "site and is ignored: the source is then the database (name prefix, "
+               "`synthetic`, else `unknown`)"),
 )
 
 
@@ -120,6 +134,13 @@ def parse_dx(value: str) -> tuple[str, ...]:
                                         "e.g. 164889003,59118001)")
         codes.append(code)
     return tuple(dict.fromkeys(codes))
+
+
+def parse_source(value: str) -> str | None:
+    """The site name of one Source field's value (without `Source:`), or None when the value
+    is not a name (free text is a note, not a site)."""
+    text = value.strip()
+    return text if SOURCE_NAME.fullmatch(text) else None
 
 
 def lead_index(description: str) -> int | None:

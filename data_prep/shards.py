@@ -58,9 +58,13 @@ def shard_schema(n_labels: int, n_samples: int) -> pa.Schema:
         pa.field("age", pa.int16()),
         pa.field("sex", pa.string()),
         pa.field("dx_codes", pa.list_(pa.string())),
+        # The record's site (`data_prep.provenance.record_source`): what folds hold out and
+        # per-source objectives and reports group by.
         pa.field("source", pa.string()),
         # Samples of real signal at the start of `signal`; the rest is zero padding.
         pa.field("length", pa.int32(), nullable=False),
+        # The header's path relative to prep's input folder.
+        pa.field("path", pa.string()),
     ])
 
 
@@ -68,6 +72,7 @@ def build_table(
     records: Sequence[str], signals: np.ndarray, labels: np.ndarray, folds: Sequence[int],
     ages: Sequence[int | None], sexes: Sequence[str | None], dx_codes: Sequence[Sequence[str]],
     sources: Sequence[str], lengths: Sequence[int] | None = None,
+    paths: Sequence[str | None] | None = None,
 ) -> pa.Table:
     """A shard table; `signals` is a C-contiguous int16 (n, 12, n_samples) array (not copied)."""
     n, n_leads, n_samples = signals.shape
@@ -92,6 +97,7 @@ def build_table(
         pa.array(list(sources), pa.string()),
         pa.array(np.full(n, n_samples, np.int32) if lengths is None
                  else np.asarray(lengths, np.int32)),
+        pa.array([None] * n if paths is None else list(paths), pa.string()),
     ]
     return pa.Table.from_arrays(columns, schema=schema)
 

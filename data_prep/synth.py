@@ -12,6 +12,14 @@ byte-for-byte reproducible and independent of the number of workers:
    combined into the 12 leads, so Einthoven and Goldberger relations hold (III = II - I exactly
    in the stored integers).
 
+Sources (`synthesize(..., sources=N)`, `ecgtune synth --sources N`): records from N simulated
+sites (`SITES`), record i from site (i - 1) mod N. Each site records at its own sampling rate
+(`prep` resamples it, as it does other databases), with its own electrode noise and baseline
+wander levels, an amplifier gain error (the header says 1000 units/mV; the true gain is off by
+the site's fraction), its front-end filter (high-pass and low-pass, zero-phase Butterworth) and
+its own label prevalence (rhythm mix, ST/T changes, first-degree AV block). The header's
+`#Source: NAME` comment names the site; `prep` stores it in the shards' `source` column.
+
 Label features a small CNN can see in a 4,096-sample crop: heart rate (SB < 60, GSVT > 100 bpm),
 irregular RR without P waves plus fibrillatory or flutter baseline (AFIB), P waves dissociated
 from slow QRS (CAVB), PR interval (1AVB long, WPW short with a delta wave), premature beats
@@ -39,12 +47,15 @@ from .reader import STANDARD_LEADS
 
 __all__ = [
     "FAULT_KINDS",
+    "SITES",
     "RecordSpec",
+    "SiteProfile",
     "SynthResult",
     "draw_spec",
     "make_record",
     "record_relpath",
     "render_mv",
+    "site_of",
     "synthesize",
     "write_faulty_record",
     "write_record",
@@ -111,11 +122,58 @@ class RecordSpec:
 
 
 @dataclass(frozen=True)
+class SiteProfile:
+    """How one simulated site records: what `--sources` varies between sites."""
+
+    name: str
+    fs: float  # Hz: the site's recorders; prep resamples to its --fs
+    noise: float  # electrode noise, times the base level (0.002-0.01 mV per electrode)
+    wander: float  # baseline wander amplitude, times the base level (up to 0.1 mV)
+    gain_error: float  # true gain / stated gain - 1: every amplitude is off by this fraction
+    highpass_hz: float | None  # front-end high-pass corner (None: DC-coupled)
+    lowpass_hz: float | None  # front-end low-pass corner (None: up to Nyquist)
+    rhythms: tuple[float, ...]  # weights of _RHYTHMS (AFIB, CAVB, GSVT, SB, SR, other)
+    stta: float = 1.0  # ST/T change prevalence, times the base
+    avb1: float = 1.0  # first-degree AV block prevalence, times the base
+
+
+# Spread like the databases of the CinC 2021 challenge (257 to 1000 Hz; monitoring-grade 40 Hz
+# low-pass beside diagnostic 150 Hz; rhythm mixes from a cardiology ward to a general clinic).
+SITES: tuple[SiteProfile, ...] = (
+    SiteProfile("site-a", 500, noise=1.0, wander=1.0, gain_error=0.0, highpass_hz=None,
+                lowpass_hz=150, rhythms=(0.18, 0.03, 0.16, 0.30, 0.26, 0.07)),
+    SiteProfile("site-b", 250, noise=5.0, wander=0.5, gain_error=0.15, highpass_hz=0.5,
+                lowpass_hz=40, rhythms=(0.34, 0.04, 0.10, 0.18, 0.26, 0.08), stta=1.6),
+    SiteProfile("site-c", 1000, noise=0.5, wander=3.0, gain_error=-0.15, highpass_hz=None,
+                lowpass_hz=100, rhythms=(0.08, 0.02, 0.12, 0.28, 0.44, 0.06), stta=0.6,
+                avb1=2.0),
+    SiteProfile("site-d", 360, noise=2.0, wander=1.5, gain_error=0.06, highpass_hz=0.67,
+                lowpass_hz=150, rhythms=(0.14, 0.03, 0.30, 0.22, 0.24, 0.07)),
+    SiteProfile("site-e", 257, noise=3.0, wander=2.0, gain_error=-0.08, highpass_hz=0.5,
+                lowpass_hz=60, rhythms=(0.22, 0.05, 0.14, 0.26, 0.26, 0.07), stta=1.3),
+    SiteProfile("site-f", 400, noise=1.5, wander=0.8, gain_error=0.1, highpass_hz=0.05,
+                lowpass_hz=120, rhythms=(0.12, 0.02, 0.20, 0.36, 0.24, 0.06), avb1=0.5),
+)
+
+
+def site_of(index: int, sources: int) -> SiteProfile | None:
+    """The site of record `index` (1-based) among `sources` sites; None without sources."""
+    if sources <= 0:
+        return None
+    if sources > len(SITES):
+        raise ValueError(f"--sources {sources}: at most {len(SITES)} simulated sites")
+    return SITES[(index - 1) % sources]
+
+
+@dataclass(frozen=True)
 class SynthResult:
     output_dir: Path
     n: int
     seed: int
     label_counts: dict[str, int]
+    # With sources: site -> records, and site -> label -> positives.
+    source_counts: dict[str, int] | None = None
+    source_label_counts: dict[str, dict[str, int]] | None = None
 
 
 def _pick_code(rng: np.random.Generator, label: str) -> str:
@@ -125,13 +183,17 @@ def _pick_code(rng: np.random.Generator, label: str) -> str:
     return str(codes[rng.choice(len(codes), p=w / w.sum())])
 
 
-def draw_spec(seed: int, index: int) -> RecordSpec:
-    """Labels, codes and demographics of record `index` (cheap: no signal)."""
+def draw_spec(seed: int, index: int, site: SiteProfile | None = None) -> RecordSpec:
+    """Labels, codes and demographics of record `index` (cheap: no signal); `site` changes
+    the prevalences (the draws stay the same, so without a site the bytes do too)."""
     # Reads better whole: one draw after another from one seeded stream, whose order fixes
     # the bytes of every synthetic record (splitting it would hide that order).
     rng = np.random.default_rng([seed, index, 0])
     names = [r for r, _ in _RHYTHMS]
-    rhythm_label = names[rng.choice(len(names), p=[p for _, p in _RHYTHMS])]
+    weights = np.array(site.rhythms, np.float64) if site is not None else None
+    rhythm_label = names[rng.choice(len(names), p=[p for _, p in _RHYTHMS] if weights is None
+                                    else weights / weights.sum())]
+    stta, avb1 = (1.0, 1.0) if site is None else (site.stta, site.avb1)
     labels: set[str] = set()
     codes: list[str] = []
 
@@ -148,7 +210,7 @@ def draw_spec(seed: int, index: int) -> RecordSpec:
         rhythm = _RHYTHM_KIND[add(rhythm_label)]
     sinus_like = rhythm_label in ("SR", "SB")
     u = rng.random(16)  # one uniform per decision keeps the stream layout fixed
-    if sinus_like and u[0] < 0.07:
+    if sinus_like and u[0] < 0.07 * avb1:
         add("1AVB")
     if rhythm_label in ("SR", "SB", "GSVT") and u[1] < 0.05:
         add("APB")
@@ -184,7 +246,7 @@ def draw_spec(seed: int, index: int) -> RecordSpec:
         add("QWA")
         q_territory = ("inferior", "anterior", "lateral")[int(rng.integers(3))]
     stt = None
-    if u[12] < (0.5 if "LVH" in labels else 0.28):
+    if u[12] < (0.5 if "LVH" in labels else 0.28) * stta:
         stt = _STT_KIND[add("STTA")]
         if rng.random() < 0.3:  # real headers often list two ST/T codes
             extra = _pick_code(rng, "STTA")
@@ -321,8 +383,10 @@ def _beats(rng: np.random.Generator, spec: RecordSpec, duration: float):
     return onsets, kinds, np.array(p_times), p_kinds, rr_mean
 
 
-def render_mv(spec: RecordSpec, seed: int, fs: float = 500, seconds: float = 10) -> np.ndarray:
-    """The record's 12 leads in mV, float64 (12, round(fs*seconds)), standard lead order."""
+def render_mv(spec: RecordSpec, seed: int, fs: float = 500, seconds: float = 10,
+              site: SiteProfile | None = None) -> np.ndarray:
+    """The record's 12 leads in mV, float64 (12, round(fs*seconds)), standard lead order.
+    `site`: its noise, wander, front-end filter and gain error (at `fs`: pass the site's)."""
     # Reads better whole: one draw after another from one seeded stream, whose order fixes
     # the bytes of every synthetic record (splitting it would hide that order).
     rng = np.random.default_rng([seed, spec.index, 1])
@@ -460,10 +524,11 @@ def render_mv(spec: RecordSpec, seed: int, fs: float = 500, seconds: float = 10)
         dip += rng.uniform(0.12, 0.22) * _unit(0.1, 0.9, 0.4)[:, None] * saw[None, :]
 
     # --- electrodes, noise, leads
+    noise, wander_k = (1.0, 1.0) if site is None else (site.noise, site.wander)
     phi = _ELECTRODES @ dip  # (9, n)
-    phi += rng.normal(0, rng.uniform(0.002, 0.01), size=(9, n))
+    phi += rng.normal(0, rng.uniform(0.002, 0.01) * noise, size=(9, n))
     wander_f = rng.uniform(0.05, 0.4, size=(9, 1))
-    wander = rng.uniform(0.0, 0.1, size=(9, 1)) * np.sin(
+    wander = wander_k * rng.uniform(0.0, 0.1, size=(9, 1)) * np.sin(
         2 * np.pi * wander_f * tt[None, :] + rng.uniform(0, 2 * np.pi, size=(9, 1))
     )
     phi += wander
@@ -476,7 +541,23 @@ def render_mv(spec: RecordSpec, seed: int, fs: float = 500, seconds: float = 10)
     out[0], out[1], out[2] = lead_i, lead_ii, lead_ii - lead_i
     out[3], out[4], out[5] = -(lead_i + lead_ii) / 2, lead_i - lead_ii / 2, lead_ii - lead_i / 2
     out[6:] = phi[3:] - wct
-    return out
+    return out if site is None else _front_end(out, fs, site)
+
+
+def _front_end(mv: np.ndarray, fs: float, site: SiteProfile) -> np.ndarray:
+    """The site's recorder: its filter, then its gain error (both linear and the same on
+    every lead, so the limb-lead identities still hold)."""
+    from scipy.signal import butter, sosfiltfilt
+
+    out = mv
+    nyquist = fs / 2
+    if site.highpass_hz is not None:
+        out = sosfiltfilt(butter(2, site.highpass_hz / nyquist, "highpass", output="sos"),
+                          out, axis=-1)
+    if site.lowpass_hz is not None and site.lowpass_hz < 0.95 * nyquist:
+        out = sosfiltfilt(butter(4, site.lowpass_hz / nyquist, "lowpass", output="sos"),
+                          out, axis=-1)
+    return out * (1.0 + site.gain_error)
 
 
 def to_digital(mv: np.ndarray, gain: float = 1000) -> np.ndarray:
@@ -492,11 +573,13 @@ def to_digital(mv: np.ndarray, gain: float = 1000) -> np.ndarray:
 
 
 def make_record(
-    seed: int, index: int, fs: float = 500, seconds: float = 10
+    seed: int, index: int, fs: float = 500, seconds: float = 10,
+    site: SiteProfile | None = None,
 ) -> tuple[RecordSpec, np.ndarray]:
-    """(spec, int16 (12, n) at gain 1000) for record `index`."""
-    spec = draw_spec(seed, index)
-    return spec, to_digital(render_mv(spec, seed, fs, seconds))
+    """(spec, int16 (12, n) at gain 1000) for record `index`; with `site`, at its rate."""
+    spec = draw_spec(seed, index, site)
+    fs = fs if site is None else site.fs
+    return spec, to_digital(render_mv(spec, seed, fs, seconds, site))
 
 
 def _checksum(column: np.ndarray) -> int:
@@ -518,10 +601,11 @@ def write_record(
     lead_names: Sequence[str] = STANDARD_LEADS,
     fmt: str = "mat",
     comment_prefix: str = "#",
+    source: str | None = None,
 ) -> Path:
     """Write a record as `name.hea` + `name.mat` (MATLAB v4, as in ecg-arrhythmia) or, with
     fmt="dat", through `wfdb.wrsamp` (format 16 `.dat`). `digital` is (n_leads, n) integers.
-    Returns the header path."""
+    `source`: the site named by a `#Source:` comment. Returns the header path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     digital = np.asarray(digital)
@@ -531,6 +615,8 @@ def write_record(
     age_text = "NaN" if age is None else str(age)
     comments = [f"Age: {age_text}", f"Sex: {sex or 'Unknown'}", f"Dx: {','.join(dx_codes)}",
                 "Rx: Unknown", "Hx: Unknown", "Sx: Unknown", SYNTHETIC_COMMENT]
+    if source is not None:
+        comments.append(f"Source: {source}")
     if fmt == "dat":
         import wfdb
 
@@ -657,18 +743,24 @@ def record_relpath(index: int) -> str:
     return f"WFDBRecords/{sub[:2]}/{sub}/JS{index:05d}"
 
 
-def _write_range(args: tuple[str, int, int, int, float, float]) -> dict[str, int]:
-    out, seed, start, stop, fs, seconds = args
-    counts: dict[str, int] = {}
+def _write_range(args: tuple[str, int, int, int, float, float, int]
+                 ) -> dict[str, dict[str, int]]:
+    """Records start..stop-1; returns source ("" without sources) -> label -> positives, with
+    the records counted under the key ""."""
+    out, seed, start, stop, fs, seconds, sources = args
+    counts: dict[str, dict[str, int]] = {}
     for index in range(start, stop):
-        spec, digital = make_record(seed, index, fs, seconds)
+        site = site_of(index, sources)
+        spec, digital = make_record(seed, index, fs, seconds, site)
         rel = record_relpath(index)
         write_record(
-            Path(out) / rel.rsplit("/", 1)[0], rel.rsplit("/", 1)[1], digital, fs,
-            dx_codes=spec.dx_codes, age=spec.age, sex=spec.sex,
+            Path(out) / rel.rsplit("/", 1)[0], rel.rsplit("/", 1)[1], digital,
+            fs if site is None else site.fs, dx_codes=spec.dx_codes, age=spec.age,
+            sex=spec.sex, source=None if site is None else site.name,
         )
-        for label in spec.labels:
-            counts[label] = counts.get(label, 0) + 1
+        mine = counts.setdefault("" if site is None else site.name, {})
+        for label in (*spec.labels, ""):
+            mine[label] = mine.get(label, 0) + 1
     return counts
 
 
@@ -681,15 +773,22 @@ def synthesize(
     seconds: float = 10,
     workers: int = 1,
     progress: bool = False,
+    sources: int = 0,
 ) -> SynthResult:
-    """Write records JS00001..JS{n} under output_dir/WFDBRecords/ (same bytes for a seed)."""
+    """Write records JS00001..JS{n} under output_dir/WFDBRecords/ (same bytes for a seed).
+    `sources`: from that many simulated sites (`SITES`), each at its own rate (not `fs`)."""
     if n < 0:
         raise ValueError("n must be >= 0")
+    if sources:
+        site_of(1, sources)  # refuses too many
+        if fs != 500:
+            raise ValueError("--fs with --sources: each source records at its own rate")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     chunk = 250
-    jobs = [(str(out), seed, s, min(s + chunk, n + 1), fs, seconds) for s in range(1, n + 1, chunk)]
-    counts: dict[str, int] = {}
+    jobs = [(str(out), seed, s, min(s + chunk, n + 1), fs, seconds, sources)
+            for s in range(1, n + 1, chunk)]
+    counts: dict[str, dict[str, int]] = {}
     from tqdm import tqdm
 
     bar = tqdm(total=n, unit="rec", desc="synth", disable=not progress)
@@ -711,9 +810,21 @@ def synthesize(
     finally:
         bar.close()
     names = get_label_map("seed20").names
-    return SynthResult(out, n, seed, {k: counts.get(k, 0) for k in names})
+    overall: dict[str, int] = {}
+    for part in counts.values():
+        for k, v in part.items():
+            overall[k] = overall.get(k, 0) + v
+    if not sources:
+        return SynthResult(out, n, seed, {k: overall.get(k, 0) for k in names})
+    sites = [s.name for s in SITES[:sources]]
+    return SynthResult(
+        out, n, seed, {k: overall.get(k, 0) for k in names},
+        source_counts={s: counts.get(s, {}).get("", 0) for s in sites},
+        source_label_counts={s: {k: counts.get(s, {}).get(k, 0) for k in names} for s in sites})
 
 
-def _merge(total: dict[str, int], part: dict[str, int]) -> None:
-    for k, v in part.items():
-        total[k] = total.get(k, 0) + v
+def _merge(total: dict[str, dict[str, int]], part: dict[str, dict[str, int]]) -> None:
+    for source, labels in part.items():
+        mine = total.setdefault(source, {})
+        for k, v in labels.items():
+            mine[k] = mine.get(k, 0) + v

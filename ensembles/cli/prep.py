@@ -43,6 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--workers", type=positive_int, default=1,
         help="worker processes (the output does not depend on them)",
     )
+    synth.add_argument(
+        "--sources", type=non_negative_int, default=0, metavar="N",
+        help="records from N simulated sites (at most 6), each with its own sampling rate, "
+        "noise, baseline wander, gain error, filter and label prevalence, named by a "
+        "#Source: header comment (site-a, site-b, ...); record i comes from site (i-1) mod N",
+    )
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.set_defaults(func=_run_synth)
 
@@ -86,6 +92,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="records with no Dx code in the label map: keep them as all-negative rows "
         "(warning no_scored_label in warnings.csv) or drop them to quarantine.csv",
     )
+    prep.add_argument(
+        "--holdout-source", nargs="+", default=[], metavar="NAME",
+        help="sources (a #Source: site, else the database) whose records form the external "
+        "fold: never trained, validated or calibrated on, reported by `ecgtune ensemble` "
+        "beside the test fold",
+    )
     prep.add_argument("--seed", type=int, default=0, help="fold assignment seed")
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.add_argument(
@@ -99,13 +111,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run_synth(args: argparse.Namespace) -> int:
     from ecgtune.data_prep.synth import synthesize
 
-    result = synthesize(
-        args.output, args.n, args.seed, fs=args.fs, seconds=args.seconds, workers=args.workers,
-        progress=not args.no_progress,
-    )
+    if args.sources and args.fs != 500.0:
+        print("ecgtune synth: --fs and --sources: each source records at its own rate",
+              file=sys.stderr)
+        return 2
+    stage(f"synthesising {args.n} records")
+    try:
+        result = synthesize(
+            args.output, args.n, args.seed, fs=args.fs, seconds=args.seconds,
+            workers=args.workers, progress=not args.no_progress, sources=args.sources,
+        )
+    except ValueError as exc:
+        print(f"ecgtune synth: {exc}", file=sys.stderr)
+        return 2
     counts = ", ".join(f"{k} {v}" for k, v in result.label_counts.items())
     print(f"wrote {result.n} records to {result.output_dir} (seed {result.seed})")
     print(f"labels: {counts}")
+    if result.source_counts:
+        from ecgtune.data_prep.synth import SITES
+
+        for site in SITES[:args.sources]:
+            filt = (f"{site.highpass_hz or 0:g}-{site.lowpass_hz:g} Hz" if site.lowpass_hz
+                    else "unfiltered")
+            print(f"  {site.name}: {result.source_counts[site.name]} records at {site.fs:g} Hz, "
+                  f"noise x{site.noise:g}, wander x{site.wander:g}, gain "
+                  f"{site.gain_error:+.0%}, filter {filt}, AFIB "
+                  f"{result.source_label_counts[site.name]['AFIB']}")  # type: ignore[index]
     return 0
 
 
@@ -126,6 +157,7 @@ def _run_prep(args: argparse.Namespace) -> int:
         args.input, args.output, labels=args.labels, workers=args.workers,
         shard_size=args.shard_size, fs=args.fs, seconds=args.seconds, seed=args.seed,
         unlabelled=args.unlabelled, progress=not args.no_progress and sys.stderr.isatty(),
+        holdout_sources=args.holdout_source,
     )
     print(format_summary(result.manifest))
     print(

@@ -71,29 +71,12 @@ class EvaluationResult:
 # Records and their sources
 
 
-def _looks_like_path(value: str) -> bool:
-    return "/" in value or "\\" in value or value.endswith(".hea")
-
-
 def record_sources(records: Sequence[str] | np.ndarray, source_column: Sequence[str],
                    databases: dict[str, int] | None) -> np.ndarray:
     """The source database of each record (see the module docstring for the rules)."""
-    from ecgtune.data_prep.provenance import record_database
+    from ecgtune.data_prep.provenance import record_sources as sources
 
-    counted = set(databases or {})
-    by_prefix = [record_database(str(r), ()) for r in records]
-    leftover = sorted(counted - set(by_prefix))
-    out = []
-    for prefixed, source in zip(by_prefix, source_column, strict=True):
-        if source and not _looks_like_path(source):
-            out.append(source)
-        elif len(counted) == 1:
-            out.append(next(iter(counted)))
-        elif not counted or prefixed in counted:
-            out.append(prefixed)
-        else:
-            out.append(leftover[0] if len(leftover) == 1 else "unknown")
-    return np.array(out, dtype=str)
+    return sources(records, source_column, databases)
 
 
 def _source_column(data_dir: Path, manifest: dict[str, Any], records: np.ndarray) -> list[str]:

@@ -71,10 +71,11 @@ def test_shard_columns_and_values_round_trip(prepared: Path, synth_dir: Path) ->
     m = read_manifest(prepared)
     table = pq.read_table(prepared / m["shards"][0]["file"])
     assert table.column_names == ["record", "signal", "labels", "fold", "age", "sex",
-                                  "dx_codes", "source", "length"]
+                                  "dx_codes", "source", "length", "path"]
     row = table.slice(0, 1).to_pylist()[0]
     assert row["length"] == 5000  # synthetic records are 10 s: no padding
-    rec = read_record(synth_dir / row["source"])
+    assert row["source"] == "synthetic"  # no #Source: site named: the database
+    rec = read_record(synth_dir / row["path"])
     assert row["record"] == rec.name and row["dx_codes"] == list(rec.dx_codes)
     assert row["age"] == rec.age and row["sex"] == rec.sex
     signal_values = np.frombuffer(row["signal"], "<i2").reshape(12, 5000)
