@@ -92,7 +92,10 @@ class FitOptions:
                                    "calibrated ensemble fold: f1, fbeta:B, challenge, "
                                    "sensitivity:S (the highest threshold reaching sensitivity "
                                    "S there), specificity:S (the lowest reaching specificity "
-                                   "S)")
+                                   "S); sensitivity:S@C / specificity:S@C: the rate's "
+                                   "one-sided exact (Clopper-Pearson) lower bound at "
+                                   "confidence C must reach S (labels with too few records "
+                                   "for it take the plain S, named in the report)")
     threshold_policy_for: tuple[str, ...] = option(
         (), check=_override_problem, metavar="LABEL=POLICY", many="append",
         help="another policy for one label, e.g. AFIB=sensitivity:0.98 (repeatable)")

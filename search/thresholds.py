@@ -1,9 +1,11 @@
 """Per-label decision thresholds fitted on predictions: F1 / F-beta per label, the
 challenge-style score of all labels jointly, or a target sensitivity / specificity per label
-(clinical operating points) (`fit_thresholds`, `THRESHOLD_OBJECTIVES`).
+(clinical operating points), optionally with a stated confidence: the exact binomial
+(Clopper-Pearson) one-sided lower bound of the rate must reach the target
+(`fit_thresholds`, `THRESHOLD_OBJECTIVES`, `clopper_pearson_lower`, `required_count`).
 
 Trials fit them on the validation fold, the ensemble on its own fold after calibration. Like
-`search.metrics`, numpy only.
+`search.metrics`, numpy only (scipy's beta quantile for the confidence bound, imported there).
 """
 
 from __future__ import annotations
@@ -21,7 +23,46 @@ from ecgtune.search.metrics import (
     threshold_vector,
 )
 
-__all__ = ["THRESHOLD_OBJECTIVES", "fit_thresholds"]
+__all__ = ["THRESHOLD_OBJECTIVES", "clopper_pearson_lower", "clopper_pearson_upper",
+           "fit_thresholds", "required_count"]
+
+
+def clopper_pearson_lower(k: ArrayLike, n: ArrayLike, confidence: float) -> np.ndarray:
+    """One-sided lower confidence bound at ``confidence`` of a proportion with ``k``
+    successes in ``n`` trials (Clopper-Pearson, exact binomial): the beta quantile
+    B(1 - confidence; k, n - k + 1), 0 when k is 0. Elementwise; NaN where n is 0."""
+    from scipy.special import betaincinv
+
+    k = np.asarray(k, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bound = betaincinv(np.maximum(k, 1.0), np.maximum(n - k + 1.0, 1.0), 1.0 - confidence)
+    bound = np.where(k <= 0, 0.0, bound)
+    return np.where(n <= 0, np.nan, bound)
+
+
+def clopper_pearson_upper(k: ArrayLike, n: ArrayLike, confidence: float) -> np.ndarray:
+    """One-sided upper confidence bound at ``confidence`` (1 when k == n); with
+    `clopper_pearson_lower` at (1 + level) / 2 the two-sided exact interval at ``level``."""
+    k = np.asarray(k, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    return 1.0 - clopper_pearson_lower(n - k, n, confidence)
+
+
+def required_count(n: int, target: float, confidence: float | None) -> int | None:
+    """The fewest successes out of ``n`` whose rate reaches ``target``: the plain rate
+    (k / n >= target, counted exactly) without a confidence, else the Clopper-Pearson lower
+    bound at ``confidence`` (>= target). None when even n of n does not reach it (too few
+    records for that confidence)."""
+    n = int(n)
+    if n <= 0:
+        return None
+    if confidence is None:
+        return int(np.ceil(np.round(target * n, 9)))
+    # The bound grows with k, so the first k that reaches the target is the answer.
+    bounds = clopper_pearson_lower(np.arange(n + 1), n, confidence)
+    ok = np.flatnonzero(bounds >= target)
+    return int(ok[0]) if len(ok) else None
 
 
 def _pick_cut(gain: np.ndarray, valid: np.ndarray) -> tuple[int, float]:
@@ -139,12 +180,15 @@ def _fit_rate(
     fallback: ArrayLike,
     rate: str,
     target: float | None = None,
+    confidence: float | None = None,
 ) -> np.ndarray:
     """Per label, the cut that reaches ``target`` sensitivity with the fewest records
     predicted positive, or ``target`` specificity with the most (see `fit_thresholds`)."""
     del beta
     if target is None or not 0.0 < float(target) <= 1.0:
         raise ValueError(f"objective {rate!r} needs a target in (0, 1], got {target!r}")
+    if confidence is not None and not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"objective {rate!r} needs a confidence in (0, 1), got {confidence!r}")
     n, c = y.shape
     thresholds = _fallback(fallback, c)
     pos = np.count_nonzero(y, axis=0)
@@ -158,12 +202,19 @@ def _fit_rate(
         # Only cuts between distinct scores are realisable by a threshold.
         is_end = np.r_[s[1:] != s[:-1], True]
         if rate == "sensitivity":
-            # Counts, not ratios: 0.9 * 10 positives needs 9 (rounded before ceil/floor).
-            ok = np.flatnonzero(is_end & (tp >= np.ceil(np.round(target * pos[col], 9))))
+            # Counts, not ratios: 0.9 * 10 positives needs 9 (rounded before ceil/floor). A
+            # confidence the positives cannot reach falls back to the plain target.
+            need = (required_count(int(pos[col]), target, confidence)
+                    or required_count(int(pos[col]), target, None))
+            ok = np.flatnonzero(is_end & (tp >= need))
             thresholds[col] = _threshold_at(s, int(ok[0]))
         else:
             fp = np.arange(1, n + 1) - tp
-            allowed = np.floor(np.round((1.0 - target) * (n - pos[col]), 9))
+            negatives = int(n - pos[col])
+            tn_needed = required_count(negatives, target, confidence)
+            if tn_needed is None:
+                tn_needed = required_count(negatives, target, None)
+            allowed = negatives - int(tn_needed or 0)
             ok = np.flatnonzero(is_end & (fp <= allowed))
             # No cut keeps the specificity: predict nobody positive.
             thresholds[col] = (_threshold_at(s, int(ok[-1])) if len(ok)
@@ -219,7 +270,10 @@ def fit_thresholds(
       one above every score: nobody positive). Rates are compared as integer counts, so a
       target met exactly counts as met. The threshold lies halfway to the next lower score
       as for F1: on the fitted predictions it makes exactly the decisions of that cut. For
-      specificity a label whose records are all positive keeps the fallback.
+      specificity a label whose records are all positive keeps the fallback. With
+      ``confidence=C`` in (0, 1), the one-sided Clopper-Pearson lower bound at C of the rate
+      on these records must be >= S instead (`required_count`); a label with too few
+      positives (negatives) for any cut to reach that bound gets the plain target's cut.
 
     Fallback: a label with fewer than ``min_positives`` positives (at least 1 is always
     required, so nothing is ever fitted on zero positives) is not fitted and gets ``fallback``

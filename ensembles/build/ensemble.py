@@ -513,7 +513,9 @@ def _fit_record(opts: EnsembleOptions, search: Any, folds: _Folds,
         "thresholds": {**opts.fit.threshold_params(),
                        **policy_record(fitted.calibration.policies, folds.label_names,
                                        opts.fit.policies().default),
-                       "fitted": [bool(x) for x in fitted.calibration.fitted]},
+                       "fitted": [bool(x) for x in fitted.calibration.fitted],
+                       # What each stated confidence reached on the ensemble fold.
+                       "confidence_bounds": fitted.calibration.bounds},
     }
 
 
@@ -658,6 +660,7 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
                      "selection": selector.to_dict()},
             calibrated_row=ROW_ENSEMBLE, policies=fitted.calibration.policies,
             members=member_rows, member_metric=opts.fit.metric, extra_figures=extra_figures,
+            bounds=fitted.calibration.bounds,
         )
         points = json.loads((Path(tmp) / "report" / "summary.json").read_text()
                             ).get("operating_points", [])
@@ -714,6 +717,10 @@ def _policy_lines(points: list[dict[str, Any]]) -> list[str]:
     below = [p["label"] for p in points if p["status"] == BELOW]
     if below:
         lines.append(f"  below target on the test fold (whole CI): {', '.join(below)}")
+    fell_back = [p["label"] for p in points if p.get("fallback")]
+    if fell_back:
+        lines.append("  too few records on the ensemble fold for the stated confidence "
+                     f"(plain target used): {', '.join(fell_back)}")
     return lines
 
 

@@ -11,13 +11,17 @@ default, `ecgtune.search.thresholds.fit_thresholds`) is the natural cut of a cal
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ecgtune.ensembles.build.calibration import PerLabelCalibrator
-from ecgtune.ensembles.build.policies import ThresholdPolicy, fit_policy_thresholds
+from ecgtune.ensembles.build.policies import (
+    ThresholdPolicy,
+    confidence_bounds,
+    fit_policy_thresholds,
+)
 from ecgtune.ensembles.build.selection import EnsembleSelector, uniform_average
 from ecgtune.ensembles.options import FitOptions
 
@@ -32,6 +36,9 @@ class Calibrated:
     thresholds: np.ndarray
     fitted: np.ndarray  # (C,) bool: threshold fitted (else the few-positive fallback)
     policies: list[ThresholdPolicy]  # one per label
+    # Labels whose policy states a confidence: the bound each reached on the fitting fold
+    # (`policies.confidence_bounds`), with ``fitted`` as above.
+    bounds: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def predict(self, probs: np.ndarray) -> np.ndarray:
         return self.calibrator.predict(probs)
@@ -51,7 +58,11 @@ def _calibrate(
     thresholds = fit_policy_thresholds(y, calibrated, policies, min_positives=opts.min_positives,
                                        fallback=opts.fallback, groups=groups)
     fitted = np.count_nonzero(y, axis=0) >= max(opts.min_positives, 1)
-    return Calibrated(calibrator, thresholds, fitted, policies)
+    bounds = confidence_bounds(y, calibrated, thresholds, policies, names)
+    for j, name in enumerate(names):
+        if name in bounds:
+            bounds[name]["fitted"] = bool(fitted[j])
+    return Calibrated(calibrator, thresholds, fitted, policies, bounds)
 
 
 @dataclass

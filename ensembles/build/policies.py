@@ -5,7 +5,12 @@ A policy is written ``KIND`` or ``KIND:VALUE``:
 - ``f1`` (the default): maximise F1; ``fbeta:B``: maximise F-beta (B > 0);
 - ``challenge``: the challenge-style score of all labels jointly;
 - ``sensitivity:S``: the highest threshold whose sensitivity on the fitting fold is >= S;
-- ``specificity:S``: the lowest threshold whose specificity there is >= S (S in (0, 1]).
+- ``specificity:S``: the lowest threshold whose specificity there is >= S (S in (0, 1]);
+- ``sensitivity:S@C`` / ``specificity:S@C``: the same with a stated confidence C in (0, 1):
+  the one-sided lower bound at C of the rate on the fitting fold (exact binomial,
+  Clopper-Pearson) must be >= S. A label with too few positives (negatives) for any threshold
+  to reach that bound falls back to the plain ``sensitivity:S`` cut, and `confidence_bounds`
+  says so (the report names it).
 
 `PolicySet` is one default plus per-label overrides (``AFIB=sensitivity:0.98``). The fitting
 itself is `ecgtune.search.thresholds.fit_thresholds`; this module only parses, checks and
@@ -22,6 +27,7 @@ __all__ = [
     "POLICY_KINDS",
     "PolicySet",
     "ThresholdPolicy",
+    "confidence_bounds",
     "fit_policy_thresholds",
     "override_problem",
     "policy_problem",
@@ -43,6 +49,7 @@ TARGET_METRICS = {"sensitivity": "recall", "specificity": "specificity"}
 class ThresholdPolicy:
     kind: str = "f1"
     value: float | None = None
+    confidence: float | None = None  # target-rate kinds only: the bound's confidence
 
     def __post_init__(self) -> None:
         if self.kind not in POLICY_KINDS:
@@ -57,25 +64,44 @@ class ThresholdPolicy:
             if not ok:
                 raise ValueError(f"threshold policy {self.kind!r} needs {self.kind}:{wants}, "
                                  f"got {self}")
+        if self.confidence is not None:
+            if self.kind not in TARGET_METRICS:
+                raise ValueError(f"threshold policy {self.kind!r} takes no confidence (@C is "
+                                 "for sensitivity:S@C and specificity:S@C)")
+            if not 0 < self.confidence < 1:
+                raise ValueError(f"threshold policy {self.kind!r} needs a confidence C in "
+                                 f"(0, 1) ({self.kind}:S@C), got {self.confidence:g}")
 
     @classmethod
     def parse(cls, text: str) -> ThresholdPolicy:
-        """``"sensitivity:0.95"`` -> ThresholdPolicy("sensitivity", 0.95); ValueError naming
-        the text otherwise."""
+        """``"sensitivity:0.95"`` -> ThresholdPolicy("sensitivity", 0.95), and
+        ``"sensitivity:0.95@0.9"`` with confidence 0.9; ValueError naming the text
+        otherwise."""
         kind, sep, raw = str(text).strip().partition(":")
-        value = None
+        value = confidence = None
         if sep:
+            raw, at, raw_confidence = raw.partition("@")
             try:
                 value = float(raw)
+                confidence = float(raw_confidence) if at else None
             except ValueError:
-                raise ValueError(f"threshold policy {text!r}: {raw!r} is not a number") from None
+                bad = raw_confidence if at and _is_number(raw) else raw
+                raise ValueError(f"threshold policy {text!r}: {bad!r} is not a number") from None
         try:
-            return cls(kind.strip().lower(), value)
+            return cls(kind.strip().lower(), value, confidence)
         except ValueError as exc:
             raise ValueError(f"threshold policy {text!r}: {exc}") from None
 
     def __str__(self) -> str:
-        return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
+        if self.value is None:
+            return self.kind
+        at = "" if self.confidence is None else f"@{self.confidence:g}"
+        return f"{self.kind}:{self.value:g}{at}"
+
+    @property
+    def plain(self) -> ThresholdPolicy:
+        """The policy without its confidence (what a label falls back to)."""
+        return ThresholdPolicy(self.kind, self.value)
 
     @property
     def target_metric(self) -> str | None:
@@ -87,12 +113,22 @@ class ThresholdPolicy:
         if self.kind == "fbeta":
             return {"objective": "fbeta", "beta": float(self.value or 1.0)}
         if self.kind in TARGET_METRICS:
-            return {"objective": self.kind, "target": self.value}
+            extra = {} if self.confidence is None else {"confidence": self.confidence}
+            return {"objective": self.kind, "target": self.value, **extra}
         return {"objective": self.kind}
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _forms() -> list[str]:
-    return [k if v is None else f"{k}:{v.split()[0]}" for k, v in POLICY_KINDS.items()]
+    forms = [k if v is None else f"{k}:{v.split()[0]}" for k, v in POLICY_KINDS.items()]
+    return [*forms, *(f"{k}:S@C" for k in TARGET_METRICS)]
 
 
 def policy_problem(text: str, flag: str = "--threshold-policy") -> str | None:
@@ -186,6 +222,39 @@ def fit_policy_thresholds(
         fitted = fit_thresholds(y, p, min_positives=min_positives, fallback=fallback, **kwargs)
         thresholds[cols] = fitted[cols]
     return thresholds
+
+
+def confidence_bounds(y: Any, p: Any, thresholds: Any, policies: Sequence[ThresholdPolicy],
+                      label_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """For each label whose policy states a confidence: what its threshold reached on the
+    records it was fitted on (``y``, ``p``: that fold's labels and probabilities), as
+    ``{label: {target, confidence, rate, count, n, bound, needed, fallback}}``. ``bound`` is
+    the one-sided Clopper-Pearson lower bound at the confidence of the achieved rate
+    (``count`` of ``n`` positives for sensitivity, negatives for specificity); ``needed`` the
+    count the bound needs (None: more than ``n``), and ``fallback`` True when the label had
+    too few records for it and took the plain target's cut instead."""
+    import numpy as np
+
+    from ecgtune.search.thresholds import clopper_pearson_lower, required_count
+
+    y = np.asarray(y).astype(bool)
+    hits = np.asarray(p) >= np.asarray(thresholds, np.float64)[None, :]
+    out: dict[str, dict[str, Any]] = {}
+    for j, (name, policy) in enumerate(zip(label_names, policies, strict=True)):
+        if policy.confidence is None or policy.value is None:
+            continue
+        if policy.kind == "sensitivity":
+            n, count = int(y[:, j].sum()), int((hits[:, j] & y[:, j]).sum())
+        else:
+            n, count = int((~y[:, j]).sum()), int((~hits[:, j] & ~y[:, j]).sum())
+        needed = required_count(n, policy.value, policy.confidence)
+        out[name] = {
+            "target": policy.value, "confidence": policy.confidence,
+            "rate": count / n if n else None, "count": count, "n": n,
+            "bound": float(clopper_pearson_lower(count, n, policy.confidence)) if n else None,
+            "needed": needed, "fallback": needed is None,
+        }
+    return out
 
 
 def policy_record(policies: Sequence[ThresholdPolicy], label_names: Sequence[str],

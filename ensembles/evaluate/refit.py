@@ -46,7 +46,12 @@ def refit_thresholds(opts: EvaluateOptions, bundle: Any, folds: list[int], sha: 
                      ) -> tuple[Any, list[Any], dict[str, Any]]:
     """(predictor with the new thresholds, one policy per label, its bundle.json ``fit``)."""
     from ecgtune.data_prep import load_shards, read_manifest
-    from ecgtune.ensembles.build.policies import PolicySet, fit_policy_thresholds, policy_record
+    from ecgtune.ensembles.build.policies import (
+        PolicySet,
+        confidence_bounds,
+        fit_policy_thresholds,
+        policy_record,
+    )
     from ecgtune.ensembles.ship.inference import EnsemblePredictor
 
     del folds  # checked disjoint by `check_refit`
@@ -80,6 +85,7 @@ def refit_thresholds(opts: EvaluateOptions, bundle: Any, folds: list[int], sha: 
         "min_positives": opts.min_positives, "fallback": "the previous bundle's threshold",
         **policy_record(policies, names, default),
         "fitted": [bool(k >= opts.min_positives) for k in y.sum(axis=0)],
+        "confidence_bounds": confidence_bounds(y, probs, thresholds, policies, names),
     }, "refit": {
         "from_bundle": opts.bundle,
         "from_bundle_sha256": _manifest_sha(bundle),

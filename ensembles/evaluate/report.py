@@ -300,10 +300,20 @@ def write_report(
 # Operating points: each label's threshold policy, its target and what was achieved.
 
 MET, UNCERTAIN, BELOW = "met", "CI includes target", "BELOW TARGET"
+FALLBACK = "FELL BACK"  # a stated confidence the fitting fold could not show
 
 
-def _point(row: Mapping[str, Any], label: str, policy: Any, min_positives: int
-           ) -> dict[str, Any]:
+def _fallback_text(policy: Any, bound: Mapping[str, Any]) -> str:
+    what = "positives" if policy.kind == "sensitivity" else "negatives"
+    if not bound.get("fitted", True):
+        return (f"{FALLBACK} to the fixed threshold: {bound['n']} {what} on the fitting "
+                "fold, fewer than --min-positives")
+    return (f"{FALLBACK} to {policy.plain}: {bound['n']} {what} cannot show "
+            f"{policy.value:g} at {policy.confidence:g} confidence")
+
+
+def _point(row: Mapping[str, Any], label: str, policy: Any, min_positives: int,
+           bound: Mapping[str, Any] | None = None) -> dict[str, Any]:
     entry = row["per_label"][label]
     support, n = int(entry[K.SUPPORT]), int(row["n_samples"])
     metric = policy.target_metric or K.F1
@@ -311,25 +321,41 @@ def _point(row: Mapping[str, Any], label: str, policy: Any, min_positives: int
     out: dict[str, Any] = {"label": label, "policy": str(policy), "support": support,
                            "threshold": entry[K.THRESHOLD], "metric": metric, "target": target,
                            "estimate": None, "low": None, "high": None}
+    if getattr(policy, "confidence", None) is not None:
+        # What the threshold showed where it was fitted: the bound the policy asked for.
+        bound = dict(bound or {})
+        out.update(confidence=policy.confidence, fitted_bound=bound.get("bound"),
+                   fitted_rate=bound.get("rate"), fitted_n=bound.get("n"),
+                   fallback=bool(bound.get("fallback")) or not bound.get("fitted", True))
     if (entry.get(ASSESSABLE) is False or support < max(min_positives, 1)
             or (metric == K.SPECIFICITY and support >= n)):
-        return {**out, "status": NOT_ASSESSABLE}
+        status = NOT_ASSESSABLE
+        if out.get("fallback"):
+            status = f"{_fallback_text(policy, bound or {})}; {status}"
+        return {**out, "status": status}
     ci = row.get("ci", {}).get("per_label", {}).get(label, {}).get(metric, {})
     out.update(estimate=entry.get(metric), low=ci.get("low"), high=ci.get("high"))
     status = ""
     if target is not None and out["low"] is not None and out["high"] is not None:
         status = MET if out["low"] >= target else BELOW if out["high"] < target else UNCERTAIN
+    if out.get("fallback"):
+        status = f"{_fallback_text(policy, bound or {})}; {status}"
     return {**out, "status": status}
 
 
 def operating_points(row: Mapping[str, Any], policies: Sequence[Any],
-                     label_names: Sequence[str], min_positives: int = 1
+                     label_names: Sequence[str], min_positives: int = 1,
+                     bounds: Mapping[str, Mapping[str, Any]] | None = None,
                      ) -> list[dict[str, Any]]:
     """Per label: its policy (`ensembles.build.policies.ThresholdPolicy`), the target rate and the
     achieved value with its CI in ``row`` (an `evaluate_with_ci` result), and a status:
     met (CI above the target), BELOW TARGET (CI below it), CI includes target, or not
-    assessable (fewer than ``min_positives`` positives). Score policies report F1, no target."""
-    return [_point(row, label, policy, min_positives)
+    assessable (fewer than ``min_positives`` positives). Score policies report F1, no target.
+    A policy with a stated confidence adds it, the Clopper-Pearson bound its threshold reached
+    on the fold it was fitted on (``bounds``: `policies.confidence_bounds`), and a status
+    starting FELL BACK when that fold had too few records to show it."""
+    bounds = bounds or {}
+    return [_point(row, label, policy, min_positives, bounds.get(label))
             for label, policy in zip(label_names, policies, strict=True)]
 
 
@@ -339,25 +365,41 @@ def _num(x: float | None) -> str:
 
 def operating_point_section(points: Sequence[Mapping[str, Any]], row_name: str) -> Section:
     names = {K.RECALL: "sensitivity", K.SPECIFICITY: "specificity", K.F1: "F1"}
+    stated = any(p.get("confidence") is not None for p in points)
     body = []
     for p in points:
         achieved = "–" if p["estimate"] is None else (
             f"{names[p['metric']]} {fixed(p['estimate'])} [{_num(p['low'])}, "
             f"{_num(p['high'])}]")
         target = "–" if p["target"] is None else f"{names[p['metric']]} >= {p['target']:g}"
-        body.append((p["label"], str(p["support"]), p["policy"], f"{p['threshold']:.4f}",
-                     target, achieved, p["status"]))
+        row = [p["label"], str(p["support"]), p["policy"], f"{p['threshold']:.4f}", target]
+        if stated:
+            row += ["–" if p.get("confidence") is None else f"{p['confidence']:g}",
+                    "–" if p.get("fitted_bound") is None else
+                    f"{fixed(p['fitted_bound'])} ({fixed(p['fitted_rate'])} of "
+                    f"{p['fitted_n']})"]
+        body.append((*row, achieved, p["status"]))
     below = [p["label"] for p in points if p["status"] == BELOW]
     bullets = (f"Below target (the whole CI under it): {', '.join(below)}",) if below else ()
+    fell_back = [p["label"] for p in points if p.get("fallback")]
+    if fell_back:
+        bullets += (f"Too few records on the fitting fold for the stated confidence (plain "
+                    f"target used): {', '.join(fell_back)}",)
+    paragraphs = ["Each label's threshold was fitted by its policy on the ensemble fold "
+                  "(or the folds of a refit); 'achieved' is on these records with its 95% "
+                  "BCa CI. A label is flagged BELOW TARGET when its whole CI lies under its "
+                  "target."]
+    if stated:
+        paragraphs.append("A policy S@C chose the threshold whose one-sided lower bound at "
+                          "confidence C (exact binomial, Clopper-Pearson) on the fitting fold "
+                          "is >= S; 'bound at fit' is that bound (the rate and count behind "
+                          "it in brackets).")
+    header = ("label", "support", "policy", "threshold", "target",
+              *(("confidence", "bound at fit (rate of n)") if stated else ()),
+              "achieved [CI]", "status")
     return Section(
         f"Operating points of the {row_name} (thresholds by policy)",
-        paragraphs=("Each label's threshold was fitted by its policy on the ensemble fold "
-                    "(or the folds of a refit); 'achieved' is on these records with its 95% "
-                    "BCa CI. A label is flagged BELOW TARGET when its whole CI lies under its "
-                    "target.",),
-        header=("label", "support", "policy", "threshold", "target", "achieved [CI]",
-                "status"),
-        body=tuple(body), bullets=bullets)
+        paragraphs=tuple(paragraphs), header=header, body=tuple(body), bullets=bullets)
 
 
 def source_section(by_source: Mapping[str, Mapping[str, Any] | None],
@@ -537,6 +579,7 @@ def write_ensemble_report(
     policies: Sequence[Any] | None = None,
     min_positives: int | None = None,
     extra_sections: Sequence[Section] = (),
+    bounds: Mapping[str, Mapping[str, Any]] | None = None,
     members: Sequence[MemberRow] = (),
     member_metric: str = "macro_auprc",
     extra_figures: Sequence[Figure] = (),
@@ -550,7 +593,8 @@ def write_ensemble_report(
     `ThresholdPolicy` per label) add its operating points (section and summary.json). With
     ``min_positives`` labels with fewer positives are not assessable (`evaluate_assessable`);
     without it every label is evaluated (the build's test fold). ``extra_sections`` follow
-    the calibration section."""
+    the calibration section. ``bounds``: the confidence bounds the thresholds reached where
+    they were fitted (`policies.confidence_bounds`), for the operating points."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {row.name: _evaluate_row(y, row, label_names, n_boot, seed, min_positives)
@@ -569,7 +613,7 @@ def write_ensemble_report(
     points = None
     if policies is not None:
         points = operating_points(results[calibrated_row], policies, label_names,
-                                  min_positives or 1)
+                                  min_positives or 1, bounds)
         extra.insert(0, operating_point_section(points, calibrated_row))
     if notes:
         extra.append(Section("Notes", bullets=tuple(notes)))

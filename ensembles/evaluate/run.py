@@ -266,7 +266,8 @@ def _evaluate(opts: EvaluateOptions, bundle: Any, fit: dict[str, Any], policies:
             summary={**_summary(opts, fit, folds, sha, sources, by_source),
                      "challenge_score": challenge},
             n_boot=opts.n_boot, seed=opts.seed, calibrated_row=ROW, policies=policies,
-            min_positives=opts.min_positives, extra_sections=extra)
+            min_positives=opts.min_positives, extra_sections=extra,
+            bounds=(fit.get("thresholds") or {}).get("confidence_bounds"))
     except ValueError as exc:  # nothing assessable
         raise EvaluationError(f"{data} ({where}): {exc}") from None
     (out / "by_source.json").write_text(json.dumps(jsonable(by_source), indent=2) + "\n")
