@@ -40,6 +40,9 @@ DEFAULT_WINDOWS = 3
 DEFAULT_BATCH_SIZE = 32  # records cropped and normalised together
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+# How the ensemble fold's records count in selection and calibration: all together, or per
+# source (site) with the worst (or mean) source deciding, as the search's objective can.
+SELECT_BY = ("all", "worst-source", "mean-source")
 
 
 def _selection_metrics() -> Iterable[str]:
@@ -70,6 +73,11 @@ class FitOptions:
 
     metric: str = option("macro_auprc", choices=_selection_metrics, noun="metric",
                          help="selection metric on the ensemble fold")
+    select_by: str = option("all", choices=SELECT_BY, help="all: the metric over the "
+                            "ensemble fold's records; worst-source / mean-source: the metric "
+                            "per source of that fold, its worst / mean deciding both the "
+                            "selection and each label's calibration method (by the "
+                            "per-source cross-fitted log-loss)")
     init_size: int = option(3, minimum=1, metavar="N", help="selection starts from the best "
                             "prefix of up to this many members")
     max_rounds: int = option(50, minimum=0, cli=False,

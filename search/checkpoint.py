@@ -147,13 +147,13 @@ def read_training_state(directory: str | Path) -> dict[str, Any]:
 
 
 # -- finding the best (Ray, then the tracker) ---------------------------------------------------
-def checkpoint_config() -> Any:
+def checkpoint_config(objective: str = K.OBJECTIVE) -> Any:
     """Ray keeps a trial's two best checkpoints by the objective (the best is what
     `best_checkpoint` returns, for the ensemble) and, until a newer one arrives, the latest
     (what a retry or `--resume` continues from)."""
     from ray import tune
 
-    return tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=K.OBJECTIVE,
+    return tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=objective,
                                  checkpoint_score_order="max")
 
 

@@ -23,11 +23,13 @@ __all__ = [
     "F1",
     "HAMMING",
     "KAPPA",
+    "MEAN_SOURCE_AUPRC",
     "NPV",
     "OBJECTIVE",
     "PRECISION",
     "RECALL",
     "RESTORED_FROM_EPOCH",
+    "SOURCE_AUPRC",
     "SPECIFICITY",
     "SUPPORT",
     "THRESHOLD",
@@ -37,7 +39,9 @@ __all__ = [
     "VAL_AUROC",
     "VAL_F1",
     "VAL_LOSS",
+    "WORST_SOURCE_AUPRC",
     "metric_key",
+    "source_key",
 ]
 
 # The trial's reports (Ray Tune results, then MLflow metrics of the trial's run).
@@ -49,7 +53,14 @@ VAL_F1 = "val/macro_f1"
 TRAIN_LOSS = "train/loss"
 THROUGHPUT = "train/samples_per_s"
 EPOCH = "epoch"
-BEST_OBJECTIVE = "val/best_macro_auprc"  # best objective so far in the trial
+# Best value so far in the trial of the search's quality objective: macro AUPRC, or with
+# `--objective worst-source` / `mean-source` that per-source value (the name is the default's).
+BEST_OBJECTIVE = "val/best_macro_auprc"
+# Per-source macro AUPRC on the validation fold (`source_key`), and its worst and mean over the
+# sources present there: the objectives of a search aimed at the hospital it has not seen.
+SOURCE_AUPRC = "val/source_auprc"
+WORST_SOURCE_AUPRC = "val/worst_source_auprc"
+MEAN_SOURCE_AUPRC = "val/mean_source_auprc"
 RESTORED_FROM_EPOCH = "train/restored_from_epoch"  # epoch of the checkpoint a retry resumed
 # What the trial's model costs (search.cost): measured once, reported with every epoch.
 COST_PARAMS = "cost/params"
@@ -74,6 +85,11 @@ ECE = "ece"
 BRIER = "brier"
 SUPPORT = "support"
 THRESHOLD = "threshold"
+
+
+def source_key(source: str) -> str:
+    """``val/source_auprc/site-a``: one source's validation macro AUPRC."""
+    return f"{SOURCE_AUPRC}/{source}"
 
 
 def metric_key(split: str, name: str, label: str | None = None) -> str:

@@ -62,6 +62,7 @@ __all__ = [
     "macro_f1",
     "metrics_from_counts",
     "per_label_report",
+    "per_source_macro_auprc",
     "pr_curve",
     "precision_per_label",
     "ranking_metrics_per_label",
@@ -356,6 +357,25 @@ def macro_auprc(
 ) -> Any:
     """Mean average precision over usable labels; the search objective (``OBJECTIVE``)."""
     return _macro(auprc_per_label(y, p, sample_weight), return_labels)
+
+
+def per_source_macro_auprc(y: ArrayLike, p: ArrayLike, sources: ArrayLike) -> dict[str, float]:
+    """Macro AUPRC of each source's records (over the labels with a positive and a negative
+    among them), by source name in sorted order; a source with no such label is left out
+    (nothing there can be ranked). The worst and mean of these are the `worst-source` and
+    `mean-source` search objectives."""
+    y = as_label_matrix(y)
+    p = as_score_matrix(p, y)
+    sources = np.asarray(sources).astype(str)
+    if sources.shape != (y.shape[0],):
+        raise ValueError(f"sources must be one per record ({y.shape[0]}), got {sources.shape}")
+    out: dict[str, float] = {}
+    for source in np.unique(sources):
+        mask = sources == source
+        value = macro_auprc(y[mask], p[mask])
+        if not np.isnan(value):
+            out[str(source)] = float(value)
+    return out
 
 
 def pr_curve(y: ArrayLike, p: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

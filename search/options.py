@@ -21,9 +21,11 @@ from ecgtune.search.errors import SearchOptionError
 __all__ = [
     "DATA_SHARING",
     "OBJECTIVES",
+    "QUALITY_OBJECTIVES",
     "SCHEDULERS",
     "SEARCHERS",
     "SearchOptions",
+    "objective_metric",
     "parse_objective",
     "parse_override",
     "resolve_storage",
@@ -35,23 +37,37 @@ SEARCHERS = ("tpe", "random")
 # name makes the search multi-objective (a Pareto front of quality against cost).
 OBJECTIVES: dict[str, tuple[str, str]] = {
     "auprc": (K.OBJECTIVE, "max"),
+    # Validation macro AUPRC per source (site) of the validation fold: its worst, or its mean.
+    "worst-source": (K.WORST_SOURCE_AUPRC, "max"),
+    "mean-source": (K.MEAN_SOURCE_AUPRC, "max"),
     "gflops": (K.COST_GFLOPS, "min"),
     "cpu_ms": (K.COST_CPU_MS, "min"),
     "params": (K.COST_PARAMS, "min"),
 }
+# The quality terms: one of them comes first; ASHA, the checkpoints kept and the members
+# ranked by the ensemble all follow it.
+QUALITY_OBJECTIVES = ("auprc", "worst-source", "mean-source")
 
 
 def parse_objective(text: str) -> tuple[str, ...]:
-    """`auprc` or `auprc,gflops` (...) -> the names; raises ValueError naming the problem."""
+    """`auprc`, `worst-source` or `auprc,gflops` (...) -> the names; raises ValueError naming
+    the problem."""
     names = tuple(n.strip() for n in str(text).split(",") if n.strip())
     unknown = [n for n in names if n not in OBJECTIVES]
     if unknown or not names:
         raise ValueError(f"unknown objective {', '.join(unknown) or repr(text)}; valid: "
                          f"{', '.join(OBJECTIVES)} (quality first, e.g. auprc,gflops)")
-    if names[0] != "auprc" or len(set(names)) != len(names):
-        raise ValueError(f"objective {text!r}: start with auprc and name each cost once, "
-                         "e.g. auprc,gflops")
+    if (names[0] not in QUALITY_OBJECTIVES or len(set(names)) != len(names)
+            or any(n in QUALITY_OBJECTIVES for n in names[1:])):
+        raise ValueError(f"objective {text!r}: start with one quality term "
+                         f"({', '.join(QUALITY_OBJECTIVES)}) and name each cost once, e.g. "
+                         "auprc,gflops")
     return names
+
+
+def objective_metric(text: str) -> str:
+    """The reported metric of an objective's quality term (`val/worst_source_auprc`, ...)."""
+    return OBJECTIVES[parse_objective(text)[0]][0]
 
 
 SCHEDULERS = ("asha", "fifo")
@@ -135,9 +151,11 @@ class SearchOptions:
                           "event; 2: also Ray's own status tables")
     objective: str = option("auprc", check=_objective_problem, metavar="auprc[,gflops]",
                             help="what the searcher optimises: auprc (validation macro "
-                            "AUPRC), or auprc plus cost terms (gflops, cpu_ms, params) for a "
+                            "AUPRC), worst-source or mean-source (the worst or mean "
+                            "per-source macro AUPRC over the sources in the validation fold), "
+                            "optionally plus cost terms (gflops, cpu_ms, params) for a "
                             "multi-objective search whose Pareto front the search run logs; "
-                            "ASHA stops trials on auprc either way")
+                            "ASHA stops trials on the quality term either way")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))

@@ -28,7 +28,7 @@ from ecgtune.search.devices import (
 )
 from ecgtune.search.errors import SearchError, SearchOptionError
 from ecgtune.search.faults import install_no_retry_policy
-from ecgtune.search.options import SearchOptions, parse_objective
+from ecgtune.search.options import SearchOptions, objective_metric, parse_objective
 from ecgtune.search.provenance import code_version, library_versions
 from ecgtune.search.ray_session import init_ray
 from ecgtune.search.searcher import PointValidator, build_searcher
@@ -324,7 +324,7 @@ def _fit(opts: SearchOptions, space: SearchSpace, check: PointValidator, handle:
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, trial_data=TrialData(
             handle, data.train_folds, data.val_folds, data.label_names, data.label_groups,
-            data.group_names)),
+            data.group_names, objective_metric(opts.objective))),
         {"cpu": opts.cpus_per_trial, "gpu": gpus},
     )
     callbacks: list[Any] = [tracking.MlflowTrialTracker(
@@ -408,7 +408,7 @@ def _tuner(opts: SearchOptions, trainable: Any, space: SearchSpace, check: Point
             storage_path=storage,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            checkpoint_config=checkpoint.checkpoint_config(),
+            checkpoint_config=checkpoint.checkpoint_config(objective_metric(opts.objective)),
             verbose=2 if opts.verbose >= 2 else 0,
         ),
     )
@@ -510,7 +510,7 @@ def _scheduler(opts: SearchOptions, space: SearchSpace) -> Any:
     if opts.scheduler == "fifo":
         return FIFOScheduler()
     return ASHAScheduler(
-        metric=K.OBJECTIVE,
+        metric=objective_metric(opts.objective),
         mode="max",
         time_attr=K.EPOCH,
         max_t=epochs,
@@ -599,7 +599,8 @@ def _close_runs(client: Any, experiment_id: str, parent_id: str, complete: bool,
     if result is not None:
         best = result.best
         if best is not None:
-            client.log_metric(parent_id, f"best/{K.OBJECTIVE.split('/', 1)[1]}", best.best_score)
+            quality = objective_metric(",".join(result.objective))
+            client.log_metric(parent_id, f"best/{quality.split('/', 1)[1]}", best.best_score)
             # The trials' column name too: the key-metrics view shows the search's best there.
             client.log_metric(parent_id, K.BEST_OBJECTIVE, best.best_score)
             client.set_tag(parent_id, "ecgtune.best_trial_id", best.trial_id)

@@ -204,9 +204,10 @@ def _fit_rate(
         if rate == "sensitivity":
             # Counts, not ratios: 0.9 * 10 positives needs 9 (rounded before ceil/floor). A
             # confidence the positives cannot reach falls back to the plain target.
-            need = (required_count(int(pos[col]), target, confidence)
-                    or required_count(int(pos[col]), target, None))
-            ok = np.flatnonzero(is_end & (tp >= need))
+            need = required_count(int(pos[col]), target, confidence)
+            if need is None:
+                need = required_count(int(pos[col]), target, None)
+            ok = np.flatnonzero(is_end & (tp >= int(need or 0)))
             thresholds[col] = _threshold_at(s, int(ok[0]))
         else:
             fp = np.arange(1, n + 1) - tp

@@ -55,6 +55,7 @@ class TrialData:
     label_names: tuple[str, ...]
     label_groups: tuple[tuple[int, ...], ...]
     group_names: tuple[str, ...] = ()  # the label map's, for per-branch settings
+    objective: str = K.OBJECTIVE  # the result key of the search's quality objective
 
 
 def _gpu_share() -> float:
@@ -116,6 +117,7 @@ def train_trial(config: dict[str, Any], trial_data: TrialData) -> None:
                 label_names=list(trial_data.label_names),
                 device=device,
                 threads=threads,
+                objective=trial_data.objective,
             )
             del dataset
             _run_trial(trainer, trial, trial_dir)

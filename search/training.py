@@ -79,8 +79,11 @@ class Trainer:
         threads: int = 1,
         transform_on_device: bool | None = None,
         cudnn_benchmark: bool = True,
+        objective: str = K.OBJECTIVE,
     ) -> None:
         self.trial = trial
+        # The result key the best epoch (and the trial's best score) is judged by.
+        self.objective = objective
         self.cfg = trial.train
         self.train_data = train_data
         self.val_data = val_data
@@ -275,14 +278,32 @@ class Trainer:
             K.VAL_LOSS: val_loss,
             K.VAL_F1: M.macro_f1(y, probs, thresholds),
         }
+        metrics.update(self._source_metrics(y, probs, metrics[K.OBJECTIVE]))
         return EpochResult(metrics, probs, thresholds, per_label)
+
+    def _source_metrics(self, y: np.ndarray, probs: np.ndarray, macro: float
+                        ) -> dict[str, float]:
+        """Per-source macro AUPRC of the validation fold with its worst and mean, when the
+        fold holds several sources or the objective asks for them (one source: both are the
+        macro AUPRC)."""
+        sources = np.asarray(self.val_data.sources)
+        wanted = self.objective in (K.WORST_SOURCE_AUPRC, K.MEAN_SOURCE_AUPRC)
+        if not wanted and len(np.unique(sources)) < 2:
+            return {}
+        per_source = M.per_source_macro_auprc(y, probs, sources)
+        values = list(per_source.values())
+        return {
+            K.WORST_SOURCE_AUPRC: float(min(values)) if values else macro,
+            K.MEAN_SOURCE_AUPRC: float(np.mean(values)) if values else macro,
+            **{K.source_key(s): v for s, v in per_source.items()},
+        }
 
     def run_epoch(self, nan_at_step: int | None = None) -> EpochResult:
         train_metrics = self.train_epoch(nan_at_step=nan_at_step)
         result = self.evaluate()
         result.metrics.update(train_metrics)
         self.epoch += 1
-        score = result.metrics[K.OBJECTIVE]
+        score = result.metrics[self.objective]
         if score > self.best_score:
             self.best_score, self.best_epoch = score, self.epoch
         result.metrics[K.EPOCH] = self.epoch

@@ -88,18 +88,20 @@ def member_costs(client: Any, members: Sequence[Any], need_ms: bool) -> list[Mem
 
 
 def _fit(probs: np.ndarray, y: np.ndarray, names: Sequence[str], pool: Sequence[int],
-         fit_options: Any) -> Any:
+         fit_options: Any, sources: Any = None) -> Any:
     from ecgtune.ensembles.build.selection import EnsembleSelector
 
     return EnsembleSelector(fit_options).fit(probs[list(pool)], y,
-                                             names=[names[i] for i in pool])
+                                             names=[names[i] for i in pool], sources=sources)
 
 
 def select_within_budget(probs: np.ndarray, y: np.ndarray, names: Sequence[str],
                          costs: Sequence[MemberCost], budget: Budget,
-                         fit_options: Any) -> tuple[list[int], list[Candidate]]:
+                         fit_options: Any, sources: Any = None,
+                         ) -> tuple[list[int], list[Candidate]]:
     """The member pool whose selected ensemble fits `budget` (indices into `names`) and every
-    candidate tried (single members first, then ensembles; the chosen one marked)."""
+    candidate tried (single members first, then ensembles; the chosen one marked).
+    ``sources``: the records' sources, for a selection by source."""
     singles = [Candidate((n,), float("nan"), c, budget.fits(c)) for n, c in zip(names, costs,
                                                                                 strict=True)]
     pool = [i for i, c in enumerate(costs) if budget.fits(c)]
@@ -112,7 +114,7 @@ def select_within_budget(probs: np.ndarray, y: np.ndarray, names: Sequence[str],
     tried: list[Candidate] = []
 
     def attempt(candidate_pool: list[int]) -> tuple[Candidate, Any]:
-        selector = _fit(probs, y, names, candidate_pool, fit_options)
+        selector = _fit(probs, y, names, candidate_pool, fit_options, sources)
         used = [candidate_pool[int(j)] for j in selector.selected_]
         cost = total_cost(costs, used)
         cand = Candidate(tuple(names[i] for i in used), float(selector.score_), cost,
@@ -127,8 +129,8 @@ def select_within_budget(probs: np.ndarray, y: np.ndarray, names: Sequence[str],
         fitting = [o for o in options if o[0][0].fits]
         (current, selector), drop = max(fitting or options, key=lambda o: o[0][0].score)
         pool = [i for i in pool if i != drop]
-    single_scores = dict(zip(names, _fit(probs, y, names, range(len(names)),
-                                         fit_options).member_scores_, strict=True))
+    single_scores = dict(zip(names, _fit(probs, y, names, range(len(names)), fit_options,
+                                         sources).member_scores_, strict=True))
     singles = [Candidate(s.members, float(single_scores[s.members[0]]), s.cost, s.fits)
                for s in singles]
     final = Candidate(current.members, current.score, current.cost, True, chosen=True)

@@ -333,6 +333,10 @@ class PerLabelCalibrator(Calibrator):
     when it has at least one positive and one negative, and the identity otherwise (a single
     class carries no calibration information). A single candidate method is fitted directly.
 
+    With ``rule`` worst-source / mean-source and the records' ``sources`` given to `fit`, a
+    method's out-of-fold log-loss is the worst / mean over the sources instead of the loss of
+    all records together: a method that suits one site and fails another loses.
+
     Fitted attributes: ``calibrators_`` (one per label), ``methods_`` (chosen names),
     ``cv_log_loss_`` (C, len(methods)), NaN where a label was not cross-fitted, ``n_labels_``.
     """
@@ -344,10 +348,12 @@ class PerLabelCalibrator(Calibrator):
         methods: Sequence[str] = ("temperature", "platt", "isotonic"),
         cv: int = 5,
         seed: int = 0,
+        rule: str = "all",
     ) -> None:
         self.methods = tuple(methods)
         self.cv = cv
         self.seed = seed
+        self.rule = rule
 
     def _validate(self) -> None:
         if not self.methods:
@@ -359,8 +365,16 @@ class PerLabelCalibrator(Calibrator):
         if self.cv < 2:
             raise ValueError("cv must be at least 2")
 
-    def fit(self, p: Any, y: Any) -> PerLabelCalibrator:
+    def _oof_loss(self, y: np.ndarray, oof: np.ndarray, sources: np.ndarray | None) -> float:
+        if sources is None or self.rule == "all":
+            return float(log_loss(y, oof))
+        losses = [float(log_loss(y[sources == s], oof[sources == s]))
+                  for s in np.unique(sources)]
+        return max(losses) if self.rule == "worst-source" else float(np.mean(losses))
+
+    def fit(self, p: Any, y: Any, sources: Any = None) -> PerLabelCalibrator:
         self._validate()
+        sources = None if sources is None else np.asarray(sources).astype(str)
         p = np.asarray(p, dtype=np.float64)
         y = np.asarray(y)
         if p.ndim != 2 or p.shape != y.shape:
@@ -388,7 +402,7 @@ class PerLabelCalibrator(Calibrator):
                         test = folds == k
                         cal = CALIBRATORS[m]().fit(pc[~test], yc[~test])
                         oof[test] = cal.predict(pc[test])
-                    cv_loss[c, j] = float(log_loss(yc, oof))
+                    cv_loss[c, j] = self._oof_loss(yc, oof, sources)
                 method = self.methods[int(np.argmin(cv_loss[c]))]
             else:
                 method = "temperature" if min(n_pos, n_neg) > 0 else "identity"
@@ -410,6 +424,7 @@ class PerLabelCalibrator(Calibrator):
             "methods": list(self.methods),
             "cv": self.cv,
             "seed": self.seed,
+            "rule": self.rule,
             "calibrators": [cal.to_dict() for cal in self.calibrators_],
             # Diagnostics only; NaN (not cross-fitted) becomes None to stay valid JSON.
             "cv_log_loss": [
@@ -421,6 +436,7 @@ class PerLabelCalibrator(Calibrator):
         self.methods = tuple(params["methods"])
         self.cv = int(params["cv"])
         self.seed = int(params["seed"])
+        self.rule = str(params.get("rule", "all"))
         self.calibrators_ = [Calibrator.from_dict(d) for d in params["calibrators"]]
         self.methods_ = [d["method"] for d in params["calibrators"]]
         self.n_labels_ = len(self.calibrators_)

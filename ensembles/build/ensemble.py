@@ -2,7 +2,10 @@
 report -> exported bundle -> MLflow run + registered pyfunc model.
 
 Folds are named by their role in the data manifest: the *ensemble fold* (selection,
-calibration, thresholds) and the *test fold* (reported once, never fitted on). Steps (each in
+calibration, thresholds) and the *test fold* (reported once, never fitted on). When `prep`
+held sources out, their *external fold* is loaded apart, after the fitting folds, predicted by
+the same members and reported beside the test fold (internal vs external, and its operating
+points); nothing is fitted on it. Steps (each in
 its own module): `members` (find and load the trials), `inference` (member probabilities on
 both folds), `fitting` (everything fitted on the ensemble fold), `report` (the test fold only),
 `bundle` (export), `registry` (MLflow). Everything that can fail before the work starts (data
@@ -25,7 +28,7 @@ import numpy as np
 
 from ecgtune.data_prep.heartbeat import stage
 from ecgtune.data_prep.shards import manifest_sha256
-from ecgtune.ensembles.build.fold_roles import ENSEMBLE, TEST, fold_of_role
+from ecgtune.ensembles.build.fold_roles import ENSEMBLE, EXTERNAL, TEST, fold_of_role
 from ecgtune.ensembles.errors import EnsembleError
 from ecgtune.ensembles.options import EnsembleOptions
 
@@ -92,6 +95,9 @@ class EnsembleResult:
     search_notes: list[str] = field(default_factory=list)
     # Row name -> how its thresholds were chosen (its operating point), e.g. "f1, ensemble fold".
     row_thresholds: dict[str, str] = field(default_factory=dict)
+    # The held-out sources' fold, when prep made one (`_external_report`): fold, sources,
+    # records, the ensemble's and best trial's rows there, and its operating points.
+    external: dict[str, Any] | None = None
 
     @property
     def weights(self) -> dict[str, float]:
@@ -214,6 +220,10 @@ class _Folds:
     def labels(self, role: str) -> np.ndarray:
         return self.data.labels.astype(bool)[self.masks[role]]
 
+    def sources(self, role: str) -> np.ndarray:
+        """Each record's source in the fold of ``role`` (what --select-by groups by)."""
+        return np.asarray(self.data.sources)[self.masks[role]]
+
     @property
     def label_names(self) -> list[str]:
         return list(self.data.label_map.names)
@@ -239,6 +249,18 @@ def _load_folds(opts: EnsembleOptions, search: Any) -> _Folds:
         log.warning("the data manifest differs from the one search %r was run on; members "
                     "are evaluated on data they may have been trained on", opts.name)
     return _Folds(data, numbers, masks, sha, dict(manifest.get("databases") or {}))
+
+
+def _load_external(opts: EnsembleOptions) -> Any | None:
+    """The external fold (sources prep held out), or None when there is none; loaded on its
+    own, so the folds the ensemble is fitted on are read without it."""
+    from ecgtune.data_prep import fold_roles, load_shards, read_manifest
+
+    folds = fold_roles(read_manifest(opts.data)).get(EXTERNAL, ())
+    if not folds:
+        return None
+    data = load_shards(opts.data, folds=list(folds))
+    return data if len(data) else None
 
 
 @dataclass
@@ -268,7 +290,8 @@ def _member_probabilities(member: Any, signals: np.ndarray, lengths: np.ndarray,
         member.model.cpu()
 
 
-def _predict_members(opts: EnsembleOptions, trials: list, folds: _Folds) -> _Members:
+def _predict_members(opts: EnsembleOptions, trials: list, folds: _Folds,
+                     external: Any | None = None) -> _Members:
     from ecgtune.ensembles.build.members import load_member
     from ecgtune.ensembles.ship.inference import InputSpec, resolve_device
 
@@ -286,8 +309,14 @@ def _predict_members(opts: EnsembleOptions, trials: list, folds: _Folds) -> _Mem
         probs.append(_member_probabilities(m, folds.data.signals, folds.data.lengths, inputs,
                                            opts, device))
     stacked = np.stack(probs)
-    return _Members(members, {role: stacked[:, mask] for role, mask in folds.masks.items()},
-                    inputs, device)
+    by_role = {role: stacked[:, mask] for role, mask in folds.masks.items()}
+    if external is not None:
+        stage(f"predicting the external fold ({len(external)} records) with "
+              f"{len(members)} members")
+        by_role[EXTERNAL] = np.stack([
+            _member_probabilities(m, external.signals, external.lengths, inputs, opts, device)
+            for m in members])
+    return _Members(members, by_role, inputs, device)
 
 
 def _budget(opts: EnsembleOptions) -> Any:
@@ -302,7 +331,8 @@ def _budget_text(opts: EnsembleOptions) -> str:
 
 
 def _within_budget(opts: EnsembleOptions, client: Any, mem: _Members,
-                   y_ens: np.ndarray) -> tuple[_Members, list[Any]]:
+                   y_ens: np.ndarray, sources: np.ndarray | None = None,
+                   ) -> tuple[_Members, list[Any]]:
     """Under --max-gflops/--max-ms: the candidates narrowed to the pool whose selected
     ensemble fits the budget (ensembles.build.budget), and every candidate tried for the report."""
     from ecgtune.ensembles.build.budget import member_costs, select_within_budget
@@ -312,7 +342,7 @@ def _within_budget(opts: EnsembleOptions, client: Any, mem: _Members,
         return mem, []
     costs = member_costs(client, mem.members, need_ms=opts.max_ms > 0)
     pool, candidates = select_within_budget(mem.probs[ENSEMBLE], y_ens, mem.names, costs,
-                                            budget, opts.fit)
+                                            budget, opts.fit, sources)
     chosen = next(c for c in candidates if c.chosen)
     log.info("budget %s: %d of %d members usable, ensemble of %d at %.3g GFLOP, %.3g ms",
              budget.describe(), len(pool), len(mem.members), len(chosen.members),
@@ -624,16 +654,18 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
 
     stage("loading the ensemble and test folds")
     folds = _load_folds(opts, search)
-    mem = _predict_members(opts, trials, folds)
+    external = _load_external(opts)
+    mem = _predict_members(opts, trials, folds, external)
     y_ens, y_test = folds.labels(ENSEMBLE), folds.labels(TEST)
+    sources_ens = folds.sources(ENSEMBLE)
     if _budget(opts).active:
         stage(f"selecting within the budget of {_budget(opts).describe()}")
-    mem, candidates = _within_budget(opts, client, mem, y_ens)
+    mem, candidates = _within_budget(opts, client, mem, y_ens, sources_ens)
     stage("selecting, calibrating and thresholding on the ensemble fold")
     fitted = fit_ensemble(mem.probs[ENSEMBLE], y_ens, mem.names, opts.fit, groups=folds.groups,
-                          label_names=folds.label_names)
+                          label_names=folds.label_names, sources=sources_ens)
     uniform = fit_average(mem.probs[ENSEMBLE], y_ens, opts.fit, groups=folds.groups,
-                          label_names=folds.label_names)
+                          label_names=folds.label_names, sources=sources_ens)
     selector = fitted.selector
     uncal = {role: fitted.predict_uncalibrated(mem.probs[role]) for role in (ENSEMBLE, TEST)}
     test_probs = fitted.calibration.predict(uncal[TEST])
@@ -646,6 +678,8 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
     predictor = _predictor(fitted, mem, folds, opts)
     n_test = int(folds.masks[TEST].sum())
     member_rows = _member_rows(client, mem, summaries)
+    ext_report = (_external_report(opts, folds, external, mem, fitted, rows, y_test)
+                  if external is not None else None)
     stage(f"writing the test-fold report ({opts.n_boot} bootstrap resamples per model)")
     with tempfile.TemporaryDirectory(prefix="ecgtune-report-") as tmp:
         extra_figures = _budget_figures(opts, candidates, Path(tmp) / "report")
@@ -661,7 +695,10 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
             calibrated_row=ROW_ENSEMBLE, policies=fitted.calibration.policies,
             members=member_rows, member_metric=opts.fit.metric, extra_figures=extra_figures,
             bounds=fitted.calibration.bounds,
+            extra_sections=ext_report["sections"] if ext_report else (),
         )
+        if ext_report:
+            _write_external_json(Path(tmp) / "report", ext_report)
         points = json.loads((Path(tmp) / "report" / "summary.json").read_text()
                             ).get("operating_points", [])
         if candidates:
@@ -680,7 +717,8 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
     stage("logging the ensemble run to MLflow")
     log_batch(client, run_id,
               _mlflow_params(opts, mem, fitted, weights, bundle_dir, folds.label_names),
-              _mlflow_metrics(rows, results, calibration, selector))
+              {**_mlflow_metrics(rows, results, calibration, selector),
+               **_external_metrics(ext_report)})
     model = _log_artifacts(opts, uri, client, search, run_id, folds, mem, bundle_dir,
                            candidates, member_rows)
     return EnsembleResult(
@@ -696,7 +734,83 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
         tracking_uri=uri, experiment_id=search.experiment_id, trained_on=folds.databases,
         test_probabilities=test_probs, predictor=predictor, operating_points=points,
         row_thresholds={r.name: r.thresholds_by for r in rows},
+        external=_external_summary(ext_report),
     )
+
+
+def _external_report(opts: EnsembleOptions, folds: _Folds, external: Any, mem: _Members,
+                     fitted: Any, rows: list[Any], y_test: np.ndarray) -> dict[str, Any]:
+    """The external fold, reported once: the ensemble (calibrated, at its thresholds) and the
+    best single trial there beside the test fold, and the ensemble's operating points there
+    (a stated confidence's target met, missed or flagged on data from another site)."""
+    from ecgtune.ensembles.evaluate.metrics import evaluate_assessable, evaluate_with_ci
+    from ecgtune.ensembles.evaluate.report import (
+        Section,
+        internal_external_section,
+        operating_point_section,
+        operating_points,
+    )
+
+    stage(f"reporting the external fold ({len(external)} records)")
+    names = folds.label_names
+    y_ext = external.labels.astype(bool)
+    probs = {ROW_ENSEMBLE: fitted.predict(mem.probs[EXTERNAL]), ROW_BEST: mem.probs[EXTERNAL][0]}
+    by_name = {r.name: r for r in rows}
+    pairs: dict[str, tuple[Any, Any]] = {}
+    for name in (ROW_ENSEMBLE, ROW_BEST):
+        row = by_name[name]
+        inside = evaluate_with_ci(y_test, row.probs, row.thresholds, names, n_boot=opts.n_boot,
+                                  seed=opts.fit.seed)
+        outside = evaluate_assessable(y_ext, probs[name], row.thresholds, names,
+                                      opts.fit.min_positives, n_boot=opts.n_boot,
+                                      seed=opts.fit.seed)
+        pairs[name] = (inside, outside)
+    sources = sorted(set(np.asarray(external.sources).tolist()))
+    fold = int(external.folds[0])
+    where = f"fold {fold} ({', '.join(sources)}, {len(external)} records)"
+    sections = [internal_external_section(
+        pairs, f"the test fold (fold {folds.numbers[TEST]}, {len(y_test)} records)", where)]
+    ensemble_row = pairs[ROW_ENSEMBLE][1]
+    points: list[dict[str, Any]] = []
+    if ensemble_row is not None:
+        points = operating_points(ensemble_row, fitted.calibration.policies, names,
+                                  opts.fit.min_positives, fitted.calibration.bounds)
+        section = operating_point_section(points, f"{ROW_ENSEMBLE} on the external fold")
+        sections.append(Section(section.heading, paragraphs=(
+            f"The {where}: records from sources the ensemble never saw.",
+            *section.paragraphs), header=section.header, body=section.body,
+            bullets=section.bullets))
+    return {"fold": fold, "sources": sources, "records": len(external),
+            "rows": {name: {"internal": i, "external": e} for name, (i, e) in pairs.items()},
+            "operating_points": points, "sections": sections}
+
+
+def _external_summary(ext: dict[str, Any] | None) -> dict[str, Any] | None:
+    if ext is None:
+        return None
+    return {k: v for k, v in ext.items() if k != "sections"}
+
+
+def _write_external_json(report_dir: Path, ext: dict[str, Any]) -> None:
+    from ecgtune.ensembles.evaluate.report import jsonable
+
+    (report_dir / "external.json").write_text(
+        json.dumps(jsonable(_external_summary(ext)), indent=2, default=float) + "\n")
+
+
+def _external_metrics(ext: dict[str, Any] | None) -> dict[str, float]:
+    """``external/macro_auprc`` (the ensemble) and ``external_best_trial/...`` on the run."""
+    from ecgtune.ensembles.evaluate.metrics import flatten_metrics
+
+    if ext is None:
+        return {}
+    out: dict[str, float] = {}
+    for name, split in ((ROW_ENSEMBLE, EXTERNAL), (ROW_BEST, f"{EXTERNAL}_best_trial")):
+        row = ext["rows"][name]["external"]
+        if row is not None:
+            out.update({k: v for k, v in flatten_metrics(row, split=split).items()
+                        if k.count("/") == 1})
+    return out
 
 
 def _fmt(x: float | None) -> str:
@@ -721,6 +835,34 @@ def _policy_lines(points: list[dict[str, Any]]) -> list[str]:
     if fell_back:
         lines.append("  too few records on the ensemble fold for the stated confidence "
                      f"(plain target used): {', '.join(fell_back)}")
+    return lines
+
+
+def _external_lines(ext: dict[str, Any] | None) -> list[str]:
+    """The external fold beside the test fold, and its confidence-bounded operating points."""
+    from ecgtune.ensembles.evaluate.report import MET
+    from ecgtune.search import metric_keys as K
+
+    if not ext:
+        return []
+    lines = [f"External fold (fold {ext['fold']}: {', '.join(ext['sources'])}, "
+             f"{ext['records']} records, never fitted on)   {'AUROC':>6} {'AUPRC':>6} "
+             f"{'F1':>6}  (test fold)"]
+    for name, pair in ext["rows"].items():
+        row, inside = pair["external"], pair["internal"]
+        if row is None:
+            lines.append(f"  {name:<28} not assessable (too few positives)")
+            continue
+        macro = row["macro"]
+        lines.append(f"  {name:<28} {_fmt(macro[K.AUROC])} {_fmt(macro[K.AUPRC])} "
+                     f"{_fmt(macro[K.F1])}  ({_fmt(inside['macro'][K.AUPRC]).strip()} AUPRC)")
+    stated = [p for p in ext["operating_points"] if p.get("confidence") is not None]
+    if stated:
+        met = sum(p["status"] == MET for p in stated)
+        flagged = [p["label"] for p in stated if p["status"] != MET]
+        lines.append(f"  stated-confidence targets on the external fold: {met} of "
+                     f"{len(stated)} met" + (f"; flagged: {', '.join(flagged)}" if flagged
+                                              else ""))
     return lines
 
 
@@ -757,6 +899,7 @@ def format_summary(result: EnsembleResult) -> str:
         lines.append(f"  {point_note}")
     if ROW_SEED not in result.rows:
         lines.append(f"  {NO_SEED_STYLE}")
+    lines += _external_lines(result.external)
     lines += _policy_lines(result.operating_points)
     lines.append(f"Calibration (test fold): ECE {result.ece_before:.4f} -> "
                  f"{result.ece_after:.4f}, Brier {result.brier_before:.4f} -> "

@@ -46,11 +46,12 @@ class Calibrated:
 
 def _calibrate(
     probs: np.ndarray, y: np.ndarray, opts: FitOptions, groups: Sequence[Any] | None,
-    label_names: Sequence[str] | None = None,
+    label_names: Sequence[str] | None = None, sources: np.ndarray | None = None,
 ) -> Calibrated:
     calibrator = PerLabelCalibrator(
-        methods=opts.calibration_methods, cv=opts.calibration_cv, seed=opts.seed
-    ).fit(probs, y)
+        methods=opts.calibration_methods, cv=opts.calibration_cv, seed=opts.seed,
+        rule=opts.select_by if sources is not None else "all",
+    ).fit(probs, y, sources=sources)
     calibrated = calibrator.predict(probs)
     names = list(label_names) if label_names is not None else [str(j) for j in
                                                                range(y.shape[1])]
@@ -104,15 +105,27 @@ def fit_ensemble(
     opts: FitOptions | None = None,
     groups: Sequence[Any] | None = None,
     label_names: Sequence[str] | None = None,
+    sources: Any = None,
 ) -> FittedEnsemble:
     """Select on (M, N, C) ensemble-fold probabilities, calibrate the selected average per label,
     fit thresholds on the calibrated probabilities, each label by its policy. ``groups``: one
     group id per label (the challenge policy's partial credit); ``label_names`` are needed
-    when the options name per-label policies."""
+    when the options name per-label policies; ``sources`` (N,), each record's source, when
+    ``opts.select_by`` is worst-source or mean-source."""
     opts = opts or FitOptions()
-    selector = EnsembleSelector(opts).fit(member_probs, y, names=list(names))
+    by = _sources(opts, sources)
+    selector = EnsembleSelector(opts).fit(member_probs, y, names=list(names), sources=by)
     return FittedEnsemble(selector, _calibrate(selector.predict(member_probs), y, opts, groups,
-                                               label_names))
+                                               label_names, by))
+
+
+def _sources(opts: FitOptions, sources: Any) -> np.ndarray | None:
+    """The records' sources when the options select by source, else None."""
+    if opts.select_by == "all":
+        return None
+    if sources is None:
+        raise ValueError(f"select_by {opts.select_by!r} needs each record's source")
+    return np.asarray(sources).astype(str)
 
 
 def fit_average(
@@ -121,8 +134,9 @@ def fit_average(
     opts: FitOptions | None = None,
     groups: Sequence[Any] | None = None,
     label_names: Sequence[str] | None = None,
+    sources: Any = None,
 ) -> FittedAverage:
     """The uniform average of all members, calibrated and thresholded like the ensemble."""
     opts = opts or FitOptions()
     return FittedAverage(_calibrate(uniform_average(member_probs), y, opts, groups,
-                                    label_names))
+                                    label_names, _sources(opts, sources)))

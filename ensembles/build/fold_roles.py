@@ -12,10 +12,11 @@ from typing import Any
 
 from ecgtune.ensembles.errors import EnsembleError
 
-__all__ = ["ENSEMBLE", "TEST", "fold_of_role"]
+__all__ = ["ENSEMBLE", "EXTERNAL", "TEST", "fold_of_role"]
 
 ENSEMBLE = "ensemble"  # selection, calibration and thresholds of the ensemble
 TEST = "test"  # reported once, never fitted on
+EXTERNAL = "external"  # held-out sources: reported beside the test fold, never fitted on
 
 
 def fold_of_role(manifest: Mapping[str, Any], role: str) -> int:

@@ -16,7 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from ecgtune.ensembles.build.selection_metrics import SELECTION_METRICS, SelectionMetric
+from ecgtune.ensembles.build.selection_metrics import (
+    SELECTION_METRICS,
+    SelectionMetric,
+    by_source,
+)
 from ecgtune.ensembles.options import FitOptions
 
 __all__ = [
@@ -105,11 +109,19 @@ class EnsembleSelector:
     def metric(self) -> str:
         return self.options.metric
 
+    def _scorer(self) -> SelectionMetric:
+        """The metric, per source of the fitting records when ``select_by`` asks for it."""
+        metric = _get_metric(self.metric)
+        sources = getattr(self, "_sources", None)
+        if self.options.select_by == "all" or sources is None:
+            return metric
+        return by_source(metric, sources, self.options.select_by)
+
     def _greedy(
         self, probs: np.ndarray, y: np.ndarray, pool: np.ndarray, scores: np.ndarray
     ) -> tuple[np.ndarray, list[float]]:
         """Selection restricted to member indices ``pool``; returns counts (M,) and history."""
-        metric = _get_metric(self.metric)
+        metric = self._scorer()
         counts = np.zeros(len(probs), dtype=np.int64)
         ranked = pool[np.argsort(-scores[pool], kind="stable")]
         # Start: the best-scoring prefix of the ranking (prefix 1 is the best member).
@@ -141,16 +153,24 @@ class EnsembleSelector:
         return counts, history
 
     def fit(
-        self, member_probs: Any, y: Any, names: Sequence[str] | None = None
+        self, member_probs: Any, y: Any, names: Sequence[str] | None = None,
+        sources: Any = None,
     ) -> EnsembleSelector:
-        """Select on member probabilities (M, N, C) and labels (N, C); returns ``self``."""
+        """Select on member probabilities (M, N, C) and labels (N, C); returns ``self``.
+        ``sources`` (N,): each record's source, for ``select_by`` worst-source/mean-source
+        (every score, the members' included, is then that rule over the sources)."""
         probs, y = _check_inputs(member_probs, y)
         n_members = len(probs)
         if n_members == 0:
             raise ValueError("need at least one member")
         if names is not None and len(names) != n_members:
             raise ValueError(f"got {len(names)} names for {n_members} members")
-        metric = _get_metric(self.metric)
+        if self.options.select_by != "all":
+            if sources is None or len(sources) != probs.shape[1]:
+                raise ValueError(f"select_by {self.options.select_by!r} needs one source per "
+                                 "record")
+            self._sources = np.asarray(sources).astype(str)
+        metric = self._scorer()
         member_scores = _score_batch(metric, y, probs)
         if not np.isfinite(member_scores).any():
             raise ValueError(f"metric {self.metric!r} is undefined on the fitting data")
@@ -187,7 +207,7 @@ class EnsembleSelector:
         self.bagging_fallback_ = False
         if self.options.bags == 0:
             return self._greedy(probs, y, everyone, member_scores)
-        metric = _get_metric(self.metric)
+        metric = self._scorer()
         rng = np.random.default_rng(self.options.seed)
         bag_size = max(1, round(self.options.bag_fraction * n_members))
         counts = np.zeros(n_members, dtype=np.int64)
@@ -228,7 +248,7 @@ class EnsembleSelector:
             "history": [float(h) for h in self.history_],
             "params": {"init_size": o.init_size, "max_rounds": o.max_rounds, "bags": o.bags,
                        "bag_fraction": o.bag_fraction, "seed": o.seed, "tol": o.tol,
-                       "uniform_candidate": o.uniform_candidate},
+                       "uniform_candidate": o.uniform_candidate, "select_by": o.select_by},
         }
         if hasattr(self, "chosen_"):
             out |= {"chosen": self.chosen_, "selection_score": float(self.selection_score_),

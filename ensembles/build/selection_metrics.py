@@ -6,6 +6,7 @@ takes its defaults from the options).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 from ecgtune.ensembles.evaluate import scores
 from ecgtune.search import metrics
 
-__all__ = ["SELECTION_METRICS", "SelectionMetric"]
+__all__ = ["SELECTION_METRICS", "SelectionMetric", "by_source"]
 
 SelectionMetric = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -42,3 +43,20 @@ SELECTION_METRICS: dict[str, SelectionMetric] = {
     "neg_log_loss": _neg_log_loss,
     "neg_brier": _neg_brier,
 }
+
+
+def by_source(metric: SelectionMetric, sources: np.ndarray, rule: str) -> SelectionMetric:
+    """``metric`` per source of the records (``sources``: (N,) names), then the worst (rule
+    ``worst-source``) or mean (``mean-source``) over the sources where it is defined; NaN
+    where it is defined for none."""
+    masks = [sources == s for s in np.unique(sources)]
+    if rule not in ("worst-source", "mean-source"):
+        raise ValueError(f"unknown source rule {rule!r}; valid: worst-source, mean-source")
+
+    def scored(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        per = np.stack([np.asarray(metric(y[m], probs[:, m]), np.float64) for m in masks])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+            return np.nanmin(per, axis=0) if rule == "worst-source" else np.nanmean(per, axis=0)
+
+    return scored

@@ -42,6 +42,7 @@ __all__ = [
     "Section",
     "calibration_summary",
     "fixed",
+    "internal_external_section",
     "jsonable",
     "members_section",
     "operating_point_section",
@@ -380,7 +381,8 @@ def operating_point_section(points: Sequence[Mapping[str, Any]], row_name: str) 
                     f"{p['fitted_n']})"]
         body.append((*row, achieved, p["status"]))
     below = [p["label"] for p in points if p["status"] == BELOW]
-    bullets = (f"Below target (the whole CI under it): {', '.join(below)}",) if below else ()
+    bullets: tuple[str, ...] = (
+        (f"Below target (the whole CI under it): {', '.join(below)}",) if below else ())
     fell_back = [p["label"] for p in points if p.get("fallback")]
     if fell_back:
         bullets += (f"Too few records on the fitting fold for the stated confidence (plain "
@@ -400,6 +402,32 @@ def operating_point_section(points: Sequence[Mapping[str, Any]], row_name: str) 
     return Section(
         f"Operating points of the {row_name} (thresholds by policy)",
         paragraphs=tuple(paragraphs), header=header, body=tuple(body), bullets=bullets)
+
+
+def internal_external_section(rows: Mapping[str, tuple[Mapping[str, Any],
+                                                      Mapping[str, Any] | None]],
+                              internal: str, external: str) -> Section:
+    """Each model's macro metrics (with CIs) on the internal test fold beside the external
+    fold (held-out sources, never fitted on), and the drop from one to the other. ``rows``:
+    model -> (test-fold row, external row or None when nothing there is assessable)."""
+    metrics = (K.AUROC, K.AUPRC, K.F1)
+    body = []
+    for name, (inside, outside) in rows.items():
+        for where, row in (("internal", inside), ("external", outside)):
+            if row is None:
+                body.append((name, where, *(NOT_ASSESSABLE for _ in metrics), "–"))
+                continue
+            drop = "–"
+            if where == "external" and row["macro"].get(K.AUPRC) is not None:
+                drop = fixed(row["macro"][K.AUPRC] - inside["macro"][K.AUPRC])
+            body.append((name, where, *(_cell(row, m) for m in metrics), drop))
+    return Section(
+        "Internal vs external (95% CI)",
+        paragraphs=(f"Internal: {internal}. External: {external}: sources held out whole by "
+                    "`ecgtune prep --holdout-source`, never trained, validated or calibrated "
+                    "on. The last column is external minus internal macro AUPRC.",),
+        header=("model", "fold", *(_TITLES[m] for m in metrics), "AUPRC change"),
+        body=tuple(body))
 
 
 def source_section(by_source: Mapping[str, Mapping[str, Any] | None],
