@@ -163,10 +163,14 @@ class TrackingServer:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         if self.auth_uri is not None:
             ini = self.workdir / "basic_auth.ini"
+            # Without the credential cache every request pays a scrypt check (~75 ms of
+            # server CPU here), and a search plus an ensemble send thousands of requests.
+            # Only successful checks are cached, so refused credentials are checked each time.
             ini.write_text(
                 "[mlflow]\ndefault_permission = READ\n"
                 f"database_uri = {self.auth_uri}\n"
                 f"admin_username = {ADMIN[0]}\nadmin_password = {ADMIN[1]}\n"
+                "auth_cache_ttl_seconds = 600\n"
             )
             env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
             env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secrets.token_hex(16)
