@@ -161,6 +161,9 @@ class TrackingServer:
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        # MLflow's job runner (GenAI jobs; ecgtune submits none) is ten more processes that
+        # each import MLflow: ~10 s of CPU and seconds of start-up per server start.
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         if self.auth_uri is not None:
             ini = self.workdir / "basic_auth.ini"
             # Without the credential cache every request pays a scrypt check (~75 ms of
