@@ -390,14 +390,21 @@ def trial_index(trial: Any) -> int:
 
 
 def trial_run_name(index: int, config: dict[str, Any]) -> str:
-    """Readable child-run names, e.g. `t007 concat d6-5-4-3 w128`."""
+    """Readable child-run names, e.g. `t007 concat d6-5-4-3 w128`, `t008 late ssm w64 100Hz
+    limb6` (a state-space trunk, the input when it is not the stored 500 Hz, 12 leads)."""
     depths = config.get("branch.depths")
     depths = "-".join(map(str, depths)) if isinstance(depths, (list, tuple)) else depths
     parts = [f"t{index:03d}", str(config.get("fusion", "?"))]
-    if depths is not None:
+    if config.get("branch.kind") == "ssm":
+        parts.append("ssm")
+    elif depths is not None:
         parts.append(f"d{depths}")
     if "branch.width" in config:
         parts.append(f"w{config['branch.width']}")
+    if str(config.get("input.fs", 500)) != "500":
+        parts.append(f"{config['input.fs']}Hz")
+    if config.get("input.leads", "all12") != "all12":
+        parts.append(str(config["input.leads"]))
     return " ".join(parts)
 
 
