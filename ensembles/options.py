@@ -67,6 +67,10 @@ def _bag_fraction_problem(value: float) -> str | None:
     return None if 0.0 < value <= 1.0 else f"bag_fraction must be in (0, 1], got {value}"
 
 
+def _refer_rate_problem(value: float) -> str | None:
+    return None if 0.0 <= value < 1.0 else f"--refer-rate must be in [0, 1), got {value:g}"
+
+
 @dataclass(frozen=True)
 class FitOptions:
     """Selection, calibration and threshold settings, all fitted on the ensemble fold."""
@@ -110,6 +114,12 @@ class FitOptions:
     min_positives: int = option(5, minimum=1, metavar="N", help="labels with fewer positives "
                                 "on the ensemble fold keep the fallback threshold (0.5)")
     fallback: float = option(0.5, cli=False, help="threshold of labels with few positives")
+    refer_rate: float = option(0.0, check=_refer_rate_problem, metavar="R", help="refer the "
+                               "R most uncertain records (members disagree, or calibrated "
+                               "probabilities sit near their thresholds) instead of deciding "
+                               "them: the cut that refers R of the ensemble fold, applied by "
+                               "predict, the pyfunc model and the ONNX graph (a per-record "
+                               "refer flag); 0: never refer")
 
     option_error: ClassVar[type[Exception]] = EnsembleOptionError
 

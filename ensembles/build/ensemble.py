@@ -98,6 +98,8 @@ class EnsembleResult:
     # The held-out sources' fold, when prep made one (`_external_report`): fold, sources,
     # records, the ensemble's and best trial's rows there, and its operating points.
     external: dict[str, Any] | None = None
+    # --refer-rate: the rule and, per fold role, `referral.referral_summary`.
+    referral: dict[str, Any] | None = None
 
     @property
     def weights(self) -> dict[str, float]:
@@ -428,6 +430,7 @@ def _predictor(fitted: Any, mem: _Members, folds: _Folds, opts: EnsembleOptions)
         fitted.selector.weights_[chosen], fitted.calibrator, fitted.thresholds,
         folds.label_names, mem.inputs, opts.n_windows, label_map=label_map.name,
         label_groups=label_map.group_indices(), group_names=label_map.group_names,
+        referral=fitted.referral,
     )
 
 
@@ -596,6 +599,7 @@ def _mlflow_params(opts: EnsembleOptions, mem: _Members, fitted: Any, weights: d
         "top_k": opts.top_k, "members_considered": len(mem.members), "metric": fit.metric,
         "init_size": fit.init_size, "bags": fit.bags, "seed": fit.seed,
         "n_windows": opts.n_windows, "threshold_policy": fit.threshold_policy,
+        "select_by": fit.select_by, "refer_rate": fit.refer_rate,
         "threshold_policy_for": ",".join(fit.threshold_policy_for),
         "device": str(mem.device), "precision": opts.precision,
         "selection_chosen": fitted.selector.chosen_,
@@ -640,7 +644,8 @@ def _log_artifacts(opts: EnsembleOptions, uri: str, client: Any, search: Any, ru
                                          if opts.register else ""))
     return log_pyfunc_model(client, uri, run_id, bundle_dir, folds.label_names,
                             mem.inputs.n_samples, opts.register,
-                            tags=_model_tags(opts, search, run_id, folds))
+                            tags=_model_tags(opts, search, run_id, folds),
+                            refer=opts.fit.refer_rate > 0)
 
 
 def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: list,
@@ -680,6 +685,7 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
     member_rows = _member_rows(client, mem, summaries)
     ext_report = (_external_report(opts, folds, external, mem, fitted, rows, y_test)
                   if external is not None else None)
+    referral = _referral_report(folds, external, mem, fitted, test_probs)
     stage(f"writing the test-fold report ({opts.n_boot} bootstrap resamples per model)")
     with tempfile.TemporaryDirectory(prefix="ecgtune-report-") as tmp:
         extra_figures = _budget_figures(opts, candidates, Path(tmp) / "report")
@@ -695,7 +701,8 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
             calibrated_row=ROW_ENSEMBLE, policies=fitted.calibration.policies,
             members=member_rows, member_metric=opts.fit.metric, extra_figures=extra_figures,
             bounds=fitted.calibration.bounds,
-            extra_sections=ext_report["sections"] if ext_report else (),
+            extra_sections=[*(ext_report["sections"] if ext_report else ()),
+                            *([referral["section"]] if referral else [])],
         )
         if ext_report:
             _write_external_json(Path(tmp) / "report", ext_report)
@@ -718,7 +725,7 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
     log_batch(client, run_id,
               _mlflow_params(opts, mem, fitted, weights, bundle_dir, folds.label_names),
               {**_mlflow_metrics(rows, results, calibration, selector),
-               **_external_metrics(ext_report)})
+               **_external_metrics(ext_report), **_referral_metrics(referral)})
     model = _log_artifacts(opts, uri, client, search, run_id, folds, mem, bundle_dir,
                            candidates, member_rows)
     return EnsembleResult(
@@ -735,7 +742,44 @@ def _build(opts: EnsembleOptions, uri: str, client: Any, search: Any, trials: li
         test_probabilities=test_probs, predictor=predictor, operating_points=points,
         row_thresholds={r.name: r.thresholds_by for r in rows},
         external=_external_summary(ext_report),
+        referral=({k: v for k, v in referral.items() if k != "section"} if referral else None),
     )
+
+
+def _referral_report(folds: _Folds, external: Any | None, mem: _Members, fitted: Any,
+                     test_probs: np.ndarray) -> dict[str, Any] | None:
+    """With --refer-rate: who the rule refers on the test fold and the external fold, with
+    coverage and error rates (`referral.referral_summary`), and the report's section."""
+    from ecgtune.ensembles.build.referral import referral_summary
+    from ecgtune.ensembles.evaluate.report import referral_section
+
+    if fitted.referral is None:
+        return None
+    summaries = {TEST: referral_summary(folds.labels(TEST), test_probs, fitted.thresholds,
+                                        fitted.refer(mem.probs[TEST]))}
+    where = {TEST: f"test (fold {folds.numbers[TEST]})"}
+    if external is not None:
+        summaries[EXTERNAL] = referral_summary(
+            external.labels.astype(bool), fitted.predict(mem.probs[EXTERNAL]),
+            fitted.thresholds, fitted.refer(mem.probs[EXTERNAL]))
+        where[EXTERNAL] = f"external (fold {int(external.folds[0])})"
+    rule = fitted.referral.to_dict()
+    section = referral_section({where[k]: s for k, s in summaries.items()}, rule["rate"],
+                               rule["threshold"])
+    return {"rule": rule, "folds": summaries, "section": section}
+
+
+def _referral_metrics(referral: dict[str, Any] | None) -> dict[str, float]:
+    """``test/referral_coverage``, ``test/referral_error_kept`` (and external/...)."""
+    if not referral:
+        return {}
+    out = {}
+    for role, summary in referral["folds"].items():
+        for key, name in (("coverage", "coverage"), ("error_kept", "error_kept"),
+                          ("error_all", "error_all")):
+            if summary[key]["value"] is not None:
+                out[f"{role}/referral_{name}"] = float(summary[key]["value"])
+    return out
 
 
 def _external_report(opts: EnsembleOptions, folds: _Folds, external: Any, mem: _Members,
@@ -838,6 +882,22 @@ def _policy_lines(points: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _referral_lines(referral: dict[str, Any] | None) -> list[str]:
+    if not referral:
+        return []
+
+    def share(s: dict[str, Any]) -> str:
+        return ("-" if s["value"] is None else
+                f"{s['value']:.3f} [{s['low']:.3f}, {s['high']:.3f}]")
+
+    lines = [f"Referral: {referral['rule']['rate']:g} of the ensemble fold referred (uncertainty "
+             f">= {referral['rule']['threshold']:.4g})"]
+    for role, s in referral["folds"].items():
+        lines.append(f"  {role:<9} coverage {share(s['coverage'])}, record error among kept "
+                     f"{share(s['error_kept'])} (all records {share(s['error_all'])})")
+    return lines
+
+
 def _external_lines(ext: dict[str, Any] | None) -> list[str]:
     """The external fold beside the test fold, and its confidence-bounded operating points."""
     from ecgtune.ensembles.evaluate.report import MET
@@ -900,6 +960,7 @@ def format_summary(result: EnsembleResult) -> str:
     if ROW_SEED not in result.rows:
         lines.append(f"  {NO_SEED_STYLE}")
     lines += _external_lines(result.external)
+    lines += _referral_lines(result.referral)
     lines += _policy_lines(result.operating_points)
     lines.append(f"Calibration (test fold): ECE {result.ece_before:.4f} -> "
                  f"{result.ece_after:.4f}, Brier {result.brier_before:.4f} -> "

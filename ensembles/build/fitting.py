@@ -22,6 +22,7 @@ from ecgtune.ensembles.build.policies import (
     confidence_bounds,
     fit_policy_thresholds,
 )
+from ecgtune.ensembles.build.referral import Referral, fit_referral, referral_scores
 from ecgtune.ensembles.build.selection import EnsembleSelector, uniform_average
 from ecgtune.ensembles.options import FitOptions
 
@@ -70,6 +71,7 @@ def _calibrate(
 class FittedEnsemble:
     selector: EnsembleSelector
     calibration: Calibrated
+    referral: Referral | None = None  # --refer-rate: chosen on the same fold
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -84,6 +86,20 @@ class FittedEnsemble:
 
     def predict(self, member_probs: np.ndarray) -> np.ndarray:
         return self.calibration.predict(self.selector.predict(member_probs))
+
+    def referral_scores(self, member_probs: np.ndarray) -> np.ndarray:
+        """(N,) uncertainty of each record (`referral.referral_scores`) over the selected
+        members, as the exported predictor computes it."""
+        chosen = self.selector.selected_
+        return referral_scores(np.asarray(member_probs)[chosen],
+                               self.selector.weights_[chosen], self.predict(member_probs),
+                               self.thresholds)
+
+    def refer(self, member_probs: np.ndarray) -> np.ndarray | None:
+        """(N,) refer flags, or None without a referral."""
+        if self.referral is None:
+            return None
+        return self.referral.refer(self.referral_scores(member_probs))
 
 
 @dataclass
@@ -115,8 +131,11 @@ def fit_ensemble(
     opts = opts or FitOptions()
     by = _sources(opts, sources)
     selector = EnsembleSelector(opts).fit(member_probs, y, names=list(names), sources=by)
-    return FittedEnsemble(selector, _calibrate(selector.predict(member_probs), y, opts, groups,
-                                               label_names, by))
+    calibration = _calibrate(selector.predict(member_probs), y, opts, groups, label_names, by)
+    fitted = FittedEnsemble(selector, calibration)
+    if opts.refer_rate > 0:
+        fitted.referral = fit_referral(fitted.referral_scores(member_probs), opts.refer_rate)
+    return fitted
 
 
 def _sources(opts: FitOptions, sources: Any) -> np.ndarray | None:

@@ -47,6 +47,7 @@ __all__ = [
     "members_section",
     "operating_point_section",
     "operating_points",
+    "referral_section",
     "render_html",
     "render_markdown",
     "source_section",
@@ -428,6 +429,32 @@ def internal_external_section(rows: Mapping[str, tuple[Mapping[str, Any],
                     "on. The last column is external minus internal macro AUPRC.",),
         header=("model", "fold", *(_TITLES[m] for m in metrics), "AUPRC change"),
         body=tuple(body))
+
+
+def _share(s: Mapping[str, Any]) -> str:
+    if s.get("value") is None:
+        return "–"
+    return (f"{fixed(s['value'])} [{fixed(s['low'])}, {fixed(s['high'])}] "
+            f"({s['count']} of {s['n']})")
+
+
+def referral_section(summaries: Mapping[str, Mapping[str, Any]], rate: float,
+                     threshold: float) -> Section:
+    """Coverage and record error rates with and without referral, per fold (``summaries``:
+    fold description -> `referral.referral_summary`)."""
+    body = tuple((where, _share(s["coverage"]), _share(s["error_kept"]),
+                  _share(s["error_referred"]), _share(s["error_all"]))
+                 for where, s in summaries.items())
+    return Section(
+        "Referral (exact 95% CI)",
+        paragraphs=(f"A record is referred to a human when its uncertainty (over its labels, "
+                    f"the members' logit spread minus the calibrated probability's logit "
+                    f"distance to the threshold) is >= {threshold:.4g}, the cut that referred "
+                    f"{rate:g} of the ensemble fold. Coverage is the share of records kept; "
+                    "an error is a record with any label decided wrong.",),
+        header=("fold", "coverage", "error among kept", "error among referred",
+                "error without referral"),
+        body=body)
 
 
 def source_section(by_source: Mapping[str, Mapping[str, Any] | None],

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ecgtune.ensembles.build.calibration import Calibrator, PerLabelCalibrator
+from ecgtune.ensembles.build.referral import Referral
 from ecgtune.ensembles.errors import BundleChecksumError, BundleError, BundleFormatError
 from ecgtune.ensembles.ship.bundle_schema import (
     BUNDLE_FILE,
@@ -157,6 +158,7 @@ def save_bundle(
                        "(data_prep.fixed_windows); probabilities averaged over windows",
             "combine": "weighted mean of member probabilities, then per-label calibration",
             "decision": "label predicted when calibrated probability >= threshold",
+            **_referral_entry(predictor),
         },
         "members": members,
         "calibration": predictor.calibrator.to_dict(),
@@ -189,6 +191,11 @@ def save_bundle(
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     _replace(tmp, path)
     return path
+
+
+def _referral_entry(predictor: EnsemblePredictor) -> dict[str, Any]:
+    referral = getattr(predictor, "referral", None)
+    return {} if referral is None else {"referral": referral.to_dict()}
 
 
 def _fail_non_finite() -> None:
@@ -337,6 +344,8 @@ def load_bundle(
             group_names=[g["name"] for g in groups],
             device=device,
             precision=precision,
+            referral=(Referral.from_dict(meta["inference"]["referral"])
+                      if "referral" in meta["inference"] else None),
         )
     except BundleError:
         raise

@@ -108,6 +108,9 @@ RULES: tuple[Rule, ...] = (
          "input.normalization.std[0] = 0 is not > 0"),
     Rule("inference.n_windows", "an integer >= 1",
          "inference.n_windows = 0 is below 1"),
+    Rule("inference.referral", "absent (never refer), or {rate: a number in [0, 1), "
+         "threshold: a finite number}: refer a record whose uncertainty is >= threshold",
+         "inference.referral.rate = 1.5 is outside [0, 1)"),
     Rule("members", "a non-empty list", "members is empty: an ensemble needs a member"),
     Rule("members[i].name", "a non-empty string, unique",
          'members[1].name = "m0" repeats members[0].name'),
@@ -257,8 +260,19 @@ def check_bundle_json(meta: Any) -> None:
     n_samples = _input(meta)
     inference = _object(_key(meta, "inference", "inference"), "inference")
     _integer(_key(inference, "n_windows", "inference.n_windows"), "inference.n_windows", lo=1)
+    if "referral" in inference:
+        _referral(inference["referral"])
     _members(meta, len(names), n_samples)
     _calibration(meta, names)
+
+
+def _referral(value: Any) -> None:
+    path = "inference.referral"
+    referral = _object(value, path)
+    rate = _number(_key(referral, "rate", f"{path}.rate"), f"{path}.rate", lo=0.0, hi=1.0)
+    if rate >= 1.0:
+        _fail(f"{path}.rate", f"= {_show(rate)} is outside [0, 1)")
+    _number(_key(referral, "threshold", f"{path}.threshold"), f"{path}.threshold")
 
 
 def _labels(meta: dict[str, Any]) -> list[str]:

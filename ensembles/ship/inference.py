@@ -26,6 +26,7 @@ from torch import nn
 from ecgtune.components import ModelConfig
 from ecgtune.data_prep import fixed_windows, normalize
 from ecgtune.ensembles.build.calibration import PerLabelCalibrator
+from ecgtune.ensembles.build.referral import Referral, referral_scores
 from ecgtune.ensembles.options import DEFAULT_BATCH_SIZE, DEFAULT_WINDOWS, PRECISIONS
 from ecgtune.ensembles.ship.input_spec import NUM_LEADS, InputSpec
 from ecgtune.search.devices import resolve_device
@@ -195,7 +196,9 @@ class EnsemblePredictor:
     label sets. Built in process by the ensemble build and rebuilt by `load_bundle`.
 
     ``weights`` (one per member, > 0) are normalised to sum to one; the average is the same
-    ``tensordot`` the `EnsembleSelector` computes, so both agree to the last bit.
+    ``tensordot`` the `EnsembleSelector` computes, so both agree to the last bit. With a
+    ``referral`` (`ensembles.build.referral`), `predict_with_referral` also flags the records
+    to refer.
     """
 
     def __init__(
@@ -212,6 +215,7 @@ class EnsemblePredictor:
         group_names: Sequence[str] = (),
         device: str | torch.device = "cpu",
         precision: str = "fp32",
+        referral: Referral | None = None,
     ) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -241,6 +245,7 @@ class EnsemblePredictor:
         self.label_map = label_map
         self.label_groups = [list(g) for g in label_groups]
         self.group_names = list(group_names)
+        self.referral = referral
 
     @property
     def member_names(self) -> list[str]:
@@ -272,6 +277,19 @@ class EnsemblePredictor:
         """Calibrated probabilities (N, C), label-map order, for int16 (N, 12, n_samples);
         `lengths`: real samples per record (None: all full length)."""
         return self.calibrator.predict(self.predict_uncalibrated(signals, batch_size, lengths))
+
+    def predict_with_referral(
+        self, signals: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
+        lengths: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities (N, C) and the refer flags (N,) bool (all False without a
+        referral), from one pass of the members."""
+        members = self.member_probabilities(signals, batch_size, lengths)
+        probs = self.calibrator.predict(np.tensordot(self.weights, members, axes=1))
+        if self.referral is None:
+            return probs, np.zeros(len(probs), dtype=bool)
+        scores = referral_scores(members, self.weights, probs, self.thresholds)
+        return probs, self.referral.refer(scores)
 
     def predicted_labels(self, probs: np.ndarray) -> list[list[str]]:
         """Label names with ``p >= threshold``, per record, in label-map order."""

@@ -3,7 +3,9 @@
 The graph takes what the pyfunc model takes, int16 records (N, 12, n_samples) at the bundle's
 gain (and, optionally, ``lengths``: each record's real samples before prep's zero padding),
 and returns ``probabilities`` (N, C) float64, calibrated, label-map order, and
-``decisions`` (N, C) bool (probability >= the label's threshold). Inside, in the bundle's own
+``decisions`` (N, C) bool (probability >= the label's threshold); a bundle with a referral
+(`ensemble --refer-rate`) adds ``refer`` (N,) bool, computed in float64 as
+`ensembles.build.referral` does. Inside, in the bundle's own
 order: normalisation (each member's mode), the evenly spaced inference windows, every member
 (sigmoid, averaged over windows), the weighted member average, each label's calibrator and the
 thresholds. The post-member part runs in float64, as `EnsemblePredictor` does, so decisions
@@ -59,6 +61,7 @@ __all__ = [
     "LENGTHS_NAME",
     "ONNX_FORMAT",
     "OUTPUT_NAMES",
+    "REFER_NAME",
     "ExportOptions",
     "ExportResult",
     "OnnxExportError",
@@ -72,6 +75,7 @@ __all__ = [
     "read_metadata",
     "resolve_bundle",
     "run_session",
+    "run_session_refer",
     "sample_signals",
     "shard_signals",
 ]
@@ -84,6 +88,7 @@ INPUT_NAME = "signals"
 # record at full length, an initializer a caller may override.
 LENGTHS_NAME = "lengths"
 OUTPUT_NAMES = ("probabilities", "decisions")
+REFER_NAME = "refer"  # a third output when the bundle refers uncertain records
 ONNX_ARTIFACT_DIR = "onnx"
 ONNX_FILE = "model.onnx"
 
@@ -272,6 +277,7 @@ class EnsembleGraph(nn.Module):
     """`EnsemblePredictor.predict_signals` and its threshold decisions as one module."""
 
     thresholds: torch.Tensor
+    member_weights: torch.Tensor
 
     def __init__(self, predictor: EnsemblePredictor) -> None:
         super().__init__()
@@ -297,22 +303,39 @@ class EnsembleGraph(nn.Module):
         self.weights = [float(w) for w in predictor.weights]
         self.register_buffer("thresholds", torch.from_numpy(
             np.asarray(predictor.thresholds, np.float64).copy()))
+        referral = getattr(predictor, "referral", None)
+        self.refers = referral is not None
+        self.refer_at = float(referral.threshold) if referral is not None else 0.0
+        w = np.asarray(self.weights, np.float64)
+        self.register_buffer("member_weights", torch.from_numpy(w / w.sum()))
 
     def forward(self, signals: torch.Tensor, lengths: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, ...]:
         n = signals.shape[0]
         # One length per record, also when the graph's default (a single full length) is used.
         lengths = lengths.to(torch.int64) + torch.zeros_like(signals[:, 0, 0], dtype=torch.int64)
         windows = [inputs(signals, lengths) for inputs in self.inputs]  # shared by members
         total = None
+        means = []
         for model, which, w in zip(self.members, self.member_input, self.weights, strict=True):
             probs = torch.sigmoid(model(windows[which]).float())
             mean = probs.to(torch.float64).reshape(n, self.n_windows, -1).mean(dim=1)
+            means.append(mean)
             total = mean * w if total is None else total + mean * w
         assert total is not None
         calibrated = torch.stack(
             [c(total[:, i]) for i, c in enumerate(self.calibrators)], dim=1)
-        return calibrated, calibrated >= self.thresholds
+        decisions = calibrated >= self.thresholds
+        if not self.refers:
+            return calibrated, decisions
+        # `ensembles.build.referral.referral_scores`: member spread minus threshold margin.
+        z = torch.stack([_logit(m) for m in means])  # (M, N, C)
+        share = self.member_weights[:, None, None]
+        centre = (share * z).sum(dim=0)
+        spread = torch.sqrt((share * (z - centre) ** 2).sum(dim=0))
+        margin = torch.abs(_logit(calibrated) - _logit(self.thresholds))
+        score = (spread - margin).amax(dim=1)
+        return calibrated, decisions, score >= self.refer_at
 
 
 def build_graph_module(predictor: EnsemblePredictor) -> EnsembleGraph:
@@ -356,6 +379,11 @@ def onnx_metadata(bundle: Bundle) -> dict[str, str]:
         OUTPUT_NAMES[0]: "float64 (N, labels): calibrated probabilities, label order as labels",
         OUTPUT_NAMES[1]: "bool (N, labels): probability >= the label's threshold",
     }
+    referral = getattr(bundle, "referral", None)
+    if referral is not None:
+        outputs[REFER_NAME] = (f"bool (N,): refer the record (uncertainty >= "
+                               f"{referral.threshold:.6g}, chosen to refer {referral.rate:g} "
+                               "of the calibration fold)")
     return {
         "ecgtune.format": ONNX_FORMAT,
         "ecgtune.version": library_versions(("ecgtune",), prefix="").get("ecgtune", "unknown"),
@@ -367,6 +395,7 @@ def onnx_metadata(bundle: Bundle) -> dict[str, str]:
         "members": json.dumps({s.name: float(w) for (s, _), w
                                in zip(bundle.members, bundle.weights, strict=True)}),
         "n_windows": str(bundle.n_windows),
+        **({"referral": json.dumps(referral.to_dict())} if referral is not None else {}),
         "input": json.dumps(contract),
         "outputs": json.dumps(outputs),
         "bundle_sha256": _sha256_file(bundle.path / MANIFEST_FILE),
@@ -404,7 +433,8 @@ def _to_onnx(module: EnsembleGraph, n_samples: int, opset: int) -> Any:
             batch = torch.export.Dim("batch")
             program = torch.onnx.export(
                 module, (example, lengths), dynamo=True, input_names=[INPUT_NAME, LENGTHS_NAME],
-                output_names=list(OUTPUT_NAMES), opset_version=opset, verbose=False,
+                output_names=[*OUTPUT_NAMES, *([REFER_NAME] if module.refers else [])],
+                opset_version=opset, verbose=False,
                 dynamic_shapes=({0: batch}, {0: batch}), optimize=True,
             )
     except Exception as exc:
@@ -449,15 +479,32 @@ def run_session(session: Any, signals: np.ndarray, batch_size: int = 32,
                 lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, decisions) of an exported graph for int16 records, in batches;
     `lengths`: real samples per record (None: the graph's default, full length)."""
-    probs, decisions = [], []
+    probs, decisions, _ = _run(session, signals, batch_size, lengths, refer=False)
+    return probs, decisions
+
+
+def run_session_refer(session: Any, signals: np.ndarray, batch_size: int = 32,
+                      lengths: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probabilities, decisions, refer) of a graph exported from a bundle with a
+    referral."""
+    probs, decisions, refer = _run(session, signals, batch_size, lengths, refer=True)
+    assert refer is not None
+    return probs, decisions, refer
+
+
+def _run(session: Any, signals: np.ndarray, batch_size: int, lengths: np.ndarray | None,
+         refer: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    names = [*OUTPUT_NAMES, *([REFER_NAME] if refer else [])]
+    parts: list[list[np.ndarray]] = [[] for _ in names]
     for start in range(0, len(signals), batch_size):
         feed = {INPUT_NAME: signals[start:start + batch_size]}
         if lengths is not None:
             feed[LENGTHS_NAME] = np.asarray(lengths[start:start + batch_size], np.int64)
-        p, d = session.run(list(OUTPUT_NAMES), feed)
-        probs.append(p)
-        decisions.append(d)
-    return np.concatenate(probs), np.concatenate(decisions)
+        for part, value in zip(parts, session.run(names, feed), strict=True):
+            part.append(value)
+    out = [np.concatenate(p) for p in parts]
+    return out[0], out[1], out[2] if refer else None
 
 
 def sample_signals(n_records: int, n_samples: int, fs: int, seconds: float, seed: int = 0
@@ -504,7 +551,8 @@ def check_onnx(path: str | os.PathLike[str], bundle: EnsemblePredictor, signals:
                batch_size: int = 32) -> tuple[float, float]:
     """(max |probability difference|, fraction of equal decisions) of the graph against the
     bundle on ``signals``, at full length (the graph's default) and at real lengths that
-    exercise the short-record windows."""
+    exercise the short-record windows. With a referral the refer flags count as decisions
+    too."""
     try:
         bundle.inputs.check(signals)
     except ValueError as exc:  # e.g. --check-data prepared at another rate or length
@@ -515,9 +563,10 @@ def check_onnx(path: str | os.PathLike[str], bundle: EnsemblePredictor, signals:
     cases = [(signals, None),
              (short, check_lengths(len(short), bundle.inputs.n_samples, crop))]
     diff, agree, total = 0.0, 0.0, 0
+    refers = getattr(bundle, "referral", None) is not None
     for records, lengths in cases:
-        expected = bundle.predict_signals(records, lengths=lengths)
-        probs, decisions = run_session(session, records, batch_size, lengths)
+        expected, expected_refer = bundle.predict_with_referral(records, lengths=lengths)
+        probs, decisions, refer = _run(session, records, batch_size, lengths, refers)
         if probs.shape != expected.shape:
             raise OnnxExportError(f"the graph returned {probs.shape} probabilities, the "
                                   f"bundle {expected.shape}")
@@ -526,6 +575,9 @@ def check_onnx(path: str | os.PathLike[str], bundle: EnsemblePredictor, signals:
             diff = worst if (np.isnan(worst) or worst > diff) else diff  # NaN must fail
             agree += float(np.sum(decisions == (expected >= bundle.thresholds)))
             total += decisions.size
+            if refer is not None:
+                agree += float(np.sum(refer == expected_refer))
+                total += refer.size
     return diff, agree / total if total else 1.0
 
 

@@ -79,6 +79,8 @@ class PredictionResult:
     warnings: list[RecordIssue] = field(default_factory=list)
     # The bundle's training data by source database (its data manifest); {} when unrecorded.
     trained_on: dict[str, int] = field(default_factory=dict)
+    # Per record, refer it to a human (uncertain); None when the bundle does not refer.
+    refer: list[bool] | None = None
 
     @property
     def synthetic_model(self) -> bool:
@@ -156,6 +158,8 @@ def predict_records(
         (getattr(bundle, "metadata", {}).get("fit") or {}).get("trained_on") or {}))
     first_source: dict[str, str] = {}
     probs: list[np.ndarray] = []
+    refers = getattr(bundle, "referral", None) is not None
+    refer: list[np.ndarray] = []
     bar = tqdm(total=len(headers), desc="predict", unit="record", disable=not progress)
     for start in range(0, len(headers), batch_size):
         names, sources, signals, lengths, quality = [], [], [], [], []
@@ -186,8 +190,14 @@ def predict_records(
             lengths.append(checked.length)
             quality.append(";".join(checked.warnings))
         if signals:
-            probs.append(bundle.predict_signals(np.stack(signals), batch_size=batch_size,
-                                                lengths=np.array(lengths)))
+            if refers:
+                p, r = bundle.predict_with_referral(np.stack(signals), batch_size=batch_size,
+                                                    lengths=np.array(lengths))
+                probs.append(p)
+                refer.append(r)
+            else:
+                probs.append(bundle.predict_signals(np.stack(signals), batch_size=batch_size,
+                                                    lengths=np.array(lengths)))
             result.records += names
             result.sources += sources
             result.quality += quality
@@ -196,12 +206,15 @@ def predict_records(
     n_labels = len(result.label_names)
     result.probabilities = np.concatenate(probs) if probs else np.zeros((0, n_labels))
     result.predicted = bundle.predicted_labels(result.probabilities)
+    if refers:
+        result.refer = [bool(x) for part in refer for x in part]
     return result
 
 
 # Where a model's training records came from, on every answer it gives (the CSV's column, the
 # pyfunc model's column for a model trained on synthetic records).
 TRAINED_ON_COLUMN = "model_trained_on"
+REFER_COLUMN = "refer"
 # Probabilities in the CSV: six decimals. Enough to rank records and to recompute any metric
 # (the calibrators' own resolution is coarser), no float noise such as 0.30000000000000004,
 # and the calibration's 1e-7 floor reads 0.000000 instead of 1e-07. `predicted` is decided on
@@ -223,12 +236,18 @@ def write_predictions_csv(result: PredictionResult, path: str | os.PathLike[str]
         writer = csv.writer(fh)
         # `model_trained_on` on every row: a row copied elsewhere still says where its model
         # came from ("synthetic:3000" is a pipeline check, not a diagnosis).
-        writer.writerow(["record", *result.label_names, "predicted", "quality",
+        # `refer` only from a bundle that refers (`ensemble --refer-rate`): 1 sends the
+        # record to a human, its labels then being the model's guess.
+        refer = [] if result.refer is None else [REFER_COLUMN]
+        writer.writerow(["record", *result.label_names, "predicted", "quality", *refer,
                          TRAINED_ON_COLUMN])
         quality = result.quality or [""] * len(result.records)
-        for name, row, labels, warned in zip(result.records, result.probabilities,
-                                             result.predicted, quality, strict=True):
+        flags = result.refer if result.refer is not None else [False] * len(result.records)
+        for name, row, labels, warned, flag in zip(result.records, result.probabilities,
+                                                   result.predicted, quality, flags,
+                                                   strict=True):
             writer.writerow([name, *(PROBABILITY_FORMAT.format(float(p)) for p in row),
-                             ";".join(labels), warned, result.trained_on_text])
+                             ";".join(labels), warned, *([int(flag)] if refer else []),
+                             result.trained_on_text])
     os.replace(tmp, path)
     return path

@@ -9,9 +9,11 @@ Input: int16 array (N, 12, n_samples), records preprocessed as `ecgtune prep` st
 integer dtypes within int16's range are taken, floats and other shapes are refused with one
 message (`InputSpec.signals_from`; HTTP 400 over REST); optional parameter `lengths` (one per
 record: samples of real signal before prep's zero padding; default: all full length). Output: a
-DataFrame with one calibrated probability column per label, in label-map order; a model trained
-on synthetic records adds the column `model_trained_on` (e.g. "synthetic:3000"), so that every
-answer it gives says so, over REST too. Over REST (``mlflow models serve``)::
+DataFrame with one calibrated probability column per label, in label-map order; a bundle built
+with `--refer-rate` adds the bool column `refer` (the record's uncertainty calls for a human,
+as `ecgtune predict` and the ONNX graph decide it); a model trained on synthetic records adds
+the column `model_trained_on` (e.g. "synthetic:3000"), so that every answer it gives says so,
+over REST too. Over REST (``mlflow models serve``)::
 
     POST /invocations  {"inputs": [[[...n_samples ints...] x 12 leads] x N records]}
     -> {"predictions": [{"AFIB": 0.01, ..., "WPW": 0.002}, ...]}
@@ -54,11 +56,13 @@ class EnsembleBundleModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defin
         # `length` column); their windows then cover real signal only, as in `predict`.
         lengths = (params or {}).get("lengths")
         try:
-            probs = self.bundle.predict_signals(
+            probs, refer = self.bundle.predict_with_referral(
                 signals, lengths=np.asarray(lengths) if lengths else None)
         except ValueError as exc:  # lengths that do not fit the records
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
         frame = pd.DataFrame(probs, columns=self.bundle.label_names)
+        if self.bundle.referral is not None:
+            frame[REFER_COLUMN] = refer
         note = synthetic_note(self.bundle)
         if note is not None:
             frame[TRAINED_ON_COLUMN] = note
@@ -75,6 +79,7 @@ def synthetic_note(bundle: Any) -> str | None:
 
 
 TRAINED_ON_COLUMN = "model_trained_on"  # as ensembles.ship.predict's CSV column
+REFER_COLUMN = "refer"  # as ensembles.ship.predict's CSV column
 
 
 mlflow.models.set_model(EnsembleBundleModel())

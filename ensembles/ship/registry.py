@@ -113,12 +113,13 @@ def log_batch(
 
 
 def model_signature(label_names: Sequence[str], n_samples: int,
-                    synthetic: bool = False) -> Any:
+                    synthetic: bool = False, refer: bool = False) -> Any:
     """Input: int16 records (-1, 12, n_samples) (as `prep` stores them), and the
     optional parameter `lengths` (real samples per record, as `prep` stores them in its
     `length` column; empty: every record full length); output: one float64 probability column
-    per label, label-map order, and for a model trained on ``synthetic`` records the string
-    column `model_trained_on` (`pyfunc_model.synthetic_note`).
+    per label, label-map order, the bool column `refer` for a bundle that refers uncertain
+    records, and for a model trained on ``synthetic`` records the string column
+    `model_trained_on` (`pyfunc_model.synthetic_note`).
 
     The input is not declared as a schema: MLflow would cast a JSON request's floats to int16
     without a word (mV values become a record of zeros) and refuse other shapes with a message
@@ -128,6 +129,8 @@ def model_signature(label_names: Sequence[str], n_samples: int,
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
     columns: list[ColSpec | TensorSpec] = [ColSpec("double", name) for name in label_names]
+    if refer:
+        columns.append(ColSpec("boolean", "refer"))
     if synthetic:
         columns.append(ColSpec("string", "model_trained_on"))
     return ModelSignature(
@@ -201,6 +204,7 @@ def log_pyfunc_model(
     n_samples: int,
     register: str | None = None,
     tags: Mapping[str, str] | None = None,
+    refer: bool = False,
 ) -> RegisteredModel:
     """Log the bundle as a pyfunc model of the run; with ``register``, register it and point
     the ``champion`` alias at the new version."""
@@ -212,7 +216,7 @@ def log_pyfunc_model(
             python_model=str(PYFUNC_CODE),
             artifacts={"bundle": str(Path(bundle_dir).resolve())},
             signature=model_signature(label_names, n_samples, synthetic=(
-                tags or {}).get("ecgtune.trained_on") == "synthetic"),
+                tags or {}).get("ecgtune.trained_on") == "synthetic", refer=refer),
             pip_requirements=pip_requirements(),
             registered_model_name=register,
             await_registration_for=60,

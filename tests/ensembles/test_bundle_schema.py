@@ -243,6 +243,11 @@ def _input(meta: dict[str, Any]) -> st.SearchStrategy[Mutation]:
         _set("inference.n_windows", ("inference", "n_windows"),
              [0, -1, 1.5, "2", None, True, DELETE]),
         _set("inference.n_windows", ("inference",), [DELETE, "x"]),
+        _set("inference.referral", ("inference", "referral"),
+             ["x", [], {"threshold": 0.1}, {"rate": 0.1}, {"rate": 1.0, "threshold": 0.1},
+              {"rate": 1.5, "threshold": 0.1}, {"rate": -0.1, "threshold": 0.1},
+              {"rate": "0.1", "threshold": 0.1}, {"rate": 0.1, "threshold": math.nan},
+              {"rate": 0.1, "threshold": None}]),
     )
 
 

@@ -1,7 +1,8 @@
 """End to end on synthetic sources with one held out: a `worst-source` search (each trial
 logs its per-source values; ASHA, TPE and the kept checkpoints follow the worst source), an
 ensemble selected and calibrated by source with a confidence-bounded operating point, and its
-report of the internal test fold beside the external one. Slow: Ray and MLflow."""
+report of the internal test fold beside the external one, with referral. Slow: Ray and
+MLflow."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def test_the_ensemble_reports_internal_beside_external(source_search, tmp_path: 
     result, data, uri, _ = source_search
     built = build_ensemble(data=data, name=result.name, output=tmp_path / "bundle",
                            tracking_uri=uri, top_k=3, n_boot=100, seed=0, progress=False,
-                           onnx=False, select_by="worst-source",
+                           onnx=False, select_by="worst-source", refer_rate=0.1,
                            threshold_policy="sensitivity:0.8@0.8")
     ext = built.external
     assert ext is not None and ext["sources"] == [HELD_OUT] and ext["fold"] == 10
@@ -86,3 +87,8 @@ def test_the_ensemble_reports_internal_beside_external(source_search, tmp_path: 
     assert "external/macro_auprc" in metrics
     summary = format_summary(built)
     assert f"External fold (fold 10: {HELD_OUT}, 120 records, never fitted on)" in summary
+    # Referral: chosen on the ensemble fold, reported with coverage on test and external.
+    assert built.referral is not None and set(built.referral["folds"]) == {"test", "external"}
+    assert "Referral (exact 95% CI)" in report and "test/referral_coverage" in metrics
+    assert "inference" in bundle and bundle["inference"]["referral"]["rate"] == 0.1
+    assert "Referral: 0.1 of the ensemble fold referred" in summary
