@@ -7,9 +7,9 @@ can take a minute without output of their own, and a user who sees nothing for t
 script wraps every command in it) watches stdout and stderr; after `every` seconds in which
 neither was written to, it prints ``... STAGE (N s)``, indented like the line before it,
 where STAGE is what the running step last declared with `stage` and N the seconds it has
-taken so far. A console that stays quiet longer gets the line less often (every 10, 10, 10,
-20, 40, then 60 s), so a long GPU epoch does not fill a log. ECGTUNE_HEARTBEAT_S sets the
-interval (0 turns the lines off).
+taken so far. One stage that stays quiet for more than a minute gets the line less often
+(every 10 s for a minute, then 20, 40, 60 s), so a long GPU epoch does not fill a log; a new
+stage starts again at 10 s. ECGTUNE_HEARTBEAT_S sets the interval (0 turns the lines off).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ __all__ = ["DEFAULT_EVERY", "HEARTBEAT_ENV", "Heartbeat", "beating", "stage"]
 HEARTBEAT_ENV = "ECGTUNE_HEARTBEAT_S"
 DEFAULT_EVERY = 10.0
 _MAX_EVERY = 60.0
-_FULL_RATE_BEATS = 3  # lines at the plain interval before it starts to double
+_FULL_RATE_BEATS = 6  # lines of one stage at the plain interval before it starts to double
 _MAX_INDENT = 8
 
 _active: list[Heartbeat] = []
@@ -94,6 +94,7 @@ class Heartbeat:
         with self._lock:
             if text != self._stage:
                 self._stage, self._stage_since = text, time.monotonic()
+                self._quiet_beats = 0  # news: back to the plain interval
 
     def _interval(self) -> float:
         doublings = max(0, self._quiet_beats - _FULL_RATE_BEATS + 1)

@@ -24,10 +24,23 @@ def test_a_quiet_step_gets_a_line_naming_it(capsys):
     assert beats and all(line.startswith("  ... starting Ray (") and line.endswith(" s)")
                          for line in beats), lines
     assert beat.lines == len(beats)
-    # Quiet for longer, the lines come less often (here: at most 3 at the plain interval,
-    # then every 2, 4, 8 intervals): never one per tick.
-    assert len(beats) <= 6
+    # One stage quiet for longer gets the line less often (6 at the plain interval, then
+    # every 2, 4, 8 intervals): never one per tick.
+    assert len(beats) <= 9
     assert sys.stdout is not beat  # the streams are put back
+
+
+def test_the_interval_doubles_within_one_stage_and_restarts_with_the_next(capsys):
+    from ecgtune.data_prep.heartbeat import Heartbeat
+
+    beat = Heartbeat(10.0, sys.stdout)
+    intervals = []
+    for _ in range(9):
+        intervals.append(beat._interval())
+        beat._quiet_beats += 1
+    assert intervals == [10, 10, 10, 10, 10, 10, 20, 40, 60]
+    beat.stage("member 4 of 5")
+    assert beat._interval() == 10
 
 
 def test_a_console_that_prints_gets_no_heartbeat(capsys):
