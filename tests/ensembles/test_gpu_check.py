@@ -11,7 +11,10 @@ from ecgtune.ensembles.cli.gpu_check import main
 
 
 @pytest.mark.slow  # spawns worker processes and (with Ray) a local Ray instance
-def test_gpu_check_cpu_fallback_runs_every_section(tmp_path, capsys):
+def test_gpu_check_cpu_fallback_runs_every_section(tmp_path, capsys, monkeypatch):
+    # One intra-op thread in the processes it spawns too, as in this one (tests/conftest.py):
+    # two trial processes with two spinning threads each on two shared cores crawl.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "gpu-check.json"
     assert main(["--quick", "--json", str(out)]) == 0
     rows = {(r["section"], r["setting"]): r["value"] for r in json.loads(out.read_text())}
