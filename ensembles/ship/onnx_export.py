@@ -654,6 +654,7 @@ def resolve_bundle(source: str, tracking_uri: str | None, workdir: str | os.Path
     from mlflow.artifacts import download_artifacts
 
     from ecgtune.ensembles.ship.bundle import is_bundle
+    from ecgtune.ensembles.ship.registry import quiet_mlflow
     from ecgtune.search import tracking
     from ecgtune.search.errors import TrackingError
 
@@ -666,7 +667,7 @@ def resolve_bundle(source: str, tracking_uri: str | None, workdir: str | os.Path
     try:
         # MLflow resolves `models:/` with clients of its own, built from the process-wide
         # URIs, not from the ones a download is given.
-        with tracking.mlflow_uris(uri):
+        with tracking.mlflow_uris(uri), quiet_mlflow():
             local = Path(download_artifacts(artifact_uri=source, dst_path=str(workdir),
                                             tracking_uri=uri,
                                             registry_uri=tracking.resolve_registry_uri(uri)))

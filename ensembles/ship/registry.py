@@ -32,6 +32,7 @@ __all__ = [
     "log_batch",
     "log_pyfunc_model",
     "model_signature",
+    "quiet_mlflow",
     "start_ensemble_run",
 ]
 
@@ -178,9 +179,10 @@ def _active_run(tracking_uri: str, run_id: str) -> Iterator[None]:
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
-    """No artifact-download progress bar and no advice to add an input example (a record is
-    60k integers; the tensor signature documents the input)."""
+def quiet_mlflow() -> Iterator[None]:
+    """No artifact-download progress bar (a model's 17 files redraw it 17 times in a log) and
+    no advice to add an input example (a record is 60k integers; the model's metadata states
+    the input)."""
     key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
     previous = os.environ.get(key)
     os.environ[key] = "false"
@@ -210,7 +212,7 @@ def log_pyfunc_model(
     the ``champion`` alias at the new version."""
     import mlflow
 
-    with _active_run(tracking_uri, run_id), _quiet():
+    with _active_run(tracking_uri, run_id), quiet_mlflow():
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=str(PYFUNC_CODE),
