@@ -470,6 +470,9 @@ def open_session(path: str | os.PathLike[str], threads: int | None = None) -> An
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Errors only: ONNX Runtime warns on every load that the optional `lengths` input, an
+    # initializer that a caller may override, is not constant-folded; that is the point of it.
+    options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
