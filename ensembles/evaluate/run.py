@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +167,7 @@ def evaluate_bundle(options: EvaluateOptions | None = None, **kwargs: Any) -> Ev
     from ecgtune.ensembles.build.policies import policies_from_record
 
     opts = options or EvaluateOptions(**kwargs)
+    started_ms = int(time.time() * 1000)  # the evaluation run's start: its Duration is the work
     data = Path(opts.data)
     if not (data / "manifest.json").is_file():
         raise EvaluationError(f"{data} is not a prepared data directory (no manifest.json); "
@@ -198,7 +200,7 @@ def evaluate_bundle(options: EvaluateOptions | None = None, **kwargs: Any) -> Ev
 
         result.refit_bundle = save_refit(opts, bundle, predictor, fit, result.report_dir)
     if track is not None:
-        result.run_id = _log_run(track, opts, result)
+        result.run_id = _log_run(track, opts, result, started_ms)
         result.model_name, result.model_version = track.name, track.version
     return result
 
@@ -358,7 +360,8 @@ def _source_section(by_source: dict[str, dict[str, Any] | None], sources: np.nda
 # MLflow and the console
 
 
-def _log_run(track: _Tracking, opts: EvaluateOptions, result: EvaluationResult) -> str:
+def _log_run(track: _Tracking, opts: EvaluateOptions, result: EvaluationResult,
+             started_ms: int | None = None) -> str:
     """One FINISHED (or FAILED) run beside the model's ensemble run, tagged with the model
     name, version and data manifest sha256: the UI lists a version's evaluations together."""
     from ecgtune.ensembles.evaluate.metrics import flatten_metrics
@@ -375,10 +378,13 @@ def _log_run(track: _Tracking, opts: EvaluateOptions, result: EvaluationResult) 
     where = (f"fold{'s' if len(folds) > 1 else ''} {','.join(map(str, folds))}"
              if len(folds) <= 3 else f"{len(folds)} folds")
     # Re-evaluations of one version on the same data get #2, #3...: each run reads apart.
+    # The data by its last two folders: "data/georgia", "ecgtune-demo/data".
+    on = "/".join(data.resolve().parts[-2:])
     name = tracking.unique_run_name(
         track.client, track.experiment_id,
-        f"evaluate {track.name} v{track.version} on {data.name} ({where})", ROLE)
-    run = track.client.create_run(track.experiment_id, tags=tags, run_name=name)
+        f"evaluate {track.name} v{track.version} on {on} ({where})", ROLE)
+    run = track.client.create_run(track.experiment_id, tags=tags, run_name=name,
+                                  start_time=started_ms)
     run_id = str(run.info.run_id)
     try:
         metrics = flatten_metrics(result.row, split=ROLE)
