@@ -20,6 +20,10 @@ from typing import TextIO
 import pytest
 import torch
 
+# `pytester` collects the suite in process for tests/test_markers.py (only a root conftest may
+# name plugins).
+pytest_plugins = ["pytester"]
+
 # Two cores, shared with Ray's trial workers during the search tests: one intra-op thread per
 # test process avoids OpenMP spin-waits fighting over them (2 threads ran ~10x slower here).
 torch.set_num_threads(1)

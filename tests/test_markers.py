@@ -14,19 +14,22 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _collected(*args: str) -> list[str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-         *args], cwd=REPO, capture_output=True, text=True,
-    )
-    assert out.returncode in (0, 5), out.stdout + out.stderr  # 5: nothing collected
-    return [line for line in out.stdout.splitlines() if "::" in line]
+def _collected(pytester: pytest.Pytester, *args: str) -> list[str]:
+    """Node ids that `pytest --collect-only ARGS` selects in the repository. Collected in this
+    process, whose imports are done: a `python -m pytest` child spent ~5 s importing them."""
+    # Hypothesis's plugin only reports on runs: its import would be most of the cost.
+    result = pytester.inline_run("--collect-only", "-p", "no:cacheprovider",
+                                 "-p", "no:hypothesispytest", "--rootdir", str(REPO),
+                                 "-c", str(REPO / "pyproject.toml"), *args)
+    assert result.ret in (0, 5), result.ret  # 5: nothing collected
+    [finished] = result.getcalls("pytest_collection_finish")
+    return [item.nodeid for item in finished.session.items]
 
 
-def test_tests_on_the_tiny_search_leave_the_fast_tier():
+def test_tests_on_the_tiny_search_leave_the_fast_tier(pytester):
     path = "tests/ensembles/test_ensemble_build.py"
     defined = re.findall(r"^def (test_\w+)", (REPO / path).read_text(), re.MULTILINE)
-    fast = _collected(path, "-m", "not slow and not benchmark")
+    fast = _collected(pytester, str(REPO / path), "-m", "not slow and not benchmark")
     assert len(defined) > 5, defined
     # Only the one test without `built_ensemble` stays in the fast tier.
     assert [t.split("::")[1] for t in fast] == ["test_seed_style_detection"]
