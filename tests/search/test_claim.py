@@ -100,16 +100,6 @@ def test_where_the_claim_is_locked(tmp_path):
         assert claim.path is None and "are not locked" in (claim.note or "")
 
 
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> Path:
-    from ecgtune.data_prep import prepare, synthesize
-
-    root = tmp_path_factory.mktemp("claim-data")
-    synthesize(root / "records", 60, seed=0, workers=1)
-    prepare(root / "records", root / "data", workers=1, shard_size=500, progress=False)
-    return root / "data"
-
-
 @pytest.mark.parametrize("resume", [False, True], ids=["search", "resume"])
 def test_search_of_a_running_name_is_refused_before_ray(small_data, tmp_path, capsys, resume):
     import ray

@@ -26,18 +26,6 @@ from ecgtune.search.validation import pin_space, probe_storage, typed_pins, vali
 NAME = "bad-invocation"
 
 
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> Path:
-    """A real prepared data directory (60 records, every fold present): the invocations
-    below would get past the data checks, so only validation can stop them."""
-    from ecgtune.data_prep import prepare, synthesize
-
-    root = tmp_path_factory.mktemp("small-data")
-    synthesize(root / "records", 60, seed=0, workers=1)
-    prepare(root / "records", root / "data", workers=1, shard_size=500, progress=False)
-    return root / "data"
-
-
 def _mlflow_runs(uri: str) -> list:
     db = Path(uri.removeprefix("sqlite:///"))
     if not db.exists():
