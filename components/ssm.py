@@ -34,6 +34,7 @@ __all__ = [
     "direct_conv",
     "fft_conv",
     "fft_size",
+    "kernel_spectrum",
 ]
 
 # Time steps drawn log-uniformly in this range: at 250 steps/s (500 Hz after a stride-2 stem)
@@ -53,14 +54,21 @@ def _two_sided(k_fwd: Tensor, k_bwd: Tensor, n: int) -> Tensor:
     return F.pad(k_fwd, (0, n - length)) + F.pad(k_bwd.flip(-1), (n - length, 0))
 
 
-def fft_conv(u: Tensor, k_fwd: Tensor, k_bwd: Tensor) -> Tensor:
+def kernel_spectrum(k_fwd: Tensor, k_bwd: Tensor, n: int) -> Tensor:
+    """The rfft (H, n // 2 + 1) of the two-sided kernel, float32."""
+    return torch.fft.rfft(_two_sided(k_fwd.float(), k_bwd.float(), n), n=n)
+
+
+def fft_conv(u: Tensor, k_fwd: Tensor, k_bwd: Tensor,
+             spectrum: Tensor | None = None) -> Tensor:
     """y[t] = sum_s k_fwd[s] u[t - s] + sum_m k_bwd[m] u[t + 1 + m], per channel, for
-    u (B, H, L) and kernels (H, L); computed by FFT in float32."""
+    u (B, H, L) and kernels (H, L); computed by FFT in float32 (`spectrum`: the kernels'
+    `kernel_spectrum`, when already known)."""
     length = u.shape[-1]
     n = fft_size(length)
-    k = _two_sided(k_fwd.float(), k_bwd.float(), n)
-    spectrum = torch.fft.rfft(u.float(), n=n) * torch.fft.rfft(k, n=n)
-    return torch.fft.irfft(spectrum, n=n)[..., :length]
+    if spectrum is None:
+        spectrum = kernel_spectrum(k_fwd, k_bwd, n)
+    return torch.fft.irfft(torch.fft.rfft(u.float(), n=n) * spectrum, n=n)[..., :length]
 
 
 def direct_conv(u: Tensor, k_fwd: Tensor, k_bwd: Tensor) -> Tensor:
@@ -151,14 +159,29 @@ class S4DLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Conv1d(width, 2 * width, 1)
         self.glu = nn.GLU(dim=1)
+        self._cache: tuple[Any, Tensor, Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.norm(x)
         with _full_precision(x):
-            k = self.kernel(z.shape[-1])
-            y = fft_conv(z, k[0], k[1]) + z.float() * self.d[:, None]
+            y = fft_conv(z, *self._kernels(z.shape[-1])) + z.float() * self.d[:, None]
         y = self.dropout(self.act(y))
         return x + self.dropout(self.glu(self.out(y)))
+
+    def _kernels(self, length: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The kernels (and, in inference, their cached spectrum): without autograd the
+        kernel is a constant of the weights, recomputed only when they change (an optimizer
+        step or a load bumps their version) or the length does."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            k = self.kernel(length)
+            return k[0], k[1], None
+        params = list(self.kernel.parameters())
+        key = (length, params[0].device, tuple((p.data_ptr(), p._version) for p in params))
+        if self._cache is None or self._cache[0] != key:
+            k = self.kernel(length)
+            self._cache = (key, k, kernel_spectrum(k[0], k[1], fft_size(length)))
+        _, k, spectrum = self._cache
+        return k[0], k[1], spectrum
 
 
 class StateSpaceTrunk(nn.Module):

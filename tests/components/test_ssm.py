@@ -104,3 +104,23 @@ def test_ssm_config_json_and_checks():
     ModelConfig.from_flat(odd_heads, base=config)
     with pytest.raises(ValueError, match=r"branches.rhythm.heads"):
         ModelConfig.from_flat({**odd_heads, "branches.rhythm.kind": "resu"}, base=config)
+
+
+def test_inference_reuses_the_kernel_until_the_weights_change():
+    torch.manual_seed(0)
+    model = build_model(get_preset("ssm-tiny"), 20).eval()
+    layer = model.branches[0].trunk.layers[0]
+    x = torch.randn(2, 12, 1024)
+    with torch.no_grad():
+        first = model(x)
+        cached = layer._cache
+        assert cached is not None and torch.equal(model(x), first)
+        assert layer._cache is cached  # the same length and weights: not recomputed
+    with torch.enable_grad():  # training computes it afresh, and agrees
+        torch.testing.assert_close(model(x), first, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        layer.kernel.log_dt += 0.5  # an optimizer step changes the weights in place
+        changed = model(x)
+    assert layer._cache is not cached and not torch.allclose(changed, first)
+    with torch.enable_grad():
+        torch.testing.assert_close(model(x), changed, rtol=0, atol=1e-6)
