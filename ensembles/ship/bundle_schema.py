@@ -126,7 +126,9 @@ RULES: tuple[Rule, ...] = (
          "members[0].crop_len = 6000 is above 5000"),
     Rule("members[i].normalization", '"dataset" or "record"',
          'members[0].normalization = "zscore" is not one of "dataset", "record"'),
-    Rule("members[i].config", "a model config `components.ModelConfig` accepts",
+    Rule("members[i].config", "a model config `components.ModelConfig` accepts (with "
+         "`input`: the member's rate and leads, absent = 500 Hz, all 12; `branch.kind`, "
+         "absent = resu)",
          "members[0].config is not a model config: ValueError: config keys [...] do not "
          "match ..."),
     Rule("calibration", '{"method": "per_label", "params": {methods, cv, seed, calibrators}}',
