@@ -45,9 +45,11 @@ def _sha256(path) -> str:
 def test_ensemble_cli_end_to_end_registers_and_reproduces(built_ensemble, tmp_path):
     b = built_ensemble
     out = tmp_path / "cli-bundle"
+    # --no-onnx: the graph the build logs is the in-process build's to check
+    # (test_onnx_export.py); tracing it again here would only repeat that.
     proc = _cli("ensemble", "--data", str(b.data), "--name", b.search_name, "--top-k", "4",
                 "--output", str(out), "--register", "ecg-cli", "--tracking-uri", b.tracking_uri,
-                "--n-boot", "200", "--seed", "0", "--no-progress")
+                "--n-boot", "200", "--seed", "0", "--no-progress", "--no-onnx")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Registered: ecg-cli version 1" in proc.stdout
     assert "Calibration (test fold): ECE" in proc.stdout

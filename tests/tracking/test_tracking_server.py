@@ -109,9 +109,11 @@ def _search_args(data: Path, storage: Path, uri: str) -> list[str]:
 
 
 def _ensemble_args(data: Path, out: Path, uri: str) -> list[str]:
+    # --no-onnx: tracing and checking the logged graph is the tiny search's ensemble's test
+    # (test_onnx_export.py); here it would repeat that at ~10 s of CPU.
     return ["ensemble", "--data", str(data), "--name", SEARCH, "--top-k", "2",
             "--output", str(out), "--register", REGISTERED, "--tracking-uri", uri,
-            "--n-boot", "50", "--seed", "0", "--no-progress"]
+            "--n-boot", "50", "--seed", "0", "--no-progress", "--no-onnx"]
 
 
 def test_search_ensemble_and_registry_survive_a_restart(auth_tracking_server, postgres,
