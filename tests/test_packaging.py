@@ -47,3 +47,10 @@ def test_package_data_is_found_outside_the_repo(tmp_path):
     )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                    check=True)
+
+
+def test_demo_looks_for_the_sample_records_beside_the_repository() -> None:
+    from ecgtune.ensembles.cli.demo import SAMPLE_DIR
+
+    repo = Path(__file__).resolve().parents[1]
+    assert SAMPLE_DIR == repo.parent / "shared" / "data" / "ecg-arrhythmia-sample"

@@ -25,8 +25,9 @@ HELDOUT_SEED = 20_000  # other seed: records the search and the ensemble never s
 DEMO_TRIALS = 8
 SEARCH_NAME = "demo"
 MODEL_NAME = "ecgtune-demo"
-# The repository's sibling `shared/` folder holds 20 real records (never copied here).
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ecg-arrhythmia-sample"
+# The repository's sibling `shared/` folder holds 20 real records (never copied here); this
+# file is REPO/ensembles/cli/demo.py.
+SAMPLE_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "ecg-arrhythmia-sample"
 
 
 @dataclass(frozen=True)

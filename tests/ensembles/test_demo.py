@@ -29,3 +29,4 @@ def test_small_demo_keeps_to_its_workdir_and_labels_synthetic_output(tmp_path, s
     assert "runs?workflowType=machine_learning" in console
     assert "Configuration for experiment" not in console and "tensorboard" not in console
     assert "export --bundle" in console and "INFO onnx" not in console
+
