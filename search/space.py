@@ -310,7 +310,8 @@ def builtin_spaces() -> list[str]:
 def load_space(name_or_path: str | Path) -> SearchSpace:
     """A shipped space by name (`default`, `tiny`, ...) or a YAML file by path."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    # A folder of that name (`demo/`, a workdir) is not a space: only a file or a .yaml path is.
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise SpaceError(f"search space file not found: {path}")
         return parse_space(path.read_text(), name=str(path))

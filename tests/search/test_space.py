@@ -236,3 +236,13 @@ def test_a_trial_that_ran_its_own_searched_epoch_budget_is_complete():
     restored.set_state(searcher.get_state())
     assert restored.budgets == {"t": 3}
     assert searcher.searcher._ot_study.trials[0].state.name == "COMPLETE"
+
+
+def test_a_folder_named_like_a_shipped_space_does_not_hide_it(tmp_path, monkeypatch):
+    # `ecgtune demo --workdir demo` run twice: the `demo/` folder is not a space file.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert load_space("demo").name == "demo"
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(SpaceError, match="unknown search space 'mine'"):
+        load_space("mine")
