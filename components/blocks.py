@@ -3,6 +3,14 @@ temporal self-attention and global pooling.
 
 All convolutions are bias-free, as in the reference: almost all of them feed a BatchNorm,
 whose shift makes a bias redundant (the seed's 7,205,204 parameters count none).
+
+Layouts: every convolution and batch norm here also takes a height-1 4-D tensor (B, C, 1, L)
+and then runs as the 2-D operation of height 1 with the same weights (`LayoutConv1d`,
+`LayoutConvTranspose1d`, `LayoutBatchNorm1d`). A trunk switched to channels-last
+(`model.set_layout`) computes on such tensors in torch's channels-last memory format, the
+layout cuDNN's convolution kernels compute in: with plain (B, C, L) tensors cuDNN reorders to
+and from it around every convolution (`make gpu-check` profile). Parameters, their names and
+shapes are the same in both layouts, so checkpoints do not know which one trained them.
 """
 
 from __future__ import annotations
@@ -17,11 +25,65 @@ __all__ = [
     "DenseLayer",
     "GlobalMaxPool",
     "HalveLength",
+    "LayoutBatchNorm1d",
+    "LayoutConv1d",
+    "LayoutConvTranspose1d",
     "ResUBlock",
     "TemporalSelfAttention",
     "Transition",
     "UpConvBNAct",
+    "from_channels_last",
+    "to_channels_last",
 ]
+
+
+def to_channels_last(x: Tensor) -> Tensor:
+    """(B, C, L) -> (B, C, 1, L) in channels-last memory format: a view when `x` already
+    has channels-last strides (what `from_channels_last` returns), a copy otherwise."""
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
+def from_channels_last(x: Tensor) -> Tensor:
+    """(B, C, 1, L) -> (B, C, L), a view (its strides stay channels-last)."""
+    return x.squeeze(2)
+
+
+class LayoutConv1d(nn.Conv1d):
+    """nn.Conv1d that also takes a height-1 input (B, C, 1, L): the same weight, viewed as
+    (out, in, 1, k), runs as a 2-D convolution, which keeps a channels-last input in that
+    layout. 3-D inputs run nn.Conv1d itself."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            return super().forward(x)
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return to_channels_last(super().forward(from_channels_last(x)))
+        return F.conv2d(x, self.weight.unsqueeze(2), self.bias, (1, self.stride[0]),
+                        (0, self.padding[0]), (1, self.dilation[0]), self.groups)
+
+
+class LayoutConvTranspose1d(nn.ConvTranspose1d):
+    """nn.ConvTranspose1d that also takes a height-1 input (B, C, 1, L), as `LayoutConv1d`
+    (weight (in, out / groups, k) viewed as (in, out / groups, 1, k))."""
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        if x.dim() != 4:
+            return super().forward(x, output_size)
+        if output_size is not None or self.padding_mode != "zeros":
+            return to_channels_last(super().forward(from_channels_last(x), output_size))
+        return F.conv_transpose2d(
+            x, self.weight.unsqueeze(2), self.bias, (1, self.stride[0]), (0, self.padding[0]),
+            (0, self.output_padding[0]), self.groups, (1, self.dilation[0]))
+
+
+class LayoutBatchNorm1d(nn.BatchNorm1d):
+    """nn.BatchNorm1d that also takes a height-1 input (B, C, 1, L): the statistics are
+    per channel over batch and length either way, so the numbers are the same."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() == 4 and input.size(2) == 1:
+            return
+        super()._check_input_dim(input)
 
 
 def _act(kind: str) -> nn.Module:
@@ -41,8 +103,8 @@ class ConvBNAct(nn.Sequential):
         self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, act: str = "leaky"
     ) -> None:
         super().__init__(
-            nn.Conv1d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False),
-            nn.BatchNorm1d(out_ch),
+            LayoutConv1d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False),
+            LayoutBatchNorm1d(out_ch),
             _act(act),
         )
 
@@ -52,10 +114,10 @@ class UpConvBNAct(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int) -> None:
         super().__init__(
-            nn.ConvTranspose1d(
+            LayoutConvTranspose1d(
                 in_ch, out_ch, kernel, stride=2, padding=kernel // 2, output_padding=1, bias=False
             ),
-            nn.BatchNorm1d(out_ch),
+            LayoutBatchNorm1d(out_ch),
             _act("leaky"),
         )
 
@@ -111,7 +173,7 @@ class ResUBlock(nn.Module):
             UpConvBNAct(2 * mid, width if i == depth - 1 else mid, kernel) for i in range(depth)
         )
         self.pool = HalveLength()
-        self.proj = nn.Conv1d(width, width, 1, bias=False)
+        self.proj = LayoutConv1d(width, width, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         x_in, last = self.stages(x)
@@ -143,12 +205,12 @@ class DenseLayer(nn.Module):
         super().__init__()
         inner = bottleneck * growth
         self.net = nn.Sequential(
-            nn.BatchNorm1d(in_ch),
+            LayoutBatchNorm1d(in_ch),
             nn.ReLU(inplace=True),  # acts on BN's fresh output, never on the shared input
-            nn.Conv1d(in_ch, inner, 1, bias=False),
-            nn.BatchNorm1d(inner),
+            LayoutConv1d(in_ch, inner, 1, bias=False),
+            LayoutBatchNorm1d(inner),
             nn.ReLU(inplace=True),
-            nn.Conv1d(inner, growth, 3, padding=1, bias=False),
+            LayoutConv1d(inner, growth, 3, padding=1, bias=False),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -176,7 +238,8 @@ class Transition(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__(
-            nn.BatchNorm1d(in_ch), nn.ReLU(inplace=True), nn.Conv1d(in_ch, out_ch, 1, bias=False)
+            LayoutBatchNorm1d(in_ch), nn.ReLU(inplace=True),
+            LayoutConv1d(in_ch, out_ch, 1, bias=False)
         )
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "BRANCH_KINDS",
     "FLAT_KEYS",
     "FUSION_NAMES",
+    "LAYOUTS",
     "LEAD_NAMES",
     "LEAD_SETS",
     "MIN_LENGTH",
@@ -36,6 +37,11 @@ __all__ = [
 ]
 
 NUM_LEADS = 12
+# How the convolutional layers compute (`model.set_layout`): `ncl` on (B, C, L) tensors
+# (nn.Conv1d's own layout), `channels_last` as height-1 2-D layers on (B, C, 1, L)
+# channels-last tensors (the layout cuDNN's kernels compute in). Not part of a config: the
+# same model and weights in either.
+LAYOUTS = ("ncl", "channels_last")
 # Shortest input every valid config must accept, in samples at SOURCE_FS (the seed uses 4,096;
 # crops may be shorter).
 MIN_LENGTH = 1024

@@ -13,8 +13,11 @@ from .blocks import (
     ResUBlock,
     TemporalSelfAttention,
     Transition,
+    from_channels_last,
+    to_channels_last,
 )
 from .config import (
+    LAYOUTS,
     NUM_LEADS,
     BranchConfig,
     ModelConfig,
@@ -35,6 +38,7 @@ __all__ = [
     "build_model",
     "build_trunk",
     "count_parameters",
+    "set_layout",
     "validate",
 ]
 
@@ -44,6 +48,14 @@ class Stem(ConvBNAct):
 
     def __init__(self, config: StemConfig, in_channels: int = NUM_LEADS) -> None:
         super().__init__(in_channels, config.channels, config.kernel, stride=config.stride)
+        self.channels_last = False  # `set_layout`; not state: checkpoints are layout-free
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.channels_last:
+            return super().forward(x)
+        # Out as a (B, C, L) view with channels-last strides: a ResU-Dense trunk takes it
+        # back to 4-D without a copy, any other trunk reads it as an ordinary tensor.
+        return from_channels_last(super().forward(to_channels_last(x)))
 
 
 class ResUDenseTrunk(nn.Module):
@@ -79,9 +91,17 @@ class ResUDenseTrunk(nn.Module):
         )
         self.pool = GlobalMaxPool(time_dim=1 if config.attention else 2)
         self.out_channels = config.out_channels
+        self.channels_last = False  # `set_layout`; not state: checkpoints are layout-free
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.dropout(self.dense(self.ublocks(x)))
+        if self.channels_last:
+            # The convolutional part on (B, C, 1, T) channels-last tensors; what follows
+            # reads an ordinary (B, C, T) tensor, so dropout draws the same mask in both
+            # layouts (it draws in memory order) and the attention sees the same input.
+            h = from_channels_last(self.dense(self.ublocks(to_channels_last(x)))).contiguous()
+        else:
+            h = self.dense(self.ublocks(x))
+        h = self.dropout(h)
         if self.attention is not None:
             h = self.attention(h)  # (B, T, C)
         return self.pool(h)
@@ -160,6 +180,21 @@ class MultiBranchModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fusion(self.embed(x))
+
+
+def set_layout(model: nn.Module, layout: str) -> int:
+    """Computes the stems and ResU-Dense trunks in `model` in `layout` (one of LAYOUTS) from
+    now on; returns how many modules were switched. The parameters are not touched: the
+    function, its weights and the checkpoints stay those of the `ncl` model (equal within
+    float rounding: the kernels sum in other orders)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+    switched = 0
+    for module in model.modules():
+        if isinstance(module, (Stem, ResUDenseTrunk)):
+            module.channels_last = layout == "channels_last"
+            switched += 1
+    return switched
 
 
 def validate(
