@@ -893,8 +893,9 @@ def _referral_lines(referral: dict[str, Any] | None) -> list[str]:
     lines = [f"Referral: {referral['rule']['rate']:g} of the ensemble fold referred (uncertainty "
              f">= {referral['rule']['threshold']:.4g})"]
     for role, s in referral["folds"].items():
-        lines.append(f"  {role:<9} coverage {share(s['coverage'])}, record error among kept "
-                     f"{share(s['error_kept'])} (all records {share(s['error_all'])})")
+        lines.append(f"  {role:<9} coverage {share(s['coverage'])}, labels wrong per record "
+                     f"among the kept {share(s['error_kept'])} (all records "
+                     f"{share(s['error_all'])})")
     return lines
 
 

@@ -105,16 +105,34 @@ def _share(k: int, n: int) -> dict[str, Any]:
             "high": float(clopper_pearson_upper(k, n, 0.975)), "count": int(k), "n": int(n)}
 
 
+def _mean(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The mean of per-record values with a 95% percentile bootstrap interval over records."""
+    n = len(values)
+    if n == 0:
+        return {"value": None, "low": None, "high": None, "n": 0}
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, n, (n_boot, n))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return {"value": float(values.mean()), "low": float(min(low, values.mean())),
+            "high": float(max(high, values.mean())), "n": int(n)}
+
+
 def referral_summary(y: Any, calibrated: Any, thresholds: Any, refer: Any) -> dict[str, Any]:
-    """Coverage (records kept) and the record error rate (any label decided wrong) among the
-    kept, the referred and all records, each with an exact 95% interval."""
+    """Coverage (records kept, exact 95% interval) and the decision error rate (labels decided
+    wrong per record, the Hamming loss; 95% bootstrap interval over records) among the kept,
+    the referred and all records; ``any_wrong_*``: the share of records with any label
+    decided wrong (exact interval), which a high-sensitivity policy makes close to 1."""
     y = np.asarray(y).astype(bool)
-    wrong = ((np.asarray(calibrated) >= np.asarray(thresholds)[None, :]) != y).any(axis=1)
+    wrong = (np.asarray(calibrated) >= np.asarray(thresholds)[None, :]) != y
+    per_record = wrong.mean(axis=1)
+    anywrong = wrong.any(axis=1)
     refer = np.asarray(refer, bool)
     kept = ~refer
     return {
         "coverage": _share(int(kept.sum()), len(kept)),
-        "error_kept": _share(int(wrong[kept].sum()), int(kept.sum())),
-        "error_referred": _share(int(wrong[refer].sum()), int(refer.sum())),
-        "error_all": _share(int(wrong.sum()), len(wrong)),
+        "error_kept": _mean(per_record[kept]),
+        "error_referred": _mean(per_record[refer]),
+        "error_all": _mean(per_record),
+        "any_wrong_kept": _share(int(anywrong[kept].sum()), int(kept.sum())),
+        "any_wrong_all": _share(int(anywrong.sum()), len(anywrong)),
     }

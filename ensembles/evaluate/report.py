@@ -434,26 +434,30 @@ def internal_external_section(rows: Mapping[str, tuple[Mapping[str, Any],
 def _share(s: Mapping[str, Any]) -> str:
     if s.get("value") is None:
         return "–"
-    return (f"{fixed(s['value'])} [{fixed(s['low'])}, {fixed(s['high'])}] "
-            f"({s['count']} of {s['n']})")
+    count = f" ({s['count']} of {s['n']})" if "count" in s else f" ({s['n']} records)"
+    return f"{fixed(s['value'])} [{fixed(s['low'])}, {fixed(s['high'])}]{count}"
 
 
 def referral_section(summaries: Mapping[str, Mapping[str, Any]], rate: float,
                      threshold: float) -> Section:
-    """Coverage and record error rates with and without referral, per fold (``summaries``:
+    """Coverage and decision error rates with and without referral, per fold (``summaries``:
     fold description -> `referral.referral_summary`)."""
     body = tuple((where, _share(s["coverage"]), _share(s["error_kept"]),
-                  _share(s["error_referred"]), _share(s["error_all"]))
+                  _share(s["error_referred"]), _share(s["error_all"]),
+                  _share(s["any_wrong_kept"]))
                  for where, s in summaries.items())
     return Section(
-        "Referral (exact 95% CI)",
+        "Referral (95% CI)",
         paragraphs=(f"A record is referred to a human when its uncertainty (over its labels, "
                     f"the members' logit spread minus the calibrated probability's logit "
                     f"distance to the threshold) is >= {threshold:.4g}, the cut that referred "
-                    f"{rate:g} of the ensemble fold. Coverage is the share of records kept; "
-                    "an error is a record with any label decided wrong.",),
+                    f"{rate:g} of the ensemble fold. Coverage: the share of records kept "
+                    "(exact interval). Error: labels decided wrong per record (Hamming loss; "
+                    "bootstrap interval over records) among the kept, the referred and all "
+                    "records; the last column is the share of kept records with any label "
+                    "wrong (exact interval).",),
         header=("fold", "coverage", "error among kept", "error among referred",
-                "error without referral"),
+                "error without referral", "kept with any label wrong"),
         body=body)
 
 

@@ -65,6 +65,9 @@ def test_referring_the_uncertain_lowers_the_error_of_the_kept():
     assert summary["coverage"]["value"] == pytest.approx(0.8)
     kept, everyone = summary["error_kept"], summary["error_all"]
     assert kept["value"] < everyone["value"] < summary["error_referred"]["value"]
+    wrong = (fitted.predict(member_probs) >= fitted.thresholds) != y
+    assert kept["value"] == pytest.approx(wrong[~refer].mean())  # labels wrong per record
+    assert summary["any_wrong_kept"]["count"] == wrong[~refer].any(axis=1).sum()
     for s in summary.values():
         assert s["low"] <= s["value"] <= s["high"]
     assert fit_ensemble(member_probs, y, [f"m{i}" for i in range(5)], FitOptions(),
@@ -183,6 +186,7 @@ def test_the_onnx_graph_refers_the_same_records(referring_bundle, tmp_path):
     probs, refer = bundle.predict_with_referral(signals)
     got_probs, decisions, got_refer = run_session_refer(open_session(result.path), signals)
     assert np.abs(got_probs - probs).max() <= 1e-4
+    assert np.array_equal(decisions, got_probs >= bundle.thresholds)
     assert got_refer.dtype == np.bool_ and got_refer.tolist() == refer.tolist()
     assert 0 < refer.sum() < len(refer)
     assert REFER_NAME in read_metadata(result.path)["outputs"]

@@ -89,6 +89,6 @@ def test_the_ensemble_reports_internal_beside_external(source_search, tmp_path: 
     assert f"External fold (fold 10: {HELD_OUT}, 120 records, never fitted on)" in summary
     # Referral: chosen on the ensemble fold, reported with coverage on test and external.
     assert built.referral is not None and set(built.referral["folds"]) == {"test", "external"}
-    assert "Referral (exact 95% CI)" in report and "test/referral_coverage" in metrics
+    assert "Referral (95% CI)" in report and "test/referral_coverage" in metrics
     assert "inference" in bundle and bundle["inference"]["referral"]["rate"] == 0.1
     assert "Referral: 0.1 of the ensemble fold referred" in summary
