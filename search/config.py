@@ -19,6 +19,12 @@ from ecgtune.components import ModelConfig
 
 LOSS_NAMES = ("bce", "focal", "asymmetric")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# `train.layout`: how the convolutions compute (components.LAYOUTS), or `auto` (search.autotune).
+TRAIN_LAYOUTS = ("auto", "ncl", "channels_last")
+# `train.compile`: `off`, `trunk` (torch.compile of each stem and trunk, in place: the
+# parameter names stay), `trunk-graphs` (the same with CUDA graphs: mode reduce-overhead), or
+# `auto` (what `make gpu-check` measured faster on this GPU, else off).
+COMPILE_MODES = ("auto", "off", "trunk", "trunk-graphs")
 NORMALIZATIONS = ("dataset", "record")
 
 
@@ -44,6 +50,8 @@ class TrainConfig:
     steps_per_epoch: int = 0
     threshold_objective: str = "f1"
     precision: str = "auto"
+    layout: str = "auto"
+    compile: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -62,6 +70,10 @@ class TrainConfig:
             problems.append(f"train.loss must be one of {LOSS_NAMES}, got {self.loss!r}")
         if self.precision not in PRECISIONS:
             problems.append(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.layout not in TRAIN_LAYOUTS:
+            problems.append(f"train.layout must be one of {TRAIN_LAYOUTS}, got {self.layout!r}")
+        if self.compile not in COMPILE_MODES:
+            problems.append(f"train.compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         if self.normalization not in NORMALIZATIONS:
             problems.append(
                 f"train.normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"

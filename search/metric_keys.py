@@ -16,9 +16,12 @@ __all__ = [
     "COST_GFLOPS",
     "COST_PARAMS",
     "ECE",
+    "ENV_COMPILE",
     "ENV_DEVICE",
+    "ENV_LAYOUT",
     "ENV_NODE",
     "ENV_PRECISION",
+    "ENV_PRECISION_REASON",
     "EPOCH",
     "F1",
     "HAMMING",
@@ -32,6 +35,12 @@ __all__ = [
     "SOURCE_AUPRC",
     "SPECIFICITY",
     "SUPPORT",
+    "SYSTEM_CPU_UTIL",
+    "SYSTEM_EPOCH_S",
+    "SYSTEM_GPU_MEM_ALLOCATED",
+    "SYSTEM_GPU_MEM_RESERVED",
+    "SYSTEM_GPU_UTIL",
+    "SYSTEM_SAMPLES_PER_S",
     "THRESHOLD",
     "THROUGHPUT",
     "TRAIN_LOSS",
@@ -69,7 +78,19 @@ COST_CPU_MS = "cost/cpu_ms"  # measured CPU inference ms per record
 # Where a trial ran (strings in its results; the tracker makes them tags of the trial's run).
 ENV_DEVICE = "env/device"
 ENV_PRECISION = "env/precision"
+# Why that precision and layout (search.autotune): "tf32/channels_last: 8,412 vs ... samples/s,
+# measured in this process", "fp32: auto on a CPU", "bf16/ncl: requested".
+ENV_PRECISION_REASON = "env/precision_reason"
+ENV_LAYOUT = "env/layout"
+ENV_COMPILE = "env/compile"
 ENV_NODE = "env/node_id"
+# What each epoch used of the machine (search.system_metrics), training and validation together.
+SYSTEM_EPOCH_S = "system/epoch_s"  # wall seconds; the first includes any compiling
+SYSTEM_SAMPLES_PER_S = "system/samples_per_s"  # training samples per wall second of the epoch
+SYSTEM_CPU_UTIL = "system/cpu_util"  # % of the trial's CPU threads its process kept busy
+SYSTEM_GPU_UTIL = "system/gpu_util"  # mean NVML utilisation % of the trial's GPU (whole GPU)
+SYSTEM_GPU_MEM_ALLOCATED = "system/gpu_mem_allocated_gib"  # peak allocated by torch
+SYSTEM_GPU_MEM_RESERVED = "system/gpu_mem_reserved_gib"  # peak held by torch's allocator
 
 # Base metric names; per-label and report dicts use these, `metric_key` builds logged keys.
 AUROC = "auroc"

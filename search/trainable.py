@@ -71,17 +71,27 @@ def _trial_threads() -> int:
     return max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1"))))
 
 
+def share_budget(device: torch.device, share: float) -> int | None:
+    """Bytes of the GPU this trial may use (its share of the device); None on the CPU."""
+    if device.type != "cuda":
+        return None
+    share = min(1.0, share) if share > 0 else 1.0
+    return int(torch.cuda.get_device_properties(device).total_memory * share)
+
+
 def prepare_device(trial: TrialConfig, num_labels: int, label_groups: list[list[int]] | None,
                    gpu_ids: list[Any], share: float,
                    group_names: tuple[str, ...] = ()) -> torch.device:
     """The trial's device, refused loudly when unusable; on a GPU, the trial's memory capped
-    at its share (so an overrun fails this trial, not its neighbour) and checked up front."""
+    at its share (so an overrun fails this trial, not its neighbour) and checked up front
+    (at the static precision; `train.precision=auto` then measures only what fits)."""
     device = trial_device(gpu_ids)
     if device.type != "cuda":
         return device
     share = min(1.0, share) if share > 0 else 1.0
     torch.cuda.set_per_process_memory_fraction(share, device.index or 0)
-    budget = int(torch.cuda.get_device_properties(device).total_memory * share)
+    budget = share_budget(device, share)
+    assert budget is not None
     require_fit(trial.model, num_labels, label_groups, trial.train.batch_size,
                 trial.train.crop_len, select_precision(trial.train.precision, device), budget,
                 "this trial's GPU share", f"{share:g} x {torch.cuda.get_device_name(device)}",
@@ -118,6 +128,7 @@ def train_trial(config: dict[str, Any], trial_data: TrialData) -> None:
                 device=device,
                 threads=threads,
                 objective=trial_data.objective,
+                memory_budget=share_budget(device, _gpu_share()),
             )
             del dataset
             _run_trial(trainer, trial, trial_dir)
@@ -144,6 +155,9 @@ def _environment(trainer: Trainer) -> dict[str, str]:
     return {
         K.ENV_DEVICE: f"{device.type} ({name})",
         K.ENV_PRECISION: trainer.precision,
+        K.ENV_PRECISION_REASON: trainer.execution.reason,
+        K.ENV_LAYOUT: trainer.layout,
+        K.ENV_COMPILE: trainer.compile_mode,
         K.ENV_NODE: ray.get_runtime_context().get_node_id(),
     }
 

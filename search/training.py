@@ -8,6 +8,7 @@ checkpoint directory that loads with `weights_only=True`.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -20,22 +21,34 @@ import numpy as np
 import torch
 
 from ecgtune.components import (
+    NUM_LEADS,
     SOURCE_FS,
     build_model,
     load_checkpoint,
     load_trunk_weights,
+    set_layout,
     set_trunks_frozen,
 )
 from ecgtune.data_prep import AugmentConfig, BatchLoader, ECGDataset
 from ecgtune.data_prep.loader import DeviceBatchTransform
-from ecgtune.search import checkpoint
+from ecgtune.search import autotune, checkpoint
 from ecgtune.search import metric_keys as K
 from ecgtune.search import metrics as M
 from ecgtune.search import thresholds as T
 from ecgtune.search.config import TrialConfig
-from ecgtune.search.devices import AUTOCAST_DTYPES, resolve_device, select_precision
+from ecgtune.search.devices import (
+    AUTOCAST_DTYPES,
+    estimate_training_memory,
+    release_memory,
+    resolve_device,
+    select_precision,
+)
 from ecgtune.search.errors import NonRetryableTrialError
 from ecgtune.search.losses import get_loss
+from ecgtune.search.system_metrics import EpochMonitor
+
+# torch.compile's backend for `train.compile` (tests use a cheaper one on the CPU).
+COMPILE_BACKEND = "inductor"
 
 
 class NonFiniteLossError(NonRetryableTrialError):
@@ -80,6 +93,7 @@ class Trainer:
         transform_on_device: bool | None = None,
         cudnn_benchmark: bool = True,
         objective: str = K.OBJECTIVE,
+        memory_budget: int | None = None,
     ) -> None:
         self.trial = trial
         # The result key the best epoch (and the trial's best score) is judged by.
@@ -111,15 +125,24 @@ class Trainer:
             _param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.lr
         )
         self.loss_fn = get_loss(self.cfg.loss)
-        self.precision = select_precision(self.cfg.precision, self.device)
-        self.autocast_dtype = AUTOCAST_DTYPES[self.precision]
-        # fp16 (GPUs without bf16) underflows small gradients without loss scaling.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.group_names = tuple(group_names)
         cuda = self.device.type == "cuda"
         if cuda:
             # Safe here: every training batch has one shape (fixed crop, drop_last).
             torch.backends.cudnn.benchmark = cudnn_benchmark
+        # Precision, layout and compile mode: `auto` measured on this GPU (search.autotune).
+        self.execution = self._choose_execution(memory_budget)
+        self.precision = self.execution.precision
+        self.layout = self.execution.layout
+        self.compile_mode = self.execution.compile
+        self.autocast_dtype = AUTOCAST_DTYPES[self.precision]
+        set_layout(self.model, self.layout)
+        self._compile(self.compile_mode)
+        # fp16 (GPUs without bf16) underflows small gradients without loss scaling.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.threads = max(1, int(threads))
+        self.monitor = EpochMonitor(self.device, self.threads)
+        self._epoch_samples = 0
         # On a GPU the loader ships int16 crops and the GPU normalises and augments them.
         self.transform_on_device = cuda if transform_on_device is None else transform_on_device
         # A host sync per step stalls the GPU's queue; a CPU runs in step anyway.
@@ -175,6 +198,83 @@ class Trainer:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
+    # -- how it computes ----------------------------------------------------------------------
+    def _choose_execution(self, memory_budget: int | None) -> autotune.Execution:
+        select_precision(self.cfg.precision, self.device)  # refuses what this device lacks
+        cuda = self.device.type == "cuda"
+        if not cuda:
+            return autotune.choose_execution(self.cfg, cuda=False)
+
+        def fits(precision: str) -> bool:
+            if memory_budget is None:
+                return True
+            estimate = estimate_training_memory(
+                self.trial.model, self.num_labels, self.label_groups, self.cfg.batch_size,
+                self.cfg.crop_len, precision, self.group_names)
+            return estimate.total_bytes <= memory_budget
+
+        path = autotune.choices_path()
+        return autotune.choose_execution(
+            self.cfg, cuda=True, device_name=torch.cuda.get_device_name(self.device),
+            has_bf16=select_precision("auto", self.device) == "bf16",
+            measure=self.measure_rate, fits=fits, table=autotune.read_choices(path),
+            table_source=str(path))
+
+    def measure_rate(self, precision: str, layout: str, steps: int = 3, warmup: int = 2
+                     ) -> float | None:
+        """Training samples/s of this trial's model at `precision` and `layout`: `steps`
+        timed steps after `warmup` (cuDNN's autotuning, the allocator's growth) on a copy of
+        the model with a throwaway optimizer, on random input of the trial's batch and crop.
+        The trial's weights, optimizer and random state are left as they were. None when the
+        candidate runs out of memory."""
+        device = self.device
+        batch, crop = self.cfg.batch_size, self.cfg.crop_len
+        dtype = AUTOCAST_DTYPES[precision]
+        cuda = device.type == "cuda"
+        model: torch.nn.Module | None = None
+        optimizer: torch.optim.Optimizer | None = None
+        try:
+            with torch.random.fork_rng(devices=[device.index or 0] if cuda else []):
+                model = copy.deepcopy(self.model).train()
+                set_layout(model, layout)
+                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+                x = torch.randn(batch, NUM_LEADS, crop, device=device)
+                y = (torch.rand(batch, self.num_labels, device=device) < 0.2).float()
+                start = time.perf_counter()
+                for step in range(warmup + steps):
+                    if step == warmup:
+                        if cuda:
+                            torch.cuda.synchronize(device)
+                        start = time.perf_counter()
+                    with (torch.autocast(device.type, dtype=dtype) if dtype is not None
+                          else nullcontext()):
+                        logits = model(x)
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                        logits.float(), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                if cuda:
+                    torch.cuda.synchronize(device)
+                return batch * steps / max(time.perf_counter() - start, 1e-9)
+        except torch.OutOfMemoryError:
+            return None
+        finally:
+            del model, optimizer
+            release_memory()
+
+    def _compile(self, mode: str) -> None:
+        """`train.compile`: each stem and branch compiled in place (`nn.Module.compile`), so
+        that parameter names, checkpoints and the optimizer see the same model; the compile
+        time falls in the first epoch (`system/epoch_s`)."""
+        if mode == "off":
+            return
+        options: dict[str, Any] = {"mode": "reduce-overhead"} if mode == "trunk-graphs" else {}
+        regions = [self.model.stem, *self.model.branches]
+        for region in regions:
+            if not isinstance(region, torch.nn.Identity):
+                region.compile(backend=COMPILE_BACKEND, **options)
+
     # -- training -----------------------------------------------------------------------------
     @property
     def frozen(self) -> bool:
@@ -202,6 +302,7 @@ class Trainer:
         bad_loss = torch.zeros((), device=self.device)
         n_samples = 0
         start = time.perf_counter()
+        self._epoch_samples = 0
         for step, (x, y) in enumerate(loader):
             if step >= self.steps_per_epoch:
                 break
@@ -230,6 +331,7 @@ class Trainer:
         # Before the epoch's checkpoint: a diverged trial never writes a poisoned one.
         self._check_finite(bad_step, bad_loss)
         elapsed = time.perf_counter() - start
+        self._epoch_samples = n_samples
         steps = max(1, min(self.steps_per_epoch, len(loader)))
         return {
             K.TRAIN_LOSS: float(total.item()) / steps,
@@ -299,9 +401,11 @@ class Trainer:
         }
 
     def run_epoch(self, nan_at_step: int | None = None) -> EpochResult:
+        self.monitor.start()
         train_metrics = self.train_epoch(nan_at_step=nan_at_step)
         result = self.evaluate()
         result.metrics.update(train_metrics)
+        result.metrics.update(self.monitor.stop(self._epoch_samples))
         self.epoch += 1
         score = result.metrics[self.objective]
         if score > self.best_score:
