@@ -59,9 +59,9 @@ def parse_objective(text: str) -> tuple[str, ...]:
                          f"{', '.join(OBJECTIVES)} (quality first, e.g. auprc,gflops)")
     if (names[0] not in QUALITY_OBJECTIVES or len(set(names)) != len(names)
             or any(n in QUALITY_OBJECTIVES for n in names[1:])):
-        raise ValueError(f"objective {text!r}: start with one quality term "
-                         f"({', '.join(QUALITY_OBJECTIVES)}) and name each cost once, e.g. "
-                         "auprc,gflops")
+        raise ValueError(f"objective {text!r}: start with auprc (or another quality term: "
+                         f"{', '.join(QUALITY_OBJECTIVES[1:])}), the only one, and name each "
+                         "cost once, e.g. auprc,gflops or worst-source,gflops")
     return names
 
 
