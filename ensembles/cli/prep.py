@@ -112,7 +112,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     from ecgtune.data_prep.synth import synthesize
 
     if args.sources and args.fs != 500.0:
-        print("ecgtune synth: --fs and --sources: each source records at its own rate",
+        print("ecgtune synth: error: --fs and --sources: each source records at its own rate",
               file=sys.stderr)
         return 2
     stage(f"synthesising {args.n} records")
@@ -122,7 +122,7 @@ def _run_synth(args: argparse.Namespace) -> int:
             workers=args.workers, progress=not args.no_progress, sources=args.sources,
         )
     except ValueError as exc:
-        print(f"ecgtune synth: {exc}", file=sys.stderr)
+        print(f"ecgtune synth: error: {exc}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{k} {v}" for k, v in result.label_counts.items())
     print(f"wrote {result.n} records to {result.output_dir} (seed {result.seed})")
