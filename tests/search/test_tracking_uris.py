@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,10 +22,19 @@ from ecgtune.search.errors import TrackingError
 
 
 @pytest.fixture
-def no_mlflow_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+def no_mlflow_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    import mlflow
+
     for key in (tracking.TRACKING_URI_ENV, tracking.REGISTRY_URI_ENV):
         monkeypatch.delenv(key, raising=False)
-    return monkeypatch
+    tracking_before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    yield monkeypatch
+    # `mlflow_uris` hands a user's MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI back to
+    # MLflow's module state as well. The variables leave with this test, so must that state:
+    # later clients in this process would send their calls to it (minutes of retries
+    # against http://registry:5000 in the tracking-server tests).
+    mlflow.set_tracking_uri(tracking_before)  # type: ignore[arg-type]  # None: unset
+    mlflow.set_registry_uri(None)  # type: ignore[arg-type]
 
 
 def test_flag_beats_environment_beats_the_working_folder(no_mlflow_env, tmp_path):
