@@ -72,8 +72,9 @@ class LayoutConvTranspose1d(nn.ConvTranspose1d):
         if output_size is not None or self.padding_mode != "zeros":
             return to_channels_last(super().forward(from_channels_last(x), output_size))
         return F.conv_transpose2d(
-            x, self.weight.unsqueeze(2), self.bias, (1, self.stride[0]), (0, self.padding[0]),
-            (0, self.output_padding[0]), self.groups, (1, self.dilation[0]))
+            x, self.weight.unsqueeze(2), self.bias, (1, self.stride[0]),
+            (0, int(self.padding[0])), (0, int(self.output_padding[0])), self.groups,
+            (1, self.dilation[0]))
 
 
 class LayoutBatchNorm1d(nn.BatchNorm1d):

@@ -141,10 +141,13 @@ def trial_device(gpu_ids: Sequence[object], cuda_available: bool | None = None) 
 
 def select_precision(requested: str, device: torch.device,
                      capability: tuple[int, int] | None = None) -> str:
-    """`train.precision` -> what the trial runs: fp32, bf16 or fp16 (with a GradScaler).
+    """`train.precision` -> the precision a trial runs before any measurement: fp32, bf16 or
+    fp16 (with a GradScaler); refuses what the device cannot run.
 
     auto: fp32 on a CPU (bf16 autocast there is slower), bf16 on Ampere and newer GPUs,
-    fp16 + loss scaling on older ones (T4, V100), whose bf16 is emulated.
+    fp16 + loss scaling on older ones (T4, V100), whose bf16 is emulated. On a GPU with bf16
+    the Trainer then measures bf16 against fp32 (`search.autotune`); memory checks use this
+    answer, and `auto` never picks fp32 where fp32's estimate does not fit.
     """
     if requested not in ("auto", *AUTOCAST_DTYPES):
         raise ValueError(f"unknown precision {requested!r}; valid: auto, fp32, bf16, fp16")

@@ -3,21 +3,22 @@
     python -m ecgtune.ensembles.cli.gpu_check [--json FILE] [--no-ray] [--quick] [--profile]
         [--compile] [--search] [--budget-s S] [--choices FILE]
 
-Rows, in this order: the environment; training samples/s of `seed` and `seed-multi` (batch
-128, crop 4,096) in each precision (bf16, fp32 = TF32 convolutions) and each layout (`ncl`,
-the old one, and `channels_last`) side by side in one run, against loader-only samples/s and
-as a fraction of the GPU's measured bf16 peak at 21.9 GFLOP per training sample; the issue's
-targets as PASS/FAIL cells (the new layout >= 3x the old one's best in this run, >= 8,200
-samples/s on an H200, `train.precision=auto` picking the fastest measured, two trials at 0.5
-GPU >= 1.7x one); one trial alone and two processes sharing the GPU; training memory (max
-allocated / reserved against our estimate); step time right after a restore; memory still
-held when a reused actor starts its second trial; the OOM path (one clear error, no retry,
-the sibling process unharmed); ensemble-member inference on the device in fp32 and bf16
-against the CPU's probabilities; the environment inside a `num_gpus=0.5` Ray task; with
-`--profile` the kernels of a training step; with `--search` a real `demo`-space search at
-`--gpus-per-trial 0.5` on synthetic records, then `ensemble --device cuda` and `export`,
-timed; with `--compile` regional `torch.compile` (`train.compile=trunk`, and with CUDA graphs
-`trunk-graphs`) against eager, its compile time counted.
+Rows (the targets' sections first): the environment; training samples/s of `seed` and
+`seed-multi` (batch 128, crop 4,096) in each precision (bf16, fp32 = TF32 convolutions) and
+each layout (`ncl`, the old one, and `channels_last`) side by side in one run, against
+loader-only samples/s and as a fraction of the GPU's measured bf16 peak at 21.9 GFLOP per
+training sample; DESIGN's targets as PASS/FAIL cells (the new layout >= 3x the old one's
+best in this run, >= 8,200 samples/s on an H200, `train.precision=auto` picking the fastest
+measured, two trials at 0.5 GPU >= 1.7x one); one trial alone and two processes sharing the
+GPU; training memory (max allocated / reserved against our estimate); step time right after
+a restore; memory still held when a reused actor starts its second trial; the OOM path (one
+clear error, no retry, the sibling process unharmed); ensemble-member inference on the
+device in fp32 and bf16 against the CPU's probabilities; the environment inside a
+`num_gpus=0.5` Ray task; with `--profile` the kernels of a training step; with `--search` a
+real `demo`-space search at `--gpus-per-trial 0.5` on synthetic records, then `ensemble
+--device cuda` and `export`, timed; with `--compile` regional `torch.compile`
+(`train.compile=trunk`, and with CUDA graphs `trunk-graphs`) against eager, its compile time
+counted.
 
 On a GPU the measured samples/s of each precision and layout (and the compile mode that was
 faster, when `--compile` ran) are written to the table that `train.precision=auto` reads
@@ -69,7 +70,7 @@ from ecgtune.search.training import Trainer
 # Forward + backward of the reference network on one 12 x 4,096 crop (DESIGN.md).
 SEED_TRAIN_GFLOP = 21.9
 LABEL_MAP = "seed20"
-# The issue's targets: the new layout >= 3x the old one's best samples/s in the same run
+# DESIGN.md's GPU targets: the new layout >= 3x the old one's best samples/s in the same run
 # (any GPU), `seed` b128 crop 4,096 >= 8,200 samples/s on an H200 (3x its first measurement,
 # 2,739), two trials at 0.5 GPU >= 1.7x one trial.
 LAYOUT_SPEEDUP_TARGET = 3.0
@@ -770,7 +771,7 @@ def search_section(device: torch.device, records: int | None = None,
 def run(quick: bool = False, use_ray: bool = True, extra: tuple[str, ...] = (),
         emit: Callable[[list[Row]], None] | None = None, budget_s: float | None = None,
         choices: str | None = None) -> list[Row]:
-    """All sections in order, the issue's targets first; `emit` sees each section's rows as
+    """All sections in order, the performance targets first; `emit` sees each section's rows as
     soon as it is done (a run cut short by a time limit still leaves what it measured).
     `budget_s`: sections that would start later than that are skipped, each with a row.
     On a GPU the measured rates go to the `auto` table (`choices`, else its default)."""
@@ -833,7 +834,7 @@ def run(quick: bool = False, use_ray: bool = True, extra: tuple[str, ...] = (),
     ]
     if cuda:
         sections.append(("throughput", lambda: trained(big)))
-    # The issue's measurements first (a lease can end the run), then the earlier checks.
+    # The targets' measurements first (a lease can end the run), then the earlier checks.
     sections += [
         ("targets", chosen),
         ("sharing", lambda: sharing_and_oom(device, train_preset, big, batch, crop, steps)),

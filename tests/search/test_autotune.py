@@ -64,7 +64,7 @@ def test_auto_on_a_gpu_picks_the_fastest_measured_precision_and_layout():
     assert len(measure.calls) == 8
 
 
-def test_the_issues_case_bf16_slower_than_tf32_in_the_old_layout():
+def test_the_first_h200_measurement_bf16_slower_than_tf32_in_the_old_layout():
     measure = FakeMeasure(RATES)
     chosen = _gpu(TrainConfig(layout="ncl"), measure)
     assert (chosen.precision, chosen.layout) == ("fp32", "ncl")

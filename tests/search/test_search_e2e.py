@@ -144,7 +144,13 @@ def test_crashed_trial_resumes_from_checkpoint_and_nan_trial_fails_clearly(prepa
     # Where each trial ran is on its run (a retry may move it to another node).
     assert crashed.data.tags["ecgtune.device"] == "cpu (cpu)"
     assert crashed.data.tags["ecgtune.precision"] == "fp32"
+    assert crashed.data.tags["ecgtune.precision_reason"] == "fp32: auto on a CPU"
+    assert crashed.data.tags["ecgtune.layout"] == "ncl"
     assert crashed.data.tags["ecgtune.node_id"]
+    # What each epoch used of the machine: on a CPU trial, its process's CPU utilisation.
+    for key in (K.SYSTEM_CPU_UTIL, K.SYSTEM_SAMPLES_PER_S, K.SYSTEM_EPOCH_S):
+        history = client.get_metric_history(crashed.info.run_id, key)
+        assert history and all(m.value > 0 for m in history), key
     # Retried from the epoch-1 checkpoint, not restarted: it reports where it resumed.
     assert crashed.info.status == "FINISHED"
     restored = client.get_metric_history(crashed.info.run_id, K.RESTORED_FROM_EPOCH)
