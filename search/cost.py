@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ecgtune.components import NUM_LEADS, ModelConfig, build_model
+from ecgtune.components._torch_compat import fft_ops
 from ecgtune.search import metric_keys as K
 
 __all__ = ["RECORD_SAMPLES", "ModelCost", "count_gflops", "measure_cpu_ms", "model_cost"]
@@ -51,8 +52,8 @@ def _c2r_flops(x_shape: Sequence[int], dim: Sequence[int], *args: Any, out_shape
     return _fft_flops(out_shape, dim)
 
 
-_FFT_FLOPS = {torch.ops.aten._fft_r2c.default: _r2c_flops,
-              torch.ops.aten._fft_c2r.default: _c2r_flops}
+_R2C, _C2R = fft_ops()
+_FFT_FLOPS = {_R2C: _r2c_flops, _C2R: _c2r_flops}
 
 
 @dataclass(frozen=True)

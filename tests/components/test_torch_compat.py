@@ -17,3 +17,19 @@ def test_uncompiled_is_the_module_torch_compile_wrapped():
         f"{_torch_compat.COMPILED_ORIGINAL}")
     assert _torch_compat.uncompiled(wrapper) is model
     assert _torch_compat.uncompiled(model) is model
+
+
+def test_fft_ops_are_what_rfft_and_irfft_dispatch_to():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    r2c, c2r = _torch_compat.fft_ops()
+    seen: list[object] = []
+
+    def count(*args, **kwargs):
+        seen.append(kwargs.get("out_shape"))
+        return 1
+
+    with FlopCounterMode(display=False, custom_mapping={r2c: count, c2r: count}) as counter:
+        torch.fft.irfft(torch.fft.rfft(torch.randn(2, 64)), n=64)
+    assert len(seen) == 2 and counter.get_total_flops() == 2, (
+        f"torch {torch.__version__}: rfft/irfft no longer dispatch to {r2c}, {c2r}")

@@ -48,6 +48,17 @@ def test_meta_and_cpu_counts_agree_and_per_branch_settings_count():
             > model_cost(config, 20, GROUPS, NAMES, time_it=False).gflops)
 
 
+def test_an_ssm_trunk_counts_its_fft_convolution():
+    # The counter has no formula for rfft/irfft; without ours the state-space kernel is free.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(get_preset("ssm-tiny"), 20)
+    x = torch.zeros(1, 12, RECORD_SAMPLES)
+    with torch.no_grad(), FlopCounterMode(display=False) as bare:
+        model.eval()(x)
+    assert count_gflops(model) > bare.get_total_flops() / 1e9 * 1.01
+
+
 def test_cpu_ms_is_measured_and_metrics_use_the_shared_keys():
     model = build_model(get_preset("tiny"), 20)
     assert measure_cpu_ms(model, batch=1, repeats=1) > 0

@@ -26,7 +26,7 @@ def test_objective_names() -> None:
     assert objective_metric("mean-source") == K.MEAN_SOURCE_AUPRC
     assert objective_metric("auprc") == K.OBJECTIVE
     for bad in ("auprc,worst-source", "gflops,worst-source", "worst-source,worst-source"):
-        with pytest.raises(ValueError, match="start with auprc .or another quality term"):
+        with pytest.raises(ValueError, match=r"start with auprc .or another quality term"):
             parse_objective(bad)
     with pytest.raises(Exception, match="--objective: unknown objective worst"):
         SearchOptions(data=Path("d"), objective="worst")
