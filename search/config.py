@@ -2,10 +2,10 @@
 
 A trial's Ray Tune config is one flat dict: model keys (`branch.depths`, `fusion`,
 `input.fs`, ...) go to `components.ModelConfig.from_flat`, `train.*` keys to `TrainConfig`,
-`debug.*` keys to `DebugConfig`, and the pretrained-trunk keys (`branch.init`,
-`branch.freeze_epochs`: how the trunks start, not what they are) to `InitConfig`. The same
-flat dict is what MLflow records as the trial's params, so a run's params rebuild its trial
-exactly.
+and the pretrained-trunk keys (`branch.init`, `branch.freeze_epochs`: how the trunks start,
+not what they are) to `InitConfig`. The same flat dict is what MLflow records as the trial's
+params, so a run's params rebuild its trial exactly. Fault injection for tests is no part of
+it: tests install a hook through the Python API (search.trainable.TrialHook).
 """
 
 from __future__ import annotations
@@ -85,18 +85,6 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class DebugConfig:
-    """Fault injection for tests of the search's fault handling; off (-1) in real searches."""
-
-    # Crash the trial process once at the start of this epoch (a marker file makes it once).
-    crash_at_epoch: int = -1
-    # Make the training loss NaN at this epoch.
-    nan_at_epoch: int = -1
-    # Raise torch.OutOfMemoryError at the start of this epoch (the OOM path, without a GPU).
-    oom_at_epoch: int = -1
-
-
-@dataclass(frozen=True)
 class InitConfig:
     """Where the trunks' weights start (`components.load_trunk_weights`): a safetensors file
     of one trunk, loaded into every branch before the first epoch, its weights frozen for the
@@ -113,7 +101,7 @@ class InitConfig:
                              "branch.init (a trunk weights file)")
 
 
-_SECTIONS = {"train": TrainConfig, "debug": DebugConfig}
+_SECTIONS = {"train": TrainConfig}
 # Flat keys of InitConfig: `branch.*` by name, kept out of the model's config (a trunk's
 # starting weights do not change the model a checkpoint or bundle rebuilds).
 INIT_KEYS = {f"branch.{f.name}": f.name for f in fields(InitConfig)}
@@ -159,16 +147,15 @@ def _section_from_flat(cls: type, prefix: str, flat: dict[str, Any]) -> Any:
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """Everything one trial needs: the model, how to train it, and test-only fault switches."""
+    """Everything one trial needs: the model, how to train it, and how its trunks start."""
 
     model: ModelConfig
     train: TrainConfig = TrainConfig()
-    debug: DebugConfig = DebugConfig()
     init: InitConfig = InitConfig()
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> TrialConfig:
-        split: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "debug": {}}
+        split: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
         init: dict[str, Any] = {}
         hints = get_type_hints(InitConfig)
         for key, value in flat.items():
@@ -180,17 +167,14 @@ class TrialConfig:
         return cls(
             model=ModelConfig.from_flat(split["model"]),
             train=_section_from_flat(TrainConfig, "train", split["train"]),
-            debug=_section_from_flat(DebugConfig, "debug", split["debug"]),
             init=InitConfig(**init),
         )
 
-    def to_flat(self, include_debug: bool = False) -> dict[str, Any]:
+    def to_flat(self) -> dict[str, Any]:
         flat = dict(self.model.to_flat())
         flat.update({key: getattr(self.init, name) for key, name in INIT_KEYS.items()})
         flat.update({f"train.{k}": v for k, v in dataclasses.asdict(self.train).items()})
-        if include_debug:
-            flat.update({f"debug.{k}": v for k, v in dataclasses.asdict(self.debug).items()})
         return flat
 
     def to_json(self) -> str:
-        return json.dumps(self.to_flat(include_debug=True), sort_keys=True)
+        return json.dumps(self.to_flat(), sort_keys=True)

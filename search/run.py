@@ -42,6 +42,7 @@ from ecgtune.search.validation import (
 
 if TYPE_CHECKING:
     from ecgtune.data_prep import ECGDataset
+    from ecgtune.search.trainable import TrialHook
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,10 @@ class _Recorded:
     paused_ms: int = 0  # how long a resumed search lay stopped: not part of its Duration
 
 
-def run_search(opts: SearchOptions) -> SearchResult:
+def run_search(opts: SearchOptions, trial_hook: TrialHook | None = None) -> SearchResult:
+    """Run (or, with `opts.resume`, resume) a search. `trial_hook` (for tests: fault
+    injection) is called in every trial at the start of each epoch (search.trainable); it is
+    no option of the search, so nothing records it."""
     # Options, --set values and --storage first: a bad invocation creates nothing.
     stage("checking the options, the space and the data")
     validated = validate_options(opts)
@@ -138,11 +142,12 @@ def run_search(opts: SearchOptions) -> SearchResult:
     with claim_search(validated.storage, opts.name, tracking_uri) as claim:
         if claim.note:
             print(f"ecgtune search: {claim.note}", file=sys.stderr, flush=True)
-        return _run_claimed(opts, validated, data, check, tracking_uri)
+        return _run_claimed(opts, validated, data, check, tracking_uri, trial_hook)
 
 
 def _run_claimed(opts: SearchOptions, validated: ValidatedSearch, data: SearchData,
-                 check: PointValidator, tracking_uri: str) -> SearchResult:
+                 check: PointValidator, tracking_uri: str,
+                 trial_hook: TrialHook | None) -> SearchResult:
     import ray
 
     experiment_path = _experiment_path(opts, validated.storage)
@@ -172,7 +177,7 @@ def _run_claimed(opts: SearchOptions, validated: ValidatedSearch, data: SearchDa
             handle = make_data_handle(opts.data_sharing, None, data.directory, data.folds,
                                       data.manifest_sha256)
             stage("starting the first trials")
-            _fit(opts, validated.space, check, handle, data, gpus, recorded)
+            _fit(opts, validated.space, check, handle, data, gpus, recorded, trial_hook)
             stage("summarising the search")
             result = _summarise(recorded.num_samples, opts, tracking_uri,
                                 recorded.experiment_id, recorded.parent_id, experiment_path)
@@ -314,7 +319,8 @@ def _open_parent_run(client: Any, opts: SearchOptions, validated: ValidatedSearc
 
 
 def _fit(opts: SearchOptions, space: SearchSpace, check: PointValidator, handle: DataHandle,
-         data: SearchData, gpus: float, recorded: _Recorded) -> None:
+         data: SearchData, gpus: float, recorded: _Recorded,
+         trial_hook: TrialHook | None = None) -> None:
     """Run (or resume) the trials: every trial trains on the train folds and is scored on
     the val folds, with its resources, the MLflow tracker and the progress printer."""
     from ray import tune
@@ -324,7 +330,7 @@ def _fit(opts: SearchOptions, space: SearchSpace, check: PointValidator, handle:
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, trial_data=TrialData(
             handle, data.train_folds, data.val_folds, data.label_names, data.label_groups,
-            data.group_names, objective_metric(opts.objective))),
+            data.group_names, objective_metric(opts.objective)), trial_hook=trial_hook),
         {"cpu": opts.cpus_per_trial, "gpu": gpus},
     )
     callbacks: list[Any] = [tracking.MlflowTrialTracker(

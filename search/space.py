@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from ecgtune.components import get_preset, parse_branch_key
-from ecgtune.search.config import INIT_KEYS, DebugConfig, InitConfig, TrainConfig, TrialConfig
+from ecgtune.search.config import INIT_KEYS, InitConfig, TrainConfig, TrialConfig
 from ecgtune.search.errors import SpaceError
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "logint")
@@ -280,7 +280,7 @@ def _normalise(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_keys(space: SearchSpace) -> None:
-    valid = set(space.base_flat()) | {f"debug.{f.name}" for f in fields(DebugConfig)}
+    valid = set(space.base_flat())
     for key in [*space.fixed, *space.param_names]:
         try:  # per-branch keys name label groups, which the data's label map checks later
             if parse_branch_key(key) is not None:

@@ -1,5 +1,12 @@
 """The Ray Tune function trainable: one trial = one `Trainer`, reporting and checkpointing
-every epoch through `ray.tune.report`, resuming from `ray.tune.get_checkpoint()`."""
+every epoch through `ray.tune.report`, resuming from `ray.tune.get_checkpoint()`.
+
+`TrialHook` is the one place where code outside the search runs inside a trial: a callable
+that `run_search(..., trial_hook=...)` hands to every trial and that the trial calls at the
+start of each epoch. Tests install one to inject faults (a crash, a NaN, an out-of-memory
+error) that then take the search's real failure paths; searches started from the CLI have
+none, so the trial config and its MLflow params hold nothing test-only.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,15 +42,28 @@ from ecgtune.search.training import Trainer
 # not retry it (search.faults), but `--resume` restarts errored trials: it then fails at once
 # instead of diverging again from the same checkpoint.
 FATAL_MARKER = "ecgtune_fatal.json"
-CRASH_MARKER = "ecgtune_injected_crash"
 
 
 class FatalTrialError(NonRetryableTrialError):
     """A retry of a trial that already failed for a reason a retry cannot change."""
 
 
-class InjectedCrash(RuntimeError):
-    """Raised by `debug.crash_at_epoch` to test retry-from-checkpoint."""
+@dataclass(frozen=True)
+class EpochStart:
+    """What a `TrialHook` gets at the start of each epoch of a trial (also the first epoch
+    after a retry or `--resume` restored it from a checkpoint)."""
+
+    trial_id: str
+    config: Mapping[str, Any]  # the trial's flat config, as Ray Tune gave it
+    epoch: int  # the epoch about to run: the number of epochs done so far
+    trainer: Trainer
+    trial_dir: Path  # kept across the trial's retries (a hook's markers survive them)
+
+
+# Runs in the trial's process, inside the trial's error handling: what it raises fails the
+# trial as the same exception from training would. Pickled to the Ray workers, so it must be
+# importable there or registered with `ray.cloudpickle.register_pickle_by_value`.
+TrialHook = Callable[[EpochStart], None]
 
 
 @dataclass(frozen=True)
@@ -99,7 +120,8 @@ def prepare_device(trial: TrialConfig, num_labels: int, label_groups: list[list[
     return device
 
 
-def train_trial(config: dict[str, Any], trial_data: TrialData) -> None:
+def train_trial(config: dict[str, Any], trial_data: TrialData,
+                trial_hook: TrialHook | None = None) -> None:
     # Ray logs every persisted checkpoint at INFO, which buries the progress table.
     logging.getLogger(_ray_compat.STORAGE_LOGGER).setLevel(logging.WARNING)
     quiet_shutdown_in_finalizers()
@@ -131,7 +153,7 @@ def train_trial(config: dict[str, Any], trial_data: TrialData) -> None:
                 memory_budget=share_budget(device, _gpu_share()),
             )
             del dataset
-            _run_trial(trainer, trial, trial_dir)
+            _run_trial(trainer, trial, config, trial_dir, trial_hook)
     except NonRetryableTrialError as exc:
         # Deterministic for this config (NaN loss, no usable GPU, out of memory): the
         # marker fails a `--resume`d restart of this trial at once (search.faults stops
@@ -172,7 +194,8 @@ def _trial_cost(trainer: Trainer) -> dict[str, float]:
                       getattr(model, "group_names", ()), threads=trainer.threads).metrics()
 
 
-def _run_trial(trainer: Trainer, trial: TrialConfig, trial_dir: Path) -> None:
+def _run_trial(trainer: Trainer, trial: TrialConfig, config: Mapping[str, Any], trial_dir: Path,
+               hook: TrialHook | None) -> None:
     restored_from = -1
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -181,22 +204,13 @@ def _run_trial(trainer: Trainer, trial: TrialConfig, trial_dir: Path) -> None:
         restored_from = trainer.epoch
     environment = _environment(trainer)
     cost = _trial_cost(trainer)
+    trial_id = tune.get_context().get_trial_id()
     while trainer.epoch < trial.train.epochs:
-        _maybe_crash(trial, trainer.epoch, trial_dir)
-        if trial.debug.oom_at_epoch == trainer.epoch:
-            raise torch.OutOfMemoryError(
-                f"injected: CUDA out of memory at epoch {trainer.epoch} (debug.oom_at_epoch)")
-        nan_step = 0 if trial.debug.nan_at_epoch == trainer.epoch else None
-        result = trainer.run_epoch(nan_at_step=nan_step)
+        if hook is not None:
+            hook(EpochStart(trial_id, config, trainer.epoch, trainer, trial_dir))
+        result = trainer.run_epoch()
         metrics = {**result.metrics, K.RESTORED_FROM_EPOCH: restored_from, **environment,
                    **cost}
         with tempfile.TemporaryDirectory(prefix="ecgtune-ckpt-") as directory:
             trainer.save(directory, result)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-
-
-def _maybe_crash(trial: TrialConfig, epoch: int, trial_dir: Path) -> None:
-    marker = trial_dir / CRASH_MARKER
-    if trial.debug.crash_at_epoch == epoch and not marker.exists():
-        marker.write_text(str(epoch))
-        raise InjectedCrash(f"injected crash at the start of epoch {epoch} (debug.crash_at_epoch)")

@@ -281,7 +281,7 @@ class Trainer:
         """True while this epoch keeps the pretrained trunks frozen (`branch.freeze_epochs`)."""
         return bool(self.pretrained) and self.epoch < self.trial.init.freeze_epochs
 
-    def train_epoch(self, nan_at_step: int | None = None) -> dict[str, float]:
+    def train_epoch(self) -> dict[str, float]:
         """One epoch of `steps_per_epoch` optimizer steps; returns loss and throughput."""
         self.model.train()
         if self.pretrained:
@@ -311,8 +311,6 @@ class Trainer:
             with self._autocast():
                 logits = self.model(x)
             loss = self.loss_fn(logits, y, self.cfg)
-            if nan_at_step is not None and step == nan_at_step:
-                loss = loss * float("nan")
             first = (bad_step < 0) & ~torch.isfinite(loss)
             bad_step = torch.where(first, step, bad_step)
             bad_loss = torch.where(first, loss.detach(), bad_loss)
@@ -400,9 +398,9 @@ class Trainer:
             **{K.source_key(s): v for s, v in per_source.items()},
         }
 
-    def run_epoch(self, nan_at_step: int | None = None) -> EpochResult:
+    def run_epoch(self) -> EpochResult:
         self.monitor.start()
-        train_metrics = self.train_epoch(nan_at_step=nan_at_step)
+        train_metrics = self.train_epoch()
         result = self.evaluate()
         result.metrics.update(train_metrics)
         result.metrics.update(self.monitor.stop(self._epoch_samples))

@@ -21,12 +21,12 @@ import os
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ecgtune.components import SOURCE_FS, parse_branch_key
-from ecgtune.search.config import DebugConfig, TrialConfig
+from ecgtune.search.config import TrialConfig
 from ecgtune.search.errors import SearchOptionError
 from ecgtune.search.options import SearchOptions, resolve_storage
 from ecgtune.search.space import Param, SearchSpace, load_space
@@ -117,14 +117,13 @@ def _check_local_cpus(opts: SearchOptions) -> None:
 
 
 def _valid_keys(space: SearchSpace) -> dict[str, Any]:
-    return {**space.base_flat(), **{f"debug.{f.name}": f.default for f in fields(DebugConfig)}}
+    return space.base_flat()
 
 
 def _unknown_key(flag: str, key: str, valid: Mapping[str, Any]) -> SearchOptionError:
-    # List the keys of the section the user meant (train.*, debug.* or the model's), not all.
+    # List the keys of the section the user meant (train.* or the model's), not all.
     def section(name: str) -> str:
-        head = name.split(".", 1)[0]
-        return head if head in ("train", "debug") else "model"
+        return "train" if name.split(".", 1)[0] == "train" else "model"
 
     same = sorted(k for k in valid if section(k) == section(key))
     close = difflib.get_close_matches(key, list(valid), n=1)
@@ -141,7 +140,7 @@ def _typed_value(key: str, value: Any, candidates: list[dict[str, Any]]) -> Any:
     first: ValueError | None = None
     for candidate in candidates:
         try:
-            flat = TrialConfig.from_flat({**candidate, key: value}).to_flat(include_debug=True)
+            flat = TrialConfig.from_flat({**candidate, key: value}).to_flat()
         except ValueError as exc:
             first = first or exc
             continue

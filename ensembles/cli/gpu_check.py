@@ -55,7 +55,7 @@ from ecgtune.data_prep.labels import get_label_map
 from ecgtune.data_prep.loader import AugmentConfig, BatchLoader, DeviceBatchTransform
 from ecgtune.ensembles.ship.inference import InputSpec
 from ecgtune.search import autotune
-from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
+from ecgtune.search.config import TrainConfig, TrialConfig
 from ecgtune.search.devices import (
     GIB,
     TrialOutOfMemoryError,
@@ -115,7 +115,7 @@ def _trainer(preset: str, data: ECGDataset, val: ECGDataset, device: torch.devic
              compile_mode: str = "off") -> Trainer:
     cfg = TrainConfig(epochs=4, batch_size=batch, crop_len=crop, steps_per_epoch=steps,
                       precision=precision, layout=layout, compile=compile_mode, augment=True)
-    trial = TrialConfig(get_preset(preset), cfg, DebugConfig())
+    trial = TrialConfig(get_preset(preset), cfg)
     label_map = data.label_map
     return Trainer(trial, data, val, label_groups=label_map.group_indices(),
                    label_names=list(label_map.names), device=device, threads=threads,

@@ -13,14 +13,14 @@ from ecgtune.components import build_model, get_preset
 from ecgtune.ensembles.build.members import TrialRef, load_member, resolve_checkpoint
 from ecgtune.ensembles.errors import MemberError
 from ecgtune.search import checkpoint
-from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
+from ecgtune.search.config import TrainConfig, TrialConfig
 
 LABELS = ["A", "B", "C", "D"]
 
 
 def _checkpoint(directory, crop_len: int = 1536) -> TrialRef:
     trial = TrialConfig(get_preset("tiny"), TrainConfig(crop_len=crop_len,
-                                                        normalization="record"), DebugConfig())
+                                                        normalization="record"))
     model = build_model(trial.model, len(LABELS), [[0, 1], [2, 3]])
     validation = checkpoint.Validation(
         label_names=LABELS, thresholds=np.array([0.2, 0.4, 0.6, 0.8]), threshold_objective="f1",

@@ -16,7 +16,7 @@ from ecgtune.search import autotune
 from ecgtune.search import metric_keys as K
 from ecgtune.search import training as training_module
 from ecgtune.search.autotune import Execution, choose_execution, read_choices, write_choices
-from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
+from ecgtune.search.config import TrainConfig, TrialConfig
 from ecgtune.search.training import Trainer
 
 # The first H200 measurement (bf16 / TF32 in the ncl layout) and two channels-last rates.
@@ -143,7 +143,7 @@ def _trainer(data, **train_kw) -> Trainer:
     train, val = data
     cfg = TrainConfig(**{"epochs": 2, "crop_len": 1024, "batch_size": 16, "steps_per_epoch": 3,
                          "augment": False, **train_kw})
-    return Trainer(TrialConfig(get_preset("tiny"), cfg, DebugConfig()), train, val,
+    return Trainer(TrialConfig(get_preset("tiny"), cfg), train, val,
                    label_groups=train.label_map.group_indices(),
                    label_names=list(train.label_map.names), device="cpu")
 

@@ -15,7 +15,7 @@ import torch
 from ecgtune.components import build_model, get_preset
 from ecgtune.search import checkpoint
 from ecgtune.search import metric_keys as K
-from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
+from ecgtune.search.config import TrainConfig, TrialConfig
 from ecgtune.search.errors import CheckpointError
 
 LABELS = [f"L{i}" for i in range(6)]
@@ -23,8 +23,7 @@ GROUPS = [[0, 1, 2], [3, 4, 5]]
 
 
 def _trial() -> TrialConfig:
-    return TrialConfig(get_preset("tiny"), TrainConfig(crop_len=1024, normalization="record"),
-                       DebugConfig())
+    return TrialConfig(get_preset("tiny"), TrainConfig(crop_len=1024, normalization="record"))
 
 
 def _validation(rng: np.random.Generator) -> checkpoint.Validation:

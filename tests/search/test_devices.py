@@ -21,7 +21,7 @@ from ecgtune.data_prep import BatchLoader
 from ecgtune.data_prep.loader import AugmentConfig, DeviceBatchTransform
 from ecgtune.ensembles.cli.gpu_check import synthetic_dataset
 from ecgtune.search import devices
-from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
+from ecgtune.search.config import TrainConfig, TrialConfig
 from ecgtune.search.devices import (
     DeviceError,
     TrialDoesNotFitError,
@@ -55,7 +55,7 @@ def _trainer(data, **kwargs) -> Trainer:
     train, val = data
     train_kw = {"epochs": 2, "crop_len": 1024, "batch_size": 16, "steps_per_epoch": 3,
                 "augment": False, **kwargs.pop("train", {})}
-    return Trainer(TrialConfig(get_preset("tiny"), TrainConfig(**train_kw), DebugConfig()),
+    return Trainer(TrialConfig(get_preset("tiny"), TrainConfig(**train_kw)),
                    train, val, label_groups=train.label_map.group_indices(),
                    label_names=list(train.label_map.names), device="cpu", **kwargs)
 
@@ -285,5 +285,13 @@ def test_training_on_the_device_path_reports_nan_at_the_right_step(data):
     trainer = _trainer(data, transform_on_device=True, train={"augment": True})
     assert np.isfinite(trainer.run_epoch().metrics["train/loss"])
     trainer.check_every = 50  # as on a GPU: no host sync per step
+    calls = []
+
+    # NaN logits from the epoch's third batch on: the first bad step reported must be 2.
+    def nan_from_the_third_batch(module, inputs, output):
+        calls.append(1)
+        return output * float("nan") if len(calls) >= 3 else output
+
+    trainer.model.register_forward_hook(nan_from_the_third_batch)
     with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 1 step 2"):
-        trainer.train_epoch(nan_at_step=2)
+        trainer.train_epoch()

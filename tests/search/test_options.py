@@ -66,6 +66,8 @@ BAD_INVOCATIONS = [
     (["--set", "train.lr=abc"], ["--set train.lr=abc", "must be a number"]),
     (["--set", "train.bogus=1"], ["unknown config key 'train.bogus'", "train.lr"]),
     (["--set", "branch.depth=3-2"], ["unknown config key 'branch.depth'", "branch.depths"]),
+    # Fault injection is a test-only trial hook, not config: no `debug.*` key exists.
+    (["--set", "debug.nan_at_epoch=1"], ["unknown config key 'debug.nan_at_epoch'"]),
     (["--set", "fusion=nope"], ["--set fusion=nope", "unknown fusion 'nope'"]),
     (["--set", "train.lr=inf"], ["train.lr must be a finite number"]),
     (["--set", "train.lr=nan"], ["train.lr must be > 0"]),
@@ -173,9 +175,9 @@ def test_set_on_a_searched_key_pins_it(tmp_path):
 def test_pins_are_typed_like_the_trial_config():
     space = load_space("tiny")
     pins = typed_pins(space, {"branch.depths": "3-2", "train.augment": "true",
-                              "train.batch_size": "16", "debug.nan_at_epoch": "2"}, epochs=4)
+                              "train.batch_size": "16", "train.seed": "2"}, epochs=4)
     assert pins == {"branch.depths": [3, 2], "train.augment": True, "train.batch_size": 16,
-                    "debug.nan_at_epoch": 2, "train.epochs": 4}
+                    "train.seed": 2, "train.epochs": 4}
     pinned, _ = pin_space(space, pins)
     # The categorical '3-2' of the space and the pinned list are the same depths.
     assert pinned.trial_config(pinned.sample(0)).model.branch.depths == (3, 2)

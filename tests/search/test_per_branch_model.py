@@ -13,7 +13,7 @@ from ecgtune.components import ModelConfig, get_preset
 from ecgtune.data_prep import load_shards
 from ecgtune.search import checkpoint
 from ecgtune.search import metric_keys as K
-from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
+from ecgtune.search.config import TrainConfig, TrialConfig
 from ecgtune.search.training import Trainer
 
 # seed-multi's layout (own stems, one branch per group, independent heads) at a CPU size
@@ -43,7 +43,7 @@ def test_heterogeneous_member_trains_checkpoints_bundles_and_predicts(folds, tmp
         (4, 3, 2), (3, 2), (2,)]
     train = TrainConfig(epochs=1, crop_len=1024, batch_size=16, steps_per_epoch=2,
                         augment=False, lr=3e-3)
-    trainer = Trainer(TrialConfig(config, train, DebugConfig()), folds.select(folds=range(7)),
+    trainer = Trainer(TrialConfig(config, train), folds.select(folds=range(7)),
                       folds.select(folds=[7]), label_groups=label_map.group_indices(),
                       label_names=list(label_map.names), device="cpu")
     assert [len(b.trunk.ublocks) for b in trainer.model.branches] == [3, 2, 2, 1]

@@ -14,7 +14,7 @@ from ecgtune.data_prep import fold_roles, load_shards, prepare, read_manifest
 from ecgtune.data_prep.synth import synthesize
 from ecgtune.search import metric_keys as K
 from ecgtune.search import metrics as M
-from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
+from ecgtune.search.config import TrainConfig, TrialConfig
 from ecgtune.search.options import SearchOptions, objective_metric, parse_objective
 from ecgtune.search.training import Trainer
 
@@ -59,7 +59,7 @@ def site_folds(tmp_path_factory: pytest.TempPathFactory):
 def _trainer(site_folds, objective: str) -> Trainer:
     train, val = site_folds
     cfg = TrainConfig(epochs=2, crop_len=1024, batch_size=16, steps_per_epoch=3, augment=False)
-    return Trainer(TrialConfig(get_preset("tiny"), cfg, DebugConfig()), train, val,
+    return Trainer(TrialConfig(get_preset("tiny"), cfg), train, val,
                    label_groups=train.label_map.group_indices(),
                    label_names=list(train.label_map.names), device="cpu", objective=objective)
 

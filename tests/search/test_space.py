@@ -107,6 +107,8 @@ def test_warm_start_presets_expand_in_the_default_space():
     ("text", "message"),
     [
         ("params: {nope.key: {choice: [1, 2]}}", "unknown config key 'nope.key'"),
+        ("params: {debug.nan_at_epoch: {choice: [-1, 1]}}",
+         "unknown config key 'debug.nan_at_epoch'"),
         ("params: {train.lr: {loguniform: [0, 1]}}", "empty or invalid range"),
         ("params: {train.lr: {uniform: [1]}}", "must be [low, high]"),
         ("params: {fusion: {choice: []}}", "non-empty list"),

@@ -13,7 +13,7 @@ import torch
 from ecgtune.components import get_preset
 from ecgtune.ensembles.cli.gpu_check import synthetic_dataset
 from ecgtune.search import metric_keys as K
-from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
+from ecgtune.search.config import TrainConfig, TrialConfig
 from ecgtune.search.system_metrics import EpochMonitor, UtilisationSampler, nvml_reader
 from ecgtune.search.training import Trainer
 
@@ -21,7 +21,7 @@ from ecgtune.search.training import Trainer
 def test_every_epoch_of_a_cpu_trial_reports_what_it_used():
     train, val = synthetic_dataset(64, seed=0), synthetic_dataset(16, seed=1)
     cfg = TrainConfig(epochs=1, crop_len=1024, batch_size=16, steps_per_epoch=2, augment=False)
-    trainer = Trainer(TrialConfig(get_preset("tiny"), cfg, DebugConfig()), train, val,
+    trainer = Trainer(TrialConfig(get_preset("tiny"), cfg), train, val,
                       label_groups=train.label_map.group_indices(), device="cpu")
     metrics = trainer.run_epoch().metrics
     assert metrics[K.SYSTEM_EPOCH_S] > 0

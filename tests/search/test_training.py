@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from trial_faults import poison_weights
 
 from ecgtune.components import get_preset
 from ecgtune.data_prep import load_shards
 from ecgtune.search import metric_keys as K
-from ecgtune.search.config import DebugConfig, TrainConfig, TrialConfig
+from ecgtune.search.config import TrainConfig, TrialConfig
 from ecgtune.search.losses import LOSSES, get_loss
 from ecgtune.search.training import NonFiniteLossError, Trainer
 
@@ -24,7 +25,7 @@ def _trainer(folds, **train) -> Trainer:
     train_data, val_data, label_map = folds
     cfg = TrainConfig(**{"epochs": 2, "crop_len": 1024, "batch_size": 32, "steps_per_epoch": 6,
                          "augment": False, "lr": 3e-3, **train})
-    return Trainer(TrialConfig(get_preset("tiny"), cfg, DebugConfig()), train_data, val_data,
+    return Trainer(TrialConfig(get_preset("tiny"), cfg), train_data, val_data,
                    label_groups=label_map.group_indices(), label_names=list(label_map.names),
                    device="cpu")
 
@@ -86,8 +87,9 @@ def test_resume_from_checkpoint_continues_exactly(folds, tmp_path):
 
 def test_nan_loss_raises_a_clear_error(folds):
     trainer = _trainer(folds)
+    poison_weights(trainer.model)
     with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 0 step 0"):
-        trainer.run_epoch(nan_at_step=0)
+        trainer.run_epoch()
 
 
 def test_bf16_autocast_path_runs_on_cpu(folds):
