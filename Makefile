@@ -8,6 +8,9 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 WORKDIR ?= ecgtune-demo
 PYTEST_ARGS ?=
+# `make test` runs the suite in this many pytest-xdist workers (tests/conftest.py groups them);
+# most tests use one thread, so the second core is otherwise idle.
+TEST_WORKERS ?= 2
 # Exact versions of everything else, so that `make demo` and `make test` give everyone the
 # same environment (`make constraints` regenerates it; `make CONSTRAINTS= demo` installs the
 # newest releases that pyproject.toml's ranges allow instead).
@@ -42,7 +45,8 @@ demo: $(VENV)/.installed
 	PYTHONPYCACHEPREFIX=$(abspath $(VENV))/pycache $(VENV)/bin/ecgtune demo --workdir $(WORKDIR)
 
 test: $(VENV)/.installed browser-deps postgres-deps
-	PYTHONSAFEPATH=1 $(PY) -m pytest -m "not benchmark" $(PYTEST_ARGS)
+	PYTHONSAFEPATH=1 $(PY) -m pytest -m "not benchmark" -n $(TEST_WORKERS) --dist loadgroup \
+	  $(PYTEST_ARGS)
 
 # Debian's Chromium + chromedriver for the MLflow UI browser test (never a downloaded browser
 # build). Installed when missing and we are root with apt; otherwise that test is skipped.
@@ -102,7 +106,7 @@ test-floors:
 	$(FLOORS_PY) -m pip freeze --exclude-editable | \
 	  grep -iE '^(torch|ray|mlflow|optuna|sqlalchemy|wfdb|numpy|pandas|pyarrow|onnx[a-z]*)=='
 	PYTHONSAFEPATH=1 $(FLOORS_PY) -m pytest -m "not slow and not benchmark" -q \
-	  -p no:cacheprovider $(PYTEST_ARGS)
+	  -n $(TEST_WORKERS) --dist loadgroup -p no:cacheprovider $(PYTEST_ARGS)
 	mkdir -p $(FLOORS_RUN)
 	$(FLOORS_VENV)/bin/ecgtune synth --output $(FLOORS_RUN)/records --n 300 --no-progress
 	$(FLOORS_VENV)/bin/ecgtune prep --input $(FLOORS_RUN)/records --output $(FLOORS_RUN)/data \

@@ -7,15 +7,18 @@ fails (`_no_ray_or_mlflow_server_in_the_fast_tier`)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import pytest
 import torch
@@ -44,11 +47,62 @@ SLOW_FIXTURES = frozenset({"tiny_search", "mlflow_server", "ray_cluster"})
 _MLFLOW_SERVERS = (("server",), ("ui",), ("models", "serve"))
 
 
+# Under pytest-xdist (`make test`: two workers, `--dist loadgroup`) a session or module
+# fixture is built once per worker that uses it. The scheduler below keeps each test module on
+# one worker, and every module on the shared tiny search on the same one. Only the workers see
+# the fixtures: each writes which modules use the search to a file the controller names.
+SHARED_SEARCH_GROUP = "tiny_search"
+_GROUPS_FILE = "ECGTUNE_TEST_GROUPS_FILE"
+
+
+def _is_slow(item: pytest.Item) -> bool:
+    return (item.get_closest_marker("slow") is not None
+            or bool(SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))))
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    if hasattr(config, "workerinput") and os.environ.get(_GROUPS_FILE):
+        shared = sorted({_module(i.nodeid) for i in items
+                         if "tiny_search" in getattr(i, "fixturenames", ())})
+        target = Path(os.environ[_GROUPS_FILE])
+        partial = target.with_name(f"{target.name}.{config.workerinput['workerid']}")
+        partial.write_text(json.dumps(shared))
+        partial.replace(target)  # both workers write the same list; a reader sees one whole
+        # Modules are handed out in this order: the slow ones first, so that the last minutes
+        # go to short modules and both workers finish together.
+        items.sort(key=lambda item: not _is_slow(item))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if os.environ.get(_GROUPS_FILE) and not hasattr(config, "workerinput"):
+        shutil.rmtree(Path(os.environ.pop(_GROUPS_FILE)).parent, ignore_errors=True)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndTheSharedSearch(LoadScopeScheduling):
+        """One work unit per test module; the modules on the tiny search form one unit."""
+
+        shared: frozenset[str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.shared is None:  # read once every worker has collected
+                self.shared = frozenset(json.loads(Path(os.environ[_GROUPS_FILE]).read_text()))
+            module = _module(nodeid)
+            return SHARED_SEARCH_GROUP if module in self.shared else module
+
+    return ModulesAndTheSharedSearch(config, log)
 
 
 def _starts_mlflow_server(args: object) -> bool:
@@ -69,8 +123,14 @@ _console: list[TextIO] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        # The workers inherit it; the scheduler reads what they write there.
+        groups = Path(tempfile.mkdtemp(prefix="ecgtune-test-groups-")) / "groups.json"
+        os.environ[_GROUPS_FILE] = str(groups)
+    # An xdist worker's stdout is its channel to the controller; its stderr is the terminal's.
+    stream = sys.stderr if hasattr(config, "workerinput") else sys.stdout
     try:
-        _console.append(os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1))
+        _console.append(os.fdopen(os.dup(stream.fileno()), "w", buffering=1))
     except (AttributeError, OSError, ValueError):  # no real stdout (embedded runs)
         pass
 
@@ -202,3 +262,4 @@ def tiny_search(prepared_data, tmp_path_factory) -> TinySearch:
         storage=str(root / "ray_results"), num_cpus=2, max_concurrent=2, seed=0, verbose=0,
     ))
     return TinySearch(result, root / "ray_results", uri)
+

@@ -26,8 +26,30 @@ def _collected(pytester: pytest.Pytester, *args: str) -> list[str]:
     return [item.nodeid for item in finished.session.items]
 
 
-def test_tests_on_the_tiny_search_leave_the_fast_tier(pytester):
-    path = "tests/ensembles/test_ensemble_build.py"
+ENSEMBLE_BUILD = "tests/ensembles/test_ensemble_build.py"
+
+
+@pytest.fixture
+def imported_before_pytester() -> None:
+    """What collecting ENSEMBLE_BUILD imports, imported before `pytester` snapshots
+    sys.modules: it drops the modules first imported during the test, and an extension module
+    (numpy.fft's) cannot be initialised twice in one process, so a later test would fail."""
+    import importlib.util
+
+    for relative in ("tests/ensembles/conftest.py", ENSEMBLE_BUILD):
+        spec = importlib.util.spec_from_file_location(f"_imports_of_{Path(relative).stem}",
+                                                      REPO / relative)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look themselves up there
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            del sys.modules[spec.name]
+
+
+def test_tests_on_the_tiny_search_leave_the_fast_tier(imported_before_pytester, pytester):
+    path = ENSEMBLE_BUILD
     defined = re.findall(r"^def (test_\w+)", (REPO / path).read_text(), re.MULTILINE)
     fast = _collected(pytester, str(REPO / path), "-m", "not slow and not benchmark")
     assert len(defined) > 5, defined
