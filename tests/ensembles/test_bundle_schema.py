@@ -387,8 +387,10 @@ def test_the_generator_breaks_every_rule(valid_meta):
     claims a rule the table lacks)."""
     seen: set[str] = set()
 
+    # Derandomized: a rule nested three choices deep is drawn about once in 250 examples, so
+    # random draws would miss one now and then; a fixed sequence answers the same every run.
     @given(mutations(valid_meta))
-    @settings(max_examples=600, deadline=None, database=None)
+    @settings(max_examples=2000, deadline=None, database=None, derandomize=True)
     def collect(m: Mutation) -> None:
         seen.add(m.rule)
 
