@@ -21,6 +21,7 @@ __all__ = [
     "STORAGE_LOGGER",
     "TOKEN_AUTH_LOGGER",
     "RayCompatError",
+    "checkpoint_manager_class",
     "install_trial_retry_veto",
     "kept_checkpoint_results",
     "loopback_only",
@@ -44,6 +45,9 @@ LOOPBACK_SWITCH = ("ray._private.ray_constants", "ENABLE_RAY_CLUSTER")
 WORKER_LOG_PRINTER = ("ray._private.worker", "print_worker_logs")
 # A checkpoint with the metrics reported with it, as the checkpoint manager keeps it.
 TRAINING_RESULT = ("ray.train._internal.session", "_TrainingResult")
+# The manager Tune gives each trial (`trial.run_metadata.checkpoint_manager`); ecgtune only
+# reads and sets its state, the tests build one to check what is read.
+CHECKPOINT_MANAGER = ("ray.train._internal.checkpoint_manager", "_CheckpointManager")
 # The checkpoint manager's state that `latest_checkpoint_result` and
 # `best_checkpoint_result` read, and the sort key it keeps its results in.
 CHECKPOINT_RESULTS = "_checkpoint_results"
@@ -117,6 +121,13 @@ def training_result(checkpoint: Any, metrics: dict[str, Any]) -> Any:
     `report`, so a checkpoint found on storage needs the private class."""
     module_name, attribute = TRAINING_RESULT
     return getattr(_module(module_name), attribute)(checkpoint, metrics)
+
+
+def checkpoint_manager_class() -> type:
+    """The class of `trial.run_metadata.checkpoint_manager`."""
+    module_name, attribute = CHECKPOINT_MANAGER
+    cls: type = getattr(_module(module_name), attribute)
+    return cls
 
 
 def kept_checkpoint_results(manager: Any) -> list[Any]:

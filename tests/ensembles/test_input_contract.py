@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from testkit import saved_pyfunc_model
 
 from ecgtune.ensembles import ModelInputError
 from ecgtune.ensembles.ship.input_spec import InputSpec
@@ -196,23 +197,7 @@ def test_signals_from_refuses_with_one_message(values, expected):
 def pyfunc_model(tiny_bundle, tmp_path_factory) -> Any:
     """The tiny bundle saved as the pyfunc model `ecgtune ensemble` logs (same code file and
     signature; no tracking server, no requirement inference)."""
-    import warnings
-
-    import mlflow
-
-    from ecgtune.ensembles.ship.bundle import load_bundle
-    from ecgtune.ensembles.ship.registry import PYFUNC_CODE, input_metadata, model_signature
-
-    bundle = load_bundle(tiny_bundle)
-    path = tmp_path_factory.mktemp("pyfunc") / "model"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*input_example.*")
-        mlflow.pyfunc.save_model(str(path), python_model=str(PYFUNC_CODE),
-                                 artifacts={"bundle": str(tiny_bundle)},
-                                 signature=model_signature(bundle.label_names, 5000),
-                                 pip_requirements=[],
-                                 metadata={"ecgtune_input": input_metadata(5000)})
-    return mlflow.pyfunc.load_model(str(path))
+    return saved_pyfunc_model(tiny_bundle, tmp_path_factory.mktemp("pyfunc") / "model")
 
 
 def _rest(model: Any, values: Any) -> tuple[int, Any]:

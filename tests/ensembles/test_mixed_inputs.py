@@ -6,12 +6,12 @@ its model, so the bundle, the pyfunc model and the ONNX graph all take that reco
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from testkit import saved_pyfunc_model
 
 from ecgtune.components import ModelConfig, build_model, get_preset
 from ecgtune.data_prep import get_label_map
@@ -113,21 +113,10 @@ def test_short_records_stay_within_their_real_signal_at_every_rate(bundle_dir):
 
 
 def test_pyfunc_model_takes_the_stored_record(bundle_dir, tmp_path):
-    import mlflow
-
     from ecgtune.ensembles.ship.bundle import load_bundle
-    from ecgtune.ensembles.ship.registry import PYFUNC_CODE, input_metadata, model_signature
 
     bundle = load_bundle(bundle_dir)
-    path = tmp_path / "model"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*input_example.*")
-        mlflow.pyfunc.save_model(str(path), python_model=str(PYFUNC_CODE),
-                                 artifacts={"bundle": str(bundle_dir)},
-                                 signature=model_signature(bundle.label_names, 5000),
-                                 pip_requirements=[],
-                                 metadata={"ecgtune_input": input_metadata(5000)})
-    model = mlflow.pyfunc.load_model(str(path))
+    model = saved_pyfunc_model(bundle_dir, tmp_path / "model")
     x = _signals(2)
     frame = model.predict(x, params={"lengths": [4000, 5000]})
     expected = bundle.predict_signals(x, lengths=np.array([4000, 5000]))

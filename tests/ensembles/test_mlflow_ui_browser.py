@@ -5,7 +5,6 @@ driven by Debian's headless Chromium through chromedriver. Screenshots are kept 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,10 +13,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from testkit import headless_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "mlflow-ui"
 
 
@@ -64,22 +63,8 @@ def mlflow_server(built_ensemble, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.skip("Debian's chromium + chromium-driver are not installed (make test installs "
-                    "them when it runs as root)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    # The background-networking flags keep Chromium from dialling out of a closed network.
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1600,1000"):
-        options.add_argument(arg)
-    # A fresh profile: no stored GenAI/Model-training choice from an earlier visit.
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = headless_chromium(tmp_path_factory.mktemp("chromium-profile"),
+                               "--window-size=1600,1000")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     yield driver
     driver.quit()

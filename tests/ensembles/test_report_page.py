@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from testkit import headless_chromium
 
 from ecgtune.ensembles.build.calibration import PerLabelCalibrator
 from ecgtune.ensembles.build.ensemble import operating_point_note
@@ -146,23 +146,9 @@ def test_no_negative_zero_in_the_page(report):
 def test_report_opened_from_disk_shows_its_figures(report, tmp_path):
     """Debian's headless Chromium opens report.html as a file (no server, network off) and
     every figure has loaded: an image that failed would have a natural width of 0."""
-    chromium, chromedriver = "/usr/bin/chromium", "/usr/bin/chromedriver"
-    if not (shutil.which(chromium) and shutil.which(chromedriver)):
-        pytest.skip("Debian's chromium + chromium-driver are not installed (make test installs "
-                    "them when it runs as root)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--window-size=1400,1000",
-                # Any request leaving the machine fails: the page must not need one.
-                "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>"):
-        options.add_argument(arg)
-    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
-    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    # Any request leaving the machine fails: the page must not need one.
+    driver = headless_chromium(tmp_path / "profile", "--window-size=1400,1000",
+                               "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>")
     try:
         driver.get(report.resolve().as_uri())
         deadline = 30.0

@@ -104,18 +104,18 @@ def test_read_refuses_other_labels_and_missing_files(tmp_path):
 
 def test_best_checkpoint_is_the_best_by_the_objective_not_the_latest(tmp_path):
     # Ray's own bookkeeping under our CheckpointConfig: what a finished trial carries.
-    from ray.train._internal.checkpoint_manager import _CheckpointManager
-    from ray.train._internal.session import _TrainingResult
     from ray.tune import Checkpoint
 
-    manager = _CheckpointManager(checkpoint.checkpoint_config())
+    from ecgtune.search import _ray_compat
+
+    manager = _ray_compat.checkpoint_manager_class()(checkpoint.checkpoint_config())
     saved = {}
     for epoch, score in enumerate([0.3, 0.7, 0.5, 0.4], start=1):
         directory = tmp_path / f"checkpoint_{epoch:06d}"
         directory.mkdir()
         saved[epoch] = Checkpoint.from_directory(str(directory))
-        manager.register_checkpoint(_TrainingResult(saved[epoch], {K.OBJECTIVE: score,
-                                                                    K.EPOCH: epoch}))
+        manager.register_checkpoint(_ray_compat.training_result(
+            saved[epoch], {K.OBJECTIVE: score, K.EPOCH: epoch}))
     trial = SimpleNamespace(run_metadata=SimpleNamespace(checkpoint_manager=manager),
                             checkpoint=saved[4])
     best = checkpoint.best_checkpoint(trial)

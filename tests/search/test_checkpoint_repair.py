@@ -8,17 +8,17 @@ import json
 import pickle
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pyarrow.fs
 from ray import tune
-from ray.train._internal.checkpoint_manager import _CheckpointManager
-from ray.train._internal.session import _TrainingResult
 
+from ecgtune.search import _ray_compat
 from ecgtune.search import metric_keys as K
 from ecgtune.search.checkpoint import checkpoint_config, repair_latest_checkpoint
 
 
-def _report(manager: _CheckpointManager | None, trial_dir: Path, epoch: int,
+def _report(manager: Any | None, trial_dir: Path, epoch: int,
             score: float) -> None:
     """What Ray does with one reported epoch: the trial writes the folder, the driver records
     its result in result.json and its checkpoint manager (None: a driver that is gone)."""
@@ -31,11 +31,12 @@ def _report(manager: _CheckpointManager | None, trial_dir: Path, epoch: int,
     with open(trial_dir / "result.json", "a") as out:
         out.write(json.dumps(result) + "\n")
     checkpoint = tune.Checkpoint(str(folder), filesystem=pyarrow.fs.LocalFileSystem())
-    manager.register_checkpoint(_TrainingResult(checkpoint, result))
+    manager.register_checkpoint(_ray_compat.training_result(checkpoint, result))
 
 
 def test_resumed_trial_moves_to_its_newest_checkpoint_on_storage(tmp_path):
-    live = _CheckpointManager(checkpoint_config())  # keeps the 2 best plus the latest
+    # Keeps the 2 best plus the latest.
+    live = _ray_compat.checkpoint_manager_class()(checkpoint_config())
     for epoch, score in enumerate([0.5, 0.4, 0.3]):
         _report(live, tmp_path, epoch, score)
     saved = pickle.loads(pickle.dumps(live))  # the experiment state, saved now
@@ -60,7 +61,7 @@ def test_resumed_trial_moves_to_its_newest_checkpoint_on_storage(tmp_path):
 
 def test_a_checkpoint_at_the_epoch_budget_is_not_resumed_from(tmp_path):
     """Restored at its budget a trial would train nothing and end without a result."""
-    live = _CheckpointManager(checkpoint_config())
+    live = _ray_compat.checkpoint_manager_class()(checkpoint_config())
     for epoch, score in enumerate([0.5, 0.1]):
         _report(live, tmp_path, epoch, score)
     saved = pickle.loads(pickle.dumps(live))

@@ -14,7 +14,6 @@ import pytest
 import ray
 from packaging.version import Version
 from ray import tune
-from ray.train._internal.checkpoint_manager import _CheckpointManager
 from ray.tune.experiment import Trial
 
 from ecgtune.search import _ray_compat, ray_session
@@ -81,7 +80,8 @@ def test_training_result_and_the_checkpoint_managers_state(tmp_path):
     module, attribute = _ray_compat.TRAINING_RESULT
     params = list(inspect.signature(_internal(module, attribute)).parameters)
     assert params == ["checkpoint", "metrics"], params
-    manager = _CheckpointManager(checkpoint_config())
+    assert _ray_compat.checkpoint_manager_class() is _internal(*_ray_compat.CHECKPOINT_MANAGER)
+    manager = _ray_compat.checkpoint_manager_class()(checkpoint_config())
     for name in (_ray_compat.CHECKPOINT_RESULTS, _ray_compat.LATEST_CHECKPOINT_RESULT,
                  _ray_compat.CHECKPOINT_SCORE):
         assert hasattr(manager, name), f"Ray's checkpoint manager has no {name}"

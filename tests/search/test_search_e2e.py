@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
@@ -284,16 +285,18 @@ def _is_loopback(ip: str) -> bool:
 def test_local_ray_listens_on_loopback_only(tmp_path):
     import psutil
     import ray
-    from ray._private import ray_constants
 
+    from ecgtune.search import _ray_compat
     from ecgtune.search.ray_session import init_ray
 
+    module, attribute = _ray_compat.LOOPBACK_SWITCH
+    ray_constants = importlib.import_module(module)
     assert not ray.is_initialized()
-    switch = ray_constants.ENABLE_RAY_CLUSTER
+    switch = getattr(ray_constants, attribute)
     assert init_ray(SearchOptions(data=tmp_path, num_cpus=1))
     try:
         # Only the start of this instance is loopback-only; a later `ray start` is not.
-        assert ray_constants.ENABLE_RAY_CLUSTER == switch
+        assert getattr(ray_constants, attribute) == switch
 
         @ray.remote
         class Probe:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import io
 
-from ray._private import worker as ray_worker
-
+from ecgtune.search import _ray_compat
 from ecgtune.search.ray_session import quiet_ray_system_logs
 
 STATE_DUMP = ("Raylet is terminated. Termination is unexpected. ...\n"
@@ -15,17 +14,19 @@ STATE_DUMP = ("Raylet is terminated. Termination is unexpected. ...\n"
 
 def _printed(data: dict) -> str:
     sink = io.StringIO()
-    ray_worker.print_worker_logs(data, sink)
+    printer = _ray_compat.worker_log_printer()
+    assert printer is not None
+    printer(data, sink)
     return sink.getvalue()
 
 
 def test_only_ray_system_lines_are_dropped_and_verbose_2_restores_them():
-    installed = ray_worker.print_worker_logs  # an in-process search may have wrapped it
+    installed = _ray_compat.worker_log_printer()  # an in-process search may have wrapped it
     original = getattr(installed, "__wrapped__", installed)
     try:
         quiet_ray_system_logs(1)
         quiet_ray_system_logs(1)  # idempotent: wraps Ray's printer once
-        assert ray_worker.print_worker_logs.__wrapped__ is original
+        assert getattr(_ray_compat.worker_log_printer(), "__wrapped__", None) is original
         assert _printed({"pid": "raylet", "lines": [STATE_DUMP], "is_err": False}) == ""
         assert _printed({"pid": "gcs_server", "lines": ["Failed to remove 1 bundle(s)"],
                          "is_err": True}) == ""
@@ -40,9 +41,10 @@ def test_only_ray_system_lines_are_dropped_and_verbose_2_restores_them():
         assert _printed({"pid": 4243, "lines": [restore], "is_err": False}) == ""
 
         quiet_ray_system_logs(2)
-        assert ray_worker.print_worker_logs is original
+        assert _ray_compat.worker_log_printer() is original
         assert "state-dump" in _printed({"pid": "raylet", "lines": [STATE_DUMP],
                                          "is_err": False})
         assert "Restored on" in _printed({"pid": 4243, "lines": [restore], "is_err": False})
     finally:
-        ray_worker.print_worker_logs = installed
+        assert installed is not None
+        _ray_compat.set_worker_log_printer(installed)
